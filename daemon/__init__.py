@@ -1,0 +1,1 @@
+"""The dsfs daemon: the process behind a mount or a download service (filled by the mount issue)."""

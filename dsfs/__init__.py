@@ -1,0 +1,14 @@
+"""dsfs: a dataset filesystem for machine learning.
+
+Versions datasets in object storage as content-defined chunks deduplicated against every ancestor,
+and serves any version on a compute node as a read-only mount or a materialized copy.
+"""
+
+from .dataset import Dataset
+from .errors import (Conflict, CorruptChunk, CorruptData, DatasetInUse, DatasetNotFound, DsfsError,
+                     FileChanged, InvalidPath, InvalidState, StoreReadOnly, StoreUnavailable, UsageError)
+from .store import Store
+
+__all__ = ["Dataset", "Store", "DsfsError", "UsageError", "InvalidPath", "DatasetNotFound", "InvalidState",
+           "DatasetInUse", "Conflict", "FileChanged", "StoreUnavailable", "StoreReadOnly", "CorruptData",
+           "CorruptChunk"]

@@ -1,0 +1,458 @@
+"""The Python API: `Dataset`, in the spirit of `clearml.Dataset`. The CLI is a thin layer over it.
+
+    ds = Dataset.create(project="vision", name="cats", parents=[parent_id])
+    ds.add_files("data/", wildcard="*.jpg", dataset_path="images")
+    ds.remove_files("images/old/*")
+    ds.upload(max_workers=8)
+    ds.finalize()                     # uploads what is left, writes the change-set, then state=final
+    Dataset.get("vision/cats").list_files("images/*")
+
+A dataset is named by id (32 hex) or by `project/name[@version]` (latest final version when no
+version is given), optionally filtered by tags.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import glob
+import os
+import uuid
+
+import blake3
+import semver
+
+from . import drafts, paths
+from .drafts import DraftState
+from .errors import (Conflict, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
+                     UsageError)
+from .ingest import Uploader
+from .lineage import Lineage, check_tree
+from .model import ID_RE, Entry, VersionInfo, encode_changeset
+from .packs import decode_chunk
+from .progress import transfer
+from .store import Store
+
+
+def open_store(store: Store | str | None = None, create: bool = False) -> Store:
+    """A Store from a Store, a URL, or None ($DSFS_STORE, else the embedded default)."""
+    if isinstance(store, Store):
+        return store
+    url = store or os.environ.get("DSFS_STORE") or None
+    return Store.open(url, create=create)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _semver(text: str) -> semver.Version | None:
+    try:
+        return semver.Version.parse(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def resolve(store: Store, ref: str | None = None, *, project: str | None = None, name: str | None = None,
+            version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False) -> VersionInfo:
+    """Find one version by id, by `project/name[@version]`, or by the keyword parts."""
+    if ref:
+        if ID_RE.match(ref):
+            return store.read_version(ref)
+        base, _, at_version = ref.partition("@")
+        if "/" not in base:
+            raise DatasetNotFound(f"{ref!r} is neither a dataset id (32 hex) nor project/name[@version]")
+        project, name = base.rsplit("/", 1)
+        version = at_version or version
+    if not (project and name):
+        raise UsageError("name a dataset: an id, project/name[@version], or --project and --name")
+    candidates = [v for v in store.list_versions()
+                  if v.project == project and v.name == name
+                  and (include_drafts or version or v.is_final)
+                  and (not version or v.version == version)
+                  and all(t in v.tags for t in tags or [])]
+    if not candidates:
+        what = f"{project}/{name}" + (f"@{version}" if version else "") + (f" with tags {tags}" if tags else "")
+        raise DatasetNotFound(f"no {'' if version or include_drafts else 'final '}dataset {what} in {store.display_url}")
+    return max(candidates, key=lambda v: (_semver(v.version) or semver.Version(0), v.created))
+
+
+class Dataset:
+    """One version of a dataset in one store."""
+
+    def __init__(self, store: Store, info: VersionInfo):
+        self.store = store
+        self.info = info
+        self._lineage = Lineage(store)
+        self._draft: DraftState | None = None
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.info.ref}, id={self.id}, state={self.state})"
+
+    # -- identity ------------------------------------------------------------------------------
+
+    id = property(lambda self: self.info.id)
+    project = property(lambda self: self.info.project)
+    name = property(lambda self: self.info.name)
+    version = property(lambda self: self.info.version)
+    state = property(lambda self: self.info.state)
+    parents = property(lambda self: list(self.info.parents))
+    tags = property(lambda self: list(self.info.tags))
+    is_final = property(lambda self: self.info.is_final)
+
+    # -- finding and creating ------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, project: str, name: str, version: str | None = None, parents: list[str] | None = None,
+               tags: list[str] | None = None, description: str = "", store: Store | str | None = None) -> "Dataset":
+        """Create a draft version; parents are ids or references of final versions."""
+        store = open_store(store, create=True)
+        for label, value in (("project", project), ("name", name)):
+            if not value or not value.strip() or "\0" in value or "@" in value:
+                raise UsageError(f"invalid {label} {value!r}: must be non-empty without '@' or NUL")
+        if "/" in name:
+            raise UsageError(f"invalid name {name!r}: must not contain '/' (use the project for folders)")
+        if version is not None and _semver(version) is None:
+            raise UsageError(f"invalid version {version!r}: use semantic versioning, e.g. 1.2.0")
+        parent_ids = []
+        for parent in parents or []:
+            info = resolve(store, parent, include_drafts=True)
+            if not info.is_final:
+                raise InvalidState(f"parent {info.id} ({info.ref}) is a draft; close it first (`dsfs close --id {info.id}`)")
+            parent_ids.append(info.id)
+        Lineage(store).merged_parents(parent_ids)  # a missing or corrupt ancestor fails now, not at close
+        dataset_id = uuid.uuid4().hex
+        version = cls._claim_version(store, project, name, version, dataset_id)
+        info = VersionInfo(id=dataset_id, project=project, name=name, version=version, parents=parent_ids,
+                           tags=list(tags or []), description=description or "", state="draft", created=_now())
+        try:
+            store.write_version(info, exclusive=True)
+        except BaseException:
+            store.release_version_number(project, name, version)
+            raise
+        DraftState(id=dataset_id, store=store.url).save()
+        drafts.set_current(store.url, dataset_id)
+        return cls(store, info)
+
+    @staticmethod
+    def _claim_version(store: Store, project: str, name: str, version: str | None, dataset_id: str) -> str:
+        if version is not None:
+            if not store.claim_version_number(project, name, version, dataset_id):
+                raise Conflict(f"{project}/{name}@{version} already exists; choose another --version")
+            return version
+        for _ in range(100):  # another author may claim the number between listing and claiming
+            taken = [v for v in map(_semver, store.claimed_version_numbers(project, name)) if v]
+            candidate = str(max(taken).bump_patch()) if taken else "1.0.0"
+            if store.claim_version_number(project, name, candidate, dataset_id):
+                return candidate
+        raise Conflict(f"could not claim a version number for {project}/{name}: too many concurrent authors")
+
+    @classmethod
+    def get(cls, ref: str | None = None, *, project: str | None = None, name: str | None = None,
+            version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False,
+            store: Store | str | None = None) -> "Dataset":
+        """Get a version by id or `project/name[@version]` (latest final version if none given)."""
+        store = open_store(store)
+        return cls(store, resolve(store, ref, project=project, name=name, version=version, tags=tags,
+                                  include_drafts=include_drafts))
+
+    @classmethod
+    def current(cls, store: Store | str | None = None) -> "Dataset":
+        """The dataset last created or used on this machine (clearml-data's stateful default)."""
+        state = drafts.get_current()
+        if not state:
+            raise UsageError("no current dataset: pass --id, or create one with `dsfs create`")
+        store = open_store(store or state["store"])
+        return cls(store, store.read_version(state["id"]))
+
+    def make_current(self) -> None:
+        drafts.set_current(self.store.url, self.id)
+
+    @staticmethod
+    def search(project: str | None = None, name: str | None = None, tags: list[str] | None = None,
+               ids: list[str] | None = None, store: Store | str | None = None) -> list[VersionInfo]:
+        """Version records matching all given filters (project and name are globs), oldest first."""
+        store = open_store(store)
+        found = [v for v in store.list_versions()
+                 if (not project or fnmatch.fnmatchcase(v.project, project))
+                 and (not name or fnmatch.fnmatchcase(v.name, name))
+                 and all(t in v.tags for t in tags or [])
+                 and (not ids or v.id in ids)]
+        return sorted(found, key=lambda v: (v.project, v.name, _semver(v.version) or semver.Version(0), v.created))
+
+    # -- authoring -----------------------------------------------------------------------------
+
+    def _require_draft(self) -> DraftState:
+        if self.info.is_final:
+            raise InvalidState(f"dataset {self.id} ({self.info.ref}) is {self.state} and cannot change; "
+                               f"create a child version with --parents {self.id}")
+        if self._draft is None:
+            self._draft = DraftState.load(self.id, self.store.url)
+        return self._draft
+
+    def add_files(self, path: str, wildcard: str | list[str] | None = None, recursive: bool = True,
+                  dataset_path: str | None = None) -> int:
+        """Add a local file, folder or glob. Folders keep their layout under `dataset_path`.
+        Returns the number of files added. Nothing is read until upload."""
+        draft = self._require_draft()
+        found = list(_local_files(path, wildcard, recursive))
+        if not found:
+            raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
+        folder = paths.normalize(dataset_path) if dataset_path not in (None, "", ".", "/") else ""
+        for rel, local in found:
+            target = paths.join(folder, rel)
+            draft.adds[target] = local
+            draft.uploaded.pop(target, None)
+            draft.removals.discard(target)
+        draft.save()
+        return len(found)
+
+    def remove_files(self, dataset_path: str, recursive: bool = True) -> int:
+        """Remove files matching a dataset path or glob: this draft's additions, and files the
+        parents have (recorded as removals). Returns the number of files removed."""
+        draft = self._require_draft()
+        pattern = [dataset_path]
+        removed = 0
+        for table in (draft.adds, draft.uploaded):
+            for path in [p for p in table if paths.matches(p, pattern, recursive)]:
+                del table[path]
+                removed += 1
+        for path in self._lineage.merged_parents(self.info.parents):
+            if paths.matches(path, pattern, recursive) and path not in draft.removals:
+                draft.removals.add(path)
+                removed += 1
+        if not removed:
+            raise UsageError(f"no files in dataset {self.id} match {dataset_path!r}")
+        draft.save()
+        return removed
+
+    def upload(self, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
+        """Send the added files' new chunks to the store. Resumable; returns counts."""
+        draft = self._require_draft()
+        total = sum(_size(p) for p in draft.adds.values())
+        known = self._lineage.known_chunks(self.info.parents)
+        with transfer(f"upload {self.info.ref}", total, show_progress) as progress:
+            uploader = Uploader(self.store, draft, known, max_workers, progress)
+            uploader.run()
+        return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
+                "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
+
+    def finalize(self, auto_upload: bool = True, show_progress: bool | None = None) -> None:
+        """Close the version: upload what is left, write its change-set, then mark it final."""
+        if self.info.is_final:
+            raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
+        draft = self._require_draft()
+        if draft.adds:
+            if not auto_upload:
+                raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
+            self.upload(show_progress=show_progress)
+        changes, view, counts = self._changes_against_parents(draft)
+        check_tree(view, f"dataset {self.id}")
+        data = encode_changeset(changes)
+        self.store.write_changes(self.id, data)
+        info = self.info
+        info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
+        info.stats = {"files": len(view), "bytes": sum(e.size for e in view.values()), **counts,
+                      "new_bytes": draft.new_bytes, "packs": [p.hex() for p in draft.packs]}
+        info.state = "final"
+        info.finalized = _now()
+        self.store.write_version(info)
+        draft.discard()
+
+    def publish(self) -> None:
+        if self.state == "draft":
+            raise InvalidState(f"dataset {self.id} is a draft; close it before publishing")
+        if self.state == "published":
+            raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already published")
+        self.info.state = "published"
+        self.store.write_version(self.info)
+
+    def _changes_against_parents(self, draft: DraftState):
+        parents_view = self._lineage.merged_parents(self.info.parents)
+        changes: list[Entry] = []
+        view = dict(parents_view)
+        counts = {"added": 0, "modified": 0, "removed": 0}
+        for path in draft.removals:
+            if path in view and path not in draft.uploaded:
+                del view[path]
+                changes.append(Entry(path=path, removed=True))
+                counts["removed"] += 1
+        for path, entry in draft.uploaded.items():
+            before = parents_view.get(path)
+            if before is not None and before.same_content(entry):
+                continue
+            counts["modified" if before is not None else "added"] += 1
+            changes.append(entry)
+            view[path] = entry
+        return changes, view, counts
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _view(self) -> dict[str, Entry]:
+        """The merged view; for a draft, what it would be if closed now (pending adds as stubs)."""
+        if self.info.is_final:
+            return self._lineage.view(self.id)
+        draft = self._require_draft()
+        _, view, _ = self._changes_against_parents(draft)
+        for path, local in draft.adds.items():
+            view[path] = Entry(path=path, size=_size(local))
+        return view
+
+    def list_files(self, dataset_path: str | list[str] | None = None, recursive: bool = True) -> list[str]:
+        """Paths of the merged view, sorted, optionally filtered by globs."""
+        patterns = [dataset_path] if isinstance(dataset_path, str) else dataset_path
+        return sorted(p for p in self._view() if not patterns or paths.matches(p, patterns, recursive))
+
+    def file_entries(self, patterns: list[str] | None = None) -> list[Entry]:
+        view = self._view()
+        return [view[p] for p in sorted(view) if not patterns or paths.matches(p, patterns)]
+
+    def _own_changes(self) -> tuple[list[str], list[str], list[str]]:
+        if self.info.is_final:
+            parents_view = self._lineage.merged_parents(self.info.parents)
+            changes = self._lineage.changes(self.id)
+            removed = [e.path for e in changes if e.removed]
+            added = [e.path for e in changes if not e.removed and e.path not in parents_view]
+            modified = [e.path for e in changes if not e.removed and e.path in parents_view]
+        else:
+            draft = self._require_draft()
+            parents_view = self._lineage.merged_parents(self.info.parents)
+            changes, _, _ = self._changes_against_parents(draft)
+            removed = [e.path for e in changes if e.removed]
+            touched = [e.path for e in changes if not e.removed] + list(draft.adds)
+            added = [p for p in touched if p not in parents_view]
+            modified = [p for p in touched if p in parents_view]
+        return sorted(added), sorted(modified), sorted(removed)
+
+    def list_added_files(self) -> list[str]:
+        return self._own_changes()[0]
+
+    def list_modified_files(self) -> list[str]:
+        return self._own_changes()[1]
+
+    def list_removed_files(self) -> list[str]:
+        return self._own_changes()[2]
+
+    def read_file(self, dataset_path: str) -> bytes:
+        """The bytes of one file of a final version, each chunk verified against its digest."""
+        path = paths.normalize(dataset_path)
+        if not self.info.is_final:
+            raise InvalidState(f"dataset {self.id} is a draft; close it before reading its files")
+        entry = self._lineage.view(self.id).get(path)
+        if entry is None:
+            raise UsageError(f"no file {path!r} in dataset {self.id} ({self.info.ref})")
+        parts = []
+        for ref in entry.chunks:
+            stored = self.store.read_pack_range(ref.pack, ref.offset, ref.stored)
+            parts.append(decode_chunk(ref, stored, f"{path} of dataset {self.id}"))
+        return b"".join(parts)
+
+    # -- labels (mutable on final versions too) ------------------------------------------------
+
+    def set_metadata(self, metadata: dict, replace: bool = False) -> None:
+        self.info.metadata = dict(metadata) if replace else {**self.info.metadata, **metadata}
+        self.store.write_version(self.info)
+
+    def get_metadata(self, key: str | None = None):
+        if key is None:
+            return dict(self.info.metadata)
+        if key not in self.info.metadata:
+            raise UsageError(f"dataset {self.id} has no metadata key {key!r}")
+        return self.info.metadata[key]
+
+    @classmethod
+    def rename(cls, new_name: str, project: str, name: str, store: Store | str | None = None) -> int:
+        """Rename every version of project/name. Returns the number of versions renamed."""
+        return cls._relabel(open_store(store), project, name, project, new_name)
+
+    @classmethod
+    def move_to_project(cls, new_project: str, project: str, name: str, store: Store | str | None = None) -> int:
+        """Move every version of project/name to another project."""
+        return cls._relabel(open_store(store), project, name, new_project, name)
+
+    @staticmethod
+    def _relabel(store: Store, project: str, name: str, new_project: str, new_name: str) -> int:
+        if not new_name or "/" in new_name or "@" in new_name or not new_project or "@" in new_project:
+            raise UsageError(f"invalid new project/name {new_project!r}/{new_name!r}")
+        versions = [v for v in store.list_versions() if v.project == project and v.name == name]
+        if not versions:
+            raise DatasetNotFound(f"no dataset {project}/{name} in {store.display_url}")
+        claimed = []
+        for info in versions:  # claim every new number first, so a clash changes nothing
+            if not store.claim_version_number(new_project, new_name, info.version, info.id):
+                for version in claimed:
+                    store.release_version_number(new_project, new_name, version)
+                raise Conflict(f"{new_project}/{new_name}@{info.version} already exists")
+            claimed.append(info.version)
+        for info in versions:
+            info.project, info.name = new_project, new_name
+            store.write_version(info)
+            store.release_version_number(project, name, info.version)
+        return len(versions)
+
+    @classmethod
+    def delete(cls, ref: str, force: bool = False, store: Store | str | None = None) -> VersionInfo:
+        """Delete a version and the packs it added. Refuses while other versions inherit from it,
+        unless force (they then can no longer be read)."""
+        store = open_store(store)
+        info = resolve(store, ref, include_drafts=True)
+        children = [v for v in store.list_versions() if info.id in v.parents]
+        if children and not force:
+            raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent of {len(children)} version(s) "
+                               f"({', '.join(c.id for c in children[:3])}); delete those first or pass --force")
+        packs = [bytes.fromhex(p) for p in info.stats.get("packs", [])]
+        draft = None
+        if not info.is_final:
+            draft = DraftState.load(info.id, store.url)
+            packs = list(draft.packs)
+        store.delete_version(info.id)  # the record goes first: readers stop seeing it at once
+        for pack in packs:
+            store.delete_pack(pack)
+        store.release_version_number(info.project, info.name, info.version)
+        if draft is not None:
+            draft.discard()
+        return info
+
+
+def _size(local_path: str) -> int:
+    try:
+        return os.path.getsize(local_path)
+    except OSError:
+        return 0
+
+
+def _local_files(path: str, wildcard, recursive: bool):
+    """(relative dataset path, absolute local path) for a local file, folder, or glob."""
+    wildcards = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        roots = [(path, "")]
+    elif os.path.isfile(path):
+        if not wildcards or paths.matches(os.path.basename(path), wildcards):
+            yield os.path.basename(path), os.path.abspath(path)
+        return
+    elif glob.has_magic(path):
+        matched = sorted(glob.glob(path, recursive=recursive))
+        roots = []
+        for match in matched:
+            if os.path.isfile(match):
+                if not wildcards or paths.matches(os.path.basename(match), wildcards):
+                    yield os.path.basename(match), os.path.abspath(match)
+            elif os.path.isdir(match):
+                roots.append((match, os.path.basename(os.path.normpath(match))))
+    else:
+        raise LocalFileNotFound(f"no such file or folder: {path}")
+    for root, prefix in roots:
+        for folder, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel_folder = os.path.relpath(folder, root)
+            for filename in sorted(filenames):
+                rel = filename if rel_folder == "." else f"{rel_folder}/{filename}"
+                local = os.path.join(folder, filename)
+                if not os.path.isfile(local):
+                    continue
+                if wildcards and not paths.matches(rel.replace(os.sep, "/"), wildcards):
+                    continue
+                yield (f"{prefix}/{rel}" if prefix else rel).replace(os.sep, "/"), os.path.abspath(local)
+            if not recursive:
+                dirnames.clear()

@@ -1,0 +1,117 @@
+"""Local authoring state: the current dataset, and what a draft has added, removed and uploaded.
+
+Like clearml-data, authoring is stateful: `dsfs add` records local files against a draft, and
+`dsfs upload` / `dsfs close` send them. That record lives on the authoring machine under
+`$XDG_STATE_HOME/dsfs/` (the store only learns of a draft's files when it is closed):
+
+    current.json           {"store": url, "id": id} of the last created/used dataset
+    drafts/<id>.msgpack    DraftState below
+
+Every save writes a temp file, fsyncs and renames, so a killed command leaves the previous state,
+never a torn one. Entries and chunks are recorded only after the packs they live in are in the
+store: a resumed upload trusts exactly what is recorded, and re-chunking is deterministic, so it
+re-sends nothing that was recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import msgpack
+
+from .errors import CorruptData
+from .model import ChunkRef, Entry
+
+
+def state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "dsfs")
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def get_current() -> dict | None:
+    try:
+        with open(os.path.join(state_dir(), "current.json")) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def set_current(store_url: str, dataset_id: str) -> None:
+    atomic_write(os.path.join(state_dir(), "current.json"),
+                 json.dumps({"store": store_url, "id": dataset_id}).encode())
+
+
+@dataclass
+class DraftState:
+    """What a draft holds locally. `adds` maps dataset path -> local file path (not yet uploaded);
+    `uploaded` maps dataset path -> Entry; `removals` are dataset paths to remove from the parents;
+    `chunks` are the chunks in packs this draft has written (for dedupe on resume); `packs` their ids."""
+
+    id: str
+    store: str
+    adds: dict[str, str] = field(default_factory=dict)
+    uploaded: dict[str, Entry] = field(default_factory=dict)
+    removals: set[str] = field(default_factory=set)
+    chunks: dict[bytes, ChunkRef] = field(default_factory=dict)
+    packs: list[bytes] = field(default_factory=list)
+    new_bytes: int = 0
+
+    @staticmethod
+    def path_for(dataset_id: str) -> str:
+        return os.path.join(state_dir(), "drafts", f"{dataset_id}.msgpack")
+
+    @classmethod
+    def load(cls, dataset_id: str, store_url: str) -> "DraftState":
+        path = cls.path_for(dataset_id)
+        try:
+            with open(path, "rb") as f:
+                raw = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
+        except FileNotFoundError:
+            return cls(id=dataset_id, store=store_url)
+        except (ValueError, msgpack.UnpackException):
+            raise CorruptData(f"local draft state {path} is corrupt; delete the draft and create it again") from None
+        return cls(
+            id=raw["id"], store=raw["store"], adds=raw["adds"],
+            uploaded={e["p"]: Entry.from_wire(e) for e in raw["uploaded"]},
+            removals=set(raw["removals"]),
+            chunks={c[0]: ChunkRef.from_wire(c) for c in raw["chunks"]},
+            packs=raw["packs"], new_bytes=raw.get("new_bytes", 0),
+        )
+
+    def save(self) -> None:
+        data = msgpack.packb({
+            "id": self.id, "store": self.store, "adds": self.adds,
+            "uploaded": [e.to_wire() for e in self.uploaded.values()],
+            "removals": sorted(self.removals),
+            "chunks": [c.to_wire() for c in self.chunks.values()],
+            "packs": self.packs, "new_bytes": self.new_bytes,
+        }, use_bin_type=True)
+        atomic_write(self.path_for(self.id), data)
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self.path_for(self.id))
+        except FileNotFoundError:
+            pass

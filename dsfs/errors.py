@@ -1,0 +1,91 @@
+"""Typed errors: every failure a user can cause or meet, with a message they can act on.
+
+Each error class carries the CLI exit code and the errno a FUSE handler answers with. They are
+converted in exactly one place each: `dsfs.cli` turns a `DsfsError` into one line on stderr and its
+exit code (no traceback); the mount turns it into `FUSEError(errno)`. Anything that is not a
+`DsfsError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class DsfsError(Exception):
+    """Base class: a failure with a one-line message meant for the user."""
+
+    exit_code = 1
+    errno = _errno.EIO
+
+
+class UsageError(DsfsError):
+    """The request itself is wrong (bad argument, nothing matched, no current dataset)."""
+
+    exit_code = 2
+    errno = _errno.EINVAL
+
+
+class InvalidPath(UsageError):
+    """A dataset path that is empty, absolute, or has '.', '..' or NUL components."""
+
+
+class LocalFileNotFound(UsageError):
+    """A local file or folder named on the command line does not exist."""
+
+    errno = _errno.ENOENT
+
+
+class DatasetNotFound(DsfsError):
+    """No dataset matches an id or a project/name[@version] reference."""
+
+    exit_code = 3
+    errno = _errno.ENOENT
+
+
+class InvalidState(DsfsError):
+    """The operation does not fit the dataset's state (modifying a final version, closing twice...)."""
+
+    exit_code = 4
+    errno = _errno.EROFS
+
+
+class DatasetInUse(InvalidState):
+    """The dataset is a parent of other versions."""
+
+
+class Conflict(DsfsError):
+    """Two things claim the same name: a version number, a path that is both file and folder."""
+
+    exit_code = 5
+    errno = _errno.EEXIST
+
+
+class FileChanged(DsfsError):
+    """A local file changed while it was read for upload."""
+
+    exit_code = 6
+    errno = _errno.EAGAIN
+
+
+class StoreUnavailable(DsfsError):
+    """The store cannot be reached or does not exist."""
+
+    exit_code = 7
+    errno = _errno.EIO
+
+
+class StoreReadOnly(StoreUnavailable):
+    """The store refuses writes (permissions, read-only filesystem)."""
+
+    errno = _errno.EROFS
+
+
+class CorruptData(DsfsError):
+    """Bytes from the store or the cache fail their digest or cannot be decoded."""
+
+    exit_code = 8
+    errno = _errno.EIO
+
+
+class CorruptChunk(CorruptData):
+    """A chunk's bytes do not match its digest."""

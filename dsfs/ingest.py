@@ -1,0 +1,179 @@
+"""Upload: read a draft's local files, cut them into chunks, send only new chunks, in packs.
+
+One thread reads, chunks and hashes files in path order (FastCDC and blake3 run at several GB/s, so
+a core keeps up with a disk); full packs are written by a pool of `max_workers` threads, at most
+`max_workers + 1` packs in memory at once. A file's entry is recorded in the draft only once every
+pack holding its new chunks is in the store, and the draft is saved after each pack: that is what
+makes a killed upload resumable without sending recorded bytes again.
+
+A chunk already stored by any ancestor, by an earlier upload of this draft, or earlier in this run
+is referenced, not sent: renames, moves and copies cost nothing.
+
+A file is read once. Its size and mtime are checked before and after the read; if they differ, or
+the bytes read are not the size announced, the file changed while it was read and the upload fails
+with FileChanged naming it (its half-read content is never recorded).
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable
+
+import blake3
+
+from .drafts import DraftState
+from .errors import FileChanged, LocalFileNotFound
+from .model import ChunkRef, Entry
+from .packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
+from .store import Store
+
+DEFAULT_WORKERS = 4
+
+
+class Uploader:
+    def __init__(self, store: Store, draft: DraftState, known: dict[bytes, ChunkRef],
+                 max_workers: int | None = None, progress: Callable[[int], None] | None = None):
+        self.store = store
+        self.draft = draft
+        self.known = known
+        self.max_workers = max(1, max_workers or DEFAULT_WORKERS)
+        self.progress = progress or (lambda n: None)
+        self.builder = PackBuilder()
+        self.session: dict[bytes, PendingRef] = {}
+        self.inflight: dict[Future, Pack] = {}
+        self.done_seqs: set[int] = set()
+        self.durable_upto = -1  # every pack with seq <= this is in the store
+        self.waiting: list[tuple[Entry, int]] = []  # entries and the last pack seq they need
+        self.sent_packs = 0
+        self.skipped_packs = 0
+        self._failed: BaseException | None = None
+
+    def run(self) -> None:
+        pending = sorted(self.draft.adds.items())
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="dsfs-upload") as pool:
+            self.pool = pool
+            try:
+                for dataset_path, local_path in pending:
+                    entry, last_seq = self._read_file(dataset_path, local_path)
+                    self.waiting.append((entry, last_seq))
+                    if self.builder.full():
+                        self._submit(self.builder.take())
+                    self._collect(block=False)
+                last = self.builder.take()
+                if last is not None:
+                    self._submit(last)
+            finally:
+                # Whatever happened, record what reached the store before raising.
+                while self.inflight:
+                    self._collect(block=True, raise_errors=False)
+                self._commit_entries()
+                self.draft.save()
+            self._raise_failed()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read_file(self, dataset_path: str, local_path: str) -> tuple[Entry, int]:
+        try:
+            f = open(local_path, "rb")
+        except FileNotFoundError:
+            raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) no longer exists; "
+                                    f"add it again or `dsfs remove --files {dataset_path}`") from None
+        with f:
+            before = os.fstat(f.fileno())
+            if not stat_mod.S_ISREG(before.st_mode):
+                raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) is not a regular file")
+            refs: list = []
+            whole = None
+            total = 0
+            if before.st_size <= MIN_CHUNK:
+                data = f.read()
+                pieces = [data]
+                file_digest = None
+            else:
+                pieces = (c.data for c in chunker().cut_stream(f))
+                whole = blake3.blake3()
+            last_seq = -1
+            for data in pieces:
+                total += len(data)
+                chunk_digest = digest(data)
+                if whole is not None:
+                    whole.update(data)
+                ref = self.known.get(chunk_digest) or self.draft.chunks.get(chunk_digest)
+                if ref is None:
+                    ref = self.session.get(chunk_digest)
+                    if ref is None:
+                        ref = self.session[chunk_digest] = self.builder.add(chunk_digest, data)
+                    last_seq = max(last_seq, ref.pack.seq)
+                refs.append(ref)
+                self.progress(len(data))
+            file_digest = whole.digest() if whole is not None else (refs[0].digest if refs else digest(b""))
+            after = os.fstat(f.fileno())
+        try:
+            again = os.stat(local_path)
+        except FileNotFoundError:
+            again = None
+        if (total != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+                or again is None or (again.st_ino, again.st_size, again.st_mtime_ns)
+                != (before.st_ino, before.st_size, before.st_mtime_ns)):
+            raise FileChanged(f"{local_path} changed while it was being uploaded; nothing of it was "
+                              f"recorded. Run the upload again once it is stable")
+        entry = Entry(path=dataset_path, size=total, executable=bool(before.st_mode & 0o111),
+                      mtime_ns=before.st_mtime_ns, digest=file_digest, chunks=refs)
+        return entry, last_seq
+
+    # -- writing packs -------------------------------------------------------------------------
+
+    def _submit(self, pack: Pack) -> None:
+        while len(self.inflight) > self.max_workers:
+            self._collect(block=True)
+        self.inflight[self.pool.submit(self._write_pack, pack)] = pack
+
+    def _write_pack(self, pack: Pack) -> bool:
+        if self.store.has_pack(pack.id):
+            return False
+        self.store.write_pack(pack.id, bytes(pack.buf))
+        return True
+
+    def _collect(self, block: bool, raise_errors: bool = True) -> None:
+        if not self.inflight:
+            return
+        done, _ = wait(list(self.inflight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            pack = self.inflight.pop(future)
+            if future.exception() is not None:
+                self._failed = self._failed or future.exception()
+                continue
+            if future.result():
+                self.sent_packs += 1
+            else:
+                self.skipped_packs += 1
+            self.done_seqs.add(pack.seq)
+            for ref in pack.chunks:
+                self.draft.chunks[ref.digest] = ref.resolve()
+            self.draft.packs.append(pack.id)
+            self.draft.new_bytes += len(pack.buf)
+            pack.buf = bytearray()  # free the memory; refs keep only the id
+        while self.durable_upto + 1 in self.done_seqs:
+            self.durable_upto += 1
+        if done:
+            self._commit_entries()
+            self.draft.save()
+        if raise_errors:
+            self._raise_failed()
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _commit_entries(self) -> None:
+        still = []
+        for entry, last_seq in self.waiting:
+            if last_seq <= self.durable_upto:
+                entry.chunks = [r.resolve() if isinstance(r, PendingRef) else r for r in entry.chunks]
+                self.draft.uploaded[entry.path] = entry
+                self.draft.adds.pop(entry.path, None)
+            else:
+                still.append((entry, last_seq))
+        self.waiting = still

@@ -1,0 +1,192 @@
+"""What a version is made of: entries, chunk refs, change-sets, and version records.
+
+A change-set is the list of a version's differences against its merged parents, sorted by path:
+files added or modified (with their chunk refs), and removals. On disk it is one zstd frame holding
+a msgpack stream: a header map, then one map per entry, so it can be decoded entry by entry without
+holding the whole list (a 1M-file version must not become a 1M-item list to be read).
+
+Every entry is validated as it is decoded; a change-set that breaks a rule is `CorruptData`, never
+followed. Short keys keep a million-entry change-set small:
+
+    file:    {"p": path, "s": size, "x": exec bit, "t": mtime_ns, "d": blake3(file) 32 bytes,
+              "c": [[chunk digest 32 bytes, pack id 16 bytes, offset, stored length, raw length,
+                     compression], ...]}
+    removal: {"p": path, "r": true}
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import msgpack
+import zstandard
+
+from . import paths
+from .errors import CorruptData, InvalidPath
+
+CHANGESET_FORMAT = 1
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """Where a chunk's bytes live: `stored` bytes at `offset` in pack `pack`, `raw` bytes once decoded."""
+
+    digest: bytes
+    pack: bytes
+    offset: int
+    stored: int
+    raw: int
+    compression: int = COMPRESSION_NONE
+
+    def to_wire(self) -> list:
+        return [self.digest, self.pack, self.offset, self.stored, self.raw, self.compression]
+
+    @classmethod
+    def from_wire(cls, item) -> "ChunkRef":
+        digest, pack, offset, stored, raw, compression = item
+        if not (isinstance(digest, bytes) and len(digest) == 32 and isinstance(pack, bytes) and len(pack) == 16):
+            raise ValueError("bad chunk digest or pack id")
+        if not all(isinstance(v, int) and v >= 0 for v in (offset, stored, raw)):
+            raise ValueError("bad chunk offsets")
+        if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
+            raise ValueError(f"unknown compression {compression}")
+        return cls(digest, pack, offset, stored, raw, compression)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One path of a version: a file with its chunks, or the removal of a parent's file."""
+
+    path: str
+    size: int = 0
+    executable: bool = False
+    mtime_ns: int = 0
+    digest: bytes = b""
+    chunks: list[ChunkRef] = field(default_factory=list)
+    removed: bool = False
+
+    @property
+    def mode(self) -> int:
+        return 0o755 if self.executable else 0o644
+
+    def same_content(self, other: "Entry") -> bool:
+        return (not self.removed and not other.removed and self.digest == other.digest
+                and self.size == other.size and self.executable == other.executable)
+
+    def to_wire(self) -> dict:
+        if self.removed:
+            return {"p": self.path, "r": True}
+        return {"p": self.path, "s": self.size, "x": self.executable, "t": self.mtime_ns,
+                "d": self.digest, "c": [c.to_wire() for c in self.chunks]}
+
+    @classmethod
+    def from_wire(cls, item) -> "Entry":
+        """Decode and validate one entry; raises ValueError/InvalidPath on anything malformed."""
+        if not isinstance(item, dict):
+            raise ValueError("entry is not a map")
+        path = paths.validate(item.get("p"))
+        if item.get("r"):
+            return cls(path=path, removed=True)
+        size, digest = item["s"], item["d"]
+        if not (isinstance(size, int) and size >= 0 and isinstance(digest, bytes) and len(digest) == 32):
+            raise ValueError(f"bad size or digest for {path!r}")
+        chunks = [ChunkRef.from_wire(c) for c in item["c"]]
+        if sum(c.raw for c in chunks) != size:
+            raise ValueError(f"chunks of {path!r} do not add up to its size")
+        return cls(path=path, size=size, executable=bool(item.get("x")), mtime_ns=int(item.get("t", 0)),
+                   digest=digest, chunks=chunks)
+
+
+def encode_changeset(entries: Iterable[Entry]) -> bytes:
+    """Encode entries (any order) as a change-set: sorted by path, one zstd frame."""
+    out = io.BytesIO()
+    cctx = zstandard.ZstdCompressor(level=3)
+    with cctx.stream_writer(out, closefd=False) as writer:
+        packer = msgpack.Packer()
+        writer.write(packer.pack({"format": CHANGESET_FORMAT}))
+        last = None
+        for entry in sorted(entries, key=lambda e: e.path):
+            if entry.path == last:
+                raise ValueError(f"duplicate path {entry.path!r} in change-set")
+            last = entry.path
+            writer.write(packer.pack(entry.to_wire()))
+    return out.getvalue()
+
+
+def decode_changeset(data: bytes, where: str) -> Iterator[Entry]:
+    """Yield the entries of a change-set, validating each; `where` names it in errors."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        unpacker = msgpack.Unpacker(reader, raw=False, strict_map_key=True, max_buffer_size=64 << 20)
+        header = next(unpacker, None)
+        if not isinstance(header, dict) or header.get("format") != CHANGESET_FORMAT:
+            raise ValueError("missing or unknown change-set header")
+        last = ""
+        for item in unpacker:
+            entry = Entry.from_wire(item)
+            if entry.path <= last:
+                raise ValueError("entries are not sorted by path")
+            last = entry.path
+            yield entry
+    except InvalidPath as exc:
+        raise CorruptData(f"{where} is corrupt: {exc}; refusing to use it") from None
+    except (ValueError, KeyError, TypeError, zstandard.ZstdError, msgpack.UnpackException) as exc:
+        raise CorruptData(f"{where} is corrupt or truncated ({exc}); refusing to use it") from None
+
+
+@dataclass
+class VersionInfo:
+    """The record in version.json. The file set (parents, change-set) of a final version never
+    changes; its labels (project, name, tags, metadata, published state) may."""
+
+    id: str
+    project: str
+    name: str
+    version: str
+    parents: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    description: str = ""
+    metadata: dict = field(default_factory=dict)
+    state: str = "draft"  # draft | final | published
+    created: str = ""
+    finalized: str = ""
+    changes: dict = field(default_factory=dict)  # {"digest": blake3 hex, "size": bytes}
+    stats: dict = field(default_factory=dict)
+
+    STATES = ("draft", "final", "published")
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in ("final", "published")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.project}/{self.name}@{self.version}"
+
+    def to_json(self) -> dict:
+        return {"format": 1, "id": self.id, "project": self.project, "name": self.name,
+                "version": self.version, "parents": self.parents, "tags": self.tags,
+                "description": self.description, "metadata": self.metadata, "state": self.state,
+                "created": self.created, "finalized": self.finalized, "changes": self.changes,
+                "stats": self.stats}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> "VersionInfo":
+        try:
+            info = cls(**{k: data[k] for k in ("id", "project", "name", "version")},
+                       **{k: data[k] for k in ("parents", "tags", "description", "metadata", "state",
+                                               "created", "finalized", "changes", "stats") if k in data})
+            if not ID_RE.match(info.id) or not all(ID_RE.match(p) for p in info.parents):
+                raise ValueError("bad id")
+            if info.state not in cls.STATES:
+                raise ValueError(f"unknown state {info.state!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptData(f"{where} is corrupt ({exc}); refusing to use it") from None
+        return info

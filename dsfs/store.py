@@ -1,0 +1,284 @@
+"""The store: the only code that knows object names and the write order (store format 1).
+
+A store is an fsspec URL (`file://`, `memory://`, `s3://`, `gs://`, `az://`). It is self-describing
+and needs no server; many nodes share it.
+
+    <store>/dsfs-store.json                    {"format": 1}
+    <store>/datasets/<id>/version.json         the VersionInfo record (see dsfs.model)
+    <store>/datasets/<id>/changes.msgpack.zst  the change-set against the merged parents
+    <store>/packs/<ab>/<pack id>               chunk packs; the id is blake3(pack bytes)[:16] in hex
+    <store>/names/<project>/<name>/<version>   the id holding that version number (exclusive create)
+
+Write order is the consistency argument (restic's, for the same reason):
+
+1. packs: content-addressed, so writing one twice is harmless and a re-run skips those present;
+2. the change-set: its blake3 digest and size go into version.json, so a torn or corrupted
+   change-set is detected instead of trusted;
+3. version.json with state=final, last, in one atomic PUT (or temp file + rename on file://).
+
+Readers go the other way: version.json first; a draft is never served, and a final version names
+exactly the change-set bytes it expects. A crash at any point leaves at worst unreferenced packs.
+Version numbers are claimed by exclusively creating `names/...`: two authors racing for a number
+cannot both get it.
+
+Every fsspec call goes through `_call`, which turns the zoo of backend exceptions into
+`StoreUnavailable` / `StoreReadOnly` with the store's (redacted) URL.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+import urllib.parse
+
+import fsspec
+
+from .errors import CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
+from .model import ID_RE, VersionInfo
+
+STORE_FORMAT = 1
+MARKER = "dsfs-store.json"
+
+
+def redact(url: str) -> str:
+    """A URL without user:password@ or query secrets, safe for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def default_store_url() -> str:
+    """The embedded default store: $XDG_DATA_HOME/dsfs/store."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return "file://" + os.path.join(data_home, "dsfs", "store")
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+class Store:
+    """A dsfs store at one URL. Methods speak of versions, change-sets and packs, never of paths."""
+
+    def __init__(self, url: str, **options):
+        self.url = url.rstrip("/")
+        self.display_url = redact(self.url)
+        try:
+            protocol, root = fsspec.core.split_protocol(self.url)
+            protocol = protocol or "file"
+            if protocol == "file":
+                options.setdefault("auto_mkdir", True)
+                root = os.path.abspath(os.path.expanduser(root))
+            self.fs = fsspec.filesystem(protocol, **options)
+        except (ImportError, ValueError) as exc:
+            raise StoreUnavailable(f"cannot open store {self.display_url}: {exc}") from None
+        self.protocol = protocol
+        self.root = self.fs._strip_protocol(root).rstrip("/") if protocol != "file" else root
+        self.is_local = protocol == "file"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | None = None, create: bool = False, **options) -> "Store":
+        """Open the store at `url` (default: the embedded local store, created on first use).
+
+        Raises StoreUnavailable when no dsfs store is there and `create` is false, or when the
+        backend cannot be reached.
+        """
+        store = cls(url or default_store_url(), **options)
+        store.check(create=create or url is None)
+        return store
+
+    def check(self, create: bool = False) -> None:
+        try:
+            marker = json.loads(self._call("read", self.fs.cat_file, self._p(MARKER)))
+        except FileNotFoundError:
+            if not create:
+                raise StoreUnavailable(f"no dsfs store at {self.display_url} (create one with `dsfs create`)") from None
+            self._put(MARKER, json.dumps({"format": STORE_FORMAT}).encode(), exclusive=True, missing_ok=True)
+            return
+        except json.JSONDecodeError:
+            raise CorruptData(f"store marker {self.display_url}/{MARKER} is corrupt") from None
+        if marker.get("format") != STORE_FORMAT:
+            raise StoreUnavailable(f"store {self.display_url} has format {marker.get('format')}, "
+                                   f"this dsfs reads format {STORE_FORMAT}: upgrade dsfs")
+
+    # -- low level -----------------------------------------------------------------------------
+
+    def _p(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run one fsspec call; map backend failures to typed errors. FileNotFoundError and
+        FileExistsError pass through: they are answers, not failures."""
+        try:
+            return fn(*args, **kwargs)
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except PermissionError:
+            raise StoreReadOnly(f"store {self.display_url} refused to {what}: permission denied") from None
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreReadOnly(f"store {self.display_url} refused to {what}: {os.strerror(exc.errno)}") from None
+            if exc.errno == errno.ENOSPC:
+                raise StoreUnavailable(f"store {self.display_url}: no space left to {what}") from None
+            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): {_reason(exc)}") from None
+        except Exception as exc:  # botocore, aiohttp, azure: their errors are not OSErrors
+            name = type(exc).__name__
+            if "AccessDenied" in str(exc) or "Forbidden" in str(exc) or name in ("AuthorizationError",):
+                raise StoreReadOnly(f"store {self.display_url} refused to {what}: access denied") from None
+            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): {name}: {_reason(exc)}") from None
+
+    def _put(self, key: str, data: bytes, exclusive: bool = False, missing_ok: bool = False) -> bool:
+        """Write one object atomically. exclusive: fail with FileExistsError if it exists (or
+        return False with missing_ok). Returns True if written."""
+        path = self._p(key)
+        try:
+            if self.is_local:
+                self._call("write", _local_atomic_write, path, data, exclusive)
+            else:
+                self._call("write", self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
+        except FileExistsError:
+            if missing_ok:
+                return False
+            raise
+        return True
+
+    def _get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        return self._call("read", self.fs.cat_file, self._p(key), start=start, end=end)
+
+    def _exists(self, key: str) -> bool:
+        return self._call("read", self.fs.exists, self._p(key))
+
+    def _rm(self, key: str, recursive: bool = False) -> None:
+        try:
+            self._call("delete", self.fs.rm, self._p(key), recursive=recursive)
+        except FileNotFoundError:
+            pass
+
+    def _ls_names(self, key: str) -> list[str]:
+        try:
+            found = self._call("list", self.fs.ls, self._p(key), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def read_version(self, dataset_id: str) -> VersionInfo:
+        if not ID_RE.match(dataset_id):
+            raise DatasetNotFound(f"no dataset with id {dataset_id!r} in {self.display_url}")
+        where = f"version record of dataset {dataset_id}"
+        try:
+            raw = self._get(f"datasets/{dataset_id}/version.json")
+        except FileNotFoundError:
+            raise DatasetNotFound(f"no dataset with id {dataset_id} in {self.display_url}") from None
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CorruptData(f"{where} is corrupt (not JSON); refusing to use it") from None
+        info = VersionInfo.from_json(data, where)
+        if info.id != dataset_id:
+            raise CorruptData(f"{where} names another id ({info.id}); refusing to use it")
+        return info
+
+    def write_version(self, info: VersionInfo, exclusive: bool = False) -> None:
+        self._put(f"datasets/{info.id}/version.json",
+                  json.dumps(info.to_json(), indent=1, sort_keys=True).encode(), exclusive=exclusive)
+
+    def list_version_ids(self) -> list[str]:
+        return [n for n in self._ls_names("datasets") if ID_RE.match(n)]
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every readable version record. A corrupt record is skipped here (listing must not fail
+        because of one bad version) and reported when that version is used."""
+        out = []
+        for dataset_id in self.list_version_ids():
+            try:
+                out.append(self.read_version(dataset_id))
+            except (DatasetNotFound, CorruptData):
+                continue
+        return out
+
+    def delete_version(self, dataset_id: str) -> None:
+        """Remove a version: the record first (it disappears for readers), then the rest."""
+        self._rm(f"datasets/{dataset_id}/version.json")
+        self._rm(f"datasets/{dataset_id}", recursive=True)
+
+    # -- change-sets ---------------------------------------------------------------------------
+
+    def write_changes(self, dataset_id: str, data: bytes) -> None:
+        self._put(f"datasets/{dataset_id}/changes.msgpack.zst", data)
+
+    def read_changes(self, dataset_id: str) -> bytes:
+        try:
+            return self._get(f"datasets/{dataset_id}/changes.msgpack.zst")
+        except FileNotFoundError:
+            raise CorruptData(f"change-set of dataset {dataset_id} is missing from {self.display_url}") from None
+
+    # -- packs ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pack_key(pack_id: bytes) -> str:
+        hexid = pack_id.hex()
+        return f"packs/{hexid[:2]}/{hexid}"
+
+    def has_pack(self, pack_id: bytes) -> bool:
+        return self._exists(self._pack_key(pack_id))
+
+    def write_pack(self, pack_id: bytes, data: bytes) -> None:
+        self._put(self._pack_key(pack_id), data)
+
+    def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        try:
+            data = self._get(self._pack_key(pack_id), offset, offset + length)
+        except FileNotFoundError:
+            raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
+        return data
+
+    def delete_pack(self, pack_id: bytes) -> None:
+        self._rm(self._pack_key(pack_id))
+
+    # -- version numbers -----------------------------------------------------------------------
+
+    def _name_key(self, project: str, name: str) -> str:
+        return f"names/{_quote(project)}/{_quote(name)}"
+
+    def claim_version_number(self, project: str, name: str, version: str, dataset_id: str) -> bool:
+        """Claim project/name@version for dataset_id. False if someone else holds it."""
+        return self._put(f"{self._name_key(project, name)}/{_quote(version)}", dataset_id.encode(),
+                         exclusive=True, missing_ok=True)
+
+    def release_version_number(self, project: str, name: str, version: str) -> None:
+        self._rm(f"{self._name_key(project, name)}/{_quote(version)}")
+
+    def claimed_version_numbers(self, project: str, name: str) -> list[str]:
+        return [urllib.parse.unquote(n) for n in self._ls_names(self._name_key(project, name))]
+
+
+def _local_atomic_write(path: str, data: bytes, exclusive: bool) -> None:
+    """temp file in the same folder, fsync, then rename (or link, which refuses an existing name)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
