@@ -237,7 +237,8 @@ class Dataset:
         return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
                 "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
 
-    def finalize(self, auto_upload: bool = True, show_progress: bool | None = None) -> None:
+    def finalize(self, auto_upload: bool = True, max_workers: int | None = None,
+                 show_progress: bool | None = None) -> None:
         """Close the version: upload what is left, write its change-set, then mark it final."""
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
@@ -245,7 +246,7 @@ class Dataset:
         if draft.adds:
             if not auto_upload:
                 raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
-            self.upload(show_progress=show_progress)
+            self.upload(max_workers=max_workers, show_progress=show_progress)
         changes, view, counts = self._changes_against_parents(draft)
         check_tree(view, f"dataset {self.id}")
         data = encode_changeset(changes)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set everything up and run the main job on the embedded default store:
+# create a sample dataset, upload and close it, list it, read a file back, then a child version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+sample=$(mktemp -d)
+trap 'rm -rf "$sample"' EXIT
+mkdir -p "$sample/images" "$sample/labels"
+for i in $(seq 1 20); do head -c $((4096 * i)) /dev/urandom > "$sample/images/img_$i.bin"; done
+for i in $(seq 1 20); do echo "label $i" > "$sample/labels/img_$i.txt"; done
+head -c $((8 * 1024 * 1024)) /dev/urandom > "$sample/images/large.bin"
+
+set -x
+id=$(dsfs create --project demo --name sample --tags demo)
+dsfs add --files "$sample"
+dsfs close
+dsfs list --id "$id" --filter 'labels/*'
+dsfs cat labels/img_7.txt --id "$id"
+child=$(dsfs create --project demo --name sample --parents "$id")
+echo "label 7, corrected" > "$sample/labels/img_7.txt"
+dsfs add --files "$sample/labels/img_7.txt" --dataset-folder labels
+dsfs remove --files 'images/img_1.bin'
+dsfs close
+dsfs list --modified
+dsfs cat labels/img_7.txt
+dsfs search --project demo
