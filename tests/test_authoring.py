@@ -1,0 +1,220 @@
+"""Authoring through the Python API: versions, lineage, dedupe, labels, deletion."""
+
+import os
+import threading
+
+import pytest
+
+from dsfs import Dataset, Store
+from dsfs.errors import Conflict, DatasetInUse, DatasetNotFound, InvalidState, UsageError
+from conftest import make_tree
+
+
+def _final(store, project, name, folder, parents=None, **kwargs):
+    ds = Dataset.create(project, name, parents=parents, store=store, **kwargs)
+    ds.add_files(str(folder))
+    ds.finalize()
+    return ds
+
+
+def test_roundtrip_bytes_modes_and_layout(tmp_path, memory_store):
+    src = tmp_path / "src"
+    files = {"a.txt": b"hello", "deep/er/b.bin": os.urandom(3 << 20), "empty": b""}
+    make_tree(src, files)
+    os.chmod(src / "a.txt", 0o755)
+    ds = Dataset.create("p", "n", store=memory_store)
+    assert ds.add_files(str(src), dataset_path="root") == 3
+    ds.finalize()
+    got = Dataset.get("p/n", store=memory_store)
+    assert got.id == ds.id and got.state == "final" and got.version == "1.0.0"
+    assert got.list_files() == ["root/a.txt", "root/deep/er/b.bin", "root/empty"]
+    for rel, data in files.items():
+        assert got.read_file(f"root/{rel}") == data
+    entries = {e.path: e for e in got.file_entries()}
+    assert entries["root/a.txt"].executable and not entries["root/empty"].executable
+    assert len(entries["root/deep/er/b.bin"].chunks) >= 2  # 3 MiB is cut into several chunks
+
+
+def test_wildcard_non_recursive_and_globs(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"x.jpg": b"1", "y.txt": b"2", "sub/z.jpg": b"3"})
+    ds = Dataset.create("p", "n", store=memory_store)
+    assert ds.add_files(str(tmp_path / "d"), wildcard="*.jpg") == 2
+    assert ds.list_files() == ["sub/z.jpg", "x.jpg"]
+    ds2 = Dataset.create("p", "m", store=memory_store)
+    assert ds2.add_files(str(tmp_path / "d"), recursive=False) == 2
+    assert ds2.add_files(str(tmp_path / "d" / "*.txt"), dataset_path="t") == 1
+    assert ds2.list_files() == ["t/y.txt", "x.jpg", "y.txt"]
+
+
+def test_parents_merge_in_order_and_removals(tmp_path, memory_store):
+    make_tree(tmp_path / "a", {"shared": b"from a", "only_a": b"a"})
+    make_tree(tmp_path / "b", {"shared": b"from b", "only_b": b"b"})
+    a = _final(memory_store, "p", "a", tmp_path / "a")
+    b = _final(memory_store, "p", "b", tmp_path / "b")
+    child = Dataset.create("p", "c", parents=[a.id, b.id], store=memory_store)
+    child.remove_files("only_a")
+    make_tree(tmp_path / "c", {"new": b"n"})
+    child.add_files(str(tmp_path / "c"))
+    child.finalize()
+    assert child.list_files() == ["new", "only_b", "shared"]
+    assert child.read_file("shared") == b"from b"  # the later parent wins
+    assert child.list_added_files() == ["new"]
+    assert child.list_removed_files() == ["only_a"]
+    grandchild = Dataset.create("p", "g", parents=[child.id, a.id], store=memory_store)
+    grandchild.finalize()
+    assert grandchild.read_file("shared") == b"from a"
+    assert grandchild.list_files() == ["new", "only_a", "only_b", "shared"]
+
+
+def test_unchanged_readd_is_no_change_and_modification_is_seen(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"f1": b"one", "f2": b"two"})
+    parent = _final(memory_store, "p", "n", tmp_path / "d")
+    (tmp_path / "d" / "f2").write_bytes(b"TWO")
+    child = _final(memory_store, "p", "n", tmp_path / "d", parents=[parent.id])
+    assert child.version == "1.0.1"
+    assert child.list_modified_files() == ["f2"] and child.list_added_files() == []
+    assert child.info.stats["modified"] == 1 and child.info.stats["files"] == 2
+
+
+def test_child_stores_only_new_chunks(tmp_path, memory_store):
+    big = os.urandom(20 << 20)
+    make_tree(tmp_path / "v1", {"big.bin": big})
+    parent = _final(memory_store, "p", "n", tmp_path / "v1")
+    assert parent.info.stats["new_bytes"] >= len(big)
+    # rename + append 100 KiB: only the tail chunk(s) are new
+    make_tree(tmp_path / "v2", {"moved/big.bin": big + os.urandom(100 << 10)})
+    child = Dataset.create("p", "n", parents=[parent.id], store=memory_store)
+    child.remove_files("big.bin")
+    child.add_files(str(tmp_path / "v2"))
+    child.finalize()
+    assert child.info.stats["new_bytes"] < (100 << 10) + (4 << 20) * 2
+    assert child.read_file("moved/big.bin")[: len(big)] == big
+
+
+def test_version_numbers_auto_increment_and_clash(memory_store):
+    first = Dataset.create("p", "n", store=memory_store)
+    assert first.version == "1.0.0"
+    assert Dataset.create("p", "n", version="2.0.0", store=memory_store).version == "2.0.0"
+    assert Dataset.create("p", "n", store=memory_store).version == "2.0.1"
+    with pytest.raises(Conflict, match="2.0.0 already exists"):
+        Dataset.create("p", "n", version="2.0.0", store=memory_store)
+    with pytest.raises(UsageError):
+        Dataset.create("p", "n", version="two", store=memory_store)
+
+
+def test_racing_authors_get_distinct_versions(file_store):
+    Store.open(file_store, create=True)
+    versions, errors = [], []
+
+    def author():
+        try:
+            versions.append(Dataset.create("p", "race", store=file_store).version)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=author) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(versions) == sorted(set(versions)) and len(versions) == 8
+
+
+def test_parent_must_be_final_and_exist(memory_store):
+    draft = Dataset.create("p", "n", store=memory_store)
+    with pytest.raises(InvalidState, match="draft"):
+        Dataset.create("p", "c", parents=[draft.id], store=memory_store)
+    with pytest.raises(DatasetNotFound):
+        Dataset.create("p", "c", parents=["0" * 32], store=memory_store)
+
+
+def test_final_is_immutable_and_closing_twice_fails(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    ds = _final(memory_store, "p", "n", tmp_path / "d")
+    with pytest.raises(InvalidState, match="cannot change"):
+        ds.add_files(str(tmp_path / "d"))
+    with pytest.raises(InvalidState, match="cannot change"):
+        ds.remove_files("f")
+    with pytest.raises(InvalidState, match="already final"):
+        ds.finalize()
+    ds.publish()
+    assert Dataset.get(ds.id, store=memory_store).state == "published"
+    with pytest.raises(InvalidState):
+        ds.publish()
+
+
+def test_get_by_version_tags_and_latest(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    v1 = _final(memory_store, "p", "n", tmp_path / "d", tags=["gold"])
+    v2 = _final(memory_store, "p", "n", tmp_path / "d", parents=[v1.id])
+    Dataset.create("p", "n", store=memory_store)  # a newer draft is not "latest"
+    assert Dataset.get("p/n", store=memory_store).id == v2.id
+    assert Dataset.get("p/n@1.0.0", store=memory_store).id == v1.id
+    assert Dataset.get(project="p", name="n", tags=["gold"], store=memory_store).id == v1.id
+    with pytest.raises(DatasetNotFound):
+        Dataset.get("p/n", tags=["silver"], store=memory_store)
+    with pytest.raises(DatasetNotFound):
+        Dataset.get("p/nope", store=memory_store)
+
+
+def test_metadata_rename_move(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    v1 = _final(memory_store, "p", "n", tmp_path / "d")
+    v2 = _final(memory_store, "p", "n", tmp_path / "d", parents=[v1.id])
+    v2.set_metadata({"split": {"train": 0.8}})
+    assert Dataset.get(v2.id, store=memory_store).get_metadata("split") == {"train": 0.8}
+    assert Dataset.rename("m", "p", "n", store=memory_store) == 2
+    assert Dataset.get("p/m@1.0.1", store=memory_store).id == v2.id
+    assert Dataset.move_to_project("q", "p", "m", store=memory_store) == 2
+    assert Dataset.get("q/m", store=memory_store).id == v2.id
+    # the old name is free again; the new one keeps counting
+    assert Dataset.create("p", "n", store=memory_store).version == "1.0.0"
+    assert Dataset.create("q", "m", store=memory_store).version == "1.0.2"
+    _final(memory_store, "q", "z", tmp_path / "d")  # holds q/z@1.0.0
+    with pytest.raises(Conflict, match="q/z@1.0.0 already exists"):
+        Dataset.rename("z", "q", "m", store=memory_store)
+    assert Dataset.get("q/m", store=memory_store).id == v2.id  # a clash changes nothing
+    assert Dataset.get("q/m@1.0.0", store=memory_store).id == v1.id
+
+
+def test_delete_refuses_parents_and_frees_packs(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"f": os.urandom(1000)})
+    parent = _final(file_store, "p", "n", tmp_path / "d")
+    (tmp_path / "d" / "g").write_bytes(os.urandom(1000))
+    child = _final(file_store, "p", "n", tmp_path / "d", parents=[parent.id])
+    with pytest.raises(DatasetInUse, match="parent of 1"):
+        Dataset.delete(parent.id, store=file_store)
+    root = file_store[len("file://"):]
+    packs_before = sum(len(f) for _, _, f in os.walk(f"{root}/packs"))
+    Dataset.delete(child.id, store=file_store)
+    assert sum(len(f) for _, _, f in os.walk(f"{root}/packs")) == packs_before - 1
+    with pytest.raises(DatasetNotFound):
+        Dataset.get(child.id, store=file_store)
+    Dataset.delete(parent.id, store=file_store)
+    assert sum(len(f) for _, _, f in os.walk(f"{root}/packs")) == 0
+    draft = Dataset.create("p", "n", store=file_store)
+    Dataset.delete(draft.id, store=file_store)
+    assert Dataset.search(store=file_store) == []
+
+
+def test_search_filters(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    a = _final(memory_store, "vision", "cats", tmp_path / "d", tags=["a", "b"])
+    _final(memory_store, "vision", "dogs", tmp_path / "d", tags=["a"])
+    _final(memory_store, "audio", "birds", tmp_path / "d")
+    assert [v.name for v in Dataset.search(project="vision", store=memory_store)] == ["cats", "dogs"]
+    assert [v.name for v in Dataset.search(tags=["a", "b"], store=memory_store)] == ["cats"]
+    assert [v.name for v in Dataset.search(name="*s", project="aud*", store=memory_store)] == ["birds"]
+    assert [v.id for v in Dataset.search(ids=[a.id], store=memory_store)] == [a.id]
+
+
+def test_path_conflict_file_vs_folder_is_refused(tmp_path, memory_store):
+    make_tree(tmp_path / "a", {"x": b"file"})
+    make_tree(tmp_path / "b", {"x/y": b"nested"})
+    a = _final(memory_store, "p", "a", tmp_path / "a")
+    child = Dataset.create("p", "c", parents=[a.id], store=memory_store)
+    child.add_files(str(tmp_path / "b"))
+    with pytest.raises(Conflict, match="both a file and a folder"):
+        child.finalize()
+    assert Dataset.get(child.id, include_drafts=True, store=memory_store).state == "draft"

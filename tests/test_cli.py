@@ -1,0 +1,107 @@
+"""The command line: the authoring workflow, JSON output, and one clear line per user error."""
+
+import json
+
+import pytest
+
+from conftest import make_tree, run_cli
+
+
+def test_workflow_and_json(tmp_path, dsfs, memory_store):
+    make_tree(tmp_path / "d", {"imgs/a.jpg": b"a" * 100, "imgs/b.jpg": b"b" * 200, "labels.csv": b"x,y\n"})
+    r = dsfs("--store", memory_store, "create", "--project", "vision", "--name", "cats", "--tags", "raw", "v1")
+    assert r.code == 0, r.err
+    ds_id = r.out.strip()
+    assert len(ds_id) == 32
+    assert dsfs("--store", memory_store, "add", "--files", tmp_path / "d").code == 0
+    r = dsfs("--store", memory_store, "close")
+    assert r.code == 0 and "3 file(s)" in r.out
+    r = dsfs("--store", memory_store, "list", "--json", "--filter", "imgs")
+    assert [f["path"] for f in json.loads(r.out)] == ["imgs/a.jpg", "imgs/b.jpg"]
+    assert json.loads(r.out)[1]["size"] == 200
+    r = dsfs("--store", memory_store, "show", ds_id, "--json")
+    shown = json.loads(r.out)
+    assert shown["state"] == "final" and shown["tags"] == ["raw", "v1"] and shown["stats"]["files"] == 3
+    r = dsfs("--store", memory_store, "search", "--tags", "raw", "--json")
+    assert [v["id"] for v in json.loads(r.out)] == [ds_id]
+    r = dsfs("--store", memory_store, "search")
+    assert ds_id in r.out and "vision" in r.out  # a table with full ids
+    assert dsfs("--store", memory_store, "metadata", "set", "classes", '["cat"]').code == 0
+    assert json.loads(dsfs("--store", memory_store, "metadata", "get", "classes").out) == ["cat"]
+    r = dsfs("--store", memory_store, "cat", "labels.csv")
+    assert r.out == "x,y\n"
+    assert dsfs("--store", memory_store, "publish").code == 0
+
+    r = dsfs("--store", memory_store, "create", "--project", "vision", "--name", "cats", "--parents", "vision/cats")
+    child = r.out.strip()
+    assert dsfs("--store", memory_store, "remove", "--files", "imgs/a.jpg").code == 0
+    make_tree(tmp_path / "e", {"more.jpg": b"m"})
+    assert dsfs("--store", memory_store, "add", "--files", tmp_path / "e", "--dataset-folder", "imgs").code == 0
+    assert dsfs("--store", memory_store, "upload", "--max-workers", "2").code == 0
+    assert dsfs("--store", memory_store, "close").code == 0
+    r = dsfs("--store", memory_store, "list", "--modified", "--json", "--id", child)
+    assert json.loads(r.out) == [{"change": "removed", "path": "imgs/a.jpg"},
+                                 {"change": "added", "path": "imgs/more.jpg"}]
+    r = dsfs("--store", memory_store, "show", "vision/cats", "--json")
+    assert json.loads(r.out)["id"] == child and json.loads(r.out)["version"] == "1.0.1"
+    assert dsfs("--store", memory_store, "rename", "--project", "vision", "--name", "cats", "--new-name", "felines").code == 0
+    assert dsfs("--store", memory_store, "move", "--project", "vision", "--name", "felines", "--new-project", "zoo").code == 0
+    assert json.loads(dsfs("--store", memory_store, "show", "zoo/felines", "--json").out)["id"] == child
+    r = dsfs("--store", memory_store, "delete", "--id", ds_id)
+    assert r.code == 4 and "parent of 1" in r.err
+    assert dsfs("--store", memory_store, "delete", "--id", child).code == 0
+    assert dsfs("--store", memory_store, "delete", "--id", ds_id).code == 0
+    assert json.loads(dsfs("--store", memory_store, "search", "--json").out) == []
+
+
+def _assert_one_line_error(proc, code, *words):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dsfs: error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture
+def local(tmp_path):
+    """A file:// store with one final dataset and one draft, for subprocess tests."""
+    store = f"file://{tmp_path}/store"
+    make_tree(tmp_path / "d", {"f.txt": b"data"})
+    env = {"DSFS_STORE": store}
+    final = run_cli("create", "--project", "p", "--name", "n", env=env).stdout.strip()
+    run_cli("add", "--files", tmp_path / "d", env=env)
+    assert run_cli("close", env=env).returncode == 0
+    draft = run_cli("create", "--project", "p", "--name", "n", env=env).stdout.strip()
+    return {"env": env, "final": final, "draft": draft, "root": tmp_path}
+
+
+def test_user_errors_are_one_line(local):
+    env, final, draft, root = local["env"], local["final"], local["draft"], local["root"]
+    _assert_one_line_error(run_cli("show", "f" * 32, env=env), 3, "no dataset with id")
+    _assert_one_line_error(run_cli("show", "p/missing", env=env), 3, "p/missing")
+    _assert_one_line_error(run_cli("show", "garbage", env=env), 3, "neither a dataset id")
+    _assert_one_line_error(run_cli("add", "--files", root / "nope.txt", env=env), 2, "nope.txt")
+    _assert_one_line_error(run_cli("add", "--files", f"{root}/d/*.zzz", env=env), 2, "no files match")
+    _assert_one_line_error(run_cli("remove", "--files", "nothing/*", env=env), 2, "no files")
+    _assert_one_line_error(run_cli("close", "--id", final, env=env), 4, "already final")
+    _assert_one_line_error(run_cli("add", "--files", root / "d", "--id", final, env=env), 4, "cannot change")
+    _assert_one_line_error(run_cli("remove", "--files", "f.txt", "--id", final, env=env), 4, "cannot change")
+    _assert_one_line_error(run_cli("create", "--project", "p", "--name", "c", "--parents", draft, env=env), 4, "draft")
+    _assert_one_line_error(run_cli("create", "--project", "p", "--name", "c", "--parents", "0" * 32, env=env), 3)
+    _assert_one_line_error(run_cli("create", "--project", "p", "--name", "n", "--version", "1.0.0", env=env), 5,
+                           "already exists")
+    _assert_one_line_error(run_cli("cat", "nope.txt", "--id", final, env=env), 2, "no file")
+    _assert_one_line_error(run_cli("publish", "--id", draft, env=env), 4, "draft")
+    # nothing above changed the store: the final version still reads, the draft is still a draft
+    assert run_cli("cat", "f.txt", "--id", final, env=env).stdout == "data"
+    assert json.loads(run_cli("show", draft, "--json", env=env).stdout)["state"] == "draft"
+
+
+def test_no_current_dataset(tmp_path):
+    _assert_one_line_error(run_cli("close", env={"DSFS_STORE": f"file://{tmp_path}/s"}), 2, "no current dataset")
+
+
+def test_missing_store_is_not_created_by_readers(tmp_path):
+    _assert_one_line_error(run_cli("--store", f"file://{tmp_path}/none", "search"), 7, "no dsfs store")
+    assert not (tmp_path / "none").exists()
