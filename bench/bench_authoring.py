@@ -100,7 +100,7 @@ def page_cache_fraction(folder: str) -> float | None:
             return None
         for line in out.splitlines():
             res, size = line.split()
-            resident += int(res)
+            resident += min(int(res), int(size))  # fincore counts whole pages
             total += int(size)
     return resident / total if total else None
 
@@ -110,7 +110,7 @@ def fmt_mib(n: float) -> str:
 
 
 def copy_tree(src: str, dst: str) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(gen.MARKER))
+    shutil.copytree(src, dst)
 
 
 def replace_file(path: str, data: bytes) -> None:

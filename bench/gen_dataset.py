@@ -15,8 +15,9 @@ Content is a blake3 XOF stream keyed by (seed, kind, relative path), so a given 
 always produces the same bytes, on any machine, at ~1.5 GB/s per core. Random bytes do not compress,
 so neither tool gains from compression and the figures measure hashing, chunking and I/O.
 
-Idempotent: DIR/.gen-complete.json records the parameters once everything is written; a second
-run with the same parameters does nothing, and one with other parameters regenerates DIR.
+Idempotent: DIR.gen.json (next to DIR, so that adding DIR adds only data files) records the
+parameters once everything is written; a second run with the same parameters does nothing, and one
+with other parameters regenerates DIR.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import blake3
 
 MiB = 1 << 20
 KiB = 1 << 10
-MARKER = ".gen-complete.json"
+MARKER_SUFFIX = ".gen.json"
 FORMAT = 1  # bump when the layout or the byte stream changes
 BLOCK = 64 * MiB
 
@@ -85,7 +86,8 @@ def params(kind: str, scale: float, seed: int) -> dict:
 def generate(folder: str, kind: str, scale: float = 1.0, seed: int = 0, quiet: bool = False) -> dict:
     """Generate (or reuse) the dataset; returns its parameters (files, bytes, ...)."""
     want = params(kind, scale, seed)
-    marker = os.path.join(folder, MARKER)
+    folder = os.path.normpath(folder)
+    marker = marker_path(folder)
     try:
         with open(marker) as f:
             if json.load(f) == want:
@@ -95,6 +97,8 @@ def generate(folder: str, kind: str, scale: float = 1.0, seed: int = 0, quiet: b
                 return want
     except (FileNotFoundError, json.JSONDecodeError):
         pass
+    if os.path.exists(marker):
+        os.unlink(marker)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(folder)
@@ -112,14 +116,17 @@ def generate(folder: str, kind: str, scale: float = 1.0, seed: int = 0, quiet: b
     return want
 
 
+def marker_path(folder: str) -> str:
+    return os.path.normpath(folder) + MARKER_SUFFIX
+
+
 def data_files(folder: str) -> list[str]:
-    """Relative paths of a generated dataset's files (the marker excluded), sorted."""
+    """Relative paths of a dataset's files, sorted."""
     out = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            if name != MARKER:
-                out.append(os.path.relpath(os.path.join(root, name), folder))
+            out.append(os.path.relpath(os.path.join(root, name), folder))
     return out
 
 
