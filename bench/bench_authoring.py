@@ -6,12 +6,15 @@
 One run:
   1. generates (or reuses) the deterministic datasets under --datadir (bench/gen_dataset.py);
   2. ingests `large` (4 x 512 MiB) and `small` (10,000 x 4-64 KiB) into fresh file:// stores with
-     the Python API (create, add_files, upload, finalize), each in its own process;
+     the Python API (create, add_files, upload, finalize), each in its own process, interleaved
+     with `dvc add` of copies of the same data (DVC lives in its own venv, bench/.work/dvc-venv),
+     --repeat times each; the median run counts;
   3. measures what a child version costs: 1% of the small files rewritten, and 1 MiB appended
-     to a 100 MiB file, against the target "at most 2 x changed bytes + 4 MiB + its change-set";
-  4. times `dvc add` on copies of the same data in a separate venv (bench/.work/dvc-venv), and
-     DVC's cache growth for the same two child cases;
-  5. prints the figures, the ratios dsfs/DVC and PASS/FAIL against the targets.
+     to a 100 MiB file, against the target "at most 2 x changed bytes + 4 MiB + its change-set",
+     and DVC's cache growth for the same two cases;
+  4. times the `dsfs` CLI (create, add, close) once, if the console script works;
+  5. prints the figures, the ratios dsfs/DVC and PASS/FAIL against the targets (exit code 1 if a
+     target is missed).
 
 All dsfs state goes to a temporary XDG_STATE_HOME / XDG_DATA_HOME under the workdir, never the
 user's. MB is 10^6 bytes (throughput), MiB is 2^20 bytes (sizes).
@@ -103,6 +106,14 @@ def page_cache_fraction(folder: str) -> float | None:
             resident += min(int(res), int(size))  # fincore counts whole pages
             total += int(size)
     return resident / total if total else None
+
+
+def warm_up(folder: str) -> None:
+    """Read every file once, so that the measured runs find the data in the page cache."""
+    for rel in gen.data_files(folder):
+        with open(os.path.join(folder, rel), "rb", buffering=0) as f:
+            while f.read(16 * MiB):
+                pass
 
 
 def fmt_mib(n: float) -> str:
@@ -240,16 +251,49 @@ class Bench:
 
     # -- dsfs --
 
-    def bench_dsfs(self) -> None:
+    def bench_ingest(self, dvc: str | None) -> None:
+        """Ingest throughput, dsfs and DVC interleaved, --repeat times each; the median run counts.
+        Repetition 0's store and DVC repo are kept for the child measurements."""
+        r = self.results
+        runs: dict[str, list] = {}
+        for rep in range(self.args.repeat):
+            for kind in ("large", "small"):
+                folder, meta = self.data[kind]
+                store = os.path.join(self.run_dir, f"dsfs-store-{kind}-{rep}")
+                m, out = self.dsfs_ingest(kind, store, folder, kind)
+                runs.setdefault(f"dsfs_{kind}", []).append(
+                    {"m": m, "out": out, "meta": meta, "store": store, "store_bytes": tree_bytes(store)[0]})
+                if rep:
+                    shutil.rmtree(store)
+                if dvc and "dvc_error" not in r:
+                    try:
+                        runs.setdefault(f"dvc_{kind}", []).append(self.dvc_ingest(dvc, kind, rep))
+                    except RuntimeError as exc:
+                        r["dvc_error"] = str(exc)
+        for key, rows in runs.items():
+            if key.startswith("dvc_") and "dvc_error" in r:
+                continue
+            walls = [row["m"].wall for row in rows]
+            median = sorted(rows, key=lambda row: row["m"].wall)[len(rows) // 2]
+            r[key] = dict(median, walls=walls, first=rows[0])
+
+    def dvc_ingest(self, dvc: str, kind: str, rep: int) -> dict:
+        folder, meta = self.data[kind]
+        repo = self.dvc_repo(dvc, f"dvc-{kind}-{rep}")
+        copy_tree(folder, os.path.join(repo, "data"))  # not timed
+        m = self.dvc(dvc, repo, "add", "-q", "data")
+        sync_s = self.timed_sync()
+        row = {"m": m, "sync_s": sync_s, "meta": meta, "repo": repo,
+               "cache": tree_bytes(os.path.join(repo, ".dvc", "cache"))[0]}
+        sample = os.path.join(repo, "data", gen.data_files(folder)[0])
+        row["link"] = "hardlink/shared" if os.stat(sample).st_nlink > 1 else "copy"
+        if rep:
+            shutil.rmtree(repo)
+        return row
+
+    def bench_dsfs_children(self) -> None:
         r = self.results
         run = self.run_dir
-        for kind in ("large", "small"):
-            folder, meta = self.data[kind]
-            store = os.path.join(run, f"dsfs-store-{kind}")
-            m, out = self.dsfs_ingest(kind, store, folder, kind)
-            r[f"dsfs_{kind}"] = {"m": m, "out": out, "meta": meta, "store": store,
-                                 "store_bytes": tree_bytes(store)[0]}
-
         # child: 1% of the small files rewritten; the whole folder is added again (a re-sync)
         folder, meta = self.data["small"]
         child_dir = os.path.join(run, "small-child")
@@ -257,9 +301,10 @@ class Bench:
         rels = gen.data_files(child_dir)
         self.changed_rels = changed_small_files(rels)
         changed = rewrite_small(child_dir, self.changed_rels, self.args.seed)
-        store = r["dsfs_small"]["store"]
+        store = r["dsfs_small"]["first"]["store"]
         before = tree_bytes(store)
-        m, out = self.dsfs_ingest("small child", store, child_dir, "small", parent=r["dsfs_small"]["out"]["id"])
+        m, out = self.dsfs_ingest("small child", store, child_dir, "small",
+                                  parent=r["dsfs_small"]["first"]["out"]["id"])
         after = tree_bytes(store)
         r["dsfs_small_child"] = {"m": m, "out": out, "changed_files": len(self.changed_rels),
                                  "changed_bytes": changed, "growth": after[0] - before[0],
@@ -342,28 +387,11 @@ class Bench:
         os.sync()
         return time.perf_counter() - t
 
-    def bench_dvc(self) -> None:
+    def bench_dvc_children(self, dvc: str) -> None:
         r = self.results
-        dvc = self.find_dvc()
-        if dvc is None:
-            r.setdefault("dvc_error", "dvc not available")
-            return
         try:
-            r["dvc_version"] = run_measured([dvc, "--version"], env=self.env).stdout.strip()
-            for kind in ("large", "small"):
-                folder, meta = self.data[kind]
-                repo = self.dvc_repo(dvc, f"dvc-{kind}")
-                copy_tree(folder, os.path.join(repo, "data"))  # not timed
-                os.sync()
-                m = self.dvc(dvc, repo, "add", "-q", "data")
-                sync_s = self.timed_sync()
-                r[f"dvc_{kind}"] = {"m": m, "sync_s": sync_s, "meta": meta, "repo": repo,
-                                    "cache": tree_bytes(os.path.join(repo, ".dvc", "cache"))[0]}
-                sample = os.path.join(repo, "data", gen.data_files(folder)[0])
-                r[f"dvc_{kind}"]["link"] = "hardlink/shared" if os.stat(sample).st_nlink > 1 else "copy"
-
             # child: the same 1% of small files rewritten with the same new bytes
-            repo = r["dvc_small"]["repo"]
+            repo = r["dvc_small"]["first"]["repo"]
             cache = os.path.join(repo, ".dvc", "cache")
             before = tree_bytes(cache)[0]
             changed = rewrite_small(os.path.join(repo, "data"), self.changed_rels, self.args.seed)
@@ -389,6 +417,9 @@ class Bench:
         r, say, a = self.results, self.say, self.args
         failures = 0
 
+        def walls(d: dict) -> str:
+            return ", ".join(f"{w:.2f}" for w in d["walls"]) + " s (median shown)"
+
         def verdict(ok: bool) -> str:
             nonlocal failures
             failures += 0 if ok else 1
@@ -399,15 +430,16 @@ class Bench:
         say(f"dsfs authoring benchmark   scale={a.scale:g}  seed={a.seed}  upload workers={a.workers}  "
             f"cpus={os.cpu_count()}  python={sys.version.split()[0]}")
         say(f"data: {a.datadir}   workdir: {self.run_dir}")
-        for kind, frac in cache_state.items():
-            say(f"page cache before measuring, {kind}: "
-                + ("unknown (no fincore)" if frac is None else f"{frac:.0%} resident (warm; both tools read the same warm data)"))
+        say("input data read once before measuring; page-cache residency then (fincore): " + ", ".join(
+            f"{kind} {'unknown' if frac is None else f'{frac:.0%}'}" for kind, frac in cache_state.items())
+            + " -> both tools read warm data (no cache drop)")
         say("store: file:// on the local disk; dsfs fsyncs each pack; DVC does not fsync "
             "(its 'incl. sync' figure adds a `sync` after `dvc add`).")
         say("MB = 10^6 bytes; MiB = 2^20 bytes. Wall times include process start-up and imports.")
         say("-" * 100)
 
-        say("1. Ingest into a fresh store (Python API: create + add_files + upload + finalize, own process)")
+        say("1. Ingest into a fresh store (Python API: create + add_files + upload + finalize, own process; "
+            f"median of {a.repeat})")
         for kind in ("large", "small"):
             d = r[f"dsfs_{kind}"]
             m, out, meta = d["m"], d["out"], d["meta"]
@@ -416,7 +448,7 @@ class Bench:
                 f"({m.cpu:6.2f}s CPU, peak RSS {m.rss_mib:,.0f} MiB) = {mbps:8.1f} MB/s, {fps:9.1f} files/s")
             say(f"             phases: create {out['create_s']:.2f}s, add_files {out['add_s']:.2f}s, "
                 f"upload {out['upload_s']:.2f}s, finalize {out['finalize_s']:.2f}s; "
-                f"{out['packs']} packs, store {fmt_mib(d['store_bytes'])}")
+                f"{out['packs']} packs, store {fmt_mib(d['store_bytes'])}; runs {walls(d)}")
         cli = r.get("cli")
         if cli is not None:
             if "skipped" in cli:
@@ -430,13 +462,14 @@ class Bench:
         dvc_ok = "dvc_large" in r and "dvc_small" in r
         if dvc_ok:
             say(f"  DVC {r.get('dvc_version', '?')} (`dvc add` of a copy of the same data in a fresh `dvc init --no-scm` "
-                f"repo; cache link: {r['dvc_large']['link']}):")
+                f"repo, default config; cache link: {r['dvc_large']['link']}):")
             for kind in ("large", "small"):
                 d = r[f"dvc_{kind}"]
                 m, meta = d["m"], d["meta"]
                 say(f"  dvc  {kind:5s}: {meta['files']:>6,} files, {fmt_mib(meta['bytes']):>14} in {m.wall:7.2f}s wall "
                     f"({m.cpu:6.2f}s CPU, peak RSS {m.rss_mib:,.0f} MiB) = {meta['bytes'] / MB / m.wall:8.1f} MB/s, "
-                    f"{meta['files'] / m.wall:9.1f} files/s;  incl. sync {m.wall + d['sync_s']:.2f}s")
+                    f"{meta['files'] / m.wall:9.1f} files/s")
+                say(f"             incl. the `sync` after it {m.wall + d['sync_s']:.2f}s; runs {walls(d)}")
         else:
             say(f"  DVC: not measured ({r.get('dvc_error', 'skipped with --skip-dvc')})")
         say("-" * 100)
@@ -507,16 +540,27 @@ class Bench:
     def main(self) -> int:
         started = time.perf_counter()
         self.prepare()
+        for folder, _ in self.data.values():  # both tools then read the same warm page cache
+            warm_up(folder)
         cache_state = {kind: page_cache_fraction(folder) for kind, (folder, _) in self.data.items()}
-        self.say(f"measuring dsfs ...")
-        self.bench_dsfs()
-        if not self.args.skip_cli:
-            self.bench_cli()
+        dvc = None
         if self.args.skip_dvc:
             self.results["dvc_error"] = "skipped with --skip-dvc"
         else:
-            self.say("measuring DVC ...")
-            self.bench_dvc()
+            dvc = self.find_dvc()
+            if dvc is None:
+                self.results.setdefault("dvc_error", "dvc not available")
+            else:
+                self.results["dvc_version"] = run_measured([dvc, "--version"], env=self.env).stdout.strip()
+        self.say(f"measuring ingest, dsfs{' and DVC' if dvc else ''} interleaved, {self.args.repeat} run(s) each ...")
+        self.bench_ingest(dvc)
+        self.say("measuring child versions ...")
+        self.bench_dsfs_children()
+        if dvc and "dvc_error" not in self.results:
+            self.bench_dvc_children(dvc)
+        if not self.args.skip_cli:
+            self.say("timing the CLI path ...")
+            self.bench_cli()
         rc = self.report(cache_state, started)
         if self.args.profile:
             self.profile()
@@ -536,6 +580,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work"), help="scratch space (default bench/.work)")
     ap.add_argument("--datadir", default=os.path.join(HERE, ".data"), help="generated data (default bench/.data)")
     ap.add_argument("--workers", type=int, default=4, help="dsfs upload max_workers (default 4)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="ingest runs per tool and dataset, interleaved; the median counts (default 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dvc", help="a dvc executable to use instead of bench/.work/dvc-venv/bin/dvc")
     ap.add_argument("--profile", action="store_true", help="afterwards, cProfile the dsfs ingests and print the top")

@@ -17,6 +17,7 @@ from rich.table import Table
 from dsfs import Dataset
 from dsfs.dataset import open_store
 from dsfs.errors import DsfsError
+from dsfs.errors import UsageError as DsfsUsage
 from dsfs.model import VersionInfo
 
 
@@ -319,6 +320,139 @@ def cat(ctx, path, ref):
     ds = _dataset(ctx, ref)
     sys.stdout.buffer.write(ds.read_file(path))
     sys.stdout.buffer.flush()
+
+
+def cache_options(fn):
+    fn = click.option("--cache-size", default=None, metavar="SIZE",
+                      help="Cache budget, e.g. 50G (default: $DSFS_CACHE_SIZE, else half the free disk).")(fn)
+    fn = click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                      help="Cache folder (default: $DSFS_CACHE_DIR, else $XDG_CACHE_HOME/dsfs).")(fn)
+    return fn
+
+
+def _consumer(ctx, ref, cache_dir, cache_size) -> Dataset:
+    """A final version to consume, with the node cache."""
+    from dsfs.cache import Cache
+
+    if ref:  # consumers resolve names to final versions only; an explicit id may still be a draft
+        ds = Dataset.get(ref, store=ctx.obj["store"])
+        ds.make_current()
+    else:
+        ds = Dataset.current(ctx.obj["store"])
+    return ds.use_cache(Cache(cache_dir, cache_size))
+
+
+@cli.command()
+@click.argument("ref", metavar="DATASET")
+@click.argument("target", type=click.Path(file_okay=False))
+@multi("--include", metavar="GLOB", help="Only paths matching these globs (a folder name takes its subtree).")
+@multi("--exclude", metavar="GLOB", help="Skip paths matching these globs.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Parallel ranged GETs.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder, replacing files of the same name.")
+@cache_options
+@click.pass_context
+def download(ctx, ref, target, include, exclude, max_workers, overwrite, cache_dir, cache_size):
+    """Materialize a version (or part of it) into TARGET. Resumable."""
+    ds = _consumer(ctx, ref, cache_dir, cache_size)
+    result = ds.download(target, list(include) or None, list(exclude) or None, max_workers, overwrite)
+    click.echo(f"{ds.info.ref}: {result.written} file(s) written ({_human(result.bytes)}), "
+               f"{result.skipped} already complete, in {target}")
+
+
+@cli.command()
+@click.argument("ref", metavar="DATASET", required=False)
+@click.option("--copy", "copy_to", type=click.Path(file_okay=False), default=None, help="Make a mutable copy in DIR.")
+@click.option("--link", "link_to", type=click.Path(), default=None, help="Make DIR a symlink to the cached copy.")
+@click.option("--overwrite", is_flag=True, help="Allow a non-empty --copy DIR / an existing --link.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=8, show_default=True)
+@cache_options
+@click.pass_context
+def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_size):
+    """Print the path of a read-only cached copy of a version (materialized once)."""
+    import os
+
+    ds = _consumer(ctx, ref, cache_dir, cache_size)
+    if copy_to:
+        click.echo(ds.get_mutable_local_copy(copy_to, overwrite, max_workers))
+        return
+    path = ds.get_local_copy(max_workers)
+    if link_to:
+        link_to = os.path.abspath(link_to)
+        if os.path.lexists(link_to):
+            if not (overwrite and (os.path.islink(link_to) or (os.path.isdir(link_to) and not os.listdir(link_to)))):
+                raise DsfsUsage(f"{link_to} exists; pass --overwrite to replace it (a symlink or an empty folder)")
+            os.unlink(link_to) if os.path.islink(link_to) else os.rmdir(link_to)
+        os.symlink(path, link_to)
+        path = link_to
+    click.echo(path)
+
+
+@cli.command()
+@id_option
+@click.option("--folder", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder to check (default: the cached copy).")
+@click.option("--filesize", is_flag=True, help="Compare sizes only, do not hash.")
+@json_option
+@cache_options
+@click.pass_context
+def verify(ctx, ref, folder, filesize, as_json, cache_dir, cache_size):
+    """Compare a folder with a version's manifest; exit 1 on any missing, extra or different file."""
+    ds = _consumer(ctx, ref, cache_dir, cache_size)
+    report = ds.verify_dataset_hash(folder, skip_hash=filesize)
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        for kind in ("missing", "extra", "different"):
+            for path in getattr(report, kind):
+                click.echo(f"{kind:9}  {path}")
+        click.echo(f"{report.checked} file(s) checked: " + ("OK" if report.ok else
+                   f"{len(report.missing)} missing, {len(report.extra)} extra, {len(report.different)} different"),
+                   err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.group()
+def cache():
+    """Inspect and trim the node cache."""
+
+
+@cache.command(name="stats")
+@json_option
+@cache_options
+def cache_stats(as_json, cache_dir, cache_size):
+    """Chunks, bytes and budget of the cache."""
+    from dsfs.cache import Cache
+
+    stats = Cache(cache_dir, cache_size).stats()
+    if as_json:
+        return _emit_json(stats)
+    _table(["field", "value"], [(k, _human(v) if k in ("bytes", "budget") else v) for k, v in stats.items()])
+
+
+@cache.command(name="prune")
+@click.option("--to", "to_size", default=None, metavar="SIZE", help="Target size (default: the low watermark).")
+@cache_options
+def cache_prune(to_size, cache_dir, cache_size):
+    """Evict least recently used chunks down to SIZE."""
+    from dsfs.cache import LOW_WATERMARK, Cache, parse_size
+
+    c = Cache(cache_dir, cache_size)
+    target = parse_size(to_size) if to_size is not None else int(c.budget * LOW_WATERMARK)
+    freed = c.evict(target, keep_recent=False)
+    click.echo(f"freed {_human(freed)}; cache holds {_human(c.used_bytes())}")
+
+
+@cache.command(name="clear")
+@cache_options
+def cache_clear(cache_dir, cache_size):
+    """Drop every cached chunk, view and copy."""
+    from dsfs.cache import Cache
+    from dsfs.materialize import remove_copies
+
+    c = Cache(cache_dir, cache_size)
+    freed = c.clear() + remove_copies(c)
+    click.echo(f"freed {_human(freed)}")
 
 
 @cli.command(name="init-store", hidden=True)

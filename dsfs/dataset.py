@@ -22,7 +22,8 @@ import uuid
 import blake3
 import semver
 
-from . import drafts, paths
+from . import drafts, materialize, paths
+from .cache import Cache
 from .drafts import DraftState
 from .errors import (Conflict, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
                      UsageError)
@@ -32,6 +33,8 @@ from .model import ID_RE, Entry, VersionInfo, encode_changeset
 from .packs import decode_chunk
 from .progress import transfer
 from .store import Store
+from .verify import verify_folder
+from .viewindex import ViewIndex, ensure_view
 
 
 def open_store(store: Store | str | None = None, create: bool = False) -> Store:
@@ -80,11 +83,12 @@ def resolve(store: Store, ref: str | None = None, *, project: str | None = None,
 class Dataset:
     """One version of a dataset in one store."""
 
-    def __init__(self, store: Store, info: VersionInfo):
+    def __init__(self, store: Store, info: VersionInfo, cache: Cache | None = None):
         self.store = store
         self.info = info
         self._lineage = Lineage(store)
         self._draft: DraftState | None = None
+        self._cache = cache
 
     def __repr__(self) -> str:
         return f"Dataset({self.info.ref}, id={self.id}, state={self.state})"
@@ -150,11 +154,11 @@ class Dataset:
     @classmethod
     def get(cls, ref: str | None = None, *, project: str | None = None, name: str | None = None,
             version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False,
-            store: Store | str | None = None) -> "Dataset":
+            store: Store | str | None = None, cache: Cache | None = None) -> "Dataset":
         """Get a version by id or `project/name[@version]` (latest final version if none given)."""
         store = open_store(store)
         return cls(store, resolve(store, ref, project=project, name=name, version=version, tags=tags,
-                                  include_drafts=include_drafts))
+                                  include_drafts=include_drafts), cache)
 
     @classmethod
     def current(cls, store: Store | str | None = None) -> "Dataset":
@@ -347,6 +351,52 @@ class Dataset:
             stored = self.store.read_pack_range(ref.pack, ref.offset, ref.stored)
             parts.append(decode_chunk(ref, stored, f"{path} of dataset {self.id}"))
         return b"".join(parts)
+
+    # -- consuming on a node (the cache, views, copies) ---------------------------------------
+
+    @property
+    def cache(self) -> Cache:
+        if self._cache is None:
+            self._cache = Cache()
+        return self._cache
+
+    def use_cache(self, cache: Cache) -> "Dataset":
+        self._cache = cache
+        return self
+
+    def view(self) -> ViewIndex:
+        """The flattened view index of this version (built once per node)."""
+        return ensure_view(self.store, self.cache, self.id)
+
+    def download(self, target: str, include: list[str] | None = None, exclude: list[str] | None = None,
+                 max_workers: int | None = None, overwrite: bool = False, show_progress: bool | None = None):
+        """Materialize the merged view (or the part matching include/exclude) into `target`."""
+        view = self.view()
+        total = view.meta["bytes"]
+        with transfer(f"download {self.info.ref}", total, show_progress) as progress:
+            return materialize.download(self.store, self.cache, view, target, include, exclude,
+                                        max_workers or 8, overwrite, progress)
+
+    def get_local_copy(self, max_workers: int | None = None, show_progress: bool | None = None) -> str:
+        """The path of a read-only cached copy (materialized once, reused after)."""
+        view = self.view()
+        with transfer(f"get {self.info.ref}", view.meta["bytes"], show_progress) as progress:
+            return materialize.get_copy(self.store, self.cache, view, max_workers or 8, progress)
+
+    def get_mutable_local_copy(self, target_folder: str, overwrite: bool = False,
+                               max_workers: int | None = None, show_progress: bool | None = None) -> str:
+        """A writable copy in `target_folder` (reflinked from the cached copy where possible)."""
+        source = self.get_local_copy(max_workers, show_progress)
+        materialize.copy_tree(source, target_folder, overwrite)
+        return os.path.abspath(target_folder)
+
+    def verify_dataset_hash(self, local_copy_path: str | None = None, skip_hash: bool = False):
+        """Compare a folder (default: the cached copy) with the manifest; returns a verify.Report."""
+        folder = local_copy_path or materialize.copy_path(self.cache, self.id)
+        if not os.path.isdir(folder):
+            raise UsageError(f"no folder to verify at {folder}" + ("" if local_copy_path else
+                             "; run `dsfs get` first or pass --folder"))
+        return verify_folder(self.view(), folder, size_only=skip_hash)
 
     # -- labels (mutable on final versions too) ------------------------------------------------
 

@@ -120,10 +120,12 @@ def encode_changeset(entries: Iterable[Entry]) -> bytes:
     return out.getvalue()
 
 
-def decode_changeset(data: bytes, where: str) -> Iterator[Entry]:
-    """Yield the entries of a change-set, validating each; `where` names it in errors."""
+def decode_changeset(data, where: str) -> Iterator[Entry]:
+    """Yield the entries of a change-set (bytes or a binary file), validating each; `where` names it
+    in errors. Decodes as it goes: memory stays flat whatever the entry count."""
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        reader = zstandard.ZstdDecompressor().stream_reader(source)
         unpacker = msgpack.Unpacker(reader, raw=False, strict_map_key=True, max_buffer_size=64 << 20)
         header = next(unpacker, None)
         if not isinstance(header, dict) or header.get("format") != CHANGESET_FORMAT:

@@ -1,0 +1,259 @@
+"""The node cache: chunk bytes in files, indexed by one LMDB environment shared by every process.
+
+Layout under `$DSFS_CACHE_DIR` (default `$XDG_CACHE_HOME/dsfs`):
+
+    index.lmdb/          LMDB: chunk records, LRU order, view indexes (see dsfs.viewindex)
+    chunks/<ab>/<hex>    one file per chunk, named by its blake3 digest
+    changesets/<id>      change-sets of versions seen, verified against their version record
+    files/, copies/      the digest-addressed file store and cached copies (see dsfs.materialize)
+
+A chunk file is written to a temp name, fsynced and renamed, and only then recorded in LMDB, so a
+record always names a complete file. Every chunk is verified against its digest when it is stored
+and again when it is served; a chunk that fails is dropped (file and record) and fetched again by
+the caller. LMDB runs with its default, durable settings; several processes (mounts, downloads)
+open the same environment, and `reader_check()` clears readers left by killed processes.
+
+Budget: `size` bytes (`--cache-size`, `$DSFS_CACHE_SIZE`, default half of what the cache and the
+free space of its disk add up to). Going over the budget (high watermark) evicts least recently used
+chunks down to 90% of it (low watermark). Chunks pinned by this process (open files of a mount) are
+never evicted, nor are chunks used in the last minute by any process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import tempfile
+import threading
+import time
+
+import blake3
+import lmdb
+
+from .errors import UsageError
+
+LOW_WATERMARK = 0.9
+TOUCH_INTERVAL_NS = 60 * 10**9  # last-use updates are batched: a write txn per read would serialize reads
+RECENT_NS = 60 * 10**9
+CACHE_FORMAT = b"1"
+
+_CHUNK = struct.Struct(">QQ")  # stored size, last use (ns)
+
+
+def default_cache_dir() -> str:
+    if os.environ.get("DSFS_CACHE_DIR"):
+        return os.environ["DSFS_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "dsfs")
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'10G', '512MiB', '1.5T', '1000' -> bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgtp]?)(i?b)?\s*", str(text), re.I)
+    if not m:
+        raise UsageError(f"invalid size {text!r}: use bytes or a suffix like 512M, 10G")
+    factor = 1024 ** "bkmgtp".index((m.group(2) or "b").lower())
+    return int(float(m.group(1)) * factor)
+
+
+class Cache:
+    """The chunk cache of one node. Thread-safe; share one instance per process."""
+
+    def __init__(self, root: str | None = None, size: int | str | None = None):
+        self.root = os.path.abspath(root or default_cache_dir())
+        for sub in ("chunks", "changesets", "tmp"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+        self.env = lmdb.open(os.path.join(self.root, "index.lmdb"), map_size=1 << 40, max_dbs=16,
+                             max_readers=1024, subdir=True)
+        self.env.reader_check()
+        self.db_chunks = self.env.open_db(b"chunks")
+        self.db_lru = self.env.open_db(b"lru")
+        self.db_meta = self.env.open_db(b"meta")
+        with self.env.begin(write=True) as txn:
+            txn.put(b"format", CACHE_FORMAT, db=self.db_meta, overwrite=False)
+        self._pins: dict[bytes, int] = {}
+        self._pin_lock = threading.Lock()
+        size = parse_size(size if size is not None else os.environ.get("DSFS_CACHE_SIZE"))
+        self.budget = size if size is not None else self._default_budget()
+
+    def _default_budget(self) -> int:
+        free = shutil.disk_usage(self.root).free
+        return (free + self.used_bytes()) // 2
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    def _chunk_path(self, digest: bytes) -> str:
+        hexd = digest.hex()
+        return os.path.join(self.root, "chunks", hexd[:2], hexd)
+
+    def has_chunk(self, digest: bytes) -> bool:
+        with self.env.begin(db=self.db_chunks) as txn:
+            return txn.get(digest) is not None
+
+    def get_chunk(self, digest: bytes, raw: int | None = None) -> bytes | None:
+        """The verified bytes of a chunk, or None if absent or corrupt (a corrupt one is dropped)."""
+        with self.env.begin(db=self.db_chunks, buffers=True) as txn:
+            record = txn.get(digest)
+            if record is None:
+                return None
+            _, last_use = _CHUNK.unpack(record)
+        try:
+            with open(self._chunk_path(digest), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = None
+        if data is None or (raw is not None and len(data) != raw) or blake3.blake3(data).digest() != digest:
+            self._drop(digest)
+            return None
+        now = time.time_ns()
+        if now - last_use > TOUCH_INTERVAL_NS:
+            self._touch(digest, now)
+        return data
+
+    def put_chunk(self, digest: bytes, data) -> None:
+        """Store a chunk after checking its digest (a mismatch is a bug upstream: refuse it)."""
+        if blake3.blake3(data).digest() != digest:
+            raise ValueError(f"chunk {digest.hex()[:16]} does not match its digest")
+        if self.has_chunk(digest):
+            return
+        path = self._chunk_path(digest)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        now = time.time_ns()
+        with self.env.begin(write=True) as txn:
+            if txn.get(digest, db=self.db_chunks) is None:
+                txn.put(digest, _CHUNK.pack(len(data), now), db=self.db_chunks)
+                txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
+                self._add_used(txn, len(data))
+        if self.used_bytes() > self.budget:
+            self.evict(int(self.budget * LOW_WATERMARK))
+
+    def _touch(self, digest: bytes, now: int) -> None:
+        with self.env.begin(write=True) as txn:
+            record = txn.get(digest, db=self.db_chunks)
+            if record is None:
+                return
+            size, last_use = _CHUNK.unpack(record)
+            txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
+            txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
+            txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
+
+    def _drop(self, digest: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            record = txn.get(digest, db=self.db_chunks)
+            if record is not None:
+                size, last_use = _CHUNK.unpack(record)
+                txn.delete(digest, db=self.db_chunks)
+                txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
+                self._add_used(txn, -size)
+        _unlink(self._chunk_path(digest))
+
+    # -- pins ----------------------------------------------------------------------------------
+
+    def pin(self, digests) -> None:
+        with self._pin_lock:
+            for d in digests:
+                self._pins[d] = self._pins.get(d, 0) + 1
+
+    def unpin(self, digests) -> None:
+        with self._pin_lock:
+            for d in digests:
+                left = self._pins.get(d, 0) - 1
+                if left > 0:
+                    self._pins[d] = left
+                else:
+                    self._pins.pop(d, None)
+
+    # -- budget --------------------------------------------------------------------------------
+
+    def _add_used(self, txn, delta: int) -> None:
+        used = int(txn.get(b"used", b"0", db=self.db_meta)) + delta
+        txn.put(b"used", str(max(used, 0)).encode(), db=self.db_meta)
+
+    def used_bytes(self) -> int:
+        with self.env.begin(db=self.db_meta) as txn:
+            return int(txn.get(b"used", b"0"))
+
+    def chunk_count(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.db_chunks)["entries"]
+
+    def evict(self, target: int, keep_recent: bool = True) -> int:
+        """Drop least recently used chunks until at most `target` bytes remain. Returns bytes freed."""
+        freed = 0
+        now = time.time_ns()
+        victims = []
+        with self.env.begin(write=True) as txn:
+            used = int(txn.get(b"used", b"0", db=self.db_meta))
+            cursor = txn.cursor(db=self.db_lru)
+            for key, _ in cursor:
+                if used - freed <= target:
+                    break
+                last_use, digest = struct.unpack(">Q", key[:8])[0], bytes(key[8:])
+                if keep_recent and now - last_use < RECENT_NS:
+                    break  # LRU order: everything after this is recent too
+                with self._pin_lock:
+                    if digest in self._pins:
+                        continue
+                record = txn.get(digest, db=self.db_chunks)
+                size = _CHUNK.unpack(record)[0] if record else 0
+                txn.delete(digest, db=self.db_chunks)
+                cursor.delete()
+                freed += size
+                victims.append(digest)
+            self._add_used(txn, -freed)
+        for digest in victims:  # after commit: a record never names a missing file
+            _unlink(self._chunk_path(digest))
+        return freed
+
+    def clear(self) -> int:
+        """Drop every chunk and view (not what is pinned by this process). Returns bytes freed."""
+        freed = self.evict(0, keep_recent=False)
+        from .viewindex import drop_all_views
+
+        drop_all_views(self)
+        return freed
+
+    def stats(self) -> dict:
+        from .viewindex import list_views
+
+        return {"dir": self.root, "chunks": self.chunk_count(), "bytes": self.used_bytes(),
+                "budget": self.budget, "views": len(list_views(self))}
+
+    # -- change-sets ---------------------------------------------------------------------------
+
+    def changeset_path(self, dataset_id: str) -> str:
+        return os.path.join(self.root, "changesets", dataset_id)
+
+    def put_changeset(self, dataset_id: str, data: bytes) -> str:
+        path = self.changeset_path(dataset_id)
+        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

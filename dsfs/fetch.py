@@ -1,0 +1,123 @@
+"""Fetching chunks from the store: coalesced ranged GETs, in parallel, verified, with retries.
+
+Chunks wanted from the same pack are sorted by offset and merged into one ranged GET while the gap
+between them is at most `GAP` bytes and the range stays under `MAX_RANGE` (packs keep a folder's
+files together, so a subtree becomes a few large reads instead of one request per file). Each chunk
+is verified against its digest; a range with a corrupt chunk is fetched once more, and a chunk still
+corrupt fails only the files that use it. A store that does not answer is retried with exponential
+backoff before the error reaches the user.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from .errors import CorruptChunk, StoreUnavailable
+from .model import ChunkRef
+from .packs import decode_chunk
+from .store import Store
+
+GAP = 1 << 20
+MAX_RANGE = 32 << 20
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass
+class Range:
+    pack: bytes
+    start: int
+    end: int
+    refs: list[ChunkRef] = field(default_factory=list)
+
+
+def plan_ranges(refs: Iterable[ChunkRef], gap: int = GAP, max_range: int = MAX_RANGE) -> list[Range]:
+    """Group unique chunk refs into coalesced ranges, in (pack, offset) order."""
+    unique = {}
+    for ref in refs:
+        unique.setdefault(ref.digest, ref)
+    ranges: list[Range] = []
+    for ref in sorted(unique.values(), key=lambda r: (r.pack, r.offset)):
+        last = ranges[-1] if ranges else None
+        if (last is not None and last.pack == ref.pack and ref.offset - last.end <= gap
+                and ref.offset + ref.stored - last.start <= max_range):
+            last.end = max(last.end, ref.offset + ref.stored)
+            last.refs.append(ref)
+        else:
+            ranges.append(Range(ref.pack, ref.offset, ref.offset + ref.stored, [ref]))
+    return ranges
+
+
+def read_with_retries(store: Store, pack: bytes, start: int, length: int, delays=None) -> bytes:
+    delays = RETRY_DELAYS if delays is None else delays
+    for attempt in range(len(delays) + 1):
+        try:
+            data = store.read_pack_range(pack, start, length)
+            if len(data) == length:
+                return data
+            error = StoreUnavailable(f"short read from pack {pack.hex()} in {store.display_url}")
+        except StoreUnavailable as exc:
+            error = exc
+        if attempt < len(delays):
+            time.sleep(delays[attempt])
+    raise error
+
+
+def fetch_range(store: Store, rng: Range, where: Callable[[ChunkRef], str]) -> tuple[dict, dict]:
+    """Fetch one range; returns ({digest: raw bytes}, {digest: CorruptChunk}) for its chunks."""
+    good: dict[bytes, bytes] = {}
+    bad: dict[bytes, CorruptChunk] = {}
+    todo = list(rng.refs)
+    for attempt in range(2):  # a corrupt chunk is fetched once more before it counts as corrupt
+        data = read_with_retries(store, rng.pack, rng.start, rng.end - rng.start)
+        view = memoryview(data)
+        retry = []
+        for ref in todo:
+            stored = view[ref.offset - rng.start: ref.offset - rng.start + ref.stored]
+            try:
+                good[ref.digest] = decode_chunk(ref, stored, where(ref))
+            except CorruptChunk as exc:
+                if attempt == 0:
+                    retry.append(ref)
+                else:
+                    bad[ref.digest] = exc
+        if not retry:
+            break
+        todo = retry
+    return good, bad
+
+
+def fetch_chunks(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
+                 where: Callable[[ChunkRef], str] = lambda ref: "") -> Iterator[tuple[ChunkRef, bytes | None, Exception | None]]:
+    """Yield (ref, raw bytes, None) or (ref, None, error) for every unique ref, as ranges arrive.
+
+    At most 2 x max_workers ranges are in flight, so memory stays bounded by about
+    2 x max_workers x MAX_RANGE whatever the number of chunks."""
+    ranges = plan_ranges(refs)
+    limit = max(1, max_workers) * 2
+    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="dsfs-fetch") as pool:
+        pending = {}
+        it = iter(ranges)
+        try:
+            while True:
+                while len(pending) < limit:
+                    rng = next(it, None)
+                    if rng is None:
+                        break
+                    pending[pool.submit(fetch_range, store, rng, where)] = rng
+                if not pending:
+                    return
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in done:
+                    rng = pending.pop(future)
+                    good, bad = future.result()
+                    for ref in rng.refs:
+                        if ref.digest in good:
+                            yield ref, good.pop(ref.digest), None
+                        else:
+                            yield ref, None, bad[ref.digest]
+        finally:
+            for future in pending:
+                future.cancel()

@@ -1,0 +1,332 @@
+"""Materializing a version on disk: `download` into a folder, `get` a cached read-only copy.
+
+Every file is written to a temp name beside its target and renamed only when all its bytes are
+there, with its mode and mtime from the manifest; so a killed download never leaves a truncated
+file that looks complete, and a rerun skips files whose size and mtime already match (no re-hashing:
+`verify` is the command that hashes). Chunks come from the node cache when present, otherwise from
+coalesced ranged GETs (dsfs.fetch); a chunk used by several files is fetched once.
+
+Paths are validated when the manifest is decoded (no '..', no absolute paths); here, before anything
+is written, every folder on the way to a target is checked not to be a symlink, so a link planted
+inside the target folder cannot redirect a write outside it.
+
+`get` materializes each distinct file content once into a digest-addressed file store under the
+cache (`files/<ab>/<digest>`), then builds `copies/<id>/` from hardlinks to it and renames it into
+place: files shared by several cached versions are stored once, and a second `get` is one stat().
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat as stat_mod
+from dataclasses import dataclass, field
+
+from . import paths
+from .cache import Cache
+from .errors import CorruptChunk, DsfsError, InvalidPath, UsageError
+from .fetch import fetch_chunks
+from .store import Store
+from .viewindex import Node, ViewIndex
+
+PARTIAL_MARKER = ".dsfs-partial"
+FICLONE = 0x40049409
+
+
+class DiskFull(DsfsError):
+    exit_code = 9
+    errno = errno.ENOSPC
+
+
+@dataclass
+class _Job:
+    label: str  # dataset path, for messages
+    target: str
+    node: Node
+    remaining: int = 0
+    tmp: str = ""
+    failed: Exception | None = None
+    offsets: list = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    written: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    failed: list = field(default_factory=list)
+
+
+def _complete(target: str, node: Node) -> bool:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    return st.st_size == node.size and st.st_mtime_ns == node.mtime_ns and not os.path.islink(target)
+
+
+def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int = 8, progress=None,
+                is_complete=_complete) -> Result:
+    """Write every job's file; chunks from the cache or the store. Raises CorruptChunk naming the
+    files that could not be written (all others are complete) and DiskFull when the disk is."""
+    progress = progress or (lambda n: None)
+    result = Result()
+    users: dict[bytes, list[tuple[_Job, int]]] = {}
+    refs = {}
+    todo = []
+    for job in jobs:
+        if is_complete(job.target, job.node):
+            result.skipped += 1
+            progress(job.node.size)
+            continue
+        job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}.dsfs-tmp")
+        offset = 0
+        for ref in job.node.chunks:
+            users.setdefault(ref.digest, []).append((job, offset))
+            refs.setdefault(ref.digest, ref)
+            offset += ref.raw
+        job.remaining = len(job.node.chunks)
+        todo.append(job)
+    try:
+        for job in todo:
+            _create(job.tmp)
+            if job.remaining == 0:
+                _finish(job, result)
+        missing = []
+        for digest, ref in refs.items():
+            data = cache.get_chunk(digest, ref.raw)
+            if data is None:
+                missing.append(ref)
+            else:
+                _deliver(users[digest], data, result, progress)
+        where = lambda ref: users[ref.digest][0][0].label  # noqa: E731 - names the file in errors
+        for ref, data, error in fetch_chunks(store, missing, max_workers, where):
+            if error is not None:
+                for job, _ in users[ref.digest]:
+                    job.failed = job.failed or error
+                    progress(ref.raw)
+                continue
+            _deliver(users[ref.digest], data, result, progress)
+    except OSError as exc:
+        _cleanup(todo)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left on the device of {os.path.dirname(todo[0].target) if todo else '?'}; "
+                           f"free some space and run the same command again (complete files are kept)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UsageError(f"cannot write {exc.filename or ''}: {os.strerror(exc.errno)}") from None
+        raise
+    except BaseException:
+        _cleanup(todo)
+        raise
+    failed = [job for job in todo if job.failed is not None]
+    _cleanup(failed)
+    if failed:
+        names = ", ".join(j.label for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        raise CorruptChunk(f"{len(failed)} file(s) could not be read ({failed[0].failed}): {names}; "
+                           f"all other files are complete")
+    return result
+
+
+def _create(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+
+def _deliver(users, data: bytes, result: Result, progress) -> None:
+    for job, offset in users:
+        if job.failed is not None:
+            continue
+        fd = os.open(job.tmp, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        finally:
+            os.close(fd)
+        progress(len(data))
+        job.remaining -= 1
+        if job.remaining == 0:
+            _finish(job, result)
+
+
+def _finish(job: _Job, result: Result) -> None:
+    os.chmod(job.tmp, job.node.mode)
+    os.utime(job.tmp, ns=(job.node.mtime_ns, job.node.mtime_ns))
+    os.replace(job.tmp, job.target)
+    result.written += 1
+    result.bytes += job.node.size
+
+
+def _cleanup(jobs) -> None:
+    for job in jobs:
+        if job.tmp:
+            try:
+                os.unlink(job.tmp)
+            except FileNotFoundError:
+                pass
+
+
+# -- download ------------------------------------------------------------------------------------
+
+def select(view: ViewIndex, include=None, exclude=None):
+    """(path, Node) of the view's files matching include globs (all if none) and no exclude glob."""
+    for path, node in view.walk_files():
+        if include and not paths.matches(path, include):
+            continue
+        if exclude and paths.matches(path, exclude):
+            continue
+        yield path, node
+
+
+def check_targets(root: str, rel_paths) -> None:
+    """Refuse, before writing anything, a target whose folders are symlinks or files."""
+    checked = set()
+    for rel in rel_paths:
+        paths.validate(rel)
+        parts = rel.split("/")
+        current = root
+        for i, part in enumerate(parts):
+            current = os.path.join(current, part)
+            if current in checked:
+                continue
+            last = i == len(parts) - 1
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                checked.add(current)
+                continue
+            if stat_mod.S_ISLNK(st.st_mode):
+                raise InvalidPath(f"refusing to write through symlink {current} (it could point outside {root})")
+            if not last and not stat_mod.S_ISDIR(st.st_mode):
+                raise InvalidPath(f"cannot write {rel}: {current} exists and is not a folder")
+            if last and stat_mod.S_ISDIR(st.st_mode):
+                raise InvalidPath(f"cannot write {rel}: {current} is a folder")
+            checked.add(current)
+
+
+def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=None, exclude=None,
+             max_workers: int = 8, overwrite: bool = False, progress=None) -> Result:
+    target = os.path.abspath(os.path.expanduser(target))
+    marker = os.path.join(target, PARTIAL_MARKER)
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        if not _is_partial_of(marker, view.dataset_id):
+            raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
+    files = list(select(view, include, exclude))
+    if not files:
+        raise UsageError(f"no files of dataset {view.dataset_id} match the include/exclude filters")
+    check_targets(target, (p for p, _ in files))
+    try:
+        os.makedirs(target, exist_ok=True)
+        with open(marker, "w") as f:
+            json.dump({"id": view.dataset_id}, f)
+        for folder in sorted({os.path.dirname(p) for p, _ in files}):
+            if folder:
+                os.makedirs(os.path.join(target, folder), exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
+    jobs = [_Job(p, os.path.join(target, p), node) for p, node in files]
+    result = materialize(store, cache, jobs, max_workers, progress)
+    os.unlink(marker)
+    return result
+
+
+def _is_partial_of(marker: str, dataset_id: str) -> bool:
+    try:
+        with open(marker) as f:
+            return json.load(f).get("id") == dataset_id
+    except (OSError, ValueError):
+        return False
+
+
+# -- get -----------------------------------------------------------------------------------------
+
+def copy_path(cache: Cache, dataset_id: str) -> str:
+    return os.path.join(cache.root, "copies", dataset_id)
+
+
+def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, progress=None) -> str:
+    """The path of the read-only cached copy of a version, materialized on first use."""
+    final = copy_path(cache, view.dataset_id)
+    if os.path.isdir(final):
+        return final
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    with open(os.path.join(cache.root, "tmp", f"copy-{view.dataset_id}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two `get`s of one version: the second waits, then reuses
+        if os.path.isdir(final):
+            return final
+        files = list(view.walk_files())
+        store_jobs = {}
+        for _, node in files:
+            key = node.digest.hex() + (".x" if node.mode & 0o111 else "")
+            if key not in store_jobs:
+                target = os.path.join(cache.root, "files", key[:2], key)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                store_jobs[key] = _Job(key, target, node)
+        materialize(store, cache, list(store_jobs.values()), max_workers, progress,
+                    is_complete=lambda target, node: os.path.exists(target))
+        tmp = f"{final}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path, node in files:
+            key = node.digest.hex() + (".x" if node.mode & 0o111 else "")
+            dest = os.path.join(tmp, path)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            source = store_jobs[key].target
+            os.chmod(source, node.mode & 0o555)
+            os.link(source, dest)
+        os.makedirs(tmp, exist_ok=True)  # an empty version still gets a folder
+        os.rename(tmp, final)
+    return final
+
+
+def copy_tree(source: str, target: str, overwrite: bool = False) -> None:
+    """A mutable copy of a cached copy: reflinks where the filesystem can, plain copies otherwise."""
+    target = os.path.abspath(os.path.expanduser(target))
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
+    rels = []
+    for folder, _, names in os.walk(source):
+        for name in names:
+            rels.append(os.path.relpath(os.path.join(folder, name), source).replace(os.sep, "/"))
+    check_targets(target, rels)
+    for rel in rels:
+        src, dest = os.path.join(source, rel), os.path.join(target, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.dsfs-tmp")
+        _clone_or_copy(src, tmp)
+        st = os.stat(src)
+        os.chmod(tmp, (st.st_mode & 0o777) | 0o200)
+        os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        os.replace(tmp, dest)
+    os.makedirs(target, exist_ok=True)
+
+
+def _clone_or_copy(src: str, dest: str) -> None:
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(fin, fout, 8 << 20)
+
+
+def remove_copies(cache: Cache) -> int:
+    """Delete every cached copy and the file store (files are read-only: make them writable first)."""
+    freed = 0
+    for sub in ("copies", "files"):
+        root = os.path.join(cache.root, sub)
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                    if sub == "files":
+                        freed += st.st_size
+                except FileNotFoundError:
+                    pass
+        shutil.rmtree(root, ignore_errors=True)
+    return freed
