@@ -35,6 +35,12 @@ class LocalFileNotFound(UsageError):
     errno = _errno.ENOENT
 
 
+class PathNotFound(UsageError):
+    """No such file or folder inside a dataset."""
+
+    errno = _errno.ENOENT
+
+
 class DatasetNotFound(DsfsError):
     """No dataset matches an id or a project/name[@version] reference."""
 

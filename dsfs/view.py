@@ -1,0 +1,255 @@
+"""`View`: a version as a read-only tree (lookup, readdir, getattr, read) over the view index and the
+chunk cache. It knows nothing of FUSE; the mount's Operations class only translates to it.
+
+Reads map a byte range to chunks. A chunk comes, in order, from a small in-memory LRU of verified
+chunks (a FUSE read is 128 KiB - 1 MiB, a chunk about 1 MiB: without it each read would re-hash the
+whole chunk), from the node cache, or from the store with a coalesced ranged GET, after which it is
+stored in the cache. Concurrent readers of the same chunk wait on one fetch; readers of different
+chunks do not wait on each other.
+
+Sequential readers get a prefetch window (mountpoint-s3's idea): it starts at 1 MiB past the read,
+doubles on every sequential read up to `MAX_PREFETCH`, and resets on a seek. Prefetched chunks are
+fetched in the background and land in the cache.
+
+Every failure is a typed error (dsfs.errors); the FUSE layer maps it to an errno in one place.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .cache import Cache
+from .errors import PathNotFound
+from .fetch import fetch_chunks
+from .model import ChunkRef
+from .store import Store
+from .viewindex import ROOT, Node, ViewIndex, ensure_view
+
+MIN_PREFETCH = 1 << 20
+MAX_PREFETCH = 64 << 20
+MEMO_BYTES = 256 << 20
+
+
+class _Memo:
+    """A byte-bounded LRU of verified chunk bytes."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.items: OrderedDict[bytes, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self.lock:
+            data = self.items.get(digest)
+            if data is not None:
+                self.items.move_to_end(digest)
+            return data
+
+    def put(self, digest: bytes, data: bytes) -> None:
+        with self.lock:
+            if digest in self.items:
+                return
+            self.items[digest] = data
+            self.used += len(data)
+            while self.used > self.limit and self.items:
+                _, old = self.items.popitem(last=False)
+                self.used -= len(old)
+
+
+class OpenFile:
+    """Per-open state: the node, its chunk offsets, and the sequential-read detector."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.chunks: list[ChunkRef] = node.chunks
+        self.starts: list[int] = []
+        pos = 0
+        for ref in self.chunks:
+            self.starts.append(pos)
+            pos += ref.raw
+        self.next_offset = 0
+        self.window = MIN_PREFETCH
+        self.prefetched_to = 0
+        self.lock = threading.Lock()
+
+    def chunk_range(self, offset: int, end: int) -> range:
+        first = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        last = max(first, bisect.bisect_left(self.starts, end) - 1) if end > offset else first
+        return range(first, min(last + 1, len(self.chunks)))
+
+
+class View:
+    """One version, read-only, as lookup/readdir/getattr/read."""
+
+    def __init__(self, store: Store, cache: Cache, dataset_id: str, max_workers: int = 8):
+        self.store = store
+        self.cache = cache
+        self.index: ViewIndex = ensure_view(store, cache, dataset_id)
+        self.dataset_id = dataset_id
+        self.memo = _Memo(MEMO_BYTES)
+        self.inflight: dict[bytes, Future] = {}
+        self.inflight_lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers, thread_name_prefix="dsfs-read")
+        self.max_workers = max_workers
+        self.names: dict[int, str] = {}  # ino -> a path, for error messages (only for opened files)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Node:
+        node = self.index.getattr(ino)
+        if node is None:
+            raise PathNotFound(f"no inode {ino}")
+        return node
+
+    def lookup(self, parent: int, name: str) -> Node:
+        node = self.index.lookup(parent, name)
+        if node is None:
+            raise PathNotFound(f"{name} not found")
+        return node
+
+    def readdir(self, parent: int, start: int = 0):
+        """(next position, name, Node) from position `start`."""
+        for seq, name, node in self.index.readdir(parent, start):
+            yield seq + 1, name, node
+
+    def resolve(self, path: str) -> Node:
+        node = self.index.resolve(path)
+        if node is None:
+            raise PathNotFound(f"{path} not found")
+        return node
+
+    @property
+    def root(self) -> int:
+        return ROOT
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def open(self, ino: int, label: str = "") -> OpenFile:
+        node = self.getattr(ino)
+        handle = OpenFile(node)
+        self.cache.pin(ref.digest for ref in handle.chunks)
+        if label:
+            self.names[ino] = label
+        return handle
+
+    def release(self, handle: OpenFile) -> None:
+        self.cache.unpin(ref.digest for ref in handle.chunks)
+
+    def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+        node = handle.node
+        if offset >= node.size or size <= 0:
+            return b""
+        end = min(offset + size, node.size)
+        indexes = handle.chunk_range(offset, end)
+        self._prefetch(handle, offset, end)
+        pieces = self._chunks([handle.chunks[i] for i in indexes], node)
+        out = bytearray()
+        for i, data in zip(indexes, pieces):
+            start = handle.starts[i]
+            lo = max(offset, start) - start
+            hi = min(end, start + len(data)) - start
+            out += data[lo:hi]
+        return bytes(out)
+
+    def read_path(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        node = self.resolve(path)
+        handle = self.open(node.ino, path)
+        try:
+            return self.read(handle, offset, node.size - offset if size is None else size)
+        finally:
+            self.release(handle)
+
+    def _label(self, node: Node) -> str:
+        return self.names.get(node.ino, f"inode {node.ino}") + f" of dataset {self.dataset_id}"
+
+    def _chunks(self, refs: list[ChunkRef], node: Node) -> list[bytes]:
+        """The bytes of these chunks, fetching missing ones together (coalesced)."""
+        results: list[bytes | None] = [self.memo.get(r.digest) for r in refs]
+        missing = [r for r, d in zip(refs, results) if d is None]
+        if missing:
+            futures = self._fetch(missing, node)
+            for i, ref in enumerate(refs):
+                if results[i] is None:
+                    results[i] = futures[ref.digest].result()
+        return results  # type: ignore[return-value]
+
+    def _fetch(self, refs: list[ChunkRef], node: Node, background: bool = False) -> dict[bytes, Future]:
+        """Futures for these chunks: joins fetches already under way; starts one for the rest."""
+        futures: dict[bytes, Future] = {}
+        mine: list[ChunkRef] = []
+        with self.inflight_lock:
+            for ref in refs:
+                if ref.digest in futures:
+                    continue
+                future = self.inflight.get(ref.digest)
+                if future is None:
+                    future = self.inflight[ref.digest] = Future()
+                    mine.append(ref)
+                futures[ref.digest] = future
+        if mine:
+            if background:
+                self.pool.submit(self._load, mine, node)
+            else:
+                self._load(mine, node)
+        return futures
+
+    def _load(self, refs: list[ChunkRef], node: Node) -> None:
+        """Fill the futures of `refs`: from the cache, else from the store (then into the cache)."""
+        remote = []
+        try:
+            for ref in refs:
+                data = self.cache.get_chunk(ref.digest, ref.raw)
+                if data is None:
+                    remote.append(ref)
+                else:
+                    self._done(ref, data, None)
+            if remote:
+                label = self._label(node)
+                for ref, data, error in fetch_chunks(self.store, remote, self.max_workers, lambda r: label):
+                    if data is not None:
+                        try:
+                            self.cache.put_chunk(ref.digest, data)
+                        except OSError:
+                            pass  # a full cache disk must not fail the read: serve from memory
+                    self._done(ref, data, error)
+        except BaseException as exc:
+            for ref in refs:
+                self._done(ref, None, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _done(self, ref: ChunkRef, data: bytes | None, error) -> None:
+        with self.inflight_lock:
+            future = self.inflight.pop(ref.digest, None)
+        if data is not None:
+            self.memo.put(ref.digest, data)
+        if future is not None and not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(data)
+
+    def _prefetch(self, handle: OpenFile, offset: int, end: int) -> None:
+        with handle.lock:
+            if offset == handle.next_offset:
+                handle.window = min(handle.window * 2, MAX_PREFETCH)
+            else:
+                handle.window = MIN_PREFETCH
+                handle.prefetched_to = 0
+            handle.next_offset = end
+            ahead_from = max(end, handle.prefetched_to)
+            ahead_to = min(end + handle.window, handle.node.size)
+            if ahead_to <= ahead_from:
+                return
+            handle.prefetched_to = ahead_to
+        wanted = [handle.chunks[i] for i in handle.chunk_range(ahead_from, ahead_to)
+                  if self.memo.get(handle.chunks[i].digest) is None]
+        if wanted:
+            self._fetch(wanted, handle.node, background=True)
