@@ -67,9 +67,7 @@ class Cache:
         self.root = os.path.abspath(root or default_cache_dir())
         for sub in ("chunks", "changesets", "tmp"):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
-        self.env = lmdb.open(os.path.join(self.root, "index.lmdb"), map_size=1 << 40, max_dbs=16,
-                             max_readers=1024, subdir=True)
-        self.env.reader_check()
+        self.env = _open_env(os.path.join(self.root, "index.lmdb"))
         self.db_chunks = self.env.open_db(b"chunks")
         self.db_lru = self.env.open_db(b"lru")
         self.db_meta = self.env.open_db(b"meta")
@@ -83,9 +81,6 @@ class Cache:
     def _default_budget(self) -> int:
         free = shutil.disk_usage(self.root).free
         return (free + self.used_bytes()) // 2
-
-    def close(self) -> None:
-        self.env.close()
 
     # -- chunks --------------------------------------------------------------------------------
 
@@ -250,6 +245,23 @@ class Cache:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return path
+
+
+_ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path: str) -> lmdb.Environment:
+    """One LMDB environment per path and process (LMDB refuses a second open in one process, and an
+    environment must not cross a fork: the key includes the pid)."""
+    key = (os.getpid(), path)
+    with _ENVS_LOCK:
+        env = _ENVS.get(key)
+        if env is None:
+            env = lmdb.open(path, map_size=1 << 40, max_dbs=16, max_readers=1024, subdir=True)
+            env.reader_check()  # clear reader slots of killed processes
+            _ENVS[key] = env
+        return env
 
 
 def _unlink(path: str) -> None:

@@ -69,9 +69,13 @@ def _complete(target: str, node: Node) -> bool:
 
 
 def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int = 8, progress=None,
-                is_complete=_complete) -> Result:
+                is_complete=_complete, shared: bool = False) -> Result:
     """Write every job's file; chunks from the cache or the store. Raises CorruptChunk naming the
-    files that could not be written (all others are complete) and DiskFull when the disk is."""
+    files that could not be written (all others are complete) and DiskFull when the disk is.
+
+    shared: other processes may write the same targets (the file store), so temp names are made
+    unique per process; otherwise a fixed temp name lets a rerun reuse the slot of a killed run."""
+    suffix = f".{os.getpid()}.dsfs-tmp" if shared else ".dsfs-tmp"
     progress = progress or (lambda n: None)
     result = Result()
     users: dict[bytes, list[tuple[_Job, int]]] = {}
@@ -82,7 +86,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
             result.skipped += 1
             progress(job.node.size)
             continue
-        job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}.dsfs-tmp")
+        job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}{suffix}")
         offset = 0
         for ref in job.node.chunks:
             users.setdefault(ref.digest, []).append((job, offset))
@@ -267,7 +271,7 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 store_jobs[key] = _Job(key, target, node)
         materialize(store, cache, list(store_jobs.values()), max_workers, progress,
-                    is_complete=lambda target, node: os.path.exists(target))
+                    is_complete=lambda target, node: os.path.exists(target), shared=True)
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         for path, node in files:

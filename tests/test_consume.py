@@ -1,0 +1,371 @@
+"""Consuming versions on a node: the view index, download, get, verify, and the chunk cache."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import dsfs.fetch
+from dsfs import Dataset, Store
+from dsfs.cache import Cache
+from dsfs.errors import CorruptChunk, CorruptData, InvalidPath, StoreUnavailable, UsageError
+from dsfs.lineage import Lineage
+from dsfs.materialize import DiskFull
+from dsfs.model import encode_changeset
+from dsfs.view import View
+from dsfs.viewindex import ensure_view
+from conftest import make_tree, run_cli
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(dsfs.fetch, "RETRY_DELAYS", (0.01, 0.01))
+
+
+def _final(store, folder, parents=None, name="n", project="p"):
+    ds = Dataset.create(project, name, parents=parents, store=store)
+    ds.add_files(str(folder))
+    ds.finalize()
+    return Dataset.get(ds.id, store=store)
+
+
+def _tree(root):
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            out[os.path.relpath(path, root)] = open(path, "rb").read()
+    return out
+
+
+def test_view_index_matches_reference_merge_on_random_lineages(tmp_path, memory_store):
+    """The streaming LMDB flattening equals the in-memory merge, over random DAGs of versions."""
+    rng = random.Random(7)
+    versions = []
+    for v in range(12):
+        folder = tmp_path / f"v{v}"
+        files = {f"d{rng.randrange(4)}/f{rng.randrange(30)}": rng.randbytes(rng.randrange(0, 3000))
+                 for _ in range(rng.randrange(1, 15))}
+        make_tree(folder, files)
+        parents = rng.sample(versions, k=min(len(versions), rng.randrange(0, 3)))
+        ds = Dataset.create("p", f"n{v}", parents=[p.id for p in parents], store=memory_store)
+        ds.add_files(str(folder))
+        if parents:
+            have = ds.list_files()
+            for path in rng.sample(have, k=min(len(have), 3)):
+                if path not in files:
+                    ds.remove_files(path)
+        ds.finalize()
+        versions.append(ds)
+    cache = Cache()
+    for ds in versions:
+        expected = Lineage(ds.store).view(ds.id)
+        index = ensure_view(ds.store, cache, ds.id)
+        got = {path: (node.size, node.digest) for path, node in index.walk_files()}
+        assert got == {p: (e.size, e.digest) for p, e in expected.items()}
+        assert index.meta["files"] == len(expected)
+
+
+def test_view_metadata(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"a/b/c.txt": b"abc", "a/x": b"", "top": b"t"})
+    os.chmod(tmp_path / "d" / "top", 0o755)
+    ds = _final(memory_store, tmp_path / "d")
+    view = View(ds.store, Cache(), ds.id)
+    root = view.getattr(view.root)
+    assert root.is_dir and root.nlink == 3
+    names = [name for _, name, _ in view.readdir(view.root)]
+    assert names == ["a", "top"]
+    pos, _, _ = next(view.readdir(view.root))
+    assert [name for _, name, _ in view.readdir(view.root, pos)] == ["top"]  # resumable offsets
+    top = view.lookup(view.root, "top")
+    assert top.mode == 0o755 and top.size == 1
+    assert top.mtime_ns == (tmp_path / "d" / "top").stat().st_mtime_ns
+    assert view.read_path("a/b/c.txt", 1, 10) == b"bc"
+    assert view.read_path("a/x") == b""
+    with pytest.raises(UsageError):
+        view.lookup(view.root, "missing")
+
+
+def test_download_full_and_subsets(tmp_path, file_store, dsfs):
+    files = {"train/a.bin": os.urandom(2 << 20), "train/b.txt": b"b", "val/c.txt": b"c", "README": b"r"}
+    make_tree(tmp_path / "d", files)
+    ds = _final(file_store, tmp_path / "d")
+    r = dsfs("--store", file_store, "download", ds.id, tmp_path / "full")
+    assert r.code == 0, r.err
+    assert _tree(tmp_path / "full") == files
+    st = (tmp_path / "full" / "train" / "a.bin").stat()
+    assert st.st_mtime_ns == (tmp_path / "d" / "train" / "a.bin").stat().st_mtime_ns
+    r = dsfs("--store", file_store, "download", "p/n", tmp_path / "part", "--include", "train", "--exclude", "*.txt")
+    assert r.code == 0, r.err
+    assert _tree(tmp_path / "part") == {"train/a.bin": files["train/a.bin"]}
+    r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full")
+    assert r.code == 2 and "not empty" in r.err
+    (tmp_path / "full" / "val" / "c.txt").write_bytes(b"changed!")
+    os.utime(tmp_path / "full" / "val" / "c.txt", ns=(0, 0))
+    r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full", "--overwrite")
+    assert r.code == 0 and "3 already complete" in r.out
+    assert _tree(tmp_path / "full") == files
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import dsfs.materialize as m
+    real = m._finish
+    count = [0]
+    def finish_then_die(job, result):
+        real(job, result)
+        count[0] += 1
+        if count[0] == int(os.environ["KILL_AFTER"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    m._finish = finish_then_die
+    from dsfs.cli.main import main
+    main(sys.argv[1:])
+""")
+
+
+def test_killed_download_resumes(tmp_path, file_store, monkeypatch):
+    files = {f"f{i:02d}": os.urandom(random.randrange(1, 600_000)) for i in range(30)}
+    make_tree(tmp_path / "d", files)
+    ds = _final(file_store, tmp_path / "d")
+    target = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", KILLER, "--store", file_store, "download", ds.id, str(target),
+                           "--max-workers", "1"], env={**os.environ, "KILL_AFTER": "10"}, capture_output=True)
+    assert proc.returncode == -9
+    present = {n for n in os.listdir(target) if not n.startswith(".")}
+    assert len(present) == 10
+    for name in present:  # every file under its final name is complete
+        assert (target / name).read_bytes() == files[name]
+    fetched = []
+    real = Store.read_pack_range
+    monkeypatch.setattr(Store, "read_pack_range",
+                        lambda self, pack, off, n: fetched.append(n) or real(self, pack, off, n))
+    result = Dataset.get(ds.id, store=file_store).download(str(target))
+    assert result.skipped == 10 and result.written == 20
+    assert sum(fetched) < sum(len(files[n]) for n in files if n not in present) + (2 << 20)
+    assert _tree(target) == files
+
+
+def test_unsafe_targets_are_refused_before_writing(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"sub/x": b"x", "y": b"y"})
+    ds = _final(file_store, tmp_path / "d")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "t"
+    target.mkdir()
+    os.symlink(outside, target / "sub")
+    with pytest.raises(InvalidPath, match="symlink"):
+        ds.download(str(target), overwrite=True)
+    assert os.listdir(outside) == [] and sorted(os.listdir(target)) == ["sub"]
+
+
+def test_escaping_manifest_path_is_refused(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"ok": b"ok"})
+    ds = _final(file_store, tmp_path / "d")
+    evil = ds.file_entries()[0]
+    evil.path = "../escaped"
+    data = encode_changeset([evil])
+    root = file_store[len("file://"):]
+    open(f"{root}/datasets/{ds.id}/changes.msgpack.zst", "wb").write(data)
+    record = json.load(open(f"{root}/datasets/{ds.id}/version.json"))
+    import blake3
+
+    record["changes"] = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}  # a hostile writer
+    open(f"{root}/datasets/{ds.id}/version.json", "w").write(json.dumps(record))
+    proc = run_cli("--store", file_store, "download", ds.id, tmp_path / "t")
+    assert proc.returncode == 8 and "escaped" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "t").exists()
+
+
+def test_target_not_writable(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"x": b"x"})
+    ds = _final(file_store, tmp_path / "d")
+    proc = run_cli("--store", file_store, "download", ds.id, "/proc/dsfs-test")
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_disk_full_then_rerun(tmp_path, file_store):
+    files = {f"f{i}": os.urandom(1 << 20) for i in range(6)}
+    make_tree(tmp_path / "d", files)
+    ds = _final(file_store, tmp_path / "d")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    try:
+        proc = run_cli("--store", file_store, "download", ds.id, small / "t")
+        assert proc.returncode == 9 and "no space left" in proc.stderr and "Traceback" not in proc.stderr
+        for name in os.listdir(small / "t"):
+            if not name.startswith("."):
+                assert (small / "t" / name).read_bytes() == files[name]
+        subprocess.run(["mount", "-o", "remount,size=20m", str(small)], check=True)
+        proc = run_cli("--store", file_store, "download", ds.id, small / "t")
+        assert proc.returncode == 0, proc.stderr
+        assert _tree(small / "t") == files
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_store_flaky_then_down(tmp_path, file_store, monkeypatch):
+    files = {"a": os.urandom(100_000), "b": os.urandom(100_000)}
+    make_tree(tmp_path / "d", files)
+    ds = _final(file_store, tmp_path / "d")
+    real = Store.read_pack_range
+    failures = [2]
+
+    def flaky(self, pack, off, n):
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise StoreUnavailable("connection reset")
+        return real(self, pack, off, n)
+
+    monkeypatch.setattr(Store, "read_pack_range", flaky)
+    ds.download(str(tmp_path / "t1"))
+    assert _tree(tmp_path / "t1") == files
+    monkeypatch.setattr(Store, "read_pack_range", lambda *a: (_ for _ in ()).throw(StoreUnavailable("down")))
+    with pytest.raises(StoreUnavailable):
+        Dataset.get(ds.id, store=file_store, cache=Cache(str(tmp_path / "other-cache"))).download(str(tmp_path / "t2"))
+    assert [n for n in os.listdir(tmp_path / "t2") if not n.startswith(".")] == []
+
+
+def test_corrupt_pack_fails_only_that_file(tmp_path, file_store):
+    files = {"good1": os.urandom(50_000), "bad": os.urandom(50_000), "good2": os.urandom(50_000)}
+    make_tree(tmp_path / "d", files)
+    ds = _final(file_store, tmp_path / "d")
+    ref = {e.path: e for e in ds.file_entries()}["bad"].chunks[0]
+    path = f"{file_store[7:]}/packs/{ref.pack.hex()[:2]}/{ref.pack.hex()}"
+    data = bytearray(open(path, "rb").read())
+    data[ref.offset + 5] ^= 1
+    open(path, "wb").write(bytes(data))
+    proc = run_cli("--store", file_store, "download", ds.id, tmp_path / "t")
+    assert proc.returncode == 8 and "bad" in proc.stderr and "good" not in proc.stderr
+    assert _tree(tmp_path / "t") == {"good1": files["good1"], "good2": files["good2"], ".dsfs-partial": (tmp_path / "t" / ".dsfs-partial").read_bytes()}
+
+
+def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
+    files = {f"f{i}": os.urandom(20_000) for i in range(100)}
+    make_tree(tmp_path / "d", files)
+    parent = _final(file_store, tmp_path / "d")
+    r = dsfs("--store", file_store, "get", parent.id)
+    assert r.code == 0, r.err
+    copy = r.out.strip()
+    assert _tree(copy) == files
+    assert os.stat(os.path.join(copy, "f1")).st_mode & 0o222 == 0  # read-only
+    # a second get reuses the copy: no pack, change-set or chunk is read again
+    with monkeypatch.context() as m:
+        for name in ("read_pack_range", "read_changes"):
+            m.setattr(Store, name, lambda *a: (_ for _ in ()).throw(AssertionError("store read")))
+        assert dsfs("--store", file_store, "get", parent.id).out.strip() == copy
+    # a 1%-changed child shares the unchanged files' inodes
+    (tmp_path / "d" / "f0").write_bytes(b"changed")
+    child = _final(file_store, tmp_path / "d", parents=[parent.id])
+    child_copy = child.get_local_copy()
+    assert os.stat(os.path.join(child_copy, "f5")).st_ino == os.stat(os.path.join(copy, "f5")).st_ino
+    assert open(os.path.join(child_copy, "f0"), "rb").read() == b"changed"
+    # mutable copy and link
+    r = dsfs("--store", file_store, "get", parent.id, "--copy", tmp_path / "mine")
+    assert r.code == 0 and _tree(tmp_path / "mine") == files
+    (tmp_path / "mine" / "f1").write_bytes(b"mutable")
+    assert open(os.path.join(copy, "f1"), "rb").read() == files["f1"]
+    r = dsfs("--store", file_store, "get", parent.id, "--link", tmp_path / "ln")
+    assert r.code == 0 and os.path.realpath(tmp_path / "ln") == copy
+    assert dsfs("--store", file_store, "get", parent.id, "--link", tmp_path / "ln").code == 2
+
+
+def test_verify(tmp_path, file_store, dsfs):
+    files = {"a": b"aaa", "sub/b": b"bbb", "c": b"ccc"}
+    make_tree(tmp_path / "d", files)
+    ds = _final(file_store, tmp_path / "d")
+    r = dsfs("--store", file_store, "verify", "--id", ds.id)
+    assert r.code == 2 and "dsfs get" in r.err  # nothing cached yet
+    assert dsfs("--store", file_store, "get", ds.id).code == 0
+    assert dsfs("--store", file_store, "verify", "--id", ds.id).code == 0
+    ds.download(str(tmp_path / "t"))
+    (tmp_path / "t" / "a").write_bytes(b"AAA")  # same size, other content
+    (tmp_path / "t" / "sub" / "b").unlink()
+    (tmp_path / "t" / "extra").write_bytes(b"")
+    r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", tmp_path / "t", "--json")
+    assert r.code == 1
+    assert json.loads(r.out) == {"ok": False, "checked": 2, "missing": ["sub/b"], "extra": ["extra"],
+                                 "different": ["a"]}
+    r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", tmp_path / "t", "--filesize", "--json")
+    assert json.loads(r.out)["different"] == []
+
+
+def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store):
+    data = os.urandom(3 << 20)
+    make_tree(tmp_path / "d", {"f": data})
+    ds = _final(file_store, tmp_path / "d")
+    cache = Cache()
+    assert View(ds.store, cache, ds.id).read_path("f") == data
+    digest = ds.file_entries()[0].chunks[0].digest
+    chunk_file = cache._chunk_path(digest)
+    raw = bytearray(open(chunk_file, "rb").read())
+    raw[0] ^= 1
+    open(chunk_file, "wb").write(bytes(raw))
+    assert cache.get_chunk(digest) is None and not cache.has_chunk(digest)  # dropped
+    assert View(ds.store, cache, ds.id).read_path("f") == data  # fetched again
+    assert cache.has_chunk(digest)
+
+
+def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store):
+    make_tree(tmp_path / "d", {f"f{i}": os.urandom(100_000) for i in range(10)})
+    ds = _final(file_store, tmp_path / "d")
+    cache = Cache(size=450_000)
+    view = View(ds.store, cache, ds.id)
+    handle = view.open(view.resolve("f0").ino)
+    view.read(handle, 0, 100)
+    import dsfs.cache
+
+    orig = dsfs.cache.RECENT_NS
+    dsfs.cache.RECENT_NS = 0  # everything counts as old enough to evict
+    try:
+        for i in range(1, 10):
+            view.read_path(f"f{i}")
+    finally:
+        dsfs.cache.RECENT_NS = orig
+    assert cache.used_bytes() <= 450_000
+    assert cache.has_chunk(handle.chunks[0].digest)  # pinned by an open file
+    assert cache.has_chunk(view.resolve("f9").chunks_wire[0][0])  # most recent kept
+    assert not cache.has_chunk(view.resolve("f1").chunks_wire[0][0])  # least recent gone
+    view.release(handle)
+
+
+def test_cache_cli(tmp_path, file_store, dsfs):
+    make_tree(tmp_path / "d", {"f": os.urandom(300_000)})
+    ds = _final(file_store, tmp_path / "d")
+    View(ds.store, Cache(), ds.id).read_path("f")
+    stats = json.loads(dsfs("cache", "stats", "--json").out)
+    assert stats["chunks"] == 1 and stats["bytes"] == 300_000 and stats["views"] == 1
+    assert dsfs("cache", "prune", "--to", "0").code == 0
+    assert json.loads(dsfs("cache", "stats", "--json").out)["bytes"] == 0
+    assert dsfs("--store", file_store, "get", ds.id).code == 0
+    assert dsfs("cache", "clear").code == 0
+    stats = json.loads(dsfs("cache", "stats", "--json").out)
+    assert stats["views"] == 0 and stats["chunks"] == 0
+    assert not os.path.exists(os.path.join(Cache().root, "copies", ds.id))
+
+
+def test_parallel_downloads_share_the_cache(tmp_path, file_store):
+    base = {f"f{i}": os.urandom(200_000) for i in range(20)}
+    make_tree(tmp_path / "d", base)
+    parent = _final(file_store, tmp_path / "d")
+    (tmp_path / "d" / "f0").write_bytes(b"new")
+    child = _final(file_store, tmp_path / "d", parents=[parent.id])
+    procs = [subprocess.Popen([sys.executable, "-m", "dsfs.cli.main", "--store", file_store, "get", ds_id],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ds_id in (parent.id, child.id, parent.id, child.id)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert _tree(outs[0][0].strip()) == base
+    assert _tree(outs[1][0].strip()) == {**base, "f0": b"new"}
+    assert outs[0][0] == outs[2][0]
+
+
+def test_draft_cannot_be_consumed(tmp_path, file_store):
+    draft = Dataset.create("p", "n", store=file_store)
+    proc = run_cli("--store", file_store, "download", draft.id, tmp_path / "t")
+    assert proc.returncode == 4 and "draft" in proc.stderr
