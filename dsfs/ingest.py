@@ -1,10 +1,11 @@
 """Upload: read a draft's local files, cut them into chunks, send only new chunks, in packs.
 
 One thread reads, chunks and hashes files in path order (FastCDC and blake3 run at several GB/s, so
-a core keeps up with a disk); full packs are written by a pool of `max_workers` threads, at most
-`max_workers + 1` packs in memory at once. A file's entry is recorded in the draft only once every
-pack holding its new chunks is in the store, and the draft is saved after each pack: that is what
-makes a killed upload resumable without sending recorded bytes again.
+a core keeps up with a disk). A pack is closed as soon as it is full, even in the middle of a large
+file, and written by a pool of `max_workers` threads, with at most `max_workers + 1` packs in memory.
+A file's entry is recorded in the draft only once every pack holding its new chunks is in the store:
+that is what makes a killed upload resumable without sending recorded bytes again. The draft is
+saved every couple of seconds and at the end, so a crash re-sends at most a few seconds of work.
 
 A chunk already stored by any ancestor, by an earlier upload of this draft, or earlier in this run
 is referenced, not sent: renames, moves and copies cost nothing.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable
 
@@ -30,6 +32,7 @@ from .packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
 from .store import Store
 
 DEFAULT_WORKERS = 4
+SAVE_INTERVAL = 2.0
 
 
 class Uploader:
@@ -49,6 +52,7 @@ class Uploader:
         self.sent_packs = 0
         self.skipped_packs = 0
         self._failed: BaseException | None = None
+        self._saved_at = time.monotonic()
 
     def run(self) -> None:
         pending = sorted(self.draft.adds.items())
@@ -58,8 +62,6 @@ class Uploader:
                 for dataset_path, local_path in pending:
                     entry, last_seq = self._read_file(dataset_path, local_path)
                     self.waiting.append((entry, last_seq))
-                    if self.builder.full():
-                        self._submit(self.builder.take())
                     self._collect(block=False)
                 last = self.builder.take()
                 if last is not None:
@@ -69,7 +71,7 @@ class Uploader:
                 while self.inflight:
                     self._collect(block=True, raise_errors=False)
                 self._commit_entries()
-                self.draft.save()
+                self._save(force=True)
             self._raise_failed()
 
     # -- reading -------------------------------------------------------------------------------
@@ -105,6 +107,8 @@ class Uploader:
                     ref = self.session.get(chunk_digest)
                     if ref is None:
                         ref = self.session[chunk_digest] = self.builder.add(chunk_digest, data)
+                        if self.builder.full():  # per chunk: a large file spans several packs
+                            self._submit(self.builder.take())
                     last_seq = max(last_seq, ref.pack.seq)
                 refs.append(ref)
                 self.progress(len(data))
@@ -133,7 +137,7 @@ class Uploader:
     def _write_pack(self, pack: Pack) -> bool:
         if self.store.has_pack(pack.id):
             return False
-        self.store.write_pack(pack.id, bytes(pack.buf))
+        self.store.write_pack(pack.id, pack.pieces)
         return True
 
     def _collect(self, block: bool, raise_errors: bool = True) -> None:
@@ -153,15 +157,23 @@ class Uploader:
             for ref in pack.chunks:
                 self.draft.chunks[ref.digest] = ref.resolve()
             self.draft.packs.append(pack.id)
-            self.draft.new_bytes += len(pack.buf)
-            pack.buf = bytearray()  # free the memory; refs keep only the id
+            self.draft.new_bytes += pack.size
+            pack.release()  # free the memory; refs keep only the id
         while self.durable_upto + 1 in self.done_seqs:
             self.durable_upto += 1
         if done:
             self._commit_entries()
-            self.draft.save()
+            self._save(force=False)
         if raise_errors:
             self._raise_failed()
+
+    def _save(self, force: bool) -> None:
+        """Save the draft at most every SAVE_INTERVAL seconds (a save rewrites every entry, so
+        saving per pack would cost files x packs); a crash re-sends at most that much work."""
+        now = time.monotonic()
+        if force or now - self._saved_at >= SAVE_INTERVAL:
+            self.draft.save()
+            self._saved_at = now
 
     def _raise_failed(self) -> None:
         if self._failed is not None:

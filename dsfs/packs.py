@@ -38,19 +38,32 @@ def chunker() -> FastCDC:
 
 
 class Pack:
-    """A pack being filled; its id is known once sealed."""
+    """A pack being filled: a list of stored chunk bytes, hashed as they come (no buffer growth,
+    no second pass to name it); its id is known once sealed."""
 
-    __slots__ = ("seq", "buf", "id", "chunks")
+    __slots__ = ("seq", "pieces", "size", "hasher", "id", "chunks")
 
     def __init__(self, seq: int):
         self.seq = seq
-        self.buf = bytearray()
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.hasher = blake3.blake3()
         self.id: bytes | None = None
         self.chunks: list[PendingRef] = []
 
+    def append(self, data: bytes) -> int:
+        offset = self.size
+        self.pieces.append(data)
+        self.hasher.update(data)
+        self.size += len(data)
+        return offset
+
     def seal(self) -> bytes:
-        self.id = digest(self.buf)[:16]
+        self.id = self.hasher.digest()[:16]
         return self.id
+
+    def release(self) -> None:
+        self.pieces = []
 
 
 class PendingRef:
@@ -78,21 +91,22 @@ class PackBuilder:
         self._zstd = zstandard.ZstdCompressor(level=3)
 
     def add(self, chunk_digest: bytes, data) -> PendingRef:
+        """Append a chunk (copied: `data` may be a view into a reader's buffer)."""
         raw = len(data)
         stored_bytes, compression = self._maybe_compress(data)
         pack = self.current
-        ref = PendingRef(chunk_digest, pack, len(pack.buf), len(stored_bytes), raw, compression)
-        pack.buf += stored_bytes
+        offset = pack.append(bytes(stored_bytes))
+        ref = PendingRef(chunk_digest, pack, offset, len(stored_bytes), raw, compression)
         pack.chunks.append(ref)
         return ref
 
     def full(self) -> bool:
-        return len(self.current.buf) >= self.target
+        return self.current.size >= self.target
 
     def take(self) -> Pack | None:
         """Seal and return the current pack (None if empty), and start a new one."""
         pack = self.current
-        if not pack.buf:
+        if not pack.size:
             return None
         pack.seal()
         self._seq += 1
@@ -102,7 +116,7 @@ class PackBuilder:
     def _maybe_compress(self, data):
         raw = len(data)
         if raw >= 4096:
-            probe = data[:PROBE]
+            probe = data[:min(PROBE, max(4096, raw // 8))]  # small files: a proportional probe
             if len(self._zstd_probe.compress(probe)) > 0.9 * len(probe):
                 return data, COMPRESSION_NONE
             packed = self._zstd.compress(data)

@@ -228,7 +228,10 @@ class Store:
     def has_pack(self, pack_id: bytes) -> bool:
         return self._exists(self._pack_key(pack_id))
 
-    def write_pack(self, pack_id: bytes, data: bytes) -> None:
+    def write_pack(self, pack_id: bytes, data) -> None:
+        """Write a pack: bytes, or a list of pieces (written in order without joining on file://)."""
+        if isinstance(data, list) and not self.is_local:
+            data = b"".join(data)
         self._put(self._pack_key(pack_id), data)
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
@@ -265,7 +268,10 @@ def _local_atomic_write(path: str, data: bytes, exclusive: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, list):
+                f.writelines(data)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if exclusive:
