@@ -236,6 +236,7 @@ class Dataset:
         total = sum(_size(p) for p in draft.adds.values())
         known = self._lineage.known_chunks(self.info.parents)
         with transfer(f"upload {self.info.ref}", total, show_progress) as progress:
+            progress.set_total(total, len(draft.adds))
             uploader = Uploader(self.store, draft, known, max_workers, progress)
             uploader.run()
         return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
@@ -372,15 +373,14 @@ class Dataset:
                  max_workers: int | None = None, overwrite: bool = False, show_progress: bool | None = None):
         """Materialize the merged view (or the part matching include/exclude) into `target`."""
         view = self.view()
-        total = view.meta["bytes"]
-        with transfer(f"download {self.info.ref}", total, show_progress) as progress:
+        with transfer(f"download {self.info.ref}", None, show_progress) as progress:
             return materialize.download(self.store, self.cache, view, target, include, exclude,
                                         max_workers or 8, overwrite, progress)
 
     def get_local_copy(self, max_workers: int | None = None, show_progress: bool | None = None) -> str:
         """The path of a read-only cached copy (materialized once, reused after)."""
         view = self.view()
-        with transfer(f"get {self.info.ref}", view.meta["bytes"], show_progress) as progress:
+        with transfer(f"get {self.info.ref}", None, show_progress) as progress:
             return materialize.get_copy(self.store, self.cache, view, max_workers or 8, progress)
 
     def get_mutable_local_copy(self, target_folder: str, overwrite: bool = False,

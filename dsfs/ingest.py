@@ -21,14 +21,13 @@ import os
 import stat as stat_mod
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable
-
 import blake3
 
 from .drafts import DraftState
 from .errors import FileChanged, LocalFileNotFound
 from .model import ChunkRef, Entry
 from .packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
+from .progress import Tracker
 from .store import Store
 
 DEFAULT_WORKERS = 4
@@ -37,12 +36,12 @@ SAVE_INTERVAL = 2.0
 
 class Uploader:
     def __init__(self, store: Store, draft: DraftState, known: dict[bytes, ChunkRef],
-                 max_workers: int | None = None, progress: Callable[[int], None] | None = None):
+                 max_workers: int | None = None, progress: Tracker | None = None):
         self.store = store
         self.draft = draft
         self.known = known
         self.max_workers = max(1, max_workers or DEFAULT_WORKERS)
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or Tracker()
         self.builder = PackBuilder()
         self.session: dict[bytes, PendingRef] = {}
         self.inflight: dict[Future, Pack] = {}
@@ -111,7 +110,7 @@ class Uploader:
                             self._submit(self.builder.take())
                     last_seq = max(last_seq, ref.pack.seq)
                 refs.append(ref)
-                self.progress(len(data))
+                self.progress.advance(len(data))
             file_digest = whole.digest() if whole is not None else (refs[0].digest if refs else digest(b""))
             after = os.fstat(f.fileno())
         try:
@@ -123,6 +122,7 @@ class Uploader:
                 != (before.st_ino, before.st_size, before.st_mtime_ns)):
             raise FileChanged(f"{local_path} changed while it was being uploaded; nothing of it was "
                               f"recorded. Run the upload again once it is stable")
+        self.progress.advance(files=1)
         entry = Entry(path=dataset_path, size=total, executable=bool(before.st_mode & 0o111),
                       mtime_ns=before.st_mtime_ns, digest=file_digest, chunks=refs)
         return entry, last_seq

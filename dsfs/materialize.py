@@ -29,6 +29,7 @@ from . import paths
 from .cache import Cache
 from .errors import CorruptChunk, DsfsError, InvalidPath, UsageError
 from .fetch import fetch_chunks
+from .progress import Tracker
 from .store import Store
 from .viewindex import Node, ViewIndex
 
@@ -76,7 +77,8 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     shared: other processes may write the same targets (the file store), so temp names are made
     unique per process; otherwise a fixed temp name lets a rerun reuse the slot of a killed run."""
     suffix = f".{os.getpid()}.dsfs-tmp" if shared else ".dsfs-tmp"
-    progress = progress or (lambda n: None)
+    progress = progress or Tracker()
+    progress.set_total(sum(job.node.size for job in jobs), len(jobs))
     result = Result()
     users: dict[bytes, list[tuple[_Job, int]]] = {}
     refs = {}
@@ -84,7 +86,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     for job in jobs:
         if is_complete(job.target, job.node):
             result.skipped += 1
-            progress(job.node.size)
+            progress.advance(job.node.size, files=1)
             continue
         job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}{suffix}")
         offset = 0
@@ -98,7 +100,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
         for job in todo:
             _create(job.tmp)
             if job.remaining == 0:
-                _finish(job, result)
+                _finish(job, result, progress)
         missing = []
         for digest, ref in refs.items():
             data = cache.get_chunk(digest, ref.raw)
@@ -111,7 +113,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
             if error is not None:
                 for job, _ in users[ref.digest]:
                     job.failed = job.failed or error
-                    progress(ref.raw)
+                    progress.advance(ref.raw)
                 continue
             _deliver(users[ref.digest], data, result, progress)
     except OSError as exc:
@@ -151,18 +153,19 @@ def _deliver(users, data: bytes, result: Result, progress) -> None:
                 view, offset = view[written:], offset + written
         finally:
             os.close(fd)
-        progress(len(data))
+        progress.advance(len(data))
         job.remaining -= 1
         if job.remaining == 0:
-            _finish(job, result)
+            _finish(job, result, progress)
 
 
-def _finish(job: _Job, result: Result) -> None:
+def _finish(job: _Job, result: Result, progress: Tracker) -> None:
     os.chmod(job.tmp, job.node.mode)
     os.utime(job.tmp, ns=(job.node.mtime_ns, job.node.mtime_ns))
     os.replace(job.tmp, job.target)
     result.written += 1
     result.bytes += job.node.size
+    progress.advance(files=1)
 
 
 def _cleanup(jobs) -> None:
