@@ -84,17 +84,32 @@ class Measured:
         return (lines[-1][:200] if lines else "") + f" (exit code {self.rc})"
 
 
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
 def run_measured(cmd: list[str], env: dict, cwd: str | None = None) -> Measured:
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run cmd; wall time from here, CPU and peak RSS of cmd itself.
+
+    The peak RSS comes from GNU time when it is there: a process forked from this (large) one
+    inherits our resident set before exec, and Linux counts that in the child's ru_maxrss, so
+    wait4 on a direct child would report this process's peak, not the command's."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".time") as usage_file:
+        full = [GNU_TIME, "-q", "-f", "%U %S %M", "-o", usage_file.name, *cmd] if GNU_TIME else cmd
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(full, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
         rc = os.waitstatus_to_exitcode(status)
-        return Measured(rc, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        cpu, maxrss = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        if GNU_TIME:
+            fields = usage_file.read().split()
+            if len(fields) >= 3:
+                cpu, maxrss = float(fields[-3]) + float(fields[-2]), int(fields[-1])
+        return Measured(rc, wall, cpu, maxrss, out.read().decode(errors="replace"),
+                        err.read().decode(errors="replace"))
 
 
 def sync_disk() -> None:

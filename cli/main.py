@@ -16,7 +16,7 @@ from rich.table import Table
 
 from dsfs import Dataset
 from dsfs.dataset import open_store
-from dsfs.errors import DsfsError
+from dsfs.errors import DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
 from dsfs.model import VersionInfo
 
@@ -320,6 +320,121 @@ def cat(ctx, path, ref):
     ds = _dataset(ctx, ref)
     sys.stdout.buffer.write(ds.read_file(path))
     sys.stdout.buffer.flush()
+
+
+@cli.command()
+@click.option("--folder", required=True, type=click.Path(), help="Local folder to turn into a version.")
+@click.option("--project", default=None, help="Project (default: the first parent's).")
+@click.option("--name", default=None, help="Name (default: the first parent's).")
+@multi("--parents", metavar="ID", help="Parents (default: the latest final version of project/name).")
+@multi("--tags", metavar="TAG")
+@click.option("--dataset-folder", default=None, help="Folder inside the dataset the local folder maps to.")
+@click.option("--skip-close", is_flag=True, help="Leave the new version as a draft.")
+@click.option("--allow-empty", is_flag=True, help="Create a version even when nothing changed.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None)
+@click.pass_context
+def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers):
+    """Create a new version from a folder: added, modified and removed files against the parent."""
+    if not (project and name):
+        if not parents:
+            raise DsfsUsage("pass --project and --name, or --parents")
+        first = Dataset.get(parents[0], include_drafts=True, store=ctx.obj["store"]).info
+        project, name = project or first.project, name or first.name
+    ds, changes = Dataset.sync(folder, project, name, parents=list(parents) or None, tags=list(tags),
+                               dataset_path=dataset_folder, close=not skip_close, allow_empty=allow_empty,
+                               max_workers=max_workers, store=ctx.obj["store"])
+    summary = (f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.removed)} removed, "
+               f"{changes.unchanged} unchanged")
+    if ds is None:
+        click.echo(f"no change in {folder} against {project}/{name}; no version created ({summary})")
+        return
+    click.echo(ds.id)
+    click.echo(f"{ds.info.ref} {'closed' if ds.is_final else 'draft'}: {summary}", err=True)
+
+
+@cli.command()
+@click.option("--source", required=True, metavar="DATASET")
+@click.option("--target", required=True, metavar="DATASET")
+@click.option("--verbose", is_flag=True, help="List every changed path.")
+@json_option
+@click.pass_context
+def compare(ctx, source, target, verbose, as_json):
+    """What changed from one version to another (related or not)."""
+    result = Dataset.compare(source, target, store=ctx.obj["store"])
+    summary = result.summary()
+    if as_json:
+        return _emit_json({**summary, "added_paths": [p for p, _ in result.added],
+                           "removed_paths": [p for p, _ in result.removed],
+                           "modified_paths": [p for p, _, _ in result.modified]})
+    click.echo(f"{summary['added']} files added ({_human(summary['added_bytes'])}), "
+               f"{summary['removed']} removed ({_human(summary['removed_bytes'])}), "
+               f"{summary['modified']} modified ({_human(summary['modified_bytes'])}), "
+               f"{summary['unchanged']} unchanged")
+    if verbose:
+        rows = ([("added", p, _human(n)) for p, n in result.added] + [("removed", p, _human(n)) for p, n in result.removed]
+                + [("modified", p, f"{_human(a)} -> {_human(b)}") for p, a, b in result.modified])
+        _table(["change", "path", "size"], sorted(rows, key=lambda r: r[1]))
+
+
+@cli.command()
+@click.option("--name", required=True)
+@click.option("--project", default=None, help="Default: the first version's project.")
+@click.option("--version", default=None)
+@multi("--ids", required=True, metavar="DATASET", help="Versions to merge, in order (a later one wins).")
+@multi("--tags", metavar="TAG")
+@click.pass_context
+def squash(ctx, name, project, version, ids, tags):
+    """A new flat version equal to the given versions merged, made from existing chunks."""
+    ds = Dataset.squash(name, list(ids), project=project, version=version, tags=list(tags), store=ctx.obj["store"])
+    click.echo(ds.id)
+    click.echo(f"squashed {len(ids)} version(s) into {ds.info.ref}: {ds.info.stats['files']} file(s), "
+               f"{_human(ds.info.stats['bytes'])}, no chunk bytes moved", err=True)
+
+
+@cli.command()
+@click.argument("ref", metavar="PROJECT/NAME")
+@json_option
+@click.pass_context
+def versions(ctx, ref, as_json):
+    """The versions of a dataset: lineage, states, dates, sizes and new bytes."""
+    if "/" not in ref:
+        raise DsfsUsage(f"{ref!r}: expected PROJECT/NAME")
+    project, name = ref.split("@")[0].rsplit("/", 1)
+    found = [v for v in Dataset.search(store=ctx.obj["store"]) if v.project == project and v.name == name]
+    if not found:
+        raise DatasetNotFound(f"no dataset {project}/{name}")
+    if as_json:
+        return _emit_json([v.to_json() for v in found])
+    short = {v.id: v.version for v in found}
+    _table(["version", "id", "state", "parents", "created", "files", "size", "new"],
+           [(v.version, v.id, v.state, ",".join(short.get(p, p[:8]) for p in v.parents) or "-", v.created,
+             v.stats.get("files", ""), _human(v.stats["bytes"]) if "bytes" in v.stats else "",
+             _human(v.stats["new_bytes"]) if "new_bytes" in v.stats else "") for v in found])
+
+
+@cli.command(name="export")
+@click.argument("ref", metavar="DATASET")
+@click.option("--format", "fmt", type=click.Choice(["tar", "zip", "manifest-json"]), default="tar", show_default=True)
+@multi("--include", metavar="GLOB", help="Only paths matching these globs.")
+@click.option("-o", "--output", required=True, help="Output file, or - for stdout.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.pass_context
+def export_(ctx, ref, fmt, include, output, overwrite):
+    """Write a version as a streamed tar or zip archive, or its file list as JSON."""
+    from dsfs.cache import Cache
+    from dsfs.export import export_to
+    from dsfs.view import View
+
+    if output == "-" and fmt != "manifest-json" and sys.stdout.isatty():
+        raise DsfsUsage("refusing to write a binary archive to a terminal; redirect it or use -o FILE")
+    ds = Dataset.get(ref, store=ctx.obj["store"])
+    view = View(ds.store, Cache(), ds.id)
+    try:
+        count = export_to(view, output, fmt, list(include) or None, overwrite)
+    finally:
+        view.close()
+    click.echo(f"exported {count} file(s) of {ds.info.ref} as {fmt}" + ("" if output == "-" else f" to {output}"),
+               err=True)
 
 
 def cache_options(fn):

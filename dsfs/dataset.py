@@ -25,6 +25,8 @@ import semver
 from . import drafts, materialize, paths
 from .cache import Cache
 from .drafts import DraftState
+from .evolve import Comparison, FolderChanges, folder_changes, squash_entries
+from .evolve import compare as compare_versions
 from .errors import (Conflict, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
                      UsageError)
 from .ingest import Uploader
@@ -253,17 +255,22 @@ class Dataset:
                 raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
             self.upload(max_workers=max_workers, show_progress=show_progress)
         changes, view, counts = self._changes_against_parents(draft)
+        self._write_final(changes, view, counts, draft.new_bytes, draft.packs)
+        draft.discard()
+
+    def _write_final(self, changes: list[Entry], view: dict[str, Entry], counts: dict, new_bytes: int,
+                     packs: list[bytes]) -> None:
+        """The end of the write order: the change-set, then version.json with state=final."""
         check_tree(view, f"dataset {self.id}")
         data = encode_changeset(changes)
         self.store.write_changes(self.id, data)
         info = self.info
         info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
         info.stats = {"files": len(view), "bytes": sum(e.size for e in view.values()), **counts,
-                      "new_bytes": draft.new_bytes, "packs": [p.hex() for p in draft.packs]}
+                      "new_bytes": new_bytes, "packs": [p.hex() for p in packs]}
         info.state = "final"
         info.finalized = _now()
         self.store.write_version(info)
-        draft.discard()
 
     def publish(self) -> None:
         if self.state == "draft":
@@ -291,6 +298,86 @@ class Dataset:
             changes.append(entry)
             view[path] = entry
         return changes, view, counts
+
+    # -- evolution: sync, compare, squash -----------------------------------------------------
+
+    def sync_folder(self, local_path: str, dataset_path: str | None = None) -> FolderChanges:
+        """Make this draft's content match a local folder: add new and modified files, remove
+        files the parents have that the folder no longer has. Returns what changed."""
+        draft = self._require_draft()
+        changes = folder_changes(self._lineage.merged_parents(self.info.parents), local_path, dataset_path)
+        for path, local in {**changes.added, **changes.modified}.items():
+            draft.adds[path] = os.path.abspath(local)
+            draft.uploaded.pop(path, None)
+            draft.removals.discard(path)
+        for path in changes.removed:
+            draft.adds.pop(path, None)
+            draft.uploaded.pop(path, None)
+            draft.removals.add(path)
+        draft.save()
+        return changes
+
+    @classmethod
+    def sync(cls, folder: str, project: str, name: str, parents: list[str] | None = None,
+             tags: list[str] | None = None, dataset_path: str | None = None, close: bool = True,
+             allow_empty: bool = False, max_workers: int | None = None, store: Store | str | None = None,
+             show_progress: bool | None = None) -> tuple["Dataset | None", FolderChanges]:
+        """Turn a folder that changes over time into a new version of project/name. Without parents,
+        the latest final version of project/name is the parent. An unchanged folder makes no version
+        (returns None) unless allow_empty."""
+        store = open_store(store, create=True)
+        if parents is None:
+            try:
+                parents = [resolve(store, project=project, name=name).id]
+            except DatasetNotFound:
+                parents = []
+        parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
+        base = Lineage(store).merged_parents(parent_ids) if parent_ids else {}
+        changes = folder_changes(base, folder, dataset_path)
+        if changes.empty and not allow_empty:
+            return None, changes
+        ds = cls.create(project, name, parents=parent_ids, tags=tags, store=store)
+        ds.sync_folder(folder, dataset_path)
+        if close:
+            ds.finalize(max_workers=max_workers, show_progress=show_progress)
+        return ds, changes
+
+    @staticmethod
+    def compare(source: str, target: str, store: Store | str | None = None, cache: Cache | None = None) -> Comparison:
+        """Files added, removed and modified from source to target (any two final versions)."""
+        store = open_store(store)
+        ids = []
+        for ref in (source, target):
+            info = resolve(store, ref, include_drafts=True)
+            if not info.is_final:
+                raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be compared")
+            ids.append(info.id)
+        return compare_versions(store, cache or Cache(), *ids)
+
+    @classmethod
+    def squash(cls, name: str, ids: list[str], project: str | None = None, version: str | None = None,
+               tags: list[str] | None = None, store: Store | str | None = None) -> "Dataset":
+        """A new flat version (no parents) whose view is `ids` merged in order, made from the chunks
+        already stored: no file data moves."""
+        store = open_store(store)
+        if not ids:
+            raise UsageError("name the versions to squash")
+        infos = []
+        for ref in ids:
+            info = resolve(store, ref, include_drafts=True)
+            if not info.is_final:
+                raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be squashed")
+            infos.append(info)
+        lineage = Lineage(store)
+        sources = lineage.ancestors([i.id for i in infos])
+        entries = squash_entries(store, Cache(), [i.id for i in infos])
+        view = {e.path: e for e in entries}
+        check_tree(view, "squash of " + ", ".join(i.id for i in infos))  # before claiming a version
+        ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
+        ds.info.sources = sources
+        ds._write_final(entries, view, {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
+        DraftState(id=ds.id, store=store.url).discard()
+        return ds
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -447,9 +534,9 @@ class Dataset:
         unless force (they then can no longer be read)."""
         store = open_store(store)
         info = resolve(store, ref, include_drafts=True)
-        children = [v for v in store.list_versions() if info.id in v.parents]
+        children = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
         if children and not force:
-            raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent of {len(children)} version(s) "
+            raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent or source of {len(children)} version(s) "
                                f"({', '.join(c.id for c in children[:3])}); delete those first or pass --force")
         packs = [bytes.fromhex(p) for p in info.stats.get("packs", [])]
         draft = None

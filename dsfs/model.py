@@ -161,6 +161,9 @@ class VersionInfo:
     finalized: str = ""
     changes: dict = field(default_factory=dict)  # {"digest": blake3 hex, "size": bytes}
     stats: dict = field(default_factory=dict)
+    # versions (not ancestors) whose packs this one's chunk refs point into, e.g. after a squash:
+    # they cannot be deleted while this version needs them
+    sources: list[str] = field(default_factory=list)
 
     STATES = ("draft", "final", "published")
 
@@ -177,15 +180,16 @@ class VersionInfo:
                 "version": self.version, "parents": self.parents, "tags": self.tags,
                 "description": self.description, "metadata": self.metadata, "state": self.state,
                 "created": self.created, "finalized": self.finalized, "changes": self.changes,
-                "stats": self.stats}
+                "stats": self.stats, "sources": self.sources}
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> "VersionInfo":
         try:
             info = cls(**{k: data[k] for k in ("id", "project", "name", "version")},
                        **{k: data[k] for k in ("parents", "tags", "description", "metadata", "state",
-                                               "created", "finalized", "changes", "stats") if k in data})
-            if not ID_RE.match(info.id) or not all(ID_RE.match(p) for p in info.parents):
+                                               "created", "finalized", "changes", "stats", "sources")
+                          if k in data})
+            if not ID_RE.match(info.id) or not all(ID_RE.match(p) for p in info.parents + info.sources):
                 raise ValueError("bad id")
             if info.state not in cls.STATES:
                 raise ValueError(f"unknown state {info.state!r}")

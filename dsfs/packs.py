@@ -14,6 +14,8 @@ about 1% of a full attempt), and the compressed form is kept only if it is at le
 
 from __future__ import annotations
 
+import os
+
 import blake3
 import zstandard
 from pyfastcdc import FastCDC
@@ -30,6 +32,14 @@ PROBE = 16 << 10
 
 def digest(data) -> bytes:
     return blake3.blake3(data).digest()
+
+
+def file_digest(path: str) -> bytes:
+    """blake3 of a local file's bytes (memory-mapped, multi-threaded for large files)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if os.path.getsize(path):
+        hasher.update_mmap(path)
+    return hasher.digest()
 
 
 def chunker() -> FastCDC:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import blake3
-
+from .packs import file_digest
 from .viewindex import ViewIndex
 
 
@@ -44,15 +43,7 @@ def verify_folder(view: ViewIndex, folder: str, size_only: bool = False) -> Repo
             report.checked += 1
             if os.path.islink(full) or os.path.getsize(full) != node.size:
                 report.different.append(rel)
-            elif not size_only and _digest(full) != node.digest:
+            elif not size_only and file_digest(full) != node.digest:
                 report.different.append(rel)
     report.missing = sorted(p for p in expected if p not in seen)
     return report
-
-
-def _digest(path: str) -> bytes:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if os.path.getsize(path) == 0:
-        return hasher.digest()
-    hasher.update_mmap(path)
-    return hasher.digest()

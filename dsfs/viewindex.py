@@ -161,11 +161,11 @@ def merged_entries(store: Store, cache: Cache, dataset_id: str, _infos=None):
         infos[dataset_id] = store.read_version(dataset_id)
     info = infos[dataset_id]
     parents = [merged_entries(store, cache, p, infos) for p in info.parents]
-    base = _overlay(parents)
+    base = overlay(parents)
     return _apply(base, _changes(store, cache, info))
 
 
-def _overlay(streams):
+def overlay(streams):
     if not streams:
         return iter(())
     if len(streams) == 1:

@@ -183,7 +183,7 @@ def test_delete_refuses_parents_and_frees_packs(tmp_path, file_store):
     parent = _final(file_store, "p", "n", tmp_path / "d")
     (tmp_path / "d" / "g").write_bytes(os.urandom(1000))
     child = _final(file_store, "p", "n", tmp_path / "d", parents=[parent.id])
-    with pytest.raises(DatasetInUse, match="parent of 1"):
+    with pytest.raises(DatasetInUse, match="parent or source of 1"):
         Dataset.delete(parent.id, store=file_store)
     root = file_store[len("file://"):]
     packs_before = sum(len(f) for _, _, f in os.walk(f"{root}/packs"))

@@ -48,7 +48,7 @@ def test_workflow_and_json(tmp_path, dsfs, memory_store):
     assert dsfs("--store", memory_store, "move", "--project", "vision", "--name", "felines", "--new-project", "zoo").code == 0
     assert json.loads(dsfs("--store", memory_store, "show", "zoo/felines", "--json").out)["id"] == child
     r = dsfs("--store", memory_store, "delete", "--id", ds_id)
-    assert r.code == 4 and "parent of 1" in r.err
+    assert r.code == 4 and "parent or source of 1" in r.err
     assert dsfs("--store", memory_store, "delete", "--id", child).code == 0
     assert dsfs("--store", memory_store, "delete", "--id", ds_id).code == 0
     assert json.loads(dsfs("--store", memory_store, "search", "--json").out) == []

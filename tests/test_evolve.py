@@ -1,0 +1,175 @@
+"""Dataset evolution: sync, compare, squash, export, versions."""
+
+import io
+import json
+import os
+import tarfile
+import zipfile
+
+import pytest
+
+from dsfs import Dataset
+from dsfs.errors import Conflict, DatasetInUse
+from conftest import make_tree, run_cli
+
+
+def _packs(store_url):
+    root = store_url[len("file://"):] + "/packs"
+    return sorted(os.path.join(r, f) for r, _, fs in os.walk(root) for f in fs)
+
+
+def test_sync_detects_changes_and_skips_unchanged(tmp_path, file_store, dsfs):
+    folder = tmp_path / "data"
+    make_tree(folder, {f"d{i % 3}/f{i}": os.urandom(5000) for i in range(30)})
+    args = ("--store", file_store, "sync", "--folder", folder, "--project", "p", "--name", "n")
+    r = dsfs(*args)
+    assert r.code == 0, r.err
+    first = Dataset.get("p/n", store=file_store)
+    assert first.info.stats["files"] == 30 and first.version == "1.0.0"
+    r = dsfs(*args)
+    assert r.code == 0 and "no change" in r.out
+    os.utime(folder / "d0" / "f0", ns=(1, 1))  # touched, same bytes: the hash says unchanged
+    assert "no change" in dsfs(*args).out
+    (folder / "d1" / "f1").write_bytes(b"modified")
+    (folder / "d2" / "f2").unlink()
+    make_tree(folder, {"new/file": b"new"})
+    r = dsfs(*args)
+    assert r.code == 0, r.err
+    second = Dataset.get("p/n", store=file_store)
+    assert second.version == "1.0.1" and second.parents == [first.id]
+    assert second.list_added_files() == ["new/file"]
+    assert second.list_modified_files() == ["d1/f1"]
+    assert second.list_removed_files() == ["d2/f2"]
+    assert second.info.stats["new_bytes"] < 100
+    assert sorted(second.list_files()) == sorted(
+        os.path.relpath(os.path.join(r, f), folder) for r, _, fs in os.walk(folder) for f in fs)
+    r = dsfs(*args, "--allow-empty", "--skip-close")
+    assert r.code == 0 and Dataset.get(r.out.strip(), include_drafts=True, store=file_store).state == "draft"
+    r = dsfs("--store", file_store, "sync", "--folder", tmp_path / "missing", "--project", "p", "--name", "n")
+    assert r.code == 2 and "no such folder" in r.err
+
+
+def test_sync_folder_api_into_subfolder(tmp_path, memory_store):
+    make_tree(tmp_path / "a", {"keep": b"k", "x/old": b"o"})
+    base = Dataset.create("p", "n", store=memory_store)
+    base.add_files(str(tmp_path / "a"), dataset_path="sub")
+    base.add_files(str(tmp_path / "a"), dataset_path="other")
+    base.finalize()
+    make_tree(tmp_path / "b", {"keep": b"k", "x/new": b"n"})
+    child = Dataset.create("p", "n", parents=[base.id], store=memory_store)
+    changes = child.sync_folder(str(tmp_path / "b"), dataset_path="sub")
+    assert list(changes.added) == ["sub/x/new"] and changes.removed == ["sub/x/old"]
+    child.finalize()
+    assert child.list_files() == ["other/keep", "other/x/old", "sub/keep", "sub/x/new"]
+
+
+def test_compare(tmp_path, memory_store, dsfs):
+    make_tree(tmp_path / "a", {"same": b"s", "gone": b"g" * 10, "changed": b"c"})
+    make_tree(tmp_path / "b", {"same": b"s", "changed": b"C2", "added": b"a" * 7})
+    a = Dataset.create("p", "a", store=memory_store)
+    a.add_files(str(tmp_path / "a"))
+    a.finalize()
+    b = Dataset.create("q", "unrelated", store=memory_store)
+    b.add_files(str(tmp_path / "b"))
+    b.finalize()
+    r = dsfs("--store", memory_store, "compare", "--source", a.id, "--target", "q/unrelated", "--json")
+    data = json.loads(r.out)
+    assert (data["added"], data["removed"], data["modified"], data["unchanged"]) == (1, 1, 1, 1)
+    assert data["added_paths"] == ["added"] and data["removed_paths"] == ["gone"]
+    assert data["modified_paths"] == ["changed"] and data["added_bytes"] == 7
+    r = dsfs("--store", memory_store, "compare", "--source", a.id, "--target", b.id, "--verbose")
+    assert "1 files added" in r.out and "gone" in r.out and "changed" in r.out
+    draft = Dataset.create("p", "d", store=memory_store)
+    r = dsfs("--store", memory_store, "compare", "--source", a.id, "--target", draft.id)
+    assert r.code == 4 and "draft" in r.err
+
+
+def test_squash_moves_no_bytes(tmp_path, file_store):
+    chain = []
+    for i in range(4):
+        make_tree(tmp_path / f"v{i}", {f"f{i}": os.urandom(50_000), "shared": f"v{i}".encode()})
+        ds = Dataset.create("p", "n", parents=[chain[-1].id] if chain else None, store=file_store)
+        ds.add_files(str(tmp_path / f"v{i}"))
+        if i == 2:
+            ds.remove_files("f0")
+        ds.finalize()
+        chain.append(ds)
+    make_tree(tmp_path / "other", {"o": b"other"})
+    other = Dataset.create("q", "o", store=file_store)
+    other.add_files(str(tmp_path / "other"))
+    other.finalize()
+    packs = _packs(file_store)
+    proc = run_cli("--store", file_store, "squash", "--name", "flat", "--ids", chain[-1].id, other.id)
+    assert proc.returncode == 0, proc.stderr
+    flat = Dataset.get(proc.stdout.strip(), store=file_store)
+    assert _packs(file_store) == packs  # no chunk bytes moved
+    assert flat.parents == [] and flat.project == "p" and flat.info.stats["new_bytes"] == 0
+    assert flat.list_files() == ["f1", "f2", "f3", "o", "shared"]
+    assert flat.read_file("shared") == b"v3" and flat.read_file("o") == b"other"
+    assert flat.get_local_copy()  # consumable like any version
+    with pytest.raises(DatasetInUse, match="source"):
+        Dataset.delete(other.id, store=file_store)
+    Dataset.delete(flat.id, store=file_store)
+    Dataset.delete(other.id, store=file_store)
+
+
+def test_squash_conflict_creates_nothing(tmp_path, memory_store):
+    make_tree(tmp_path / "a", {"x": b"file"})
+    make_tree(tmp_path / "b", {"x/y": b"nested"})
+    ids = []
+    for name in ("a", "b"):
+        ds = Dataset.create("p", name, store=memory_store)
+        ds.add_files(str(tmp_path / name))
+        ds.finalize()
+        ids.append(ds.id)
+    with pytest.raises(Conflict, match="both a file and a folder"):
+        Dataset.squash("flat", ids, store=memory_store)
+    assert [v.name for v in Dataset.search(store=memory_store)] == ["a", "b"]
+
+
+def test_export_formats(tmp_path, file_store):
+    files = {"a.txt": b"alpha", "dir/b.bin": os.urandom(3 << 20), "dir/c": b""}
+    make_tree(tmp_path / "d", files)
+    os.chmod(tmp_path / "d" / "a.txt", 0o755)
+    ds = Dataset.create("p", "n", store=file_store)
+    ds.add_files(str(tmp_path / "d"))
+    ds.finalize()
+    env = {"DSFS_STORE": file_store}
+    assert run_cli("export", ds.id, "-o", tmp_path / "x.tar", env=env).returncode == 0
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        assert tar.getmember("a.txt").mode == 0o755
+    assert got == files
+    assert run_cli("export", ds.id, "--format", "zip", "-o", tmp_path / "x.zip", env=env).returncode == 0
+    with zipfile.ZipFile(tmp_path / "x.zip") as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == files
+    proc = run_cli("export", ds.id, "--format", "manifest-json", "--include", "dir", "-o", "-", env=env)
+    manifest = json.loads(proc.stdout)
+    assert [f["path"] for f in manifest["files"]] == ["dir/b.bin", "dir/c"]
+    assert manifest["files"][0]["size"] == 3 << 20 and len(manifest["files"][0]["blake3"]) == 64
+    proc = run_cli("export", ds.id, "-o", tmp_path / "x.tar", env=env)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert run_cli("export", ds.id, "-o", tmp_path / "x.tar", "--overwrite", "--include", "a.txt", env=env).returncode == 0
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        assert tar.getnames() == ["a.txt"]
+    import subprocess
+    import sys
+
+    streamed = subprocess.run([sys.executable, "-m", "dsfs.cli.main", "export", ds.id, "-o", "-"],
+                              capture_output=True, env={**os.environ, **env})
+    with tarfile.open(fileobj=io.BytesIO(streamed.stdout), mode="r|") as tar:
+        assert sorted(m.name for m in tar) == sorted(files)
+
+
+def test_versions_listing(tmp_path, memory_store, dsfs):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    v1 = Dataset.create("p", "n", store=memory_store)
+    v1.add_files(str(tmp_path / "d"))
+    v1.finalize()
+    v2 = Dataset.create("p", "n", parents=[v1.id], store=memory_store)
+    r = dsfs("--store", memory_store, "versions", "p/n", "--json")
+    data = json.loads(r.out)
+    assert [(v["version"], v["state"]) for v in data] == [("1.0.0", "final"), ("1.0.1", "draft")]
+    r = dsfs("--store", memory_store, "versions", "p/n")
+    assert v2.id in r.out and "1.0.0" in r.out
+    assert dsfs("--store", memory_store, "versions", "p/none").code == 3
