@@ -88,7 +88,7 @@ class Dataset:
     def __init__(self, store: Store, info: VersionInfo, cache: Cache | None = None):
         self.store = store
         self.info = info
-        self._lineage = Lineage(store)
+        self._lineage = Lineage.of(store)
         self._draft: DraftState | None = None
         self._cache = cache
 
@@ -126,7 +126,7 @@ class Dataset:
             if not info.is_final:
                 raise InvalidState(f"parent {info.id} ({info.ref}) is a draft; close it first (`dsfs close --id {info.id}`)")
             parent_ids.append(info.id)
-        Lineage(store).merged_parents(parent_ids)  # a missing or corrupt ancestor fails now, not at close
+        Lineage.of(store).merged_parents(parent_ids)  # a missing or corrupt ancestor fails now, not at close
         dataset_id = uuid.uuid4().hex
         version = cls._claim_version(store, project, name, version, dataset_id)
         info = VersionInfo(id=dataset_id, project=project, name=name, version=version, parents=parent_ids,
@@ -304,8 +304,12 @@ class Dataset:
     def sync_folder(self, local_path: str, dataset_path: str | None = None) -> FolderChanges:
         """Make this draft's content match a local folder: add new and modified files, remove
         files the parents have that the folder no longer has. Returns what changed."""
-        draft = self._require_draft()
         changes = folder_changes(self._lineage.merged_parents(self.info.parents), local_path, dataset_path)
+        self._apply_folder_changes(changes)
+        return changes
+
+    def _apply_folder_changes(self, changes: FolderChanges) -> None:
+        draft = self._require_draft()
         for path, local in {**changes.added, **changes.modified}.items():
             draft.adds[path] = os.path.abspath(local)
             draft.uploaded.pop(path, None)
@@ -315,7 +319,6 @@ class Dataset:
             draft.uploaded.pop(path, None)
             draft.removals.add(path)
         draft.save()
-        return changes
 
     @classmethod
     def sync(cls, folder: str, project: str, name: str, parents: list[str] | None = None,
@@ -332,12 +335,11 @@ class Dataset:
             except DatasetNotFound:
                 parents = []
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
-        base = Lineage(store).merged_parents(parent_ids) if parent_ids else {}
-        changes = folder_changes(base, folder, dataset_path)
+        changes = folder_changes(Lineage.of(store).merged_parents(parent_ids), folder, dataset_path)
         if changes.empty and not allow_empty:
             return None, changes
         ds = cls.create(project, name, parents=parent_ids, tags=tags, store=store)
-        ds.sync_folder(folder, dataset_path)
+        ds._apply_folder_changes(changes)
         if close:
             ds.finalize(max_workers=max_workers, show_progress=show_progress)
         return ds, changes
@@ -368,8 +370,7 @@ class Dataset:
             if not info.is_final:
                 raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be squashed")
             infos.append(info)
-        lineage = Lineage(store)
-        sources = lineage.ancestors([i.id for i in infos])
+        sources = Lineage.of(store).ancestors([i.id for i in infos])
         entries = squash_entries(store, Cache(), [i.id for i in infos])
         view = {e.path: e for e in entries}
         check_tree(view, "squash of " + ", ".join(i.id for i in infos))  # before claiming a version

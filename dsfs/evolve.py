@@ -45,28 +45,35 @@ def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") 
     prefix = paths.normalize(dataset_path) + "/" if dataset_path not in (None, "", ".", "/") else ""
     changes = FolderChanges()
     seen = set()
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in sorted(names):
-            local = os.path.join(root, name)
-            if not os.path.isfile(local):
-                continue
-            rel = prefix + paths.normalize(os.path.relpath(local, folder).replace(os.sep, "/"))
-            seen.add(rel)
-            before = base.get(rel)
-            if before is None:
-                changes.added[rel] = local
-                continue
-            st = os.stat(local)
-            same_mode = bool(st.st_mode & 0o111) == before.executable
-            if st.st_size == before.size and st.st_mtime_ns == before.mtime_ns and same_mode:
-                changes.unchanged += 1
-            elif st.st_size == before.size and same_mode and file_digest(local) == before.digest:
-                changes.unchanged += 1  # touched, not changed
-            else:
-                changes.modified[rel] = local
+    for rel, local, st in _walk_files(os.path.abspath(folder), ""):
+        rel = prefix + paths.normalize(rel)
+        seen.add(rel)
+        before = base.get(rel)
+        if before is None:
+            changes.added[rel] = local
+            continue
+        same_mode = bool(st.st_mode & 0o111) == before.executable
+        if st.st_size == before.size and st.st_mtime_ns == before.mtime_ns and same_mode:
+            changes.unchanged += 1
+        elif st.st_size == before.size and same_mode and file_digest(local) == before.digest:
+            changes.unchanged += 1  # touched, not changed
+        else:
+            changes.modified[rel] = local
     changes.removed = sorted(p for p in base if p.startswith(prefix) and p not in seen)
     return changes
+
+
+def _walk_files(folder: str, rel_folder: str):
+    """(relative path, absolute path, stat) of every regular file under folder (symlinks to files
+    followed, as add_files does); one stat per file, from scandir."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        rel = f"{rel_folder}{entry.name}"
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_files(entry.path, rel + "/")
+        elif entry.is_file():
+            yield rel, entry.path, entry.stat()
 
 
 @dataclass

@@ -10,6 +10,8 @@ Serving a version on a node goes through the LMDB view index instead, which keep
 
 from __future__ import annotations
 
+import weakref
+
 import blake3
 
 from .errors import Conflict, CorruptData, InvalidState
@@ -31,7 +33,20 @@ def load_changes(store: Store, info: VersionInfo) -> list[Entry]:
 
 
 class Lineage:
-    """Reads versions and change-sets of one store once each, and merges them."""
+    """Reads versions and change-sets of one store once each, and merges them.
+
+    `Lineage.of(store)` shares one instance per Store object, so the commands of one process that
+    look at the same ancestors (create, sync, finalize) decode each change-set once. Only immutable
+    things are kept: change-sets and parents of final versions."""
+
+    _shared: "weakref.WeakKeyDictionary[Store, Lineage]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, store: Store) -> "Lineage":
+        lineage = cls._shared.get(store)
+        if lineage is None:
+            lineage = cls._shared[store] = cls(store)
+        return lineage
 
     def __init__(self, store: Store):
         self.store = store
@@ -40,9 +55,12 @@ class Lineage:
         self._views: dict[str, dict[str, Entry]] = {}
 
     def info(self, dataset_id: str) -> VersionInfo:
-        if dataset_id not in self._infos:
-            self._infos[dataset_id] = self.store.read_version(dataset_id)
-        return self._infos[dataset_id]
+        info = self._infos.get(dataset_id)
+        if info is None:
+            info = self.store.read_version(dataset_id)
+            if info.is_final:  # a draft may still change: never keep it
+                self._infos[dataset_id] = info
+        return info
 
     def changes(self, dataset_id: str) -> list[Entry]:
         if dataset_id not in self._changes:

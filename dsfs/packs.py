@@ -36,9 +36,12 @@ def digest(data) -> bytes:
 
 def file_digest(path: str) -> bytes:
     """blake3 of a local file's bytes (memory-mapped, multi-threaded for large files)."""
+    size = os.path.getsize(path)
+    if size < (8 << 20):  # threads and mmap cost more than they save on small files
+        with open(path, "rb") as f:
+            return blake3.blake3(f.read()).digest()
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if os.path.getsize(path):
-        hasher.update_mmap(path)
+    hasher.update_mmap(path)
     return hasher.digest()
 
 
