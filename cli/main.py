@@ -115,17 +115,20 @@ def create(ctx, project, name, version, parents, tags, description):
 
 
 @cli.command()
-@multi("--files", required=True, metavar="PATH", help="Local files, folders or globs.")
+@multi("--files", metavar="PATH", help="Local files, folders or globs.")
+@multi("--links", metavar="URL", help="External objects or prefixes (s3://, gs://, az://, file://) that stay where they are.")
 @click.option("--dataset-folder", default=None, help="Folder inside the dataset to put them in.")
 @click.option("--wildcard", "wildcards", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--non-recursive", is_flag=True, help="Do not descend into sub-folders.")
 @id_option
 @click.pass_context
-def add(ctx, files, dataset_folder, wildcards, non_recursive, ref):
-    """Add local files to the current draft (read at upload)."""
+def add(ctx, files, links, dataset_folder, wildcards, non_recursive, ref):
+    """Add local files (read at upload) or external links to the current draft."""
+    if not files and not links:
+        raise DsfsUsage("pass --files and/or --links")
     ds = _dataset(ctx, ref)
-    total = sum(ds.add_files(f, wildcard=list(wildcards) or None, recursive=not non_recursive,
-                             dataset_path=dataset_folder) for f in files)
+    options = {"wildcard": list(wildcards) or None, "recursive": not non_recursive, "dataset_path": dataset_folder}
+    total = sum(ds.add_files(f, **options) for f in files) + sum(ds.add_external_files(u, **options) for u in links)
     click.echo(f"{total} file(s) added to {ds.info.ref}")
 
 
@@ -517,11 +520,12 @@ def verify(ctx, ref, folder, filesize, as_json, cache_dir, cache_size):
     if as_json:
         _emit_json(report.as_dict())
     else:
-        for kind in ("missing", "extra", "different"):
+        for kind in ("missing", "extra", "different", "stale"):
             for path in getattr(report, kind):
                 click.echo(f"{kind:9}  {path}")
         click.echo(f"{report.checked} file(s) checked: " + ("OK" if report.ok else
-                   f"{len(report.missing)} missing, {len(report.extra)} extra, {len(report.different)} different"),
+                   f"{len(report.missing)} missing, {len(report.extra)} extra, {len(report.different)} different"
+                   + (f", {len(report.stale)} external changed at their source" if report.stale else "")),
                    err=True)
     if not report.ok:
         sys.exit(1)

@@ -22,7 +22,7 @@ import uuid
 import blake3
 import semver
 
-from . import drafts, materialize, paths
+from . import drafts, links, materialize, paths
 from .cache import Cache
 from .drafts import DraftState
 from .evolve import Comparison, FolderChanges, folder_changes, squash_entries
@@ -212,6 +212,24 @@ class Dataset:
             draft.removals.discard(target)
         draft.save()
         return len(found)
+
+    def add_external_files(self, source_url: str, wildcard: str | list[str] | None = None,
+                           dataset_path: str | None = None, recursive: bool = True) -> int:
+        """Add objects that stay in their own bucket (s3://, gs://, az://, file://...): a URL of one
+        object or of a prefix. Size and tag are recorded now; reads check the object is unchanged."""
+        draft = self._require_draft()
+        folder = paths.normalize(dataset_path) if dataset_path not in (None, "", ".", "/") else ""
+        count = 0
+        for rel, url, size, tag, mtime_ns in links.list_objects(source_url, wildcard, recursive):
+            target = paths.join(folder, rel)
+            draft.uploaded[target] = Entry(path=target, size=size, mtime_ns=mtime_ns, url=url, etag=tag)
+            draft.adds.pop(target, None)
+            draft.removals.discard(target)
+            count += 1
+        if not count:
+            raise UsageError(f"no objects match {source_url!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
+        draft.save()
+        return count
 
     def remove_files(self, dataset_path: str, recursive: bool = True) -> int:
         """Remove files matching a dataset path or glob: this draft's additions, and files the
@@ -435,6 +453,9 @@ class Dataset:
         entry = self._lineage.view(self.id).get(path)
         if entry is None:
             raise UsageError(f"no file {path!r} in dataset {self.id} ({self.info.ref})")
+        if entry.url:
+            fs, remote = links.checked(entry.url, entry.etag, entry.size, f"{path} of dataset {self.id}")
+            return links.read_range(fs, remote, 0, entry.size, entry.url) if entry.size else b""
         parts = []
         for ref in entry.chunks:
             stored = self.store.read_pack_range(ref.pack, ref.offset, ref.stored)

@@ -93,5 +93,12 @@ class CorruptData(DsfsError):
     errno = _errno.EIO
 
 
+class StaleLink(DsfsError):
+    """An external file changed at its source since it was added to the version."""
+
+    exit_code = 10
+    errno = _errno.ESTALE
+
+
 class CorruptChunk(CorruptData):
     """A chunk's bytes do not match its digest."""

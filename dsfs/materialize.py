@@ -25,15 +25,18 @@ import shutil
 import stat as stat_mod
 from dataclasses import dataclass, field
 
-from . import paths
+import blake3
+
+from . import links, paths
 from .cache import Cache
-from .errors import CorruptChunk, DsfsError, InvalidPath, UsageError
+from .errors import DsfsError, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
 from .fetch import fetch_chunks
 from .progress import Tracker
 from .store import Store
 from .viewindex import Node, ViewIndex
 
 PARTIAL_MARKER = ".dsfs-partial"
+LINK_PIECE = 8 << 20
 FICLONE = 0x40049409
 
 
@@ -71,8 +74,9 @@ def _complete(target: str, node: Node) -> bool:
 
 def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int = 8, progress=None,
                 is_complete=_complete, shared: bool = False) -> Result:
-    """Write every job's file; chunks from the cache or the store. Raises CorruptChunk naming the
-    files that could not be written (all others are complete) and DiskFull when the disk is.
+    """Write every job's file; chunks from the cache or the store, external files from their URL.
+    Raises the first failure's type (CorruptChunk, StaleLink...) naming the files that could not be
+    written (all others are complete), and DiskFull when the disk is full.
 
     shared: other processes may write the same targets (the file store), so temp names are made
     unique per process; otherwise a fixed temp name lets a rerun reuse the slot of a killed run."""
@@ -89,17 +93,19 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
             progress.advance(job.node.size, files=1)
             continue
         job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}{suffix}")
+        todo.append(job)
+        if job.node.url:
+            continue  # external: streamed from its URL below
         offset = 0
         for ref in job.node.chunks:
             users.setdefault(ref.digest, []).append((job, offset))
             refs.setdefault(ref.digest, ref)
             offset += ref.raw
         job.remaining = len(job.node.chunks)
-        todo.append(job)
     try:
         for job in todo:
             _create(job.tmp)
-            if job.remaining == 0:
+            if job.remaining == 0 and not job.node.url:
                 _finish(job, result, progress)
         missing = []
         for digest, ref in refs.items():
@@ -116,6 +122,9 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
                     progress.advance(ref.raw)
                 continue
             _deliver(users[ref.digest], data, result, progress)
+        for job in todo:
+            if job.node.url:
+                _copy_link(job, result, progress)
     except OSError as exc:
         _cleanup(todo)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -131,9 +140,29 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     _cleanup(failed)
     if failed:
         names = ", ".join(j.label for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
-        raise CorruptChunk(f"{len(failed)} file(s) could not be read ({failed[0].failed}): {names}; "
-                           f"all other files are complete")
+        raise type(failed[0].failed)(f"{len(failed)} file(s) could not be read ({failed[0].failed}): {names}; "
+                                     f"all other files are complete")
     return result
+
+
+def _copy_link(job: _Job, result: Result, progress) -> None:
+    """Stream an external file into place, checking its tag before and after."""
+    node = job.node
+    try:
+        fs, path = links.checked(node.url, node.etag, node.size, job.label)
+        fd = os.open(job.tmp, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            for start in range(0, node.size, LINK_PIECE):
+                data = links.read_range(fs, path, start, min(start + LINK_PIECE, node.size), node.url)
+                os.pwrite(fd, data, start)
+                progress.advance(len(data))
+        finally:
+            os.close(fd)
+        links.checked(node.url, node.etag, node.size, job.label)
+    except (StaleLink, StoreUnavailable, LocalFileNotFound) as exc:
+        job.failed = exc
+        return
+    _finish(job, result, progress)
 
 
 def _create(path: str) -> None:
@@ -268,7 +297,7 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
         files = list(view.walk_files())
         store_jobs = {}
         for _, node in files:
-            key = node.digest.hex() + (".x" if node.mode & 0o111 else "")
+            key = content_key(node)
             if key not in store_jobs:
                 target = os.path.join(cache.root, "files", key[:2], key)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -278,7 +307,7 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         for path, node in files:
-            key = node.digest.hex() + (".x" if node.mode & 0o111 else "")
+            key = content_key(node)
             dest = os.path.join(tmp, path)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             source = store_jobs[key].target
@@ -287,6 +316,13 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
         os.makedirs(tmp, exist_ok=True)  # an empty version still gets a folder
         os.rename(tmp, final)
     return final
+
+
+def content_key(node: Node) -> str:
+    """The file store name of a file's content: its digest (or, for an external file, its URL and
+    tag), plus the exec bit, which hardlinks share."""
+    digest = node.digest if not node.url else blake3.blake3(f"{node.url}\0{node.etag}".encode()).digest()
+    return digest.hex() + (".x" if node.mode & 0o111 else "")
 
 
 def copy_tree(source: str, target: str, overwrite: bool = False) -> None:

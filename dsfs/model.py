@@ -60,9 +60,13 @@ class ChunkRef(NamedTuple):
         return cls(digest, pack, offset, stored, raw, compression)
 
 
+LINK_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "memory", "http", "https")
+
+
 @dataclass(slots=True)
 class Entry:
-    """One path of a version: a file with its chunks, or the removal of a parent's file."""
+    """One path of a version: a file with its chunks, an external link (`url` with the `etag` the
+    object had when added; read through fsspec on demand), or the removal of a parent's file."""
 
     path: str
     size: int = 0
@@ -71,6 +75,8 @@ class Entry:
     digest: bytes = b""
     chunks: list[ChunkRef] = field(default_factory=list)
     removed: bool = False
+    url: str = ""
+    etag: str = ""
 
     @property
     def mode(self) -> int:
@@ -78,11 +84,15 @@ class Entry:
 
     def same_content(self, other: "Entry") -> bool:
         return (not self.removed and not other.removed and self.digest == other.digest
-                and self.size == other.size and self.executable == other.executable)
+                and self.size == other.size and self.executable == other.executable
+                and self.url == other.url and self.etag == other.etag)
 
     def to_wire(self) -> dict:
         if self.removed:
             return {"p": self.path, "r": True}
+        if self.url:
+            return {"p": self.path, "s": self.size, "x": self.executable, "t": self.mtime_ns,
+                    "u": self.url, "e": self.etag}
         return {"p": self.path, "s": self.size, "x": self.executable, "t": self.mtime_ns,
                 "d": self.digest, "c": [c.to_wire() for c in self.chunks]}
 
@@ -94,6 +104,13 @@ class Entry:
         path = paths.validate(item.get("p"))
         if item.get("r"):
             return cls(path=path, removed=True)
+        if "u" in item:
+            url, etag, size = item["u"], item["e"], item["s"]
+            if not (isinstance(url, str) and url.split("://", 1)[0] in LINK_SCHEMES and "://" in url
+                    and isinstance(etag, str) and isinstance(size, int) and size >= 0):
+                raise ValueError(f"bad external link for {path!r}")
+            return cls(path=path, size=size, executable=bool(item.get("x")), mtime_ns=int(item.get("t", 0)),
+                       url=url, etag=etag)
         size, digest = item["s"], item["d"]
         if not (isinstance(size, int) and size >= 0 and isinstance(digest, bytes) and len(digest) == 32):
             raise ValueError(f"bad size or digest for {path!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from . import links
+from .errors import StaleLink, StoreUnavailable
 from .packs import file_digest
 from .viewindex import ViewIndex
 
@@ -14,15 +16,16 @@ class Report:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     different: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # external objects changed at their source
     checked: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.different)
+        return not (self.missing or self.extra or self.different or self.stale)
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "checked": self.checked, "missing": self.missing, "extra": self.extra,
-                "different": self.different}
+                "different": self.different, "stale": self.stale}
 
 
 def verify_folder(view: ViewIndex, folder: str, size_only: bool = False) -> Report:
@@ -43,7 +46,13 @@ def verify_folder(view: ViewIndex, folder: str, size_only: bool = False) -> Repo
             report.checked += 1
             if os.path.islink(full) or os.path.getsize(full) != node.size:
                 report.different.append(rel)
-            elif not size_only and file_digest(full) != node.digest:
+            elif not size_only and not node.url and file_digest(full) != node.digest:
                 report.different.append(rel)
     report.missing = sorted(p for p in expected if p not in seen)
+    for path, node in expected.items():
+        if node.url:  # no digest was taken of an external file: check its source instead
+            try:
+                links.checked(node.url, node.etag, node.size, path)
+            except (StaleLink, StoreUnavailable):
+                report.stale.append(path)
     return report

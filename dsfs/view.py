@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from . import links
 from .cache import Cache
 from .errors import PathNotFound
 from .fetch import fetch_chunks
@@ -31,6 +32,7 @@ from .viewindex import ROOT, Node, ViewIndex, ensure_view
 MIN_PREFETCH = 1 << 20
 MAX_PREFETCH = 64 << 20
 MEMO_BYTES = 256 << 20
+LINK_BLOCK = 4 << 20
 
 
 class _Memo:
@@ -75,6 +77,8 @@ class OpenFile:
         self.window = MIN_PREFETCH
         self.prefetched_to = 0
         self.lock = threading.Lock()
+        self.link = None  # (fs, path) of an external file, checked at open
+        self.block = (0, b"")  # the last block read from an external file
 
     def chunk_range(self, offset: int, end: int) -> range:
         first = max(0, bisect.bisect_right(self.starts, offset) - 1)
@@ -134,6 +138,8 @@ class View:
     def open(self, ino: int, label: str = "") -> OpenFile:
         node = self.getattr(ino)
         handle = OpenFile(node)
+        if node.url:
+            handle.link = links.checked(node.url, node.etag, node.size, self._label(node, label))
         self.cache.pin(ref.digest for ref in handle.chunks)
         if label:
             self.names[ino] = label
@@ -147,6 +153,8 @@ class View:
         if offset >= node.size or size <= 0:
             return b""
         end = min(offset + size, node.size)
+        if handle.link is not None:
+            return self._read_link(handle, offset, end)
         indexes = handle.chunk_range(offset, end)
         self._prefetch(handle, offset, end)
         pieces = self._chunks([handle.chunks[i] for i in indexes], node)
@@ -166,8 +174,26 @@ class View:
         finally:
             self.release(handle)
 
-    def _label(self, node: Node) -> str:
-        return self.names.get(node.ino, f"inode {node.ino}") + f" of dataset {self.dataset_id}"
+    def _label(self, node: Node, name: str = "") -> str:
+        return (name or self.names.get(node.ino, f"inode {node.ino}")) + f" of dataset {self.dataset_id}"
+
+    def _read_link(self, handle: OpenFile, offset: int, end: int) -> bytes:
+        """External files are read in LINK_BLOCK pieces, the last one kept: FUSE reads of 128 KiB
+        then cost one ranged GET per block instead of one each."""
+        fs, path = handle.link
+        out = bytearray()
+        while offset < end:
+            with handle.lock:
+                start, data = handle.block
+            if not (start <= offset < start + len(data)):
+                start = offset - offset % LINK_BLOCK
+                data = links.read_range(fs, path, start, min(start + LINK_BLOCK, handle.node.size), handle.node.url)
+                with handle.lock:
+                    handle.block = (start, data)
+            piece = data[offset - start: end - start]
+            out += piece
+            offset += len(piece)
+        return bytes(out)
 
     def _chunks(self, refs: list[ChunkRef], node: Node) -> list[bytes]:
         """The bytes of these chunks, fetching missing ones together (coalesced)."""

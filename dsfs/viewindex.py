@@ -9,7 +9,7 @@ count, and nothing builds a path -> entry dict.
 The result is written to three LMDB tables keyed by the version id (16 bytes) and inode numbers
 (root is 1, then in path order, so they are stable for a version):
 
-    inodes   vid+ino             -> msgpack [kind, size, mode, mtime_ns, digest, chunks, nlink]
+    inodes   vid+ino             -> msgpack [kind, size, mode, mtime_ns, digest, chunks, nlink, url, etag]
     dirents  vid+parent+name     -> ino               (lookup)
     listing  vid+parent+seq(4)   -> ino + name        (readdir with a resumable offset)
     views    vid                 -> msgpack {files, dirs, bytes}, written last: a view without it
@@ -61,6 +61,8 @@ class Node:
     digest: bytes
     chunks_wire: list
     nlink: int
+    url: str = ""  # an external file (dsfs.links)
+    etag: str = ""
 
     @property
     def is_dir(self) -> bool:
@@ -248,7 +250,7 @@ class _Builder:
             ino = self._new_ino()
             self.add_child(stack[-1], name, ino, where)
             self.put_node(ino, [KIND_FILE, entry.size, entry.mode, entry.mtime_ns, entry.digest,
-                                [c.to_wire() for c in entry.chunks], 1])
+                                [c.to_wire() for c in entry.chunks], 1, entry.url, entry.etag])
             self.files += 1
             self.bytes += entry.size
         while stack:

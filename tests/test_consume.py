@@ -290,7 +290,7 @@ def test_verify(tmp_path, file_store, dsfs):
     r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", tmp_path / "t", "--json")
     assert r.code == 1
     assert json.loads(r.out) == {"ok": False, "checked": 2, "missing": ["sub/b"], "extra": ["extra"],
-                                 "different": ["a"]}
+                                 "different": ["a"], "stale": []}
     r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", tmp_path / "t", "--filesize", "--json")
     assert json.loads(r.out)["different"] == []
 
