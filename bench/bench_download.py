@@ -364,23 +364,25 @@ class Bench:
 
     # measurements -----------------------------------------------------------------------------
 
-    def raw_get(self) -> None:
-        """The endpoint's raw single-stream GET rate: one whole large object, several times."""
+    def raw_get(self, times: int = 1) -> None:
+        """The endpoint's raw single-stream GET rate: one whole large object (s3fs, the client dsfs
+        uses), `times` times; called again in every round of large downloads, the median counts."""
         fs = self.s3fs()
         key = f"{BUCKET}/plain/large/{self.rels['large'][0]}"
-        whole, ranged = [], []
-        for _ in range(3):
+        raw = self.r.setdefault("raw_get", {"whole": [], "ranged8": []})
+        size = raw["size"] = fs.size(key)
+        for _ in range(times):
             start = time.perf_counter()
             n = len(fs.cat_file(key))
-            whole.append(n / (time.perf_counter() - start) / MB)
-        size = fs.size(key)
+            assert n == size
+            raw["whole"].append(n / (time.perf_counter() - start) / MB)
         start = time.perf_counter()
         for off in range(0, size, 8 * MiB):
             fs.cat_file(key, start=off, end=min(size, off + 8 * MiB))
-        ranged.append(size / (time.perf_counter() - start) / MB)
-        self.r["raw_get"] = {"object_mib": size / MiB, "whole": whole, "ranged8": ranged[0],
-                             "rate": statistics.median(whole)}
-        log(f"raw GET: whole object {', '.join(f'{w:.0f}' for w in whole)} MB/s; 8 MiB ranges {ranged[0]:.0f} MB/s")
+        raw["ranged8"].append(size / (time.perf_counter() - start) / MB)
+        raw["rate"] = statistics.median(raw["whole"])
+        log(f"raw GET: whole object {', '.join(f'{w:.0f}' for w in raw['whole'][-times:])} MB/s; "
+            f"sequential 8 MiB ranges {raw['ranged8'][-1]:.0f} MB/s")
 
     def timed(self, label: str, cmd: list[str], env: dict, check: tuple[str, str] | None = None,
               path_from_stdout: bool = False) -> dict:
@@ -395,21 +397,22 @@ class Bench:
             res["error"] = check_copy(folder, self.data[kind], self.rels[kind])
         state = "ok" if res["error"] is None else f"FAILED: {res['error']}"
         log(f"{label}: {m.wall:.2f}s wall, {m.cpu:.2f}s CPU, {m.rss_mb:.0f} MB RSS, {state}")
-        self.r.setdefault("runs", {})[label] = res
+        self.r.setdefault("runs", {}).setdefault(label, []).append(res)
         return res
 
     def download_runs(self) -> None:
         s3env = self.s3_env()
         reps = self.args.repeat
         for kind in ("small", "large"):
-            for rep in range(reps):
-                sfx = f"#{rep}" if reps > 1 else ""
+            for _ in range(reps):
+                if kind == "large":
+                    self.raw_get()
                 for where in ("s3", "file"):
                     store = f"s3://{BUCKET}/dsfs" if where == "s3" else self.file_url
                     cache = os.path.join(self.run_dir, "cache-dl")
                     target = os.path.join(self.run_dir, "target")
                     rmtree(cache), rmtree(target)
-                    self.timed(f"dsfs download {where} {kind}{sfx}",
+                    self.timed(f"dsfs download {where} {kind}",
                                [self.dsfs, "--store", store, "download", self.ids[where][kind], target,
                                 "--cache-dir", cache, "--max-workers", str(self.args.workers)],
                                s3env, (target, kind))
@@ -418,19 +421,23 @@ class Bench:
                     continue
                 target = os.path.join(self.run_dir, "target")
                 if self.aws:
-                    self.timed(f"aws s3 sync {kind}{sfx}",
+                    self.timed(f"aws s3 sync {kind}",
                                [self.aws, "s3", "sync", f"s3://{BUCKET}/plain/{kind}", target, "--only-show-errors",
                                 "--endpoint-url", self.s3.endpoint], s3env, (target, kind))
                     rmtree(target)
                 if self.rclone:
-                    self.timed(f"rclone copy {kind}{sfx}",
+                    self.timed(f"rclone copy {kind}",
                                [self.rclone, "copy", "--transfers", "16", f"bench:{BUCKET}/plain/{kind}", target],
                                s3env, (target, kind))
                     rmtree(target)
-                self.timed(f"cp -r {kind}{sfx}", ["cp", "-r", self.data[kind], target], s3env, (target, kind))
+                self.timed(f"cp -r {kind}", ["cp", "-r", self.data[kind], target], s3env, (target, kind))
                 rmtree(target)
 
     def get_runs(self) -> None:
+        for _ in range(self.args.repeat):
+            self.get_round()
+
+    def get_round(self) -> None:
         s3env = self.s3_env()
         store = f"s3://{BUCKET}/dsfs"
         for kind in ("small", "large"):
@@ -553,13 +560,12 @@ class Bench:
                 failures.append(what)
             return "PASS" if ok else "FAIL"
 
-        def best(prefix: str) -> dict | None:
+        def best(label: str) -> dict | None:
             """The median run of a label (over --repeat), or None if it did not run or failed."""
-            found = [v for k, v in runs.items() if k == prefix or k.startswith(prefix + "#")]
-            good = [v for v in found if v["error"] is None]
+            good = [v for v in runs.get(label, []) if v["error"] is None]
             if not good:
                 return None
-            return sorted(good, key=lambda v: v["m"].wall)[len(good) // 2]
+            return sorted(good, key=lambda v: v["m"].wall)[(len(good) - 1) // 2]
 
         def rate(res, kind):
             files, total = r["sizes"][kind]
@@ -582,22 +588,32 @@ class Bench:
         if r.get("rclone_version"):
             tools.append(r["rclone_version"] + " (copy --transfers 16)")
         say("tools: " + "; ".join(tools))
+        say(f"machine: {os.cpu_count()} cores; load average (1 min) {r['load'][0]:.2f} at the start, "
+            f"{os.getloadavg()[0]:.2f} at the end" + ("  -- other processes were busy: figures are noisy"
+                                                     if max(r['load'][0], os.getloadavg()[0]) > 0.7 else ""))
         say("warm: inputs, s3rver's objects and the file:// store are all in the page cache (24 GiB RAM, caches "
             "not dropped); each dsfs run starts with an empty --cache-dir and an empty target; an untimed "
             "`sync` precedes every timed run; every figure includes process start-up")
         say("")
         raw = r["raw_get"]
-        say(f"raw single-stream GET (s3fs, whole {raw['object_mib']:.0f} MiB object, median of 3): "
-            f"{raw['rate']:.0f} MB/s   [runs {', '.join(f'{w:.0f}' for w in raw['whole'])}; "
-            f"sequential 8 MiB ranges {raw['ranged8']:.0f} MB/s]")
+        say(f"raw single-stream GET (s3fs cat_file of one whole {raw['size'] / MiB:.0f} MiB object, median of "
+            f"{len(raw['whole'])}): {raw['rate']:.0f} MB/s   [runs {' '.join(f'{w:.0f}' for w in raw['whole'])}; "
+            f"sequential 8 MiB ranged GETs, one stream: {' '.join(f'{w:.0f}' for w in raw['ranged8'])} MB/s]")
         say("")
-        say(f"{'run':40} {'wall s':>8} {'files/s':>9} {'MB/s':>7} {'CPU s':>7} {'RSS MB':>7}")
-        for label, res in runs.items():
+        what = "median of " + str(a.repeat) + " runs" if a.repeat > 1 else "one run"
+        say(f"{'run (' + what + ')':34} {'wall s':>7} {'files/s':>8} {'MB/s':>6} {'CPU s':>6} {'RSS MB':>6}   every run's wall s")
+        for label, results in runs.items():
+            res = best(label)
+            walls = " ".join(f"{v['m'].wall:.2f}" for v in results)
+            errors = [v["error"] for v in results if v["error"] is not None]
+            extra = f"   FAILED {len(errors)}x: {errors[0]}" if errors else ""
+            if res is None:
+                say(f"{label:34} {'-':>7}{extra}")
+                continue
             m = res["m"]
             kind = "large" if " large" in label else ("child" if "child" in label else "small")
             fps, mbs = rate(res, kind)
-            extra = "" if res["error"] is None else f"   FAILED: {res['error']}"
-            say(f"{label:40} {m.wall:8.2f} {fps:9.0f} {mbs:7.0f} {m.cpu:7.2f} {m.rss_mb:7.0f}{extra}")
+            say(f"{label:34} {m.wall:7.2f} {fps:8.0f} {mbs:6.0f} {m.cpu:6.2f} {m.rss_mb:6.0f}   {walls}{extra}")
         say("")
         say("ratios (same data, same run):")
 
@@ -675,14 +691,15 @@ class Bench:
     def main(self) -> int:
         started = time.perf_counter()
         a = self.args
-        log(f"preparing data (scale {a.scale:g}) and tools; run dir {self.run_dir}")
+        self.r["load"] = os.getloadavg()
+        log(f"preparing data (scale {a.scale:g}) and tools; run dir {self.run_dir}; load average {self.r['load'][0]:.2f}")
         self.prepare()
         self.tools()
         try:
             self.s3.start()
             log(f"s3rver {self.s3.version()} on {self.s3.endpoint}")
             self.author()
-            self.raw_get()
+            self.raw_get(times=2)
             self.download_runs()
             self.get_runs()
             if a.million:
@@ -712,7 +729,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work"), help="scratch (default bench/.work)")
     ap.add_argument("--datadir", default=os.path.join(HERE, ".data"), help="generated data (default bench/.data)")
     ap.add_argument("--workers", type=int, default=8, help="dsfs --max-workers (default 8, the CLI's default)")
-    ap.add_argument("--repeat", type=int, default=1, help="download runs per tool and dataset (median reported)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of download and get runs, interleaved across tools (median reported; default 3)")
     ap.add_argument("--million", type=int, default=None,
                     help="files in the synthesized version (default 1,000,000 x scale, at least 10,000; 0 = skip)")
     ap.add_argument("--keep", action="store_true", help="keep WORKDIR/download-run (stores, s3rver data)")

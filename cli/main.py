@@ -582,6 +582,12 @@ def init_store(ctx):
     click.echo(store.display_url)
 
 
+from dsfs.cli.run import env_, run  # noqa: E402 - registered after the group exists
+
+cli.add_command(run)
+cli.add_command(env_)
+
+
 def main(argv=None) -> None:
     try:
         code = cli.main(args=argv, prog_name="dsfs", standalone_mode=False)

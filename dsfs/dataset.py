@@ -24,6 +24,7 @@ import semver
 
 from . import drafts, links, materialize, paths
 from .cache import Cache
+from .datarefs import DataReference
 from .drafts import DraftState
 from .evolve import Comparison, FolderChanges, folder_changes, squash_entries
 from .evolve import compare as compare_versions
@@ -506,6 +507,14 @@ class Dataset:
             raise UsageError(f"no folder to verify at {folder}" + ("" if local_copy_path else
                              "; run `dsfs get` first or pass --folder"))
         return verify_folder(self.view(), folder, size_only=skip_hash)
+
+    def as_mount(self, path_on_compute: str | None = None, name: str | None = None, **options) -> DataReference:
+        """A data reference that mounts this version (read-only, lazy) for a job."""
+        return DataReference(self, "mount", path_on_compute, name, **options)
+
+    def as_download(self, path_on_compute: str | None = None, name: str | None = None, **options) -> DataReference:
+        """A data reference that downloads this version (a private mutable copy) for a job."""
+        return DataReference(self, "download", path_on_compute, name, **options)
 
     # -- labels (mutable on final versions too) ------------------------------------------------
 

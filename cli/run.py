@@ -1,0 +1,95 @@
+"""`dsfs run` and `dsfs env`: hand datasets to a job through DSFS_DATAREFERENCE_<NAME>."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+import click
+
+from dsfs import Dataset
+from dsfs.datarefs import DataReference, expand, parse_input
+from dsfs.errors import UsageError
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+
+def _references(ctx, inputs) -> list[DataReference]:
+    """Parse and resolve every input before anything is set up: a bad one changes nothing."""
+    specs = [parse_input(spec) for spec in inputs]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"input names must be distinct: {', '.join(names)}")
+    return [DataReference(Dataset.get(s.dataset, store=ctx.obj["store"]), s.mode, s.path_on_compute, s.name)
+            for s in specs]
+
+
+def _setup_all(refs: list[DataReference]) -> dict[str, str]:
+    env = {}
+    for ref in refs:
+        ref.setup()
+        env.update(ref.env)
+    return env
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--input", "inputs", multiple=True, required=True, metavar="NAME=DATASET[:mount|:download][:PATH]",
+              help="A dataset for the job; repeatable. PATH: none -> a temporary folder, relative -> under the cwd.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.pass_context
+def run(ctx, inputs, command):
+    """Make the inputs available, run COMMAND with DSFS_DATAREFERENCE_<NAME> set, clean up, and exit
+    with the command's exit code. `$DSFS_DATAREFERENCE_<NAME>` in the arguments is expanded."""
+    refs = _references(ctx, inputs)
+    if shutil.which(command[0]) is None:
+        raise UsageError(f"command not found: {command[0]}")
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    code = 1
+    try:
+        env = _setup_all(refs)
+        full_env = {**os.environ, **env}
+        proc = subprocess.Popen([expand(arg, full_env) for arg in command], env=full_env)
+        for s in previous:  # from now on a signal is the job's: forward it and wait
+            signal.signal(s, lambda signum, frame: proc.send_signal(signum))
+        code = proc.wait()
+        code = code if code >= 0 else 128 - code
+    except Interrupted as exc:
+        click.echo(f"dsfs: interrupted during setup (signal {exc.signum}); cleaned up", err=True)
+        code = 128 + exc.signum
+    finally:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)  # cleanup must not be interrupted halfway
+        for ref in reversed(refs):
+            ref.cleanup()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    sys.exit(code)
+
+
+@click.command(name="env")
+@click.option("--input", "inputs", multiple=True, required=True, metavar="NAME=DATASET[:mount|:download][:PATH]")
+@click.pass_context
+def env_(ctx, inputs):
+    """Set up the inputs and print `export` lines, for schedulers that run the job themselves.
+    Mounts stay until `dsfs unmount`; downloaded folders stay."""
+    refs = _references(ctx, inputs)
+    try:
+        env = _setup_all(refs)
+    except BaseException:
+        for ref in reversed(refs):
+            ref.cleanup()
+        raise
+    for key, value in env.items():
+        click.echo(f"export {key}={shlex.quote(value)}")

@@ -1,0 +1,150 @@
+"""Data references: handing a dataset to training code through the environment.
+
+AzureML's idea (`$AZUREML_DATAREFERENCE_<name>`): the job receives a path in
+`DSFS_DATAREFERENCE_<NAME>` (and the version id in `DSFS_DATASET_ID_<NAME>`, for provenance) and
+never needs to know where the data came from. An input is mounted (lazy, read-only) or downloaded
+(a private mutable copy). path_on_compute: None -> a new temporary folder, absolute -> as given,
+relative -> under the working directory.
+
+`DataReference` is the Python form (`with Dataset.get(...).as_mount() as path:`); `dsfs run` and
+`dsfs env` use the same objects. Cleanup removes only what setup made: a temporary folder is
+deleted, a folder given by the user is left (only its mount is undone).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from .errors import DsfsError, UsageError
+
+MODES = ("mount", "download")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_PREFIX = "DSFS_DATAREFERENCE_"
+ID_PREFIX = "DSFS_DATASET_ID_"
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dataset: str
+    mode: str = "mount"
+    path_on_compute: str | None = None
+
+
+def parse_input(spec: str) -> InputSpec:
+    """NAME=DATASET[:mount|:download][:PATH_ON_COMPUTE]"""
+    name, sep, rest = spec.partition("=")
+    if not sep or not NAME_RE.match(name) or not rest:
+        raise UsageError(f"invalid --input {spec!r}: expected NAME=DATASET[:mount|:download][:PATH] "
+                         f"with NAME made of letters, digits and _")
+    parts = rest.split(":")
+    for i in range(len(parts) - 1, 0, -1):  # the last ':mount' / ':download' segment splits it
+        if parts[i] in MODES:
+            dataset, mode, path = ":".join(parts[:i]), parts[i], ":".join(parts[i + 1:]) or None
+            break
+    else:
+        dataset, mode, path = rest, "mount", None
+    if not dataset:
+        raise UsageError(f"invalid --input {spec!r}: no dataset")
+    return InputSpec(name, dataset, mode, path)
+
+
+class DataReference:
+    """A dataset made available at a path for the length of a job."""
+
+    def __init__(self, dataset, mode: str = "mount", path_on_compute: str | None = None, name: str | None = None,
+                 **options):
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}: use mount or download")
+        self.dataset = dataset
+        self.mode = mode
+        self.name = name or re.sub(r"\W", "_", dataset.name) or "input"
+        if not NAME_RE.match(self.name):
+            self.name = "_" + self.name
+        self.path_on_compute = path_on_compute
+        self.options = options
+        self.path: str | None = None
+        self._temporary = False
+        self._mounted = False
+
+    def __str__(self) -> str:
+        return f"${ENV_PREFIX}{self.name}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        if self.path is None:
+            raise UsageError(f"data reference {self.name} is not set up")
+        return {f"{ENV_PREFIX}{self.name}": self.path, f"{ID_PREFIX}{self.name}": self.dataset.id}
+
+    def setup(self) -> str:
+        if self.path_on_compute is None:
+            self.path = tempfile.mkdtemp(prefix=f"dsfs-{self.name}-")
+            self._temporary = True
+        else:
+            self.path = os.path.abspath(self.path_on_compute)
+        try:
+            if self.mode == "download":
+                self.dataset.download(self.path, max_workers=self.options.get("max_workers"),
+                                      overwrite=self.options.get("overwrite", False))
+            else:
+                os.makedirs(self.path, exist_ok=True)
+                _dsfs_command("--store", self.dataset.store.url, "mount", self.dataset.id, self.path,
+                              *_mount_args(self.options))
+                self._mounted = True
+        except BaseException:
+            self.cleanup()
+            raise
+        return self.path
+
+    def cleanup(self) -> None:
+        if self.path is None:
+            return
+        if self._mounted:
+            _dsfs_command("unmount", self.path)
+            self._mounted = False
+        if self._temporary:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path = None
+
+    def __enter__(self) -> str:
+        return self.setup()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def _mount_args(options: dict) -> list[str]:
+    args = []
+    for key in ("cache_dir", "cache_size", "read_ahead"):
+        if options.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(options[key])]
+    if options.get("allow_other"):
+        args.append("--allow-other")
+    return args
+
+
+def _dsfs_command(*args: str) -> None:
+    """Run a dsfs command in a child process (the mount daemon belongs to the CLI/daemon layer, which
+    this library does not import); its one-line error becomes ours."""
+    proc = subprocess.run([sys.executable, "-m", "dsfs.cli.main", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        message = (proc.stderr.strip().splitlines() or [f"dsfs {args[0]} failed"])[-1]
+        error = DsfsError(message.removeprefix("dsfs: error: "))
+        error.exit_code = proc.returncode
+        raise error
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """Replace $DSFS_DATAREFERENCE_X / ${DSFS_DATAREFERENCE_X} of our inputs (and nothing else)."""
+    def sub(match):
+        key = match.group(1) or match.group(2)
+        return env.get(key, match.group(0))
+
+    return re.sub(r"\$\{(DSFS_[A-Za-z0-9_]+)\}|\$(DSFS_[A-Za-z0-9_]+)", sub, arg)
