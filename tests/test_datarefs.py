@@ -76,8 +76,8 @@ def test_run_bad_inputs_set_up_nothing(dataset, tmp_path, file_store):
 
 
 def test_run_forwards_sigterm_and_cleans_up(dataset, tmp_path, file_store):
-    script = ("import os,signal,sys,time; print(os.environ['DSFS_DATAREFERENCE_t'], flush=True); "
-              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42)); time.sleep(60)")
+    script = ("import os,signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(42)); "
+              "print(os.environ['DSFS_DATAREFERENCE_t'], flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-m", "dsfs.cli.main", "--store", file_store, "run", "--input",
                              "t=p/n:download", "--", sys.executable, "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
