@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import threading
 import time
 
@@ -33,6 +32,7 @@ import blake3
 import lmdb
 
 from .errors import UsageError
+from .fsutil import atomic_write
 
 LOW_WATERMARK = 0.9
 TOUCH_INTERVAL_NS = 60 * 10**9  # last-use updates are batched: a write txn per read would serialize reads
@@ -118,18 +118,7 @@ class Cache:
             raise ValueError(f"chunk {digest.hex()[:16]} does not match its digest")
         if self.has_chunk(digest):
             return
-        path = self._chunk_path(digest)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        atomic_write(self._chunk_path(digest), data, tmp_dir=os.path.join(self.root, "tmp"))
         now = time.time_ns()
         with self.env.begin(write=True) as txn:
             if txn.get(digest, db=self.db_chunks) is None:
@@ -238,12 +227,7 @@ class Cache:
 
     def put_changeset(self, dataset_id: str, data: bytes) -> str:
         path = self.changeset_path(dataset_id)
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data, tmp_dir=os.path.join(self.root, "tmp"))
         return path
 
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 import urllib.parse
 
 import fsspec
 
 from .errors import CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
+from .fsutil import atomic_write
 from .model import ID_RE, VersionInfo
 
 STORE_FORMAT = 1
@@ -137,7 +137,7 @@ class Store:
         path = self._p(key)
         try:
             if self.is_local:
-                self._call("write", _local_atomic_write, path, data, exclusive)
+                self._call("write", atomic_write, path, data, 0o644, None, exclusive)
             else:
                 self._call("write", self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
         except FileExistsError:
@@ -259,30 +259,6 @@ class Store:
 
     def claimed_version_numbers(self, project: str, name: str) -> list[str]:
         return [urllib.parse.unquote(n) for n in self._ls_names(self._name_key(project, name))]
-
-
-def _local_atomic_write(path: str, data: bytes, exclusive: bool) -> None:
-    """temp file in the same folder, fsync, then rename (or link, which refuses an existing name)."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, list):
-                f.writelines(data)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _reason(exc: BaseException) -> str:
