@@ -22,7 +22,9 @@ Version numbers are claimed by exclusively creating `names/...`: two authors rac
 cannot both get it.
 
 Every fsspec call goes through `_call`, which turns the zoo of backend exceptions into
-`StoreUnavailable` / `StoreReadOnly` with the store's (redacted) URL.
+`StoreUnavailable` / `StoreReadOnly` / `AccessDenied` with the store's (redacted) URL; what each
+cloud backend needs (option defaults, a reachability probe, its exceptions) is in `dsfs.backends`.
+A missing bucket is reported as such when the store is opened, not as "no dsfs store".
 """
 
 from __future__ import annotations
@@ -35,18 +37,13 @@ import urllib.parse
 
 import fsspec
 
-from .errors import CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
+from . import backends
+from .backends import redact_url as redact
+from .errors import AccessDenied, CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
 from .model import ID_RE, VersionInfo
 
 STORE_FORMAT = 1
 MARKER = "dsfs-store.json"
-
-
-def redact(url: str) -> str:
-    """A URL without user:password@ or query secrets, safe for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def default_store_url() -> str:
@@ -65,15 +62,19 @@ class Store:
     def __init__(self, url: str, **options):
         self.url = url.rstrip("/")
         self.display_url = redact(self.url)
+        self.ref = self.url  # how to open this store again (dsfs.datastores sets `datastore:NAME`)
+        _, self.bucket = backends.check_url(self.url)
+        self._secrets = backends.secret_values(options)
         try:
             protocol, root = fsspec.core.split_protocol(self.url)
             protocol = protocol or "file"
             if protocol == "file":
                 options.setdefault("auto_mkdir", True)
                 root = os.path.abspath(os.path.expanduser(root))
-            self.fs = fsspec.filesystem(protocol, **options)
-        except (ImportError, ValueError) as exc:
-            raise StoreUnavailable(f"cannot open store {self.display_url}: {exc}") from None
+            self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options))
+        except (ImportError, ValueError, TypeError) as exc:
+            reason = backends.scrub(backends.reason(exc), self._secrets)
+            raise StoreUnavailable(f"cannot open store {self.display_url}: {reason}") from None
         self.protocol = protocol
         self.root = self.fs._strip_protocol(root).rstrip("/") if protocol != "file" else root
         self.is_local = protocol == "file"
@@ -92,9 +93,12 @@ class Store:
         return store
 
     def check(self, create: bool = False) -> None:
+        backends.probe(backends.endpoint(self.protocol, self.fs), self.display_url)
         try:
             marker = json.loads(self._call("read", self.fs.cat_file, self._p(MARKER)))
         except FileNotFoundError:
+            if self.bucket and not self._bucket_exists():
+                raise backends.bucket_missing(self.protocol, self.bucket, self.display_url) from None
             if not create:
                 raise StoreUnavailable(f"no dsfs store at {self.display_url} (create one with `dsfs create`)") from None
             self._put(MARKER, json.dumps({"format": STORE_FORMAT}).encode(), exclusive=True, missing_ok=True)
@@ -104,6 +108,12 @@ class Store:
         if marker.get("format") != STORE_FORMAT:
             raise StoreUnavailable(f"store {self.display_url} has format {marker.get('format')}, "
                                    f"this dsfs reads format {STORE_FORMAT}: upgrade dsfs")
+
+    def _bucket_exists(self) -> bool:
+        try:
+            return self._call("read", self.fs.exists, self.bucket)
+        except AccessDenied:  # keys limited to a prefix may not see the bucket itself: go on
+            return True
 
     # -- low level -----------------------------------------------------------------------------
 
@@ -117,19 +127,21 @@ class Store:
             return fn(*args, **kwargs)
         except (FileNotFoundError, FileExistsError):
             raise
-        except PermissionError:
+        except PermissionError as exc:
+            if self.bucket:  # a cloud 403: wrong credentials, or a read-only key
+                raise backends.translate(exc, what, self.protocol, self.display_url, self.bucket,
+                                         self._secrets) from None
             raise StoreReadOnly(f"store {self.display_url} refused to {what}: permission denied") from None
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise StoreReadOnly(f"store {self.display_url} refused to {what}: {os.strerror(exc.errno)}") from None
             if exc.errno == errno.ENOSPC:
                 raise StoreUnavailable(f"store {self.display_url}: no space left to {what}") from None
-            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): {_reason(exc)}") from None
+            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): "
+                                   f"{backends.scrub(backends.reason(exc), self._secrets)}") from None
         except Exception as exc:  # botocore, aiohttp, azure: their errors are not OSErrors
-            name = type(exc).__name__
-            if "AccessDenied" in str(exc) or "Forbidden" in str(exc) or name in ("AuthorizationError",):
-                raise StoreReadOnly(f"store {self.display_url} refused to {what}: access denied") from None
-            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): {name}: {_reason(exc)}") from None
+            raise backends.translate(exc, what, self.protocol, self.display_url, self.bucket,
+                                     self._secrets) from None
 
     def _put(self, key: str, data: bytes, exclusive: bool = False, missing_ok: bool = False) -> bool:
         """Write one object atomically. exclusive: fail with FileExistsError if it exists (or
@@ -144,6 +156,10 @@ class Store:
             if missing_ok:
                 return False
             raise
+        except FileNotFoundError:  # object stores answer a write into a missing bucket so
+            if not self.bucket:
+                raise
+            raise backends.bucket_missing(self.protocol, self.bucket, self.display_url) from None
         return True
 
     def _get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
@@ -238,6 +254,13 @@ class Store:
             raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
         return data
 
+    def read_pack(self, pack_id: bytes) -> bytes:
+        """A whole pack (for copying it to another store)."""
+        try:
+            return self._get(self._pack_key(pack_id))
+        except FileNotFoundError:
+            raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
+
     def delete_pack(self, pack_id: bytes) -> None:
         self._rm(self._pack_key(pack_id))
 
@@ -250,6 +273,13 @@ class Store:
         """Claim project/name@version for dataset_id. False if someone else holds it."""
         return self._put(f"{self._name_key(project, name)}/{_quote(version)}", dataset_id.encode(),
                          exclusive=True, missing_ok=True)
+
+    def version_number_holder(self, project: str, name: str, version: str) -> str | None:
+        """The id holding project/name@version, or None if the number is free."""
+        try:
+            return self._get(f"{self._name_key(project, name)}/{_quote(version)}").decode()
+        except FileNotFoundError:
+            return None
 
     def release_version_number(self, project: str, name: str, version: str) -> None:
         self._rm(f"{self._name_key(project, name)}/{_quote(version)}")
@@ -277,8 +307,3 @@ def _local_atomic_write(path: str, data: bytes, exclusive: bool) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
