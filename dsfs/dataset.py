@@ -22,7 +22,7 @@ import uuid
 import blake3
 import semver
 
-from . import drafts, paths
+from . import datastores, drafts, paths
 from .drafts import DraftState
 from .errors import (Conflict, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
                      UsageError)
@@ -35,11 +35,11 @@ from .store import Store
 
 
 def open_store(store: Store | str | None = None, create: bool = False) -> Store:
-    """A Store from a Store, a URL, or None ($DSFS_STORE, else the embedded default)."""
+    """A Store from a Store, a URL, `datastore:NAME`, or None ($DSFS_STORE, else $DSFS_DATASTORE,
+    else the default datastore, else the embedded local store): see dsfs.datastores."""
     if isinstance(store, Store):
         return store
-    url = store or os.environ.get("DSFS_STORE") or None
-    return Store.open(url, create=create)
+    return datastores.open_store(store, create=create)
 
 
 def _now() -> str:
@@ -131,7 +131,7 @@ class Dataset:
             store.release_version_number(project, name, version)
             raise
         DraftState(id=dataset_id, store=store.url).save()
-        drafts.set_current(store.url, dataset_id)
+        drafts.set_current(store.ref, dataset_id)
         return cls(store, info)
 
     @staticmethod
@@ -166,7 +166,7 @@ class Dataset:
         return cls(store, store.read_version(state["id"]))
 
     def make_current(self) -> None:
-        drafts.set_current(self.store.url, self.id)
+        drafts.set_current(self.store.ref, self.id)
 
     @staticmethod
     def search(project: str | None = None, name: str | None = None, tags: list[str] | None = None,
@@ -347,6 +347,13 @@ class Dataset:
             stored = self.store.read_pack_range(ref.pack, ref.offset, ref.stored)
             parts.append(decode_chunk(ref, stored, f"{path} of dataset {self.id}"))
         return b"".join(parts)
+
+    def push(self, to: Store | str, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
+        """Copy this final version, its ancestors missing at `to` (a datastore name, a URL, or a
+        Store) and the packs missing there. Idempotent and resumable; see dsfs.push."""
+        from .push import push
+
+        return push(self.store, self.info, to, max_workers=max_workers, show_progress=show_progress)
 
     # -- labels (mutable on final versions too) ------------------------------------------------
 

@@ -151,16 +151,20 @@ class Store:
             if self.is_local:
                 self._call("write", _local_atomic_write, path, data, exclusive)
             else:
-                self._call("write", self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
+                self._write(self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
         except FileExistsError:
             if missing_ok:
                 return False
             raise
+        return True
+
+    def _write(self, fn, *args, **kwargs):
+        try:
+            return self._call("write", fn, *args, **kwargs)
         except FileNotFoundError:  # object stores answer a write into a missing bucket so
             if not self.bucket:
                 raise
             raise backends.bucket_missing(self.protocol, self.bucket, self.display_url) from None
-        return True
 
     def _get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         return self._call("read", self.fs.cat_file, self._p(key), start=start, end=end)
@@ -286,6 +290,22 @@ class Store:
 
     def claimed_version_numbers(self, project: str, name: str) -> list[str]:
         return [urllib.parse.unquote(n) for n in self._ls_names(self._name_key(project, name))]
+
+    # -- plain files (`dsfs datastore upload`: user-named files beside the dsfs layout) ---------
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Keys of every object under `prefix` (recursively), relative to the store root."""
+        if self.bucket and not self._bucket_exists():
+            raise backends.bucket_missing(self.protocol, self.bucket, self.display_url)
+        try:
+            found = self._call("list", self.fs.find, self._p(prefix) if prefix else self.root)
+        except FileNotFoundError:
+            return []
+        return [p[len(self.root) + 1:] for p in found]
+
+    def put_file(self, key: str, local_path: str) -> None:
+        """Copy a local file to `key`, replacing what is there."""
+        self._write(self.fs.put_file, local_path, self._p(key))
 
 
 def _local_atomic_write(path: str, data: bytes, exclusive: bool) -> None:
