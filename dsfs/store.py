@@ -173,8 +173,13 @@ class Store:
         return self._call("read", self.fs.exists, self._p(key))
 
     def _rm(self, key: str, recursive: bool = False) -> None:
+        # One object: rm_file, whose errors are raised. s3fs's rm goes through DeleteObjects and
+        # drops its per-key errors, so a refused delete would look like success.
         try:
-            self._call("delete", self.fs.rm, self._p(key), recursive=recursive)
+            if recursive:
+                self._call("delete", self.fs.rm, self._p(key), recursive=True)
+            else:
+                self._call("delete", self.fs.rm_file, self._p(key))
         except FileNotFoundError:
             pass
 
