@@ -36,6 +36,7 @@ DEFAULT_WORKERS = 4
 def open_target(to: Store | str) -> Store:
     """A Store from a Store, a URL, `datastore:NAME`, or a bare datastore name; created if empty."""
     if isinstance(to, Store):
+        to.check(create=True)
         return to
     if "://" not in to and not to.startswith(datastores.PREFIX):
         to = datastores.PREFIX + to

@@ -15,6 +15,7 @@ otherwise probe when they find no key.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -102,6 +103,7 @@ def moto_server():
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
         unavailable(f"moto[server] is not installed ({exc})")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
