@@ -14,12 +14,15 @@ from click.core import ParameterSource
 
 from dsfs import datastores
 from dsfs.dataset import Dataset
+from dsfs.errors import UsageError
 
 
 def store_ref(ctx: click.Context, store: str | None, datastore: str | None) -> str | None:
     """The group's `--store` / `--datastore`: an option given on the command line beats the other's
     environment variable; both given the same way is an error."""
     given = {name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE for name in ("store", "datastore")}
+    if store and datastore and not any(given.values()):
+        raise UsageError("both DSFS_STORE and DSFS_DATASTORE are set; unset one")
     if given["datastore"] and not given["store"]:
         store = None
     elif given["store"] and not given["datastore"]:

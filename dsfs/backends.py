@@ -87,8 +87,8 @@ def check_url(url: str) -> tuple[str, str]:
     if protocol not in CLOUD:
         return protocol, ""
     bucket = rest.split("/", 1)[0]
-    if "@" in bucket:
-        bucket = bucket.split("@", 1)[0]  # adlfs's az://container@account form
+    if "@" in bucket:  # adlfs's az://container@account; elsewhere user:password@bucket
+        bucket = bucket.split("@", 1)[0] if family(protocol) == "az" else bucket.rsplit("@", 1)[1]
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
         raise UsageError(f"malformed store URL {redact_url(url)!r}: {bucket or 'no'} {CLOUD[protocol]} name "
                          f"(3-63 lower-case letters, digits, '-', '.', '_'); {URL_HELP}")
@@ -98,7 +98,7 @@ def check_url(url: str) -> tuple[str, str]:
 def redact_url(url: str) -> str:
     """A URL without user:password@ or query secrets, safe for messages and logs."""
     parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
+    netloc = parts.netloc if family(parts.scheme) == "az" else parts.netloc.rsplit("@", 1)[-1]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
