@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from dsfs.errors import (AccessDenied, CorruptData, DatasetNotFound, StoreReadOn
 from dsfs.model import VersionInfo
 from conftest import make_tree
 from servers import CLOUD_FIXTURES, Cloud, azurite_connection_string
+from test_faults import read_only  # noqa: F401 (fixture)
 
 BACKENDS = ["memory", "file", "s3", "azure", "gcs"]
 
@@ -57,6 +57,26 @@ def backend(request, tmp_path) -> Backend:
     return Backend(request.param, cloud, tmp_path)
 
 
+def in_threads(n: int, fn) -> tuple[list, list]:
+    """Run fn(i) for i < n in n threads released together; (results by i, exceptions)."""
+    results, errors = [None] * n, []
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # returned to the caller, which asserts on them
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
 def _info(**kw) -> VersionInfo:
     base = dict(id=uuid.uuid4().hex, project="p", name="n", version="1.0.0", parents=[], tags=[],
                 description="", state="draft", created="2026-01-01T00:00:00+00:00")
@@ -70,14 +90,8 @@ def test_marker_create_and_check(backend):
     url = backend.new_url()
     with pytest.raises(StoreUnavailable, match="no dsfs store at"):
         backend.store(url, create=False)
-    # two nodes creating the same store at once: both succeed, one marker
-    errors = []
-    threads = [threading.Thread(target=lambda: _catch(errors, backend.store, url)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    # nodes creating the same store at once: all succeed, one marker
+    assert in_threads(4, lambda i: backend.store(url))[1] == []
     store = backend.store(url, create=False)
     assert json.loads(store._get("dsfs-store.json")) == {"format": 1}
     store._put("dsfs-store.json", b'{"format": 99}')
@@ -86,13 +100,6 @@ def test_marker_create_and_check(backend):
     store._put("dsfs-store.json", b"{not json")
     with pytest.raises(CorruptData, match="store marker"):
         backend.store(url, create=False)
-
-
-def _catch(errors, fn, *args):
-    try:
-        fn(*args)
-    except Exception as exc:  # collected and asserted empty by the caller
-        errors.append(exc)
 
 
 # -- write order ---------------------------------------------------------------------------------
@@ -186,19 +193,8 @@ def test_exclusive_create_one_claim_wins(backend):
     for attempt in range(3):  # a few rounds: a race that is lost only sometimes still shows
         version = f"1.0.{attempt}"
         ids = [uuid.uuid4().hex for _ in range(8)]
-        results = [None] * len(ids)
-        barrier = threading.Barrier(len(ids))
-
-        def claim(i):
-            barrier.wait()
-            results[i] = stores[i % 2].claim_version_number("p", "n", version, ids[i])
-
-        threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(ids))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results.count(True) == 1, results
+        results, errors = in_threads(8, lambda i: stores[i % 2].claim_version_number("p", "n", version, ids[i]))
+        assert not errors and results.count(True) == 1, results
         winner = ids[results.index(True)]
         assert stores[0].version_number_holder("p", "n", version) == winner
     assert stores[0].version_number_holder("p", "n", "9.9.9") is None
@@ -206,20 +202,7 @@ def test_exclusive_create_one_claim_wins(backend):
 
 def test_concurrent_authors_get_distinct_version_numbers(backend):
     store = backend.store()
-    made = []
-    errors = []
-
-    def author():
-        try:
-            made.append(Dataset.create("p", "race", store=store).version)
-        except Exception as exc:  # asserted empty below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=author) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    made, errors = in_threads(6, lambda i: Dataset.create("p", "race", store=store).version)
     assert not errors and len(set(made)) == 6
 
 
@@ -338,27 +321,6 @@ def _azurite_read_only_sas(cloud: Cloud, url: str) -> str:
                                  permission=ContainerSasPermissions(read=True, list=True),
                                  expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
     return f"BlobEndpoint={cloud.endpoint}/{AZURITE_ACCOUNT};SharedAccessSignature={sas}"
-
-
-@pytest.fixture
-def read_only():
-    """Make a folder read-only for real: a read-only bind mount as root, permissions otherwise."""
-    mounted = []
-
-    def make(folder):
-        if os.geteuid() == 0:
-            subprocess.run(["mount", "--bind", folder, folder], check=True)
-            mounted.append(folder)
-            subprocess.run(["mount", "-o", "remount,ro,bind", folder], check=True)
-        else:
-            for root, dirs, files in os.walk(folder):
-                for name in dirs + files:
-                    os.chmod(os.path.join(root, name), 0o555)
-            os.chmod(folder, 0o555)
-
-    yield make
-    for folder in mounted:
-        subprocess.run(["umount", folder], check=True)
 
 
 # -- end to end per cloud ------------------------------------------------------------------------------
