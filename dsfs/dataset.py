@@ -31,6 +31,7 @@ from .lineage import Lineage, check_tree
 from .model import ID_RE, Entry, VersionInfo, encode_changeset
 from .packs import decode_chunk
 from .progress import transfer
+from .push import push as push_version
 from .store import Store
 
 
@@ -351,9 +352,7 @@ class Dataset:
     def push(self, to: Store | str, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
         """Copy this final version, its ancestors missing at `to` (a datastore name, a URL, or a
         Store) and the packs missing there. Idempotent and resumable; see dsfs.push."""
-        from .push import push
-
-        return push(self.store, self.info, to, max_workers=max_workers, show_progress=show_progress)
+        return push_version(self.store, self.info, to, max_workers=max_workers, show_progress=show_progress)
 
     # -- labels (mutable on final versions too) ------------------------------------------------
 
