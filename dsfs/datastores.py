@@ -250,7 +250,6 @@ def store_ref(store: str | None, datastore: str | None) -> str | None:
     """The store reference for `--store URL` / `--datastore NAME` (at most one may be given)."""
     if store and datastore:
         raise UsageError("--store and --datastore name the same thing: give only one")
-    if datastore:
-        get(datastore)  # an unknown name fails before anything else happens
+    if datastore:  # an unknown name fails when the store is opened (`datastore register` must still run)
         return PREFIX + datastore
     return store

@@ -168,7 +168,8 @@ def test_upload_refuses_the_store_layout(tmp_path):
             upload(ds, str(tmp_path / "src"), target)
     with pytest.raises(UsageError):
         upload(ds, str(tmp_path / "src"), "../escape")
-    upload(ds, str(tmp_path / "src"), "")
+    result = upload(ds, str(tmp_path / "src"), "", show_progress=True)  # the bar, from worker threads
+    assert result["files"] == 1 and (tmp_path / "ds" / "a").read_bytes() == b"a"
     with pytest.raises(Conflict):
         upload(ds, str(tmp_path / "src"), ".")
 
@@ -176,10 +177,14 @@ def test_upload_refuses_the_store_layout(tmp_path):
 # -- bad input -----------------------------------------------------------------------------------
 
 
-def test_unknown_datastore():
+def test_unknown_datastore(tmp_path):
     _assert_one_line_error(run_cli("--datastore", "nope", "search"), 2, "unknown datastore 'nope'", "local")
     _assert_one_line_error(run_cli("datastore", "show", "nope"), 2, "unknown datastore 'nope'")
     _assert_one_line_error(run_cli("search", env={"DSFS_DATASTORE": "nope"}), 2, "unknown datastore 'nope'")
+    # a variable naming a datastore that is not there yet does not stop registering it
+    proc = run_cli("datastore", "register", "nope", f"file://{tmp_path}/s", env={"DSFS_DATASTORE": "nope"})
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("search", env={"DSFS_DATASTORE": "nope"}).returncode == 7  # no dsfs store there yet
 
 
 @pytest.mark.parametrize("url", ["foo://bucket/x", "s3://", "s3:///prefix", "gs://UPPER/x", "az://ab", "ftp:/x"])

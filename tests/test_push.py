@@ -54,7 +54,7 @@ def test_push_copies_lineage_once(direction, tmp_path, memory_store, file_store,
         target = lambda: Store.open(url, **cloud.options)  # noqa: E731
     base, child, expected = _lineage(source, tmp_path)
 
-    result = child.push(target_ref)
+    result = child.push(target_ref, show_progress=True)
     assert result["versions_sent"] == 2 and result["versions_present"] == 0
     assert result["packs_sent"] >= 6 and result["packs_present"] == 0
     pushed = Dataset.get("vision/cats", store=target())

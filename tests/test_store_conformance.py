@@ -83,6 +83,17 @@ def _info(**kw) -> VersionInfo:
     return VersionInfo(**{**base, **kw})
 
 
+def test_missing_emulator_fails_under_ci(monkeypatch):
+    from servers import unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        unavailable("no emulator")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no emulator"):
+        unavailable("no emulator")
+
+
 # -- the store marker ---------------------------------------------------------------------------
 
 
@@ -116,6 +127,9 @@ def test_write_order_draft_is_never_served(backend, tmp_path):
         Dataset.get("p/n", store=store)
     with pytest.raises(CorruptData):  # a draft has no change-set to serve
         store.read_changes(ds.id)
+    store.write_changes(ds.id, b"a change-set written just before a crash")
+    with pytest.raises(DatasetNotFound, match="no final dataset p/n"):  # still a draft record
+        Dataset.get("p/n", store=store)
     ds.finalize()
     got = Dataset.get("p/n", store=store)
     assert got.id == ds.id and got.read_file("b.txt") == b"hello"
