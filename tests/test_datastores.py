@@ -219,13 +219,14 @@ def test_wrong_credentials_azurite(azurite):
     assert wrong_key not in proc.stderr and "V3Jvbmc" not in proc.stderr
 
 
-def test_bucket_missing(moto_server, azurite, gcs_server):
+def test_bucket_missing(moto_server, azurite, gcs_server, dsfs):
     for cloud, noun in ((moto_server, "bucket"), (azurite, "container"), (gcs_server, "bucket")):
         url = f"{cloud.protocol}://no-such-bucket-here/store"
         datastores.register("missing", url, cloud.options, overwrite=True)
-        for command in (("search",), ("create", "--project", "p", "--name", "n")):
-            proc = run_cli("--datastore", "missing", *command)
-            _assert_one_line_error(proc, 7, f"{noun} 'no-such-bucket-here' does not exist")
+        proc = run_cli("--datastore", "missing", "search")
+        _assert_one_line_error(proc, 7, f"{noun} 'no-such-bucket-here' does not exist")
+        r = dsfs("--datastore", "missing", "create", "--project", "p", "--name", "n")  # not created either
+        assert r.code == 7 and f"{noun} 'no-such-bucket-here' does not exist" in r.err
 
 
 def test_removing_local():
