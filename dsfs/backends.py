@@ -48,6 +48,9 @@ CREDENTIAL_HELP = {
 }
 
 
+CONNECTION_STRING_SECRETS = {"accountkey", "sharedaccesssignature", "sharedaccesskey"}
+
+
 def family(protocol: str) -> str:
     """s3, gs, az, or the protocol itself for local ones."""
     return {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}.get(protocol, protocol)
@@ -65,7 +68,8 @@ def secret_values(options: dict) -> list[str]:
             found += secret_values(value)
         elif isinstance(value, str) and value and is_secret_key(key):
             found.append(value)
-            found += [part.split("=", 1)[1] for part in value.split(";") if "=" in part]  # conn. strings
+            found += [part.split("=", 1)[1] for part in value.split(";")  # Azure connection strings
+                      if part.split("=", 1)[0].strip().lower() in CONNECTION_STRING_SECRETS]
     return sorted({v for v in found if len(v) >= 4}, key=len, reverse=True)
 
 

@@ -270,3 +270,14 @@ def dead_endpoint():
     yield make
     for s in sockets:
         s.close()
+
+
+def test_backend_messages_are_scrubbed_of_secrets():
+    from dsfs.backends import secret_values, translate
+
+    options = {"connection_string": "BlobEndpoint=http://h/a;AccountName=a;AccountKey=S3CR3TKEYVALUE;",
+               "secret": "another-secret-value", "endpoint_url": "http://h"}
+    exc = RuntimeError("failed at http://h with AccountKey=S3CR3TKEYVALUE and another-secret-value")
+    message = str(translate(exc, "read", "az", "az://c/x", "c", secret_values(options)))
+    assert "S3CR3TKEYVALUE" not in message and "another-secret-value" not in message
+    assert "http://h" in message  # only secrets are removed
