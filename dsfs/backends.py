@@ -231,8 +231,8 @@ def translate(exc: BaseException, what: str, protocol: str, display_url: str, bu
                                  f"(the credentials may be wrong or only allow reading)")
         return AccessDenied(f"store {display_url} refused to {what}: access denied "
                             f"(check the datastore's credentials)")
-    reason = scrub(reason(exc), secrets)
-    return StoreUnavailable(f"store {display_url} unreachable ({what}): {type(exc).__name__}: {reason}")
+    why = scrub(reason(exc), secrets)
+    return StoreUnavailable(f"store {display_url} unreachable ({what}): {type(exc).__name__}: {why}")
 
 
 def bucket_missing(protocol: str, bucket: str, display_url: str) -> StoreUnavailable:
