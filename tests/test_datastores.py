@@ -15,7 +15,7 @@ from dsfs.datastore_upload import upload
 from dsfs.errors import Conflict, DatastoreError, UsageError
 from dsfs.store import default_store_url
 from conftest import make_tree, run_cli
-from servers import azurite_connection_string
+from servers import CLOUD_FIXTURES, azurite_connection_string
 from test_cli import _assert_one_line_error
 
 SECRETS = {"key": "AKIAEXAMPLEKEY12345", "secret": "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY",
@@ -135,14 +135,14 @@ def test_which_store(dsfs, tmp_path, monkeypatch, memory_store):
 # -- datastore upload -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["file", "s3"])
+@pytest.mark.parametrize("kind", ["file", "s3", "azure", "gcs"])
 def test_upload_plain_files(kind, tmp_path, dsfs, request):
     files = {"a.txt": b"alpha", "sub/b.bin": os.urandom(100_000), "sub/deep/c.txt": b"gamma"}
     make_tree(tmp_path / "src", files)
     if kind == "file":
         url, options, fs, root = f"file://{tmp_path}/ds", [], None, f"{tmp_path}/ds"
     else:
-        cloud = request.getfixturevalue("moto_server")
+        cloud = request.getfixturevalue(CLOUD_FIXTURES[kind])
         url = cloud.new_url("root")
         options = [a for k, v in cloud.options.items() for a in ("--option", f"{k}={v}")]
         fs, root = cloud.fs(), url.split("://", 1)[1]

@@ -267,8 +267,8 @@ def test_permission_errors(backend, request):
         # scoped tokens): the real service's 401/403 answers cannot be produced here.
         pytest.skip("fake-gcs-server has no authentication or IAM: GCS 401/403 cannot be emulated")
     if backend.name == "file":
-        read_only = request.getfixturevalue("read_only")
-        read_only(url[len("file://"):])
+        make_read_only = request.getfixturevalue("read_only")
+        make_read_only(url[len("file://"):])
         limited = Store(url)
     elif backend.name == "s3":
         limited = Store(url, **_moto_read_only_user(backend.cloud))
