@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsfs import Dataset
+from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.dataset import open_store
 from dsfs.errors import DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
@@ -90,12 +91,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="DSFS_STORE", metavar="URL",
-              help="Store URL (file://, s3://, gs://, az://, memory://). Default: $DSFS_STORE, else the embedded local store.")
+              help="Store URL (file://, s3://, gs://, az://, memory://). Default: $DSFS_STORE, else the default datastore.")
+@click.option("--datastore", envvar="DSFS_DATASTORE", metavar="NAME",
+              help="Named datastore (`dsfs datastore list`) instead of --store. Default: $DSFS_DATASTORE.")
 @click.version_option(package_name="dsfs")
 @click.pass_context
-def cli(ctx, store):
+def cli(ctx, store, datastore):
     """dsfs: versioned datasets in object storage, mounted or materialized on compute nodes."""
-    ctx.obj = {"store": store}
+    ctx.obj = {"store": store_ref(ctx, store, datastore)}
 
 
 @cli.command()
@@ -586,6 +589,8 @@ from dsfs.cli.run import env_, run  # noqa: E402 - registered after the group ex
 
 cli.add_command(run)
 cli.add_command(env_)
+cli.add_command(datastore)
+cli.add_command(push)
 
 
 def main(argv=None) -> None:

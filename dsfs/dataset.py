@@ -22,7 +22,7 @@ import uuid
 import blake3
 import semver
 
-from . import drafts, links, materialize, paths
+from . import datastores, drafts, links, materialize, paths
 from .cache import Cache
 from .datarefs import DataReference
 from .drafts import DraftState
@@ -35,17 +35,18 @@ from .lineage import Lineage, check_tree
 from .model import ID_RE, Entry, VersionInfo, encode_changeset
 from .packs import decode_chunk
 from .progress import transfer
+from .push import push as push_version
 from .store import Store
 from .verify import verify_folder
 from .viewindex import ViewIndex, ensure_view
 
 
 def open_store(store: Store | str | None = None, create: bool = False) -> Store:
-    """A Store from a Store, a URL, or None ($DSFS_STORE, else the embedded default)."""
+    """A Store from a Store, a URL, `datastore:NAME`, or None ($DSFS_STORE, else $DSFS_DATASTORE,
+    else the default datastore, else the embedded local store): see dsfs.datastores."""
     if isinstance(store, Store):
         return store
-    url = store or os.environ.get("DSFS_STORE") or None
-    return Store.open(url, create=create)
+    return datastores.open_store(store, create=create)
 
 
 def _now() -> str:
@@ -138,7 +139,7 @@ class Dataset:
             store.release_version_number(project, name, version)
             raise
         DraftState(id=dataset_id, store=store.url).save()
-        drafts.set_current(store.url, dataset_id)
+        drafts.set_current(store.ref, dataset_id)
         return cls(store, info)
 
     @staticmethod
@@ -173,7 +174,7 @@ class Dataset:
         return cls(store, store.read_version(state["id"]))
 
     def make_current(self) -> None:
-        drafts.set_current(self.store.url, self.id)
+        drafts.set_current(self.store.ref, self.id)
 
     @staticmethod
     def search(project: str | None = None, name: str | None = None, tags: list[str] | None = None,
@@ -515,6 +516,11 @@ class Dataset:
     def as_download(self, path_on_compute: str | None = None, name: str | None = None, **options) -> DataReference:
         """A data reference that downloads this version (a private mutable copy) for a job."""
         return DataReference(self, "download", path_on_compute, name, **options)
+
+    def push(self, to: Store | str, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
+        """Copy this final version, its ancestors missing at `to` (a datastore name, a URL, or a
+        Store) and the packs missing there. Idempotent and resumable; see dsfs.push."""
+        return push_version(self.store, self.info, to, max_workers=max_workers, show_progress=show_progress)
 
     # -- labels (mutable on final versions too) ------------------------------------------------
 

@@ -102,3 +102,13 @@ class StaleLink(DsfsError):
 
 class CorruptChunk(CorruptData):
     """A chunk's bytes do not match its digest."""
+
+
+class AccessDenied(StoreUnavailable):
+    """The store refuses these credentials, or there are none (the message says what to set)."""
+
+    errno = _errno.EACCES
+
+
+class DatastoreError(UsageError):
+    """A datastore name, its configuration, or a value it refers to (env:VAR) is wrong."""

@@ -22,6 +22,12 @@ from .store import Store
 
 def load_changes(store: Store, info: VersionInfo) -> list[Entry]:
     """The change-set of a final version, checked against the digest its record names."""
+    data = read_changes_checked(store, info)
+    return list(decode_changeset(data, f"change-set of dataset {info.id}"))
+
+
+def read_changes_checked(store: Store, info: VersionInfo) -> bytes:
+    """The encoded change-set of a final version, its size and digest checked against its record."""
     if not info.is_final:
         raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be read")
     data = store.read_changes(info.id)
@@ -29,7 +35,7 @@ def load_changes(store: Store, info: VersionInfo) -> list[Entry]:
     if len(data) != info.changes.get("size") or blake3.blake3(data).hexdigest() != expected:
         raise CorruptData(f"change-set of dataset {info.id} is corrupt or truncated in {store.display_url} "
                           f"(size or digest differs from its version record); refusing to use it")
-    return list(decode_changeset(data, f"change-set of dataset {info.id}"))
+    return data
 
 
 class Lineage:

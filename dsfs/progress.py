@@ -27,6 +27,7 @@ class Tracker:
             self.bar.update(self.task, total=total_bytes, files=self._files())
 
     def advance(self, nbytes: int = 0, files: int = 0) -> None:
+        """Thread-safe: rich's Progress locks; the file count is only ever read for display."""
         self.files_done += files
         if self.bar is not None:
             self.bar.update(self.task, advance=nbytes, files=self._files())

@@ -22,7 +22,9 @@ Version numbers are claimed by exclusively creating `names/...`: two authors rac
 cannot both get it.
 
 Every fsspec call goes through `_call`, which turns the zoo of backend exceptions into
-`StoreUnavailable` / `StoreReadOnly` with the store's (redacted) URL.
+`StoreUnavailable` / `StoreReadOnly` / `AccessDenied` with the store's (redacted) URL; what each
+cloud backend needs (option defaults, a reachability probe, its exceptions) is in `dsfs.backends`.
+A missing bucket is reported as such when the store is opened, not as "no dsfs store".
 """
 
 from __future__ import annotations
@@ -34,19 +36,14 @@ import urllib.parse
 
 import fsspec
 
-from .errors import CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
+from . import backends
+from .backends import redact_url as redact
+from .errors import AccessDenied, CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
 from .fsutil import atomic_write
 from .model import ID_RE, VersionInfo
 
 STORE_FORMAT = 1
 MARKER = "dsfs-store.json"
-
-
-def redact(url: str) -> str:
-    """A URL without user:password@ or query secrets, safe for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def default_store_url() -> str:
@@ -65,15 +62,19 @@ class Store:
     def __init__(self, url: str, **options):
         self.url = url.rstrip("/")
         self.display_url = redact(self.url)
+        self.ref = self.url  # how to open this store again (dsfs.datastores sets `datastore:NAME`)
+        _, self.bucket = backends.check_url(self.url)
+        self._secrets = backends.secret_values(options)
         try:
             protocol, root = fsspec.core.split_protocol(self.url)
             protocol = protocol or "file"
             if protocol == "file":
                 options.setdefault("auto_mkdir", True)
                 root = os.path.abspath(os.path.expanduser(root))
-            self.fs = fsspec.filesystem(protocol, **options)
-        except (ImportError, ValueError) as exc:
-            raise StoreUnavailable(f"cannot open store {self.display_url}: {exc}") from None
+            self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options))
+        except (ImportError, ValueError, TypeError) as exc:
+            reason = backends.scrub(backends.reason(exc), self._secrets)
+            raise StoreUnavailable(f"cannot open store {self.display_url}: {reason}") from None
         self.protocol = protocol
         self.root = self.fs._strip_protocol(root).rstrip("/") if protocol != "file" else root
         self.is_local = protocol == "file"
@@ -92,9 +93,12 @@ class Store:
         return store
 
     def check(self, create: bool = False) -> None:
+        backends.probe(backends.endpoint(self.protocol, self.fs), self.display_url)
         try:
             marker = json.loads(self._call("read", self.fs.cat_file, self._p(MARKER)))
         except FileNotFoundError:
+            if self.bucket and not self._bucket_exists():
+                raise backends.bucket_missing(self.protocol, self.bucket, self.display_url) from None
             if not create:
                 raise StoreUnavailable(f"no dsfs store at {self.display_url} (create one with `dsfs create`)") from None
             self._put(MARKER, json.dumps({"format": STORE_FORMAT}).encode(), exclusive=True, missing_ok=True)
@@ -104,6 +108,12 @@ class Store:
         if marker.get("format") != STORE_FORMAT:
             raise StoreUnavailable(f"store {self.display_url} has format {marker.get('format')}, "
                                    f"this dsfs reads format {STORE_FORMAT}: upgrade dsfs")
+
+    def _bucket_exists(self) -> bool:
+        try:
+            return self._call("read", self.fs.exists, self.bucket)
+        except AccessDenied:  # keys limited to a prefix may not see the bucket itself: go on
+            return True
 
     # -- low level -----------------------------------------------------------------------------
 
@@ -117,19 +127,21 @@ class Store:
             return fn(*args, **kwargs)
         except (FileNotFoundError, FileExistsError):
             raise
-        except PermissionError:
+        except PermissionError as exc:
+            if self.bucket:  # a cloud 403: wrong credentials, or a read-only key
+                raise backends.translate(exc, what, self.protocol, self.display_url, self.bucket,
+                                         self._secrets) from None
             raise StoreReadOnly(f"store {self.display_url} refused to {what}: permission denied") from None
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise StoreReadOnly(f"store {self.display_url} refused to {what}: {os.strerror(exc.errno)}") from None
             if exc.errno == errno.ENOSPC:
                 raise StoreUnavailable(f"store {self.display_url}: no space left to {what}") from None
-            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): {_reason(exc)}") from None
+            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): "
+                                   f"{backends.scrub(backends.reason(exc), self._secrets)}") from None
         except Exception as exc:  # botocore, aiohttp, azure: their errors are not OSErrors
-            name = type(exc).__name__
-            if "AccessDenied" in str(exc) or "Forbidden" in str(exc) or name in ("AuthorizationError",):
-                raise StoreReadOnly(f"store {self.display_url} refused to {what}: access denied") from None
-            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): {name}: {_reason(exc)}") from None
+            raise backends.translate(exc, what, self.protocol, self.display_url, self.bucket,
+                                     self._secrets) from None
 
     def _put(self, key: str, data: bytes, exclusive: bool = False, missing_ok: bool = False) -> bool:
         """Write one object atomically. exclusive: fail with FileExistsError if it exists (or
@@ -139,12 +151,20 @@ class Store:
             if self.is_local:
                 self._call("write", atomic_write, path, data, 0o644, None, exclusive)
             else:
-                self._call("write", self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
+                self._write(self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
         except FileExistsError:
             if missing_ok:
                 return False
             raise
         return True
+
+    def _write(self, fn, *args, **kwargs):
+        try:
+            return self._call("write", fn, *args, **kwargs)
+        except FileNotFoundError:  # object stores answer a write into a missing bucket so
+            if not self.bucket:
+                raise
+            raise backends.bucket_missing(self.protocol, self.bucket, self.display_url) from None
 
     def _get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         return self._call("read", self.fs.cat_file, self._p(key), start=start, end=end)
@@ -153,8 +173,13 @@ class Store:
         return self._call("read", self.fs.exists, self._p(key))
 
     def _rm(self, key: str, recursive: bool = False) -> None:
+        # One object: rm_file, whose errors are raised. s3fs's rm goes through DeleteObjects and
+        # drops its per-key errors, so a refused delete would look like success.
         try:
-            self._call("delete", self.fs.rm, self._p(key), recursive=recursive)
+            if recursive:
+                self._call("delete", self.fs.rm, self._p(key), recursive=True)
+            else:
+                self._call("delete", self.fs.rm_file, self._p(key))
         except FileNotFoundError:
             pass
 
@@ -241,6 +266,13 @@ class Store:
             raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
         return data
 
+    def read_pack(self, pack_id: bytes) -> bytes:
+        """A whole pack (for copying it to another store)."""
+        try:
+            return self._get(self._pack_key(pack_id))
+        except FileNotFoundError:
+            raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
+
     def delete_pack(self, pack_id: bytes) -> None:
         self._rm(self._pack_key(pack_id))
 
@@ -254,13 +286,33 @@ class Store:
         return self._put(f"{self._name_key(project, name)}/{_quote(version)}", dataset_id.encode(),
                          exclusive=True, missing_ok=True)
 
+    def version_number_holder(self, project: str, name: str, version: str) -> str | None:
+        """The id holding project/name@version, or None if the number is free."""
+        try:
+            return self._get(f"{self._name_key(project, name)}/{_quote(version)}").decode()
+        except FileNotFoundError:
+            return None
+
     def release_version_number(self, project: str, name: str, version: str) -> None:
         self._rm(f"{self._name_key(project, name)}/{_quote(version)}")
 
     def claimed_version_numbers(self, project: str, name: str) -> list[str]:
         return [urllib.parse.unquote(n) for n in self._ls_names(self._name_key(project, name))]
 
+    # -- plain files (`dsfs datastore upload`: user-named files beside the dsfs layout) ---------
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    def list_files(self, prefix: str) -> list[str]:
+        """Keys of every object under `prefix` (recursively), relative to the store root."""
+        if self.bucket and not self._bucket_exists():
+            raise backends.bucket_missing(self.protocol, self.bucket, self.display_url)
+        try:
+            found = self._call("list", self.fs.find, self._p(prefix) if prefix else self.root)
+        except FileNotFoundError:
+            return []
+        return [p[len(self.root) + 1:] for p in found]
+
+    def put_file(self, key: str, local_path: str) -> None:
+        """Copy a local file to `key`, replacing what is there."""
+        self._write(self.fs.put_file, local_path, self._p(key))
+
+

