@@ -108,11 +108,20 @@ def cli(ctx, store, datastore):
 @multi("--parents", metavar="ID", help="Parent versions (ids or project/name[@version]), merged in order.")
 @multi("--tags", metavar="TAG", help="Tags.")
 @click.option("--description", default="", help="Free text.")
+@click.option("--from-datastore", "from_datastore", default=None, metavar="NAME/PATH",
+              help="Add the plain files at this datastore path as external files (nothing is copied).")
 @click.pass_context
-def create(ctx, project, name, version, parents, tags, description):
+def create(ctx, project, name, version, parents, tags, description, from_datastore):
     """Create a draft version and make it the current dataset; prints its id."""
     ds = Dataset.create(project, name, version=version, parents=list(parents), tags=list(tags),
                         description=description, store=ctx.obj["store"])
+    if from_datastore:
+        try:
+            count = ds.add_external_files(f"datastore:{from_datastore.removeprefix('datastore:')}")
+        except BaseException:
+            Dataset.delete(ds.id, store=ds.store)  # a failed create leaves nothing behind
+            raise
+        click.echo(f"{count} external file(s) from datastore:{from_datastore}; close with `dsfs close`", err=True)
     click.echo(ds.id)
     click.echo(f"created {ds.info.ref} (draft); add files with `dsfs add --files ...`", err=True)
 

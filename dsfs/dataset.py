@@ -16,10 +16,12 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import glob
+import re
 import os
 import uuid
 
 import blake3
+import msgpack
 import semver
 
 from . import datastores, drafts, links, materialize, paths
@@ -39,6 +41,9 @@ from .push import push as push_version
 from .store import Store
 from .verify import verify_folder
 from .viewindex import ViewIndex, ensure_view
+
+
+SNAPSHOT_PROJECT = "datastore-snapshots"
 
 
 def open_store(store: Store | str | None = None, create: bool = False) -> Store:
@@ -112,7 +117,8 @@ class Dataset:
 
     @classmethod
     def create(cls, project: str, name: str, version: str | None = None, parents: list[str] | None = None,
-               tags: list[str] | None = None, description: str = "", store: Store | str | None = None) -> "Dataset":
+               tags: list[str] | None = None, description: str = "", store: Store | str | None = None,
+               _id: str | None = None) -> "Dataset":
         """Create a draft version; parents are ids or references of final versions."""
         store = open_store(store, create=True)
         for label, value in (("project", project), ("name", name)):
@@ -129,7 +135,7 @@ class Dataset:
                 raise InvalidState(f"parent {info.id} ({info.ref}) is a draft; close it first (`dsfs close --id {info.id}`)")
             parent_ids.append(info.id)
         Lineage.of(store).merged_parents(parent_ids)  # a missing or corrupt ancestor fails now, not at close
-        dataset_id = uuid.uuid4().hex
+        dataset_id = _id or uuid.uuid4().hex
         version = cls._claim_version(store, project, name, version, dataset_id)
         info = VersionInfo(id=dataset_id, project=project, name=name, version=version, parents=parent_ids,
                            tags=list(tags or []), description=description or "", state="draft", created=_now())
@@ -159,7 +165,10 @@ class Dataset:
     def get(cls, ref: str | None = None, *, project: str | None = None, name: str | None = None,
             version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False,
             store: Store | str | None = None, cache: Cache | None = None) -> "Dataset":
-        """Get a version by id or `project/name[@version]` (latest final version if none given)."""
+        """Get a version by id or `project/name[@version]` (latest final version if none given), or a
+        snapshot of the plain files at `datastore:NAME/PATH`."""
+        if ref and ref.startswith(datastores.PREFIX) and "/" in ref:
+            return cls.snapshot(ref).use_cache(cache) if cache else cls.snapshot(ref)
         store = open_store(store)
         return cls(store, resolve(store, ref, project=project, name=name, version=version, tags=tags,
                                   include_drafts=include_drafts), cache)
@@ -219,19 +228,47 @@ class Dataset:
                            dataset_path: str | None = None, recursive: bool = True) -> int:
         """Add objects that stay in their own bucket (s3://, gs://, az://, file://...): a URL of one
         object or of a prefix. Size and tag are recorded now; reads check the object is unchanged."""
+        return self._add_links(links.list_objects(source_url, wildcard, recursive), dataset_path,
+                               f"{source_url!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
+
+    def _add_links(self, listing, dataset_path: str | None, what: str) -> int:
         draft = self._require_draft()
         folder = paths.normalize(dataset_path) if dataset_path not in (None, "", ".", "/") else ""
         count = 0
-        for rel, url, size, tag, mtime_ns in links.list_objects(source_url, wildcard, recursive):
+        for rel, url, size, tag, mtime_ns in listing:
             target = paths.join(folder, rel)
             draft.uploaded[target] = Entry(path=target, size=size, mtime_ns=mtime_ns, url=url, etag=tag)
             draft.adds.pop(target, None)
             draft.removals.discard(target)
             count += 1
         if not count:
-            raise UsageError(f"no objects match {source_url!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
+            raise UsageError(f"no objects match {what}")
         draft.save()
         return count
+
+    @classmethod
+    def snapshot(cls, ref: str) -> "Dataset":
+        """A version of the plain files at `datastore:NAME/PATH`, as they are now (sizes and tags),
+        in the embedded local store. Served like any version, as external files; the same listing
+        always gives the same snapshot (its id is the listing's digest), so mounts stay immutable."""
+        listing = sorted(links.list_objects(ref))
+        if not listing:
+            raise UsageError(f"no objects at {ref}")
+        key = blake3.blake3(msgpack.packb([(r, u, s, t) for r, u, s, t, _ in listing])).hexdigest()[:32]
+        local = datastores.get(datastores.LOCAL).open(create=True)
+        try:
+            info = local.read_version(key)
+            if info.is_final:
+                return cls(local, info)
+            raise Conflict(f"a snapshot of {ref} is being made by another process; try again")
+        except DatasetNotFound:
+            pass
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref[len(datastores.PREFIX):]).strip("_") or "snapshot"
+        ds = cls.create(SNAPSHOT_PROJECT, name, tags=["snapshot"], store=local,
+                        description=f"snapshot of {ref}", _id=key)
+        ds._add_links(listing, None, ref)
+        ds.finalize()
+        return ds
 
     def remove_files(self, dataset_path: str, recursive: bool = True) -> int:
         """Remove files matching a dataset path or glob: this draft's additions, and files the

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import tomli_w
 
 from . import backends
-from .drafts import atomic_write
 from .errors import Conflict, DatastoreError, UsageError
+from .fsutil import atomic_write
 from .store import Store, default_store_url, redact
 
 LOCAL = "local"
@@ -244,6 +244,24 @@ def open_store(ref: str | None = None, create: bool = False) -> Store:
     if ref.startswith(PREFIX):
         return get(ref[len(PREFIX):]).open(create=create)
     return Store.open(ref, create=create)
+
+
+def path_url(ref: str) -> str:
+    """`datastore:NAME/PATH` -> the URL of PATH inside that datastore (plain files, not the store)."""
+    name, _, path = ref[len(PREFIX):].partition("/")
+    if not path.strip("/"):
+        raise UsageError(f"{ref!r}: expected datastore:NAME/PATH")
+    return get(name).url.rstrip("/") + "/" + path.strip("/")
+
+
+def for_url(url: str) -> Datastore | None:
+    """The registered datastore whose URL is the longest prefix of `url` (its options reach it)."""
+    best = None
+    for ds in all_datastores():
+        root = ds.url.rstrip("/") + "/"
+        if url.startswith(root) and (best is None or len(root) > len(best.url)):
+            best = ds
+    return best
 
 
 def store_ref(store: str | None, datastore: str | None) -> str | None:

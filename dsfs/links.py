@@ -13,6 +13,7 @@ import time
 
 import fsspec
 
+from . import datastores
 from .errors import LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
 from .model import LINK_SCHEMES
 from .store import redact
@@ -22,10 +23,16 @@ RETRY_DELAYS = (0.2, 0.5, 1.0)
 
 
 def url_to_fs(url: str):
+    """(filesystem, path) for an object URL. Inside a registered datastore, that datastore's options
+    (endpoint, credentials) are used: manifests hold plain URLs, never the secrets that reach them."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in LINK_SCHEMES:
         raise UsageError(f"unsupported URL {redact(url)!r}: use one of {', '.join(s + '://' for s in LINK_SCHEMES)}")
+    datastore = datastores.for_url(url)
     try:
+        if datastore is not None:
+            fs = datastore.store().fs
+            return fs, fs._strip_protocol(url)
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
         raise UsageError(f"cannot open {redact(url)}: {exc}") from None
@@ -50,7 +57,10 @@ def _info(fs, path: str, url: str) -> dict:
 
 
 def list_objects(url: str, wildcard=None, recursive: bool = True):
-    """(relative name, url, size, tag, mtime_ns) of the object at url, or of every object under it."""
+    """(relative name, url, size, tag, mtime_ns) of the object at url (or `datastore:NAME/PATH`),
+    or of every object under it."""
+    if url.startswith(datastores.PREFIX):
+        url = datastores.path_url(url)
     fs, path = url_to_fs(url)
     info = _info(fs, path, url)
     wildcards = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
