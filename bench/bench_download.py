@@ -400,6 +400,21 @@ class Bench:
         self.r.setdefault("runs", {}).setdefault(label, []).append(res)
         return res
 
+    def fresh(self, name: str) -> str:
+        """A new, unused path under the run dir (a target or a cache)."""
+        self.serial = getattr(self, "serial", 0) + 1
+        return os.path.join(self.run_dir, "out", f"{self.serial:03d}-{name}")
+
+    def discard(self, path: str, kind: str) -> None:
+        """Get rid of a run's output. Large outputs (a few files) are deleted at once, for the disk's
+        sake; trees of many files are kept until the end of the run: this ext4 has no journal, and
+        ext4 without a journal skips inodes deleted in the last minute when it allocates new ones
+        (recently_deleted() in find_inode_bit), reading an inode-table block for each one skipped.
+        Deleting 10,000 files just before a run makes every file the next run creates cost
+        0.2-0.6 ms more (measured here), which would bias every small-file figure."""
+        if kind == "large":
+            rmtree(path)
+
     def download_runs(self) -> None:
         s3env = self.s3_env()
         reps = self.args.repeat
@@ -409,29 +424,35 @@ class Bench:
                     self.raw_get()
                 for where in ("s3", "file"):
                     store = f"s3://{BUCKET}/dsfs" if where == "s3" else self.file_url
-                    cache = os.path.join(self.run_dir, "cache-dl")
-                    target = os.path.join(self.run_dir, "target")
-                    rmtree(cache), rmtree(target)
+                    cache, target = self.fresh("cache"), self.fresh("target")
                     self.timed(f"dsfs download {where} {kind}",
                                [self.dsfs, "--store", store, "download", self.ids[where][kind], target,
                                 "--cache-dir", cache, "--max-workers", str(self.args.workers)],
                                s3env, (target, kind))
-                    rmtree(cache), rmtree(target)
+                    self.discard(target, kind)
                 if self.args.skip_baselines:
                     continue
-                target = os.path.join(self.run_dir, "target")
                 if self.aws:
+                    target = self.fresh("target")
                     self.timed(f"aws s3 sync {kind}",
                                [self.aws, "s3", "sync", f"s3://{BUCKET}/plain/{kind}", target, "--only-show-errors",
                                 "--endpoint-url", self.s3.endpoint], s3env, (target, kind))
-                    rmtree(target)
+                    self.discard(target, kind)
                 if self.rclone:
+                    target = self.fresh("target")
                     self.timed(f"rclone copy {kind}",
                                [self.rclone, "copy", "--transfers", "16", f"bench:{BUCKET}/plain/{kind}", target],
                                s3env, (target, kind))
-                    rmtree(target)
+                    self.discard(target, kind)
+                target = self.fresh("target")
                 self.timed(f"cp -r {kind}", ["cp", "-r", self.data[kind], target], s3env, (target, kind))
-                rmtree(target)
+                self.discard(target, kind)
+                target = self.fresh("target")
+                res = self.timed(f"write floor {kind}", [self.python, os.path.abspath(__file__), "_write_floor",
+                                                         self.data[kind], target], s3env, (target, kind))
+                if res["m"].ok:  # the figure is the write phase alone, timed inside the worker
+                    res["m"].wall = float(res["m"].stdout.split()[-1])
+                self.discard(target, kind)
 
     def get_runs(self) -> None:
         for _ in range(self.args.repeat):
@@ -441,8 +462,7 @@ class Bench:
         s3env = self.s3_env()
         store = f"s3://{BUCKET}/dsfs"
         for kind in ("small", "large"):
-            cache = os.path.join(self.run_dir, f"cache-get-{kind}")
-            rmtree(cache)
+            cache = self.fresh(f"cache-get-{kind}")
             cmd = [self.dsfs, "--store", store, "get", self.ids["s3"][kind], "--cache-dir", cache,
                    "--max-workers", str(self.args.workers)]
             self.timed(f"dsfs get {kind} cold", cmd, s3env, (None, kind), path_from_stdout=True)
@@ -451,13 +471,11 @@ class Bench:
                 self.timed("dsfs get child after parent",
                            [self.dsfs, "--store", store, "get", self.ids["s3"]["child"], "--cache-dir", cache,
                             "--max-workers", str(self.args.workers)], s3env, (None, "child"), path_from_stdout=True)
-                cache2 = os.path.join(self.run_dir, "cache-get-child-cold")
-                rmtree(cache2)
+                cache2 = self.fresh("cache-get-child-cold")
                 self.timed("dsfs get child cold",
                            [self.dsfs, "--store", store, "get", self.ids["s3"]["child"], "--cache-dir", cache2,
                             "--max-workers", str(self.args.workers)], s3env, (None, "child"), path_from_stdout=True)
-                rmtree(cache2)
-            rmtree(cache)
+            self.discard(cache, kind)
 
     # the 1M-file version --------------------------------------------------------------------------
 
@@ -580,6 +598,7 @@ class Bench:
         say(f"data: small = {small_files:,} files, {small_bytes / MiB:.1f} MiB; large = {large_files} files, "
             f"{large_bytes / MiB:.0f} MiB; child = small with {len(self.changed)} files "
             f"({CHANGED_FRACTION:.0%}) rewritten")
+        say(f"dsfs: {_git_rev()}")
         say(f"endpoint: s3rver {self.s3.version()} on 127.0.0.1 (node {_node_version()}), data on the same disk; "
             f"file:// store on the same disk")
         tools = [f"dsfs download/get --max-workers {a.workers}"]
@@ -591,9 +610,12 @@ class Bench:
         say(f"machine: {os.cpu_count()} cores; load average (1 min) {r['load'][0]:.2f} at the start, "
             f"{os.getloadavg()[0]:.2f} at the end" + ("  -- other processes were busy: figures are noisy"
                                                      if max(r['load'][0], os.getloadavg()[0]) > 0.7 else ""))
-        say("warm: inputs, s3rver's objects and the file:// store are all in the page cache (24 GiB RAM, caches "
-            "not dropped); each dsfs run starts with an empty --cache-dir and an empty target; an untimed "
-            "`sync` precedes every timed run; every figure includes process start-up")
+        say("write floor = the same files written from memory by one Python thread (open/write/close), the "
+            "write phase alone: what any download to this disk costs at least")
+        say("warm: inputs, s3rver's objects and the file:// store are all in the page cache (caches not dropped); "
+            "each dsfs run starts with an empty --cache-dir and a new target folder; an untimed `sync` precedes "
+            "every timed run; every figure includes process start-up; small-file outputs are kept until the end "
+            "(deleting 10,000 files slows the next run's file creation on ext4 without a journal)")
         say("")
         raw = r["raw_get"]
         say(f"raw single-stream GET (s3fs cat_file of one whole {raw['size'] / MiB:.0f} MiB object, median of "
@@ -633,7 +655,8 @@ class Bench:
 
         for where in ("s3", "file"):
             dl_small, dl_large = best(f"dsfs download {where} small"), best(f"dsfs download {where} large")
-            baselines = (("aws s3 sync", "aws"), ("rclone copy", "rclone")) if where == "s3" else (("cp -r", "cp"),)
+            baselines = ((("aws s3 sync", "aws"), ("rclone copy", "rclone")) if where == "s3" else (("cp -r", "cp"),)) \
+                + (("write floor", "floor"),)
             for base, short in baselines:
                 if a.skip_baselines:
                     continue
@@ -714,6 +737,17 @@ class Bench:
                 rmtree(self.run_dir)
 
 
+def _git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "dsfs", "cli", "daemon"],
+                               capture_output=True, text=True).stdout.strip()
+        return f"commit {rev}" + (" + uncommitted changes in dsfs/cli/daemon" if dirty else "")
+    except OSError:
+        return "?"
+
+
 def _node_version() -> str:
     try:
         return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
@@ -721,7 +755,28 @@ def _node_version() -> str:
         return "?"
 
 
+def write_floor(source: str, target: str) -> int:
+    """The local floor of a download: the same files written from memory, one thread (open, write,
+    close, like cp). Prints the seconds the write phase took (the source is read first, untimed)."""
+    files = []
+    for rel in gen.data_files(source):
+        with open(os.path.join(source, rel), "rb") as f:
+            files.append((rel, f.read()))
+    start = time.perf_counter()
+    for folder in sorted({os.path.dirname(rel) for rel, _ in files}):
+        os.makedirs(os.path.join(target, folder), exist_ok=True)
+    os.makedirs(target, exist_ok=True)
+    for rel, data in files:
+        with open(os.path.join(target, rel), "wb") as f:
+            f.write(data)
+    print(f"{time.perf_counter() - start:.4f}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_write_floor"]:
+        return write_floor(*argv[1:3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the datasets (default 1.0 = full size)")
     ap.add_argument("--seed", type=int, default=0)
