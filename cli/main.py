@@ -501,6 +501,16 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_siz
     """Print the path of a read-only cached copy of a version (materialized once)."""
     import os
 
+    from dsfs.cache import default_cache_dir
+    from dsfs.model import ID_RE
+
+    if ref and ID_RE.match(ref) and not (copy_to or link_to):
+        # A final version never changes: an existing cached copy of this id is the answer, no store
+        # round trip (most of a second `get` was opening the store).
+        cached = os.path.join(os.path.abspath(cache_dir or default_cache_dir()), "copies", ref)
+        if os.path.isdir(cached):
+            click.echo(cached)
+            return
     ds = _consumer(ctx, ref, cache_dir, cache_size)
     if copy_to:
         click.echo(ds.get_mutable_local_copy(copy_to, overwrite, max_workers))

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import stat as stat_mod
+import threading
 from dataclasses import dataclass, field
 
 import blake3
@@ -30,7 +31,7 @@ import blake3
 from . import links, paths
 from .cache import Cache
 from .errors import DsfsError, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
-from .fetch import fetch_chunks
+from .fetch import fetch_into
 from .progress import Tracker
 from .store import Store
 from .viewindex import Node, ViewIndex
@@ -52,6 +53,7 @@ class _Job:
     node: Node
     remaining: int = 0
     tmp: str = ""
+    created: bool = False
     failed: Exception | None = None
     offsets: list = field(default_factory=list)
 
@@ -78,18 +80,22 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     Raises the first failure's type (CorruptChunk, StaleLink...) naming the files that could not be
     written (all others are complete), and DiskFull when the disk is full.
 
+    Fetched chunks are written by the threads that fetched them, so writing overlaps the network; a
+    file's temp file is created when its first chunk arrives (not all up front, which would keep the
+    network idle while thousands of files are created).
+
     shared: other processes may write the same targets (the file store), so temp names are made
     unique per process; otherwise a fixed temp name lets a rerun reuse the slot of a killed run."""
     suffix = f".{os.getpid()}.dsfs-tmp" if shared else ".dsfs-tmp"
     progress = progress or Tracker()
     progress.set_total(sum(job.node.size for job in jobs), len(jobs))
-    result = Result()
+    writer = _Writer(Result(), progress)
     users: dict[bytes, list[tuple[_Job, int]]] = {}
     refs = {}
     todo = []
     for job in jobs:
         if is_complete(job.target, job.node):
-            result.skipped += 1
+            writer.result.skipped += 1
             progress.advance(job.node.size, files=1)
             continue
         job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}{suffix}")
@@ -104,27 +110,22 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
         job.remaining = len(job.node.chunks)
     try:
         for job in todo:
-            _create(job.tmp)
-            if job.remaining == 0 and not job.node.url:
-                _finish(job, result, progress)
+            if not job.node.chunks and not job.node.url:
+                _create(job.tmp)
+                writer.finish(job)
         missing = []
         for digest, ref in refs.items():
-            data = cache.get_chunk(digest, ref.raw)
+            data = cache.get_chunk(digest, ref.raw) if cache.has_chunk(digest) else None
             if data is None:
                 missing.append(ref)
             else:
-                _deliver(users[digest], data, result, progress)
+                writer.deliver(users[digest], ref, data, None)
         where = lambda ref: users[ref.digest][0][0].label  # noqa: E731 - names the file in errors
-        for ref, data, error in fetch_chunks(store, missing, max_workers, where):
-            if error is not None:
-                for job, _ in users[ref.digest]:
-                    job.failed = job.failed or error
-                    progress.advance(ref.raw)
-                continue
-            _deliver(users[ref.digest], data, result, progress)
+        fetch_into(store, missing, lambda ref, data, error: writer.deliver(users[ref.digest], ref, data, error),
+                   max_workers, where)
         for job in todo:
             if job.node.url:
-                _copy_link(job, result, progress)
+                _copy_link(job, writer)
     except OSError as exc:
         _cleanup(todo)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -142,59 +143,96 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
         names = ", ".join(j.label for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
         raise type(failed[0].failed)(f"{len(failed)} file(s) could not be read ({failed[0].failed}): {names}; "
                                      f"all other files are complete")
-    return result
+    return writer.result
 
 
-def _copy_link(job: _Job, result: Result, progress) -> None:
+class _Writer:
+    """Writes delivered chunks into their files, from any thread. A one-chunk file (most small
+    files) is written in one go: open, write, fchmod, futimens, close, rename."""
+
+    def __init__(self, result: Result, progress: Tracker):
+        self.result = result
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def deliver(self, users, ref, data: bytes | None, error: Exception | None) -> None:
+        for job, offset in users:
+            if job.failed is not None:
+                continue
+            if error is not None:
+                job.failed = error
+                self.progress.advance(ref.raw)
+                continue
+            if len(job.node.chunks) == 1:
+                fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    _write_all(fd, data, 0)
+                    os.fchmod(fd, job.node.mode)
+                    os.utime(fd, ns=(job.node.mtime_ns, job.node.mtime_ns))
+                finally:
+                    os.close(fd)
+                os.replace(job.tmp, job.target)
+                self._done(job, len(data))
+                continue
+            with self.lock:  # the first chunk to arrive creates the file; the others wait for it
+                if not job.created:
+                    _create(job.tmp)
+                    job.created = True
+            fd = os.open(job.tmp, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                _write_all(fd, data, offset)
+            finally:
+                os.close(fd)
+            self.progress.advance(len(data))
+            with self.lock:
+                job.remaining -= 1
+                last = job.remaining == 0
+            if last:
+                self.finish(job)
+
+    def finish(self, job: _Job) -> None:
+        os.chmod(job.tmp, job.node.mode)
+        os.utime(job.tmp, ns=(job.node.mtime_ns, job.node.mtime_ns))
+        os.replace(job.tmp, job.target)
+        self._done(job, 0)
+
+    def _done(self, job: _Job, nbytes: int) -> None:
+        with self.lock:
+            self.result.written += 1
+            self.result.bytes += job.node.size
+        self.progress.advance(nbytes, files=1)
+
+
+def _write_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _copy_link(job: _Job, writer: _Writer) -> None:
     """Stream an external file into place, checking its tag before and after."""
     node = job.node
     try:
         fs, path = links.checked(node.url, node.etag, node.size, job.label)
-        fd = os.open(job.tmp, os.O_WRONLY | os.O_NOFOLLOW)
+        fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             for start in range(0, node.size, LINK_PIECE):
                 data = links.read_range(fs, path, start, min(start + LINK_PIECE, node.size), node.url)
-                os.pwrite(fd, data, start)
-                progress.advance(len(data))
+                _write_all(fd, data, start)
+                writer.progress.advance(len(data))
         finally:
             os.close(fd)
         links.checked(node.url, node.etag, node.size, job.label)
     except (StaleLink, StoreUnavailable, LocalFileNotFound) as exc:
         job.failed = exc
         return
-    _finish(job, result, progress)
+    writer.finish(job)
 
 
 def _create(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.close(fd)
-
-
-def _deliver(users, data: bytes, result: Result, progress) -> None:
-    for job, offset in users:
-        if job.failed is not None:
-            continue
-        fd = os.open(job.tmp, os.O_WRONLY | os.O_NOFOLLOW)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-        finally:
-            os.close(fd)
-        progress.advance(len(data))
-        job.remaining -= 1
-        if job.remaining == 0:
-            _finish(job, result, progress)
-
-
-def _finish(job: _Job, result: Result, progress: Tracker) -> None:
-    os.chmod(job.tmp, job.node.mode)
-    os.utime(job.tmp, ns=(job.node.mtime_ns, job.node.mtime_ns))
-    os.replace(job.tmp, job.target)
-    result.written += 1
-    result.bytes += job.node.size
-    progress.advance(files=1)
 
 
 def _cleanup(jobs) -> None:
@@ -299,20 +337,19 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
         for _, node in files:
             key = content_key(node)
             if key not in store_jobs:
-                target = os.path.join(cache.root, "files", key[:2], key)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                store_jobs[key] = _Job(key, target, node)
+                store_jobs[key] = _Job(key, os.path.join(cache.root, "files", key[:2], key), node)
+        for folder in {os.path.dirname(job.target) for job in store_jobs.values()}:
+            os.makedirs(folder, exist_ok=True)
         materialize(store, cache, list(store_jobs.values()), max_workers, progress,
                     is_complete=lambda target, node: os.path.exists(target), shared=True)
+        for job in store_jobs.values():  # shared by every copy: nobody may write through a link
+            os.chmod(job.target, job.node.mode & 0o555)
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in sorted({os.path.dirname(path) for path, _ in files}):
+            os.makedirs(os.path.join(tmp, folder), exist_ok=True)
         for path, node in files:
-            key = content_key(node)
-            dest = os.path.join(tmp, path)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            source = store_jobs[key].target
-            os.chmod(source, node.mode & 0o555)
-            os.link(source, dest)
+            os.link(store_jobs[content_key(node)].target, os.path.join(tmp, path))
         os.makedirs(tmp, exist_ok=True)  # an empty version still gets a folder
         os.rename(tmp, final)
     return final

@@ -114,14 +114,14 @@ def test_download_full_and_subsets(tmp_path, file_store, dsfs):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import dsfs.materialize as m
-    real = m._finish
+    real = m._Writer._done
     count = [0]
-    def finish_then_die(*args):
+    def done_then_die(*args):
         real(*args)
         count[0] += 1
         if count[0] == int(os.environ["KILL_AFTER"]):
             os.kill(os.getpid(), signal.SIGKILL)
-    m._finish = finish_then_die
+    m._Writer._done = done_then_die
     from dsfs.cli.main import main
     main(sys.argv[1:])
 """)
