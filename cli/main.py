@@ -463,6 +463,13 @@ def init_store(ctx):
     click.echo(store.display_url)
 
 
+from dsfs.cli.mount import mount, mounts, unmount  # noqa: E402
+
+cli.add_command(mount)
+cli.add_command(unmount)
+cli.add_command(mounts)
+
+
 def main(argv=None) -> None:
     try:
         code = cli.main(args=argv, prog_name="dsfs", standalone_mode=False)

@@ -95,3 +95,18 @@ class CorruptData(DsfsError):
 
 class CorruptChunk(CorruptData):
     """A chunk's bytes do not match its digest."""
+
+
+class FuseUnavailable(DsfsError):
+    """FUSE cannot be used on this machine: no /dev/fuse, no fusermount3, or no pyfuse3."""
+
+    exit_code = 10
+    errno = _errno.ENODEV
+
+
+class MountFailed(DsfsError):
+    """The mount daemon stopped before serving; the message is the daemon's own error."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
