@@ -141,3 +141,27 @@ def is_mounted(path: str) -> bool:
     from dsfs.daemon.mounts import mount_table
 
     return os.path.realpath(path) in mount_table()
+
+
+def write_syscalls(root: str, a_file: str, a_folder: str) -> dict:
+    """Every system call that would change the tree at `root`, by name."""
+    f = f"{root}/{a_file}"
+    return {
+        "open O_WRONLY": lambda: os.open(f, os.O_WRONLY),
+        "open O_RDWR": lambda: os.open(f, os.O_RDWR),
+        "open O_CREAT": lambda: os.open(f"{root}/new", os.O_CREAT | os.O_WRONLY, 0o644),
+        "open O_TRUNC": lambda: os.open(f, os.O_RDONLY | os.O_TRUNC),
+        "truncate": lambda: os.truncate(f, 0),
+        "mkdir": lambda: os.mkdir(f"{root}/d"),
+        "rmdir": lambda: os.rmdir(f"{root}/{a_folder}"),
+        "unlink": lambda: os.unlink(f),
+        "rename": lambda: os.rename(f, f"{root}/other"),
+        "link": lambda: os.link(f, f"{root}/hard"),
+        "symlink": lambda: os.symlink(a_file, f"{root}/soft"),
+        "mknod": lambda: os.mknod(f"{root}/fifo", 0o644 | 0o010000),
+        "chmod": lambda: os.chmod(f, 0o600),
+        "chown": lambda: os.chown(f, 1, 1),
+        "utime": lambda: os.utime(f, (0, 0)),
+        "setxattr": lambda: os.setxattr(f, "user.x", b"1"),
+        "removexattr": lambda: os.removexattr(f, "user.dsfs.blake3"),
+    }

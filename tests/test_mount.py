@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from dsfs.daemon import mounts
-from fusehelp import Node, is_mounted, pid_gone, require_fuse, wait_for
+from fusehelp import Node, is_mounted, pid_gone, require_fuse, wait_for, write_syscalls
 
 rng = random.Random(11)
 FILES = {
@@ -107,31 +107,8 @@ def test_os_walk_equals_manifest(node, shared):
         assert os.stat(f"{shared}/{rel}").st_mtime_ns == os.stat(f"{src}/{rel}").st_mtime_ns
 
 
-def _write_syscalls(root: str):
-    f = f"{root}/README.md"
-    return {
-        "open O_WRONLY": lambda: os.open(f, os.O_WRONLY),
-        "open O_RDWR": lambda: os.open(f, os.O_RDWR),
-        "open O_CREAT": lambda: os.open(f"{root}/new", os.O_CREAT | os.O_WRONLY, 0o644),
-        "open O_TRUNC": lambda: os.open(f, os.O_RDONLY | os.O_TRUNC),
-        "truncate": lambda: os.truncate(f, 0),
-        "mkdir": lambda: os.mkdir(f"{root}/d"),
-        "rmdir": lambda: os.rmdir(f"{root}/labels"),
-        "unlink": lambda: os.unlink(f),
-        "rename": lambda: os.rename(f, f"{root}/other"),
-        "link": lambda: os.link(f, f"{root}/hard"),
-        "symlink": lambda: os.symlink("README.md", f"{root}/soft"),
-        "mknod": lambda: os.mknod(f"{root}/fifo", 0o644 | 0o010000),
-        "chmod": lambda: os.chmod(f, 0o600),
-        "chown": lambda: os.chown(f, 1, 1),
-        "utime": lambda: os.utime(f, (0, 0)),
-        "setxattr": lambda: os.setxattr(f, "user.x", b"1"),
-        "removexattr": lambda: os.removexattr(f, "user.dsfs.blake3"),
-    }
-
-
 def test_every_write_syscall_is_erofs(shared):
-    for name, call in _write_syscalls(shared).items():
+    for name, call in write_syscalls(shared, "README.md", "labels").items():
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == errno.EROFS, name
