@@ -18,6 +18,7 @@ prefetch runs in a plain daemon thread that checks a stop event between batches.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -96,8 +97,23 @@ def _stop_early(signum, frame):
     raise _Stop(signal.Signals(signum).name)
 
 
+def tune_malloc() -> bool:
+    """Keep freed chunk buffers for reuse. A mount allocates and frees ~1 MiB buffers at GB/s (chunks
+    read from the cache, replies that join two chunks); glibc's defaults hand such blocks back to the
+    kernel (mmap, heap trimming) and every reuse faults its pages in again, one fault per 4 KiB: that
+    was most of the daemon's CPU time on sequential reads. Blocks up to 32 MiB now come from the heap,
+    and up to 256 MiB of free heap is kept. glibc only; elsewhere nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 256 << 20))
+
+
 def serve(spec: MountSpec, status: Status | None = None) -> int:
     status = status or Status()
+    tune_malloc()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _stop_early)
     view = None

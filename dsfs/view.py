@@ -110,6 +110,7 @@ class View:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.cache.flush_uses()
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -188,6 +189,13 @@ class View:
         self.cache.pin(ref.digest for ref in handle.chunks)
         if label:
             self.names[ino] = label
+        if handle.chunks and self.memo.get(handle.chunks[0].digest) is None:
+            # The first read follows at once: have its chunk in memory if the node's cache holds it,
+            # so that it is answered without waiting (the store is never asked here).
+            first = handle.chunks[0]
+            data = self.cache.get_chunk(first.digest, first.raw)
+            if data is not None:
+                self.memo.put(first.digest, data)
         return handle
 
     def release(self, handle: OpenFile) -> None:

@@ -262,3 +262,32 @@ def test_warm_fills_the_cache(tmp_path, memory_store):
     stop = threading.Event()
     stop.set()
     assert view.warm(stop=stop)["files"] == 0
+
+
+def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
+    """Reading chunks last used long ago must not cost a durable LMDB write each (an epoch over a
+    dataset would be serialized on them): uses are recorded and written together."""
+    import dsfs.cache
+
+    files = {f"f{i}": os.urandom(1000 + i) for i in range(40)}
+    ds = _final(memory_store, files, folder=tmp_path / "d")
+    cache = Cache()
+    _view(ds, cache).warm()
+    digests = [n.chunks[0].digest for _, n in _view(ds, cache).index.walk_files()]
+    with cache.env.begin(write=True) as txn:  # pretend they were all last used an hour ago
+        for digest in digests:
+            size, _ = dsfs.cache._CHUNK.unpack(txn.get(digest, db=cache.db_chunks))
+            txn.put(digest, dsfs.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
+    writes = []
+    real = cache.flush_uses
+    monkeypatch.setattr(cache, "flush_uses", lambda: (writes.append(len(cache._uses)), real()))
+    view = _view(ds, cache)
+    assert [view.read_path(p) for p in files] == list(files.values())
+    assert writes == [] and len(cache._uses) == 40  # recorded, not yet written
+    monkeypatch.setattr(dsfs.cache, "TOUCH_BATCH", 41)
+    view.read_path("f0")  # already recorded: no new write
+    monkeypatch.setattr(dsfs.cache, "TOUCH_FLUSH_NS", 0)
+    View(ds.store, cache, ds.id).read_path("f1")
+    assert writes == [40]  # one write transaction for all of them
+    with cache.env.begin(db=cache.db_chunks) as txn:
+        assert all(dsfs.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
