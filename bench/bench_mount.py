@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time

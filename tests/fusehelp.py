@@ -4,6 +4,7 @@ in subprocesses, so a module can share one mount across its tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -94,6 +95,16 @@ class Node:
         self.cli("mount", dataset, mountpoint, *extra, check=True)
         return self.record(mountpoint)["pid"]
 
+    @contextlib.contextmanager
+    def mounted(self, dataset: str, name: str, *extra):
+        """`dsfs mount` at a folder named `name`; `dsfs unmount` (which must succeed) on the way out."""
+        mountpoint = self.mountpoint(name)
+        self.mount(dataset, mountpoint, *extra)
+        try:
+            yield mountpoint
+        finally:
+            self.cli("unmount", mountpoint, check=True)
+
     def record(self, mountpoint: str) -> dict:
         from dsfs.daemon import mounts
 
@@ -119,6 +130,19 @@ class Node:
         for point in mounts.mount_table():
             if point.startswith(self.base + "/"):
                 subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
+
+
+def node_fixture(prefix: str):
+    """A module-scoped `node` fixture (FUSE required), cleaned up whatever its tests left."""
+
+    @pytest.fixture(scope="module")
+    def node(tmp_path_factory):
+        require_fuse()
+        node = Node(tmp_path_factory.mktemp(prefix))
+        yield node
+        node.cleanup()
+
+    return node
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):

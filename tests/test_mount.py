@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from dsfs.daemon import mounts
-from fusehelp import Node, is_mounted, pid_gone, require_fuse, wait_for, write_syscalls
+from fusehelp import is_mounted, node_fixture, pid_gone, require_fuse, wait_for, write_syscalls
 
 rng = random.Random(11)
 FILES = {
@@ -33,23 +33,14 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    require_fuse()
-    node = Node(tmp_path_factory.mktemp("node"))
-    yield node
-    node.cleanup()
+node = node_fixture("node")
 
 
 @pytest.fixture(scope="module")
 def shared(node):
     """One dataset mounted for the read-only checks of this module."""
-    dataset = node.dataset(FILES, modes={"bin/run.sh": 0o755})
-    mountpoint = node.mountpoint("shared")
-    node.mount(dataset, mountpoint)
-    yield mountpoint
-    proc = node.cli("unmount", mountpoint)
-    assert proc.returncode == 0, proc.stderr
+    with node.mounted(node.dataset(FILES, modes={"bin/run.sh": 0o755}), "shared") as mountpoint:
+        yield mountpoint
 
 
 def _src(node) -> str:
@@ -269,31 +260,24 @@ def _read_ahead(mountpoint):
 
 def test_read_ahead_raised_and_allow_other(node):
     dataset = node.dataset({"r": b"r"}, name="ra")
-    mountpoint = node.mountpoint("ra")
-    node.mount(dataset, mountpoint, "--allow-other")
-    try:
+    with node.mounted(dataset, "ra", "--allow-other") as mountpoint:
         assert _read_ahead(mountpoint) in (4096, None)  # None: not permitted here
         options = next(line for line in open("/proc/self/mounts") if f" {mountpoint} " in line).split()[3]
         assert {"ro", "nosuid", "nodev", "allow_other", "default_permissions"} <= set(options.split(","))
-    finally:
-        node.cli("unmount", mountpoint, check=True)
 
 
 def test_prefetch_warms_the_cache_in_the_background(node):
     files = {"train/a": rng.randbytes(500_000), "train/b": rng.randbytes(2 << 20), "val/c": rng.randbytes(300_000)}
     dataset = node.dataset(files, name="pre")
-    mountpoint = node.mountpoint("pre")
-    node.mount(dataset, mountpoint, "--prefetch", "--include", "train", "--cache-dir", f"{node.base}/pre-cache")
-    try:
+    cache_dir = f"{node.base}/pre-cache"
+    with node.mounted(dataset, "pre", "--prefetch", "--include", "train", "--cache-dir", cache_dir) as mountpoint:
         wait_for(lambda: "prefetch done" in node.log(mountpoint), what="prefetch")
         from dsfs.cache import Cache
 
-        cache = Cache(f"{node.base}/pre-cache")
+        cache = Cache(cache_dir)
         assert cache.used_bytes() == 500_000 + (2 << 20)  # train only, fetched without a reader
         assert "prefetch done: 2 files" in node.log(mountpoint)
         assert open(f"{mountpoint}/val/c", "rb").read() == files["val/c"]
-    finally:
-        node.cli("unmount", mountpoint, check=True)
 
 
 def test_python_api(node, monkeypatch):

@@ -20,7 +20,8 @@ from dsfs import Dataset, paths
 from dsfs.cache import Cache
 from dsfs.daemon import mounts
 from dsfs.errors import InvalidPath
-from fusehelp import Node, is_mounted, pid_gone, require_fuse, wait_for, write_syscalls
+from conftest import read_tree
+from fusehelp import is_mounted, node_fixture, pid_gone, wait_for, write_syscalls
 
 PAGE = os.path.join(os.path.dirname(__file__), "..", "docs", "SEMANTICS.md")
 rng = random.Random(5)
@@ -31,30 +32,14 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    require_fuse()
-    node = Node(tmp_path_factory.mktemp("semantics"))
-    yield node
-    node.cleanup()
+node = node_fixture("semantics")
 
 
 @pytest.fixture(scope="module")
 def shared(node):
     dataset = node.dataset(FILES, name="shared", modes={"tool.sh": 0o755})
-    mountpoint = node.mountpoint("shared")
-    node.mount(dataset, mountpoint)
-    yield dataset, mountpoint
-    node.cli("unmount", mountpoint, check=True)
-
-
-def _tree(root: str) -> dict:
-    out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            out[os.path.relpath(path, root)] = open(path, "rb").read()
-    return out
+    with node.mounted(dataset, "shared") as mountpoint:
+        yield dataset, mountpoint
 
 
 def _errno_of(call) -> int:
@@ -74,14 +59,10 @@ def test_same_bytes(node):
     a = node.dataset({"shared": b"from a", "only_a": b"a", "gone": b"g", "d/x": b"ax"}, name="a")
     b = node.dataset({"shared": b"from b", "only_b": b"b"}, name="b")
     child = node.dataset({"d/x": b"child", "new": b"new"}, name="child", parents=[a, b], removals=["gone"])
-    mountpoint = node.mountpoint("lineage")
-    node.mount(child, mountpoint)
-    try:
-        assert _tree(mountpoint) == {"shared": b"from b", "only_a": b"a", "only_b": b"b", "d/x": b"child",
-                                     "new": b"new"}
+    with node.mounted(child, "lineage") as mountpoint:
+        assert read_tree(mountpoint) == {"shared": b"from b", "only_a": b"a", "only_b": b"b", "d/x": b"child",
+                                         "new": b"new"}
         assert os.stat(f"{mountpoint}/d/x").st_size == 5
-    finally:
-        node.cli("unmount", mountpoint, check=True)
 
 
 def test_verified(node):
@@ -92,9 +73,7 @@ def test_verified(node):
     raw = bytearray(open(pack, "rb").read())
     raw[ref.offset + 100] ^= 0x01
     open(pack, "wb").write(bytes(raw))
-    mountpoint = node.mountpoint("verified")
-    node.mount(dataset, mountpoint)
-    try:
+    with node.mounted(dataset, "verified") as mountpoint:
         for _ in range(3):
             assert _errno_of(lambda: open(f"{mountpoint}/bad", "rb").read()) == errno.EIO
         assert open(f"{mountpoint}/good", "rb").read() == files["good"]
@@ -104,17 +83,13 @@ def test_verified(node):
         assert os.listxattr(f"{mountpoint}/good") == []
         failures = [line for line in node.log(mountpoint).splitlines() if "ERROR" in line]
         assert len(failures) == 1 and "bad of dataset" in failures[0] and "corrupt" in failures[0]
-    finally:
-        node.cli("unmount", mountpoint, check=True)
 
 
 def test_lazy(node):
     files = {"big": rng.randbytes(16 << 20), "dir/small": b"s" * 1000}
     dataset = node.dataset(files, name="lazy")
-    mountpoint = node.mountpoint("lazy")
     cache_dir = f"{node.base}/lazy-cache"
-    node.mount(dataset, mountpoint, "--cache-dir", cache_dir)
-    try:
+    with node.mounted(dataset, "lazy", "--cache-dir", cache_dir) as mountpoint:
         cache = Cache(cache_dir)
         for folder, _, names in os.walk(mountpoint):
             for name in names:
@@ -127,8 +102,6 @@ def test_lazy(node):
         assert 1 <= cache.chunk_count() < chunks // 2  # the start, and a small read-ahead window
         assert open(f"{mountpoint}/big", "rb").read() == files["big"]
         assert cache.chunk_count() == chunks
-    finally:
-        node.cli("unmount", mountpoint, check=True)
 
 
 def test_mmap(shared):
@@ -157,12 +130,8 @@ def test_immutable(node, shared):
 
     first = inodes(mountpoint)
     assert inodes(mountpoint) == first
-    other = node.mountpoint("immutable")
-    node.mount(dataset, other, "--cache-dir", f"{node.base}/other-cache")  # another node's cache
-    try:
+    with node.mounted(dataset, "immutable", "--cache-dir", f"{node.base}/other-cache") as other:  # another node
         assert inodes(other) == first
-    finally:
-        node.cli("unmount", other, check=True)
 
 
 def test_attributes(node, shared):
@@ -270,9 +239,7 @@ def test_store_errors(node):
 def test_snapshot(node):
     files = {"kept": rng.randbytes(20_000), "uncached": rng.randbytes(20_000)}
     dataset = node.dataset(files, name="snap")
-    mountpoint = node.mountpoint("snap")
-    node.mount(dataset, mountpoint)
-    try:
+    with node.mounted(dataset, "snap") as mountpoint:
         assert open(f"{mountpoint}/kept", "rb").read() == files["kept"]
         before = {n: os.stat(f"{mountpoint}/{n}") for n in os.listdir(mountpoint)}
         for args in (("metadata", "set", "k", "v", "--id", dataset), ("publish", "--id", dataset),
@@ -284,8 +251,6 @@ def test_snapshot(node):
         with open(f"{mountpoint}/kept", "rb") as f:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             assert f.read() == files["kept"]  # from the node's cache
-    finally:
-        node.cli("unmount", mountpoint, check=True)
 
 
 def test_dead_daemon(node):
