@@ -610,6 +610,11 @@ cli.add_command(run)
 cli.add_command(env_)
 cli.add_command(datastore)
 cli.add_command(push)
+from dsfs.cli.mount import mount, mounts, unmount  # noqa: E402
+
+cli.add_command(mount)
+cli.add_command(unmount)
+cli.add_command(mounts)
 
 
 def main(argv=None) -> None:

@@ -35,7 +35,9 @@ from .errors import UsageError
 from .fsutil import atomic_write
 
 LOW_WATERMARK = 0.9
-TOUCH_INTERVAL_NS = 60 * 10**9  # last-use updates are batched: a write txn per read would serialize reads
+TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a minute...
+TOUCH_BATCH = 1024  # ...and recorded uses are written together, one write txn per batch or per
+TOUCH_FLUSH_NS = 5 * 10**9  # 5 s: a durable write txn per read (1 ms, serialized) would cap reads
 RECENT_NS = 60 * 10**9
 CACHE_FORMAT = b"1"
 
@@ -75,6 +77,9 @@ class Cache:
             txn.put(b"format", CACHE_FORMAT, db=self.db_meta, overwrite=False)
         self._pins: dict[bytes, int] = {}
         self._pin_lock = threading.Lock()
+        self._uses: dict[bytes, int] = {}  # last uses not yet written (see TOUCH_BATCH)
+        self._uses_lock = threading.Lock()
+        self._uses_flushed = time.monotonic_ns()
         size = parse_size(size if size is not None else os.environ.get("DSFS_CACHE_SIZE"))
         self.budget = size if size is not None else self._default_budget()
 
@@ -98,18 +103,22 @@ class Cache:
             record = txn.get(digest)
             if record is None:
                 return None
-            _, last_use = _CHUNK.unpack(record)
+            size, last_use = _CHUNK.unpack(record)
         try:
-            with open(self._chunk_path(digest), "rb") as f:
-                data = f.read()
+            fd = os.open(self._chunk_path(digest), os.O_RDONLY)
         except FileNotFoundError:
             data = None
+        else:
+            try:
+                data = os.read(fd, size)  # the recorded size: one exact allocation (a hot path of mounts)
+            finally:
+                os.close(fd)
         if data is None or (raw is not None and len(data) != raw) or blake3.blake3(data).digest() != digest:
             self._drop(digest)
             return None
         now = time.time_ns()
         if now - last_use > TOUCH_INTERVAL_NS:
-            self._touch(digest, now)
+            self._note_use(digest, now)
         return data
 
     def put_chunk(self, digest: bytes, data) -> None:
@@ -128,15 +137,32 @@ class Cache:
         if self.used_bytes() > self.budget:
             self.evict(int(self.budget * LOW_WATERMARK))
 
-    def _touch(self, digest: bytes, now: int) -> None:
-        with self.env.begin(write=True) as txn:
-            record = txn.get(digest, db=self.db_chunks)
-            if record is None:
+    def _note_use(self, digest: bytes, now: int) -> None:
+        with self._uses_lock:
+            self._uses[digest] = now
+            if len(self._uses) < TOUCH_BATCH and time.monotonic_ns() - self._uses_flushed < TOUCH_FLUSH_NS:
                 return
-            size, last_use = _CHUNK.unpack(record)
-            txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
-            txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
-            txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
+        self.flush_uses()
+
+    def flush_uses(self) -> None:
+        """Write the recorded last uses (uses not yet written are lost if the process dies: the LRU
+        order is then slightly off, nothing else)."""
+        with self._uses_lock:
+            uses, self._uses = self._uses, {}
+            self._uses_flushed = time.monotonic_ns()
+        if not uses:
+            return
+        with self.env.begin(write=True) as txn:
+            for digest, now in uses.items():
+                record = txn.get(digest, db=self.db_chunks)
+                if record is None:
+                    continue
+                size, last_use = _CHUNK.unpack(record)
+                if last_use >= now:
+                    continue
+                txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
+                txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
+                txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
 
     def _drop(self, digest: bytes) -> None:
         with self.env.begin(write=True) as txn:
@@ -180,6 +206,7 @@ class Cache:
 
     def evict(self, target: int, keep_recent: bool = True) -> int:
         """Drop least recently used chunks until at most `target` bytes remain. Returns bytes freed."""
+        self.flush_uses()
         freed = 0
         now = time.time_ns()
         victims = []

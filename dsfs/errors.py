@@ -112,3 +112,18 @@ class AccessDenied(StoreUnavailable):
 
 class DatastoreError(UsageError):
     """A datastore name, its configuration, or a value it refers to (env:VAR) is wrong."""
+
+
+class FuseUnavailable(DsfsError):
+    """FUSE cannot be used on this machine: no /dev/fuse, no fusermount3, or no pyfuse3."""
+
+    exit_code = 11
+    errno = _errno.ENODEV
+
+
+class MountFailed(DsfsError):
+    """The mount daemon stopped before serving; the message is the daemon's own error."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

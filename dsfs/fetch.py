@@ -5,11 +5,14 @@ between them is at most `GAP` bytes and the range stays under `MAX_RANGE` (packs
 files together, so a subtree becomes a few large reads instead of one request per file). Each chunk
 is verified against its digest; a range with a corrupt chunk is fetched once more, and a chunk still
 corrupt fails only the files that use it. A store that does not answer is retried with exponential
-backoff before the error reaches the user.
+backoff before the error reaches the user: `RETRY_DELAYS`, about 8 s in all; the environment
+variable `DSFS_RETRY_DELAYS` (comma-separated seconds, e.g. "0.05,0.05") replaces them, for tests
+that exercise a store going away and for nodes that would rather fail fast.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from .store import Store
 
 GAP = 1 << 20
 MAX_RANGE = 8 << 20  # measured against s3rver: 8, 16 and 32 MiB ranges give the same rate; 8 bounds memory
-RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+RETRY_DELAYS = tuple(float(d) for d in os.environ.get("DSFS_RETRY_DELAYS", "0.2,0.5,1,2,4").split(",") if d.strip())
 
 
 @dataclass

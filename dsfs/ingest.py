@@ -90,7 +90,7 @@ class Uploader:
             total = 0
             if before.st_size <= MIN_CHUNK:
                 data = f.read()
-                pieces = [data]
+                pieces = [data] if data else []  # an empty file has no chunk (a pack of only empty chunks is never written)
                 file_digest = None
             else:
                 pieces = (c.data for c in chunker().cut_stream(f))

@@ -11,6 +11,15 @@ Sequential readers get a prefetch window (mountpoint-s3's idea): it starts at 1 
 doubles on every sequential read up to `MAX_PREFETCH`, and resets on a seek. Prefetched chunks are
 fetched in the background and land in the cache.
 
+Paths are not stored per inode (a 1M-file view must not hold 1M strings): `path(ino)` and
+`parent(ino)` descend from the root instead, relying on how the index numbers inodes (in path
+order, a folder before its contents): a folder's children have increasing inodes and each child's
+subtree is the range up to its next sibling, so each level is one binary search over the listing.
+They serve '..' and error messages, never the read path.
+
+`warm()` fetches a whole version (or the files matching globs) into the node cache, for a mount's
+`--prefetch`; it bypasses the in-memory LRU so that it does not evict what readers are using.
+
 Every failure is a typed error (dsfs.errors); the FUSE layer maps it to an errno in one place.
 """
 
@@ -21,7 +30,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import links
+from . import links, paths
 from .cache import Cache
 from .errors import PathNotFound
 from .fetch import fetch_chunks
@@ -33,6 +42,7 @@ MIN_PREFETCH = 1 << 20
 MAX_PREFETCH = 64 << 20
 MEMO_BYTES = 256 << 20
 LINK_BLOCK = 4 << 20
+WARM_BATCH = 256 << 20  # bytes of chunks asked for per fetch while warming
 
 
 class _Memo:
@@ -103,6 +113,7 @@ class View:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.cache.flush_uses()
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -133,6 +144,46 @@ class View:
     def root(self) -> int:
         return ROOT
 
+    def parent(self, ino: int) -> int:
+        """The inode of the folder holding `ino` (the root is its own parent)."""
+        chain = self._chain(ino)
+        return chain[-2][1].ino if len(chain) > 1 else ROOT
+
+    def path(self, ino: int) -> str:
+        """The dataset path of an inode ('' for the root)."""
+        return "/".join(name for name, _ in self._chain(ino)[1:])
+
+    def _chain(self, ino: int) -> list[tuple[str, Node]]:
+        """(name, Node) from the root down to `ino`."""
+        chain = [("", self.getattr(ROOT))]
+        while chain[-1][1].ino != ino:
+            node = chain[-1][1]
+            child = self._child_holding(node.ino, ino) if node.is_dir else None
+            if child is None:
+                raise PathNotFound(f"no inode {ino}")
+            chain.append(child)
+        return chain
+
+    def _child_holding(self, parent: int, ino: int) -> tuple[str, Node] | None:
+        """The child of `parent` with the largest inode <= `ino` (galloping, then bisecting)."""
+        def at(k):
+            return next(self.index.readdir(parent, k), None)
+
+        def below(k):
+            entry = at(k)
+            return entry is not None and entry[0] == k and entry[2].ino <= ino
+
+        if not below(0):
+            return None
+        lo, hi = 0, 1
+        while below(hi):
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if below(mid) else (lo, mid)
+        _, name, node = at(lo)
+        return name, node
+
     # -- reading -------------------------------------------------------------------------------
 
     def open(self, ino: int, label: str = "") -> OpenFile:
@@ -143,39 +194,65 @@ class View:
         self.cache.pin(ref.digest for ref in handle.chunks)
         if label:
             self.names[ino] = label
+        if handle.chunks and self.memo.get(handle.chunks[0].digest) is None:
+            # The first read follows at once: have its chunk in memory if the node's cache holds it,
+            # so that it is answered without waiting (the store is never asked here).
+            first = handle.chunks[0]
+            data = self.cache.get_chunk(first.digest, first.raw)
+            if data is not None:
+                self.memo.put(first.digest, data)
         return handle
 
     def release(self, handle: OpenFile) -> None:
         self.cache.unpin(ref.digest for ref in handle.chunks)
 
-    def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    def read(self, handle: OpenFile, offset: int, size: int, wait: bool = True) -> bytes | memoryview | None:
+        """Up to `size` bytes at `offset` (bytes-like: a memoryview when no copy was needed).
+
+        wait=False never blocks: it answers None when a chunk is not in memory, so that an event
+        loop serves memory hits itself and sends only the rest to a worker thread."""
         node = handle.node
         if offset >= node.size or size <= 0:
             return b""
         end = min(offset + size, node.size)
-        if handle.link is not None:
-            return self._read_link(handle, offset, end)
+        if handle.link is not None:  # external: network I/O, never on an event loop's thread
+            return self._read_link(handle, offset, end) if wait else None
         indexes = handle.chunk_range(offset, end)
-        self._prefetch(handle, offset, end)
-        pieces = self._chunks([handle.chunks[i] for i in indexes], node)
-        out = bytearray()
+        refs = [handle.chunks[i] for i in indexes]
+        if wait:
+            self._prefetch(handle, offset, end)
+            pieces = self._chunks(refs, node)
+        else:
+            pieces = [self.memo.get(ref.digest) for ref in refs]
+            if None in pieces:
+                return None
+            self._prefetch(handle, offset, end)
+        views = []
         for i, data in zip(indexes, pieces):
             start = handle.starts[i]
             lo = max(offset, start) - start
             hi = min(end, start + len(data)) - start
-            out += data[lo:hi]
-        return bytes(out)
+            views.append(memoryview(data)[lo:hi])
+        # a read inside one chunk (the common case) is served without copying the chunk's bytes
+        return views[0] if len(views) == 1 else b"".join(views)
 
     def read_path(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         node = self.resolve(path)
         handle = self.open(node.ino, path)
         try:
-            return self.read(handle, offset, node.size - offset if size is None else size)
+            return bytes(self.read(handle, offset, node.size - offset if size is None else size))
         finally:
             self.release(handle)
 
     def _label(self, node: Node, name: str = "") -> str:
-        return (name or self.names.get(node.ino, f"inode {node.ino}")) + f" of dataset {self.dataset_id}"
+        if not name:
+            name = self.names.get(node.ino)
+        if not name:
+            try:
+                name = self.path(node.ino)
+            except PathNotFound:
+                name = f"inode {node.ino}"
+        return f"{name} of dataset {self.dataset_id}"
 
     def _read_link(self, handle: OpenFile, offset: int, end: int) -> bytes:
         """External files are read in LINK_BLOCK pieces, the last one kept: FUSE reads of 128 KiB
@@ -279,3 +356,40 @@ class View:
                   if self.memo.get(handle.chunks[i].digest) is None]
         if wanted:
             self._fetch(wanted, handle.node, background=True)
+
+    # -- warming -------------------------------------------------------------------------------
+
+    def warm(self, include: list[str] | None = None, stop: threading.Event | None = None) -> dict:
+        """Fetch the chunks of every file (or of those matching `include` globs) that the cache
+        lacks. Stops early when `stop` is set. A corrupt chunk is counted in "failed" and skipped
+        (readers of its file get EIO); a store that stays unreachable raises StoreUnavailable.
+        Returns counts: files selected, chunks and bytes fetched, chunks failed."""
+        counts = {"files": 0, "chunks": 0, "bytes": 0, "failed": 0}
+        batch: dict[bytes, ChunkRef] = {}
+        size = 0
+        for path, node in self.index.walk_files():
+            if stop is not None and stop.is_set():
+                break
+            if include and not paths.matches(path, include):
+                continue
+            counts["files"] += 1
+            for ref in node.chunks:
+                if ref.digest not in batch and not self.cache.has_chunk(ref.digest):
+                    batch[ref.digest] = ref
+                    size += ref.stored
+            if size >= WARM_BATCH:
+                self._warm_batch(batch, counts)
+                batch, size = {}, 0
+        if batch and not (stop is not None and stop.is_set()):
+            self._warm_batch(batch, counts)
+        return counts
+
+    def _warm_batch(self, batch: dict[bytes, ChunkRef], counts: dict) -> None:
+        for ref, data, error in fetch_chunks(self.store, batch.values(), self.max_workers,
+                                             lambda r: f"a chunk of dataset {self.dataset_id}"):
+            if error is not None:
+                counts["failed"] += 1
+                continue
+            self.cache.put_chunk(ref.digest, data)
+            counts["chunks"] += 1
+            counts["bytes"] += ref.raw

@@ -41,9 +41,12 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
+# Reinstall whenever what is installed could differ: the stamp holds a digest of pyproject.toml and
+# of this script (a newer extra here must reach an existing .venv too).
 stamp=.venv/.dsfs-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test]'
-    touch "$stamp"
+    .venv/bin/python -m pip install -q -e '.[test,fuse]'
+    echo "$want" > "$stamp"
 fi

@@ -71,3 +71,13 @@ def make_tree(root, files: dict[str, bytes]) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+def read_tree(root) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under `root` (make_tree's inverse)."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            out[os.path.relpath(path, root)] = open(path, "rb").read()
+    return out

@@ -18,7 +18,7 @@ from dsfs.materialize import DiskFull
 from dsfs.model import encode_changeset
 from dsfs.view import View
 from dsfs.viewindex import ensure_view
-from conftest import make_tree, run_cli
+from conftest import make_tree, read_tree, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -31,15 +31,6 @@ def _final(store, folder, parents=None, name="n", project="p"):
     ds.add_files(str(folder))
     ds.finalize()
     return Dataset.get(ds.id, store=store)
-
-
-def _tree(root):
-    out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            out[os.path.relpath(path, root)] = open(path, "rb").read()
-    return out
 
 
 def test_view_index_matches_reference_merge_on_random_lineages(tmp_path, memory_store):
@@ -96,19 +87,19 @@ def test_download_full_and_subsets(tmp_path, file_store, dsfs):
     ds = _final(file_store, tmp_path / "d")
     r = dsfs("--store", file_store, "download", ds.id, tmp_path / "full")
     assert r.code == 0, r.err
-    assert _tree(tmp_path / "full") == files
+    assert read_tree(tmp_path / "full") == files
     st = (tmp_path / "full" / "train" / "a.bin").stat()
     assert st.st_mtime_ns == (tmp_path / "d" / "train" / "a.bin").stat().st_mtime_ns
     r = dsfs("--store", file_store, "download", "p/n", tmp_path / "part", "--include", "train", "--exclude", "*.txt")
     assert r.code == 0, r.err
-    assert _tree(tmp_path / "part") == {"train/a.bin": files["train/a.bin"]}
+    assert read_tree(tmp_path / "part") == {"train/a.bin": files["train/a.bin"]}
     r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full")
     assert r.code == 2 and "not empty" in r.err
     (tmp_path / "full" / "val" / "c.txt").write_bytes(b"changed!")
     os.utime(tmp_path / "full" / "val" / "c.txt", ns=(0, 0))
     r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full", "--overwrite")
     assert r.code == 0 and "3 already complete" in r.out
-    assert _tree(tmp_path / "full") == files
+    assert read_tree(tmp_path / "full") == files
 
 
 KILLER = textwrap.dedent("""
@@ -146,7 +137,7 @@ def test_killed_download_resumes(tmp_path, file_store, monkeypatch):
     result = Dataset.get(ds.id, store=file_store).download(str(target))
     assert result.skipped == 10 and result.written == 20
     assert sum(fetched) < sum(len(files[n]) for n in files if n not in present) + (2 << 20)
-    assert _tree(target) == files
+    assert read_tree(target) == files
 
 
 def test_unsafe_targets_are_refused_before_writing(tmp_path, file_store):
@@ -204,7 +195,7 @@ def test_disk_full_then_rerun(tmp_path, file_store):
         subprocess.run(["mount", "-o", "remount,size=20m", str(small)], check=True)
         proc = run_cli("--store", file_store, "download", ds.id, small / "t")
         assert proc.returncode == 0, proc.stderr
-        assert _tree(small / "t") == files
+        assert read_tree(small / "t") == files
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
@@ -224,7 +215,7 @@ def test_store_flaky_then_down(tmp_path, file_store, monkeypatch):
 
     monkeypatch.setattr(Store, "read_pack_range", flaky)
     ds.download(str(tmp_path / "t1"))
-    assert _tree(tmp_path / "t1") == files
+    assert read_tree(tmp_path / "t1") == files
     monkeypatch.setattr(Store, "read_pack_range", lambda *a: (_ for _ in ()).throw(StoreUnavailable("down")))
     with pytest.raises(StoreUnavailable):
         Dataset.get(ds.id, store=file_store, cache=Cache(str(tmp_path / "other-cache"))).download(str(tmp_path / "t2"))
@@ -242,7 +233,7 @@ def test_corrupt_pack_fails_only_that_file(tmp_path, file_store):
     open(path, "wb").write(bytes(data))
     proc = run_cli("--store", file_store, "download", ds.id, tmp_path / "t")
     assert proc.returncode == 8 and "bad" in proc.stderr and "good" not in proc.stderr
-    assert _tree(tmp_path / "t") == {"good1": files["good1"], "good2": files["good2"], ".dsfs-partial": (tmp_path / "t" / ".dsfs-partial").read_bytes()}
+    assert read_tree(tmp_path / "t") == {"good1": files["good1"], "good2": files["good2"], ".dsfs-partial": (tmp_path / "t" / ".dsfs-partial").read_bytes()}
 
 
 def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
@@ -252,7 +243,7 @@ def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
     r = dsfs("--store", file_store, "get", parent.id)
     assert r.code == 0, r.err
     copy = r.out.strip()
-    assert _tree(copy) == files
+    assert read_tree(copy) == files
     assert os.stat(os.path.join(copy, "f1")).st_mode & 0o222 == 0  # read-only
     # a second get reuses the copy: no pack, change-set or chunk is read again
     with monkeypatch.context() as m:
@@ -267,7 +258,7 @@ def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
     assert open(os.path.join(child_copy, "f0"), "rb").read() == b"changed"
     # mutable copy and link
     r = dsfs("--store", file_store, "get", parent.id, "--copy", tmp_path / "mine")
-    assert r.code == 0 and _tree(tmp_path / "mine") == files
+    assert r.code == 0 and read_tree(tmp_path / "mine") == files
     (tmp_path / "mine" / "f1").write_bytes(b"mutable")
     assert open(os.path.join(copy, "f1"), "rb").read() == files["f1"]
     r = dsfs("--store", file_store, "get", parent.id, "--link", tmp_path / "ln")
@@ -360,8 +351,8 @@ def test_parallel_downloads_share_the_cache(tmp_path, file_store):
              for ds_id in (parent.id, child.id, parent.id, child.id)]
     outs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    assert _tree(outs[0][0].strip()) == base
-    assert _tree(outs[1][0].strip()) == {**base, "f0": b"new"}
+    assert read_tree(outs[0][0].strip()) == base
+    assert read_tree(outs[1][0].strip()) == {**base, "f0": b"new"}
     assert outs[0][0] == outs[2][0]
 
 

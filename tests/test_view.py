@@ -1,0 +1,293 @@
+"""The View, in process, without FUSE: everything a mount answers is decided here (STYLE 1, 9).
+
+lookup/readdir/getattr/read against the source files, exhaustively: every node, every listing
+offset, random byte ranges; lineages with several parents, empty files and datasets, deep trees;
+many readers at once; a corrupt chunk failing only its file.
+"""
+
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import dsfs.fetch
+from dsfs import Dataset
+from dsfs.cache import Cache
+from dsfs.errors import CorruptChunk, PathNotFound, StoreUnavailable
+from dsfs.view import View
+from conftest import make_tree
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(dsfs.fetch, "RETRY_DELAYS", (0.01, 0.01))
+
+
+def _final(store, files: dict, parents=(), folder=None, name="n") -> Dataset:
+    ds = Dataset.create("p", name, parents=list(parents), store=store)
+    if files:
+        make_tree(folder, files)
+        ds.add_files(str(folder))
+    ds.finalize()
+    return Dataset.get(ds.id, store=store)
+
+
+def _view(ds: Dataset, cache=None) -> View:
+    return View(ds.store, cache or Cache(), ds.id)
+
+
+def _walk(view: View, ino: int = 1, prefix: str = ""):
+    """Yield (path, node) of every file and folder, through readdir."""
+    for _, name, node in view.readdir(ino):
+        path = prefix + name
+        yield path, node
+        if node.is_dir:
+            yield from _walk(view, node.ino, path + "/")
+
+
+def check_view(view: View, files: dict[str, bytes]) -> None:
+    """The view holds exactly `files`, and every way of reaching a node agrees."""
+    folders = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+    seen = dict(_walk(view))
+    assert sorted(seen) == sorted(set(files) | folders)
+    for path, node in seen.items():
+        parent_path, _, name = path.rpartition("/")
+        parent = view.resolve(parent_path) if parent_path else view.getattr(view.root)
+        assert view.lookup(parent.ino, name) == node == view.getattr(node.ino) == view.resolve(path)
+        assert view.path(node.ino) == path
+        assert view.parent(node.ino) == parent.ino
+        if node.is_dir:
+            children = [p for p in seen if p.rpartition("/")[0] == path]
+            assert node.nlink == 2 + sum(seen[c].is_dir for c in children)
+            assert node.mode == 0o755 and node.size == 0
+        else:
+            assert node.size == len(files[path]) and node.nlink == 1
+            assert view.read_path(path) == files[path]
+    assert view.path(view.root) == "" and view.parent(view.root) == view.root
+    # every listing offset resumes exactly where it says
+    for ino in [view.root] + [n.ino for n in seen.values() if n.is_dir]:
+        full = list(view.readdir(ino))
+        for k, (pos, _, _) in enumerate(full):
+            assert list(view.readdir(ino, pos)) == full[k + 1:]
+
+
+def test_every_node_and_offset(tmp_path, memory_store):
+    rng = random.Random(1)
+    files = {f"d{rng.randrange(5)}/s{rng.randrange(3)}/f{i}.bin": rng.randbytes(rng.randrange(0, 5000))
+             for i in range(80)}
+    files.update({"top.txt": b"top", "a.b/c": b"dot folder", "a/b": b"sorts after a.b", "empty": b""})
+    ds = _final(memory_store, files, folder=tmp_path / "d")
+    check_view(_view(ds), files)
+
+
+def test_random_ranges_of_multichunk_files(tmp_path, memory_store):
+    rng = random.Random(2)
+    files = {"big": rng.randbytes(9 << 20), "mid": rng.randbytes(1_500_000), "one": b"x"}
+    ds = _final(memory_store, files, folder=tmp_path / "d")
+    view = _view(ds)
+    assert len(view.resolve("big").chunks) > 2  # several chunks: ranges cross chunk borders
+    for path, data in files.items():
+        handle = view.open(view.resolve(path).ino)
+        for _ in range(60):
+            offset = rng.randrange(0, len(data) + 10)
+            size = rng.choice([1, 4096, 131072, 1 << 20, rng.randrange(1, 3 << 20)])
+            assert bytes(view.read(handle, offset, size)) == data[offset:offset + size]
+        assert view.read(handle, len(data), 100) == b"" and view.read(handle, 0, 0) == b""
+        view.release(handle)
+
+
+def test_sequential_reads_prefetch_and_serve_from_memory(tmp_path, memory_store):
+    data = random.Random(3).randbytes(12 << 20)
+    ds = _final(memory_store, {"f": data}, folder=tmp_path / "d")
+    view = _view(ds)
+    handle = view.open(view.resolve("f").ino)
+    assert view.read(handle, 0, 1 << 20, wait=False) is None  # nothing in memory yet: would block
+    out = b""
+    while len(out) < len(data):
+        out += bytes(view.read(handle, len(out), 1 << 20))
+    assert out == data and handle.window > 1 << 20  # the window grew with sequential reads
+    view.pool.shutdown(wait=True)  # background prefetches done
+    assert all(view.cache.has_chunk(ref.digest) for ref in handle.chunks)
+    assert bytes(view.read(handle, 5, 100, wait=False)) == data[5:105]  # memory hit: answered without waiting
+
+
+def test_multi_parent_lineage(tmp_path, memory_store):
+    a = _final(memory_store, {"shared": b"from a", "only_a": b"a", "gone": b"g", "dir/x": b"ax"},
+               folder=tmp_path / "a", name="a")
+    b = _final(memory_store, {"shared": b"from b", "only_b": b"b", "dir/y": b"by"}, folder=tmp_path / "b", name="b")
+    child = Dataset.create("p", "c", parents=[a.id, b.id], store=memory_store)
+    make_tree(tmp_path / "c", {"new": b"new", "dir/x": b"child x"})
+    child.add_files(str(tmp_path / "c"))
+    child.remove_files("gone")
+    child.finalize()
+    expected = {"shared": b"from b", "only_a": b"a", "only_b": b"b", "dir/x": b"child x", "dir/y": b"by",
+                "new": b"new"}
+    check_view(_view(Dataset.get(child.id, store=memory_store)), expected)
+    check_view(_view(a), {"shared": b"from a", "only_a": b"a", "gone": b"g", "dir/x": b"ax"})
+
+
+def test_empty_dataset_and_empty_files(tmp_path, memory_store):
+    view = _view(_final(memory_store, {}))
+    root = view.getattr(view.root)
+    assert root.is_dir and root.nlink == 2 and list(view.readdir(view.root)) == []
+    with pytest.raises(PathNotFound):
+        view.lookup(view.root, "anything")
+    files = {"e1": b"", "sub/e2": b""}
+    view = _view(_final(memory_store, files, folder=tmp_path / "d", name="e"))
+    check_view(view, files)
+    assert view.resolve("e1").chunks == []
+
+
+def test_deep_tree(tmp_path, memory_store):
+    deep = "/".join(f"level{i}" for i in range(60))
+    files = {f"{deep}/leaf": b"deep", f"{deep[:40]}/side": b"side", "top": b"t"}
+    view = _view(_final(memory_store, files, folder=tmp_path / "d"))
+    check_view(view, files)
+    leaf = view.resolve(f"{deep}/leaf")
+    assert view.path(leaf.ino) == f"{deep}/leaf"
+
+
+def test_unknown_inodes_and_names(tmp_path, memory_store):
+    view = _view(_final(memory_store, {"a/b": b"b"}, folder=tmp_path / "d"))
+    for call in (lambda: view.getattr(999), lambda: view.path(999), lambda: view.lookup(view.root, "b"),
+                 lambda: view.resolve("a/b/c"), lambda: view.lookup(view.root, "A")):
+        with pytest.raises(PathNotFound):
+            call()
+
+
+def test_many_files_read_concurrently(tmp_path, memory_store):
+    rng = random.Random(4)
+    files = {f"d{i % 7}/f{i}": rng.randbytes(rng.randrange(1, 300_000)) for i in range(200)}
+    files["big"] = rng.randbytes(6 << 20)
+    view = _view(_final(memory_store, files, folder=tmp_path / "d"))
+    jobs = list(files) * 3 + ["big"] * 16
+    rng.shuffle(jobs)
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(view.read_path, jobs))
+    assert all(got == files[path] for path, got in zip(jobs, results))
+
+
+class SlowStore:
+    """Wraps a store: every ranged read waits at a barrier (so it proves that `parties` reads were in
+    flight at once, without timing anything) or counts."""
+
+    def __init__(self, store, parties: int = 0):
+        self.store = store
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(parties) if parties else None
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def read_pack_range(self, pack, offset, length):
+        with self.lock:
+            self.calls += 1
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)  # BrokenBarrierError if the reads were serialized
+        else:
+            threading.Event().wait(0.2)
+        return self.store.read_pack_range(pack, offset, length)
+
+
+def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store):
+    files = {f"f{i}": os.urandom(100_000) for i in range(4)}
+    ds = _final(memory_store, files, folder=tmp_path / "d")
+    view = View(SlowStore(ds.store, parties=4), Cache(), ds.id)
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(view.read_path, files)) == list(files.values())
+
+
+def test_readers_of_one_chunk_share_one_fetch(tmp_path, memory_store):
+    data = os.urandom(200_000)
+    ds = _final(memory_store, {"f": data}, folder=tmp_path / "d")
+    store = SlowStore(ds.store)
+    view = View(store, Cache(), ds.id)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda _: view.read_path("f"), range(8))) == [data] * 8
+    assert store.calls == 1
+
+
+def _corrupt_pack_byte(store_url: str, ref) -> None:
+    hexid = ref.pack.hex()
+    path = f"{store_url[len('file://'):]}/packs/{hexid[:2]}/{hexid}"
+    raw = bytearray(open(path, "rb").read())
+    raw[ref.offset + 7] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+
+
+def test_corrupt_chunk_fails_only_its_file(tmp_path, file_store):
+    files = {"good1": os.urandom(50_000), "bad": os.urandom(60_000), "good2": os.urandom(70_000)}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    _corrupt_pack_byte(file_store, {e.path: e for e in ds.file_entries()}["bad"].chunks[0])
+    view = _view(ds)
+    with pytest.raises(CorruptChunk, match="bad of dataset"):
+        view.read_path("bad")
+    handle = view.open(view.resolve("bad").ino)  # through an inode, the message still names the path
+    with pytest.raises(CorruptChunk, match="bad of dataset"):
+        view.read(handle, 0, 10)
+    assert view.read_path("good1") == files["good1"] and view.read_path("good2") == files["good2"]
+    assert not view.cache.has_chunk(handle.chunks[0].digest)  # never stored
+
+
+def test_store_down_mid_read_fails_that_read_only(tmp_path, file_store):
+    files = {"a": os.urandom(40_000), "b": os.urandom(40_000)}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    view = _view(ds)
+    assert view.read_path("a") == files["a"]
+    real = ds.store.read_pack_range
+
+    def down(*args):
+        raise StoreUnavailable("store unreachable (test)")
+
+    ds.store.read_pack_range = down
+    with pytest.raises(StoreUnavailable):
+        view.read_path("b")
+    assert view.read_path("a") == files["a"]  # cached: still served
+    ds.store.read_pack_range = real
+    assert view.read_path("b") == files["b"]  # the store is back: the same view reads again
+
+
+def test_warm_fills_the_cache(tmp_path, memory_store):
+    files = {"train/a": os.urandom(300_000), "train/b": os.urandom(2 << 20), "val/c": os.urandom(100_000)}
+    ds = _final(memory_store, files, folder=tmp_path / "d")
+    view = _view(ds)
+    counts = view.warm(["train"])
+    assert counts["files"] == 2 and counts["bytes"] == 300_000 + (2 << 20) and counts["failed"] == 0
+    assert all(view.cache.has_chunk(r.digest) for r in view.resolve("train/b").chunks)
+    assert not view.cache.has_chunk(view.resolve("val/c").chunks[0].digest)
+    assert view.warm()["bytes"] == 100_000  # only what was missing
+    stop = threading.Event()
+    stop.set()
+    assert view.warm(stop=stop)["files"] == 0
+
+
+def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
+    """Reading chunks last used long ago must not cost a durable LMDB write each (an epoch over a
+    dataset would be serialized on them): uses are recorded and written together."""
+    import dsfs.cache
+
+    files = {f"f{i}": os.urandom(1000 + i) for i in range(40)}
+    ds = _final(memory_store, files, folder=tmp_path / "d")
+    cache = Cache()
+    _view(ds, cache).warm()
+    digests = [n.chunks[0].digest for _, n in _view(ds, cache).index.walk_files()]
+    with cache.env.begin(write=True) as txn:  # pretend they were all last used an hour ago
+        for digest in digests:
+            size, _ = dsfs.cache._CHUNK.unpack(txn.get(digest, db=cache.db_chunks))
+            txn.put(digest, dsfs.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
+    writes = []
+    real = cache.flush_uses
+    monkeypatch.setattr(cache, "flush_uses", lambda: (writes.append(len(cache._uses)), real()))
+    view = _view(ds, cache)
+    assert [view.read_path(p) for p in files] == list(files.values())
+    assert writes == [] and len(cache._uses) == 40  # recorded, not yet written
+    monkeypatch.setattr(dsfs.cache, "TOUCH_BATCH", 41)
+    view.read_path("f0")  # already recorded: no new write
+    monkeypatch.setattr(dsfs.cache, "TOUCH_FLUSH_NS", 0)
+    View(ds.store, cache, ds.id).read_path("f1")
+    assert writes == [40]  # one write transaction for all of them
+    with cache.env.begin(db=cache.db_chunks) as txn:
+        assert all(dsfs.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
