@@ -94,7 +94,7 @@ class DataReference:
                                       overwrite=self.options.get("overwrite", False))
             else:
                 os.makedirs(self.path, exist_ok=True)
-                _dsfs_command("--store", self.dataset.store.url, "mount", self.dataset.id, self.path,
+                _dsfs_command("--store", self.dataset.store.ref, "mount", self.dataset.id, self.path,
                               *_mount_args(self.options))
                 self._mounted = True
         except BaseException:
