@@ -66,7 +66,9 @@ def resolve_spec(dataset: str, mountpoint: str, store=None, *, allow_other: bool
         raise InvalidState(f"dataset {ds.id} ({ds.info.ref}) is a draft; only final versions can be mounted")
     if cache_dir is not None:
         cache_dir = os.path.abspath(cache_dir)
-    return MountSpec(dataset_id=ds.id, ref=ds.info.ref, store=ds.store.url, store_display=ds.store.display_url,
+    # store.ref: `datastore:NAME` when the store came from a datastore, so the daemon reopens it
+    # with that datastore's options (endpoint, credentials); a bare URL would lose them
+    return MountSpec(dataset_id=ds.id, ref=ds.info.ref, store=ds.store.ref, store_display=ds.store.display_url,
                      mountpoint=path, allow_other=allow_other, cache_dir=cache_dir,
                      cache_size=None if cache_size is None else str(cache_size), read_ahead=int(read_ahead),
                      prefetch=prefetch, include=list(include or []), log_level=log_level, log_file=log_file)

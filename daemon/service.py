@@ -41,7 +41,7 @@ class MountSpec:
 
     dataset_id: str
     ref: str
-    store: str  # the store URL (may hold credentials: never logged, never in the record)
+    store: str  # the store URL or `datastore:NAME` (a URL may hold credentials: never logged or recorded)
     store_display: str
     mountpoint: str
     allow_other: bool = False

@@ -393,3 +393,37 @@ def test_end_to_end_api_and_cli(cloud_name, request, tmp_path, dsfs, monkeypatch
         for path in state.rglob("*"):
             if path.is_file():
                 assert secret_value.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("cloud_name", CLOUDS)
+def test_end_to_end_download_and_mount(cloud_name, request, tmp_path, dsfs, monkeypatch):
+    """Authored into the cloud, then consumed on a node: download, get, and a real mount."""
+    from fusehelp import is_mounted, require_fuse
+
+    require_fuse()
+    cloud: Cloud = request.getfixturevalue(CLOUD_FIXTURES[cloud_name])
+    files = {"train/a.bin": os.urandom(2 << 20), "train/b.txt": b"bee", "val/c.txt": b"sea"}
+    make_tree(tmp_path / "d", files)
+    args = [a for k, v in cloud.options.items() for a in ("--option", f"{k}={v}")]
+    assert dsfs("datastore", "register", "cloud", cloud.new_url("ds"), *args).code == 0
+    monkeypatch.setenv("DSFS_DATASTORE", "cloud")
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.05")
+    assert dsfs("create", "--project", "p", "--name", "n").code == 0
+    assert dsfs("add", "--files", tmp_path / "d").code == 0
+    assert dsfs("close").code == 0, "close"
+    r = dsfs("download", "p/n", tmp_path / "out", "--include", "train")
+    assert r.code == 0, r.err
+    assert (tmp_path / "out" / "train" / "a.bin").read_bytes() == files["train/a.bin"]
+    assert not (tmp_path / "out" / "val").exists()
+    r = dsfs("get", "p/n")
+    assert r.code == 0 and open(os.path.join(r.out.strip(), "val", "c.txt"), "rb").read() == b"sea"
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    r = dsfs("mount", "p/n", mountpoint, "--cache-dir", tmp_path / "mount-cache")
+    assert r.code == 0, r.err
+    try:
+        for path, data in files.items():
+            assert (mountpoint / path).read_bytes() == data
+    finally:
+        assert dsfs("unmount", mountpoint).code == 0
+    assert not is_mounted(str(mountpoint))
