@@ -39,7 +39,8 @@ TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a 
 TOUCH_BATCH = 1024  # ...and recorded uses are written together, one write txn per batch or per
 TOUCH_FLUSH_NS = 5 * 10**9  # 5 s: a durable write txn per read (1 ms, serialized) would cap reads
 RECENT_NS = 60 * 10**9
-CACHE_FORMAT = b"1"
+CACHE_FORMAT = b"2"  # 2: view records keyed by a view number (dsfs.viewindex)
+VIEW_TABLES = (b"views", b"building", b"inodes", b"dirents", b"listing")
 
 _CHUNK = struct.Struct(">QQ")  # stored size, last use (ns)
 
@@ -73,8 +74,15 @@ class Cache:
         self.db_chunks = self.env.open_db(b"chunks")
         self.db_lru = self.env.open_db(b"lru")
         self.db_meta = self.env.open_db(b"meta")
-        with self.env.begin(write=True) as txn:
-            txn.put(b"format", CACHE_FORMAT, db=self.db_meta, overwrite=False)
+        with self.env.begin(db=self.db_meta) as txn:
+            stored = txn.get(b"format")
+        if stored != CACHE_FORMAT:
+            with self.env.begin(write=True) as txn:
+                if txn.get(b"format", db=self.db_meta) != CACHE_FORMAT:
+                    # views are derived data: a cache of another format rebuilds them (chunks stay)
+                    for name in VIEW_TABLES:
+                        txn.drop(self.env.open_db(name, txn=txn), delete=False)
+                    txn.put(b"format", CACHE_FORMAT, db=self.db_meta)
         self._pins: dict[bytes, int] = {}
         self._pin_lock = threading.Lock()
         self._uses: dict[bytes, int] = {}  # last uses not yet written (see TOUCH_BATCH)

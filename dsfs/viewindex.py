@@ -6,14 +6,21 @@ parent's file). Change-sets are sorted by path, so the merge is a streaming k-wa
 change-sets decoded entry by entry from files in the cache: memory stays flat whatever the file
 count, and nothing builds a path -> entry dict.
 
-The result is written to three LMDB tables keyed by the version id (16 bytes) and inode numbers
-(root is 1, then in path order, so they are stable for a version):
+The result is written to three LMDB tables keyed by the view's number and inode numbers (root is
+1, then in path order, so they are stable for a version):
 
-    inodes   vid+ino             -> msgpack [kind, size, mode, mtime_ns, digest, chunks, nlink, url, etag]
-    dirents  vid+parent+name     -> ino               (lookup)
-    listing  vid+parent+seq(4)   -> ino + name        (readdir with a resumable offset)
-    views    vid                 -> msgpack {files, dirs, bytes}, written last: a view without it
-                                   is partial (a killed build) and is rebuilt.
+    inodes   view+ino             -> msgpack [kind, size, mode, mtime_ns, digest, chunks, nlink, url, etag]
+    dirents  view+parent+name     -> ino               (lookup)
+    listing  view+parent+seq(4)   -> ino + name        (readdir with a resumable offset)
+    views    vid                  -> msgpack {files, dirs, bytes, key}, written last: a view without
+                                     it is partial (a killed build) and is rebuilt
+    building vid                  -> the view number a build in progress writes under
+
+The view number (8 bytes) is taken from a counter when a build starts, so a new view's keys sort
+after every existing one and its B-tree pages fill up (keyed by the random version id, a view built
+into a cache that held others landed mid-tree, in half-empty pages: 413 MB instead of 282 MB for a
+1M-file view). Within a build, keys that sort after the last one written go in with LMDB's append
+mode, which fills pages completely instead of splitting them in half.
 
 Writes are committed in batches (an LMDB write transaction keeps its dirty pages in memory), and a
 file lock per version makes concurrent builders wait for one another instead of racing.
@@ -47,7 +54,8 @@ _SEQ = struct.Struct(">I")
 
 def _dbs(cache: Cache):
     if not hasattr(cache, "_view_dbs"):
-        cache._view_dbs = {name: cache.env.open_db(name.encode()) for name in ("views", "inodes", "dirents", "listing")}
+        cache._view_dbs = {name: cache.env.open_db(name.encode())
+                           for name in ("views", "building", "inodes", "dirents", "listing")}
     return cache._view_dbs
 
 
@@ -79,13 +87,13 @@ class ViewIndex:
     def __init__(self, cache: Cache, dataset_id: str):
         self.cache = cache
         self.dataset_id = dataset_id
-        self.vid = bytes.fromhex(dataset_id)
         self.dbs = _dbs(cache)
         with cache.env.begin(db=self.dbs["views"]) as txn:
-            meta = txn.get(self.vid)
+            meta = txn.get(bytes.fromhex(dataset_id))
         if meta is None:
             raise InvalidState(f"view of dataset {dataset_id} is not built")
         self.meta = msgpack.unpackb(meta)
+        self.vid = _INO.pack(self.meta["key"])  # the key prefix of this view's records
 
     def getattr(self, ino: int) -> Node | None:
         with self.cache.env.begin(db=self.dbs["inodes"]) as txn:
@@ -204,10 +212,16 @@ def _apply(base, changes):
 
 
 class _Builder:
-    def __init__(self, cache: Cache, vid: bytes, mtime_ns: int):
-        self.cache, self.vid, self.mtime_ns = cache, vid, mtime_ns
+    def __init__(self, cache: Cache, dataset_key: bytes, mtime_ns: int):
+        self.cache, self.dataset_key, self.mtime_ns = cache, dataset_key, mtime_ns
         self.dbs = _dbs(cache)
         self.txn = cache.env.begin(write=True)
+        number = int(self.txn.get(b"next_view", b"1", db=cache.db_meta))
+        self.txn.put(b"next_view", str(number + 1).encode(), db=cache.db_meta)
+        self.txn.put(dataset_key, _INO.pack(number), db=self.dbs["building"])
+        self.number = number
+        self.vid = _INO.pack(number)
+        self.last = {}  # db name -> last key written, for append mode
         self.pending = 0
         self.next_ino = ROOT + 1
         self.files = self.dirs = self.bytes = 0
@@ -223,14 +237,24 @@ class _Builder:
         key = self.vid + _INO.pack(parent[1]) + name.encode()
         if not self.txn.put(key, _INO.pack(ino), db=self.dbs["dirents"], overwrite=False):
             raise Conflict(f"{where}: {name!r} is both a file and a folder in this view")
-        self.txn.put(self.vid + _INO.pack(parent[1]) + _SEQ.pack(parent[2]), _INO.pack(ino) + name.encode(),
-                     db=self.dbs["listing"])
+        self._put("listing", self.vid + _INO.pack(parent[1]) + _SEQ.pack(parent[2]), _INO.pack(ino) + name.encode())
         parent[2] += 1
         self._maybe_commit()
 
     def put_node(self, ino: int, record: list) -> None:
-        self.txn.put(self.vid + _INO.pack(ino), msgpack.packb(record), db=self.dbs["inodes"])
+        self._put("inodes", self.vid + _INO.pack(ino), msgpack.packb(record))
         self._maybe_commit()
+
+    def _put(self, db: str, key: bytes, value: bytes) -> None:
+        """Append when the key sorts after the last one written to this table (pages fill up),
+        insert otherwise (folders are written when they close, out of inode order)."""
+        last = self.last.get(db)
+        if last is not None and key > last:
+            self.txn.put(key, value, db=self.dbs[db], append=True)
+        else:
+            self.txn.put(key, value, db=self.dbs[db])
+        if last is None or key > last:
+            self.last[db] = key
 
     def build(self, entries, where: str) -> dict:
         # stack items: [name, ino, next seq, subdir count]
@@ -255,8 +279,9 @@ class _Builder:
             self.bytes += entry.size
         while stack:
             self._finish_dir(stack.pop())
-        meta = {"files": self.files, "dirs": self.dirs, "bytes": self.bytes}
-        self.txn.put(self.vid, msgpack.packb(meta), db=self.dbs["views"])
+        meta = {"files": self.files, "dirs": self.dirs, "bytes": self.bytes, "key": self.number}
+        self.txn.put(self.dataset_key, msgpack.packb(meta), db=self.dbs["views"])
+        self.txn.delete(self.dataset_key, db=self.dbs["building"])
         self.txn.commit()
         return meta
 
@@ -273,16 +298,26 @@ class _Builder:
         self.txn.abort()
 
 
-def _drop_view(cache: Cache, vid: bytes) -> None:
+def _drop_view(cache: Cache, dataset_key: bytes) -> None:
+    """Delete a view, built or partial (the records of a killed build are found by `building`)."""
     dbs = _dbs(cache)
     with cache.env.begin(write=True) as txn:
-        txn.delete(vid, db=dbs["views"])
-        for name in ("inodes", "dirents", "listing"):
-            cursor = txn.cursor(db=dbs[name])
-            if cursor.set_range(vid):
-                while cursor.key()[:16] == vid:
-                    if not cursor.delete():
-                        break
+        prefixes = []
+        meta = txn.get(dataset_key, db=dbs["views"])
+        if meta is not None:
+            prefixes.append(_INO.pack(msgpack.unpackb(meta)["key"]))
+        building = txn.get(dataset_key, db=dbs["building"])
+        if building is not None:
+            prefixes.append(bytes(building))
+        txn.delete(dataset_key, db=dbs["views"])
+        txn.delete(dataset_key, db=dbs["building"])
+        for prefix in prefixes:
+            for name in ("inodes", "dirents", "listing"):
+                cursor = txn.cursor(db=dbs[name])
+                if cursor.set_range(prefix):
+                    while cursor.key()[:8] == prefix:
+                        if not cursor.delete():
+                            break
 
 
 def drop_all_views(cache: Cache) -> None:

@@ -360,3 +360,36 @@ def test_draft_cannot_be_consumed(tmp_path, file_store):
     draft = Dataset.create("p", "n", store=file_store)
     proc = run_cli("--store", file_store, "download", draft.id, tmp_path / "t")
     assert proc.returncode == 4 and "draft" in proc.stderr
+
+
+def test_failed_view_build_leaves_no_records(tmp_path, file_store):
+    """A view build that fails midway (here: a crafted change-set where 'x' is a file and a folder)
+    leaves nothing behind, and a cache of an older format drops its views (they are derived)."""
+    import blake3
+
+    from dsfs.errors import Conflict
+    from dsfs.viewindex import _dbs
+
+    make_tree(tmp_path / "d", {"x": b"file", "z": b"z"})
+    ds = _final(file_store, tmp_path / "d")
+    entry = ds.file_entries()[0]
+    nested = encode_changeset([entry, type(entry)(path="x/y", size=entry.size, digest=entry.digest,
+                                                  chunks=entry.chunks)])
+    root = file_store[len("file://"):]
+    open(f"{root}/datasets/{ds.id}/changes.msgpack.zst", "wb").write(nested)
+    record = json.load(open(f"{root}/datasets/{ds.id}/version.json"))
+    record["changes"] = {"digest": blake3.blake3(nested).hexdigest(), "size": len(nested)}
+    open(f"{root}/datasets/{ds.id}/version.json", "w").write(json.dumps(record))
+    cache = Cache()
+    with pytest.raises(Conflict, match="both a file and a folder"):
+        ensure_view(Store.open(file_store), cache, ds.id)
+    with cache.env.begin() as txn:
+        assert all(txn.stat(_dbs(cache)[name])["entries"] == 0 for name in ("views", "building", "inodes",
+                                                                             "dirents", "listing"))
+    make_tree(tmp_path / "e", {"ok": b"ok"})
+    good = _final(file_store, tmp_path / "e", name="good")
+    ensure_view(good.store, cache, good.id)
+    with cache.env.begin(write=True) as txn:
+        txn.put(b"format", b"1", db=cache.db_meta)
+    assert Cache().stats()["views"] == 0  # an older format's views are dropped and rebuilt on use
+    assert View(good.store, Cache(), good.id).read_path("ok") == b"ok"
