@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Set everything up and run the main job on the embedded default store:
-# create a sample dataset, upload and close it, list it, read a file back, then a child version.
+# Set everything up and run the main job on the embedded default store: create a sample dataset,
+# upload and close it, make a child version, mount the child read-only, show it, unmount.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 sample=$(mktemp -d)
-trap 'rm -rf "$sample"' EXIT
+mnt=$(mktemp -d)
+cleanup() { dsfs unmount "$mnt" >/dev/null 2>&1 || true; rm -rf "$sample"; rmdir "$mnt" 2>/dev/null || true; }
+trap cleanup EXIT
 mkdir -p "$sample/images" "$sample/labels"
 for i in $(seq 1 20); do head -c $((4096 * i)) /dev/urandom > "$sample/images/img_$i.bin"; done
 for i in $(seq 1 20); do echo "label $i" > "$sample/labels/img_$i.txt"; done
@@ -25,5 +27,13 @@ dsfs add --files "$sample/labels/img_7.txt" --dataset-folder labels
 dsfs remove --files 'images/img_1.bin'
 dsfs close
 dsfs list --modified
-dsfs cat labels/img_7.txt
 dsfs search --project demo
+
+# The compute-node side: mount the child (lazy, read-only, verified), look, unmount.
+dsfs mount "$child" "$mnt"
+dsfs mounts
+ls -l "$mnt" "$mnt/labels" | head -20
+cat "$mnt/labels/img_7.txt"
+du -sh "$mnt"
+touch "$mnt/new-file" || echo "(writes are refused: read-only mount)"
+dsfs unmount "$mnt"
