@@ -14,6 +14,7 @@ flattened merge of several versions (squash), all without moving chunk bytes tha
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass, field
 
 from . import paths
@@ -46,7 +47,9 @@ def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") 
     changes = FolderChanges()
     seen = set()
     for rel, local, st in _walk_files(os.path.abspath(folder), ""):
-        rel = prefix + paths.normalize(rel)
+        # names from a directory listing are never '', '.', '..' and hold no '/' or NUL: only
+        # their Unicode form may need normalizing (checked cheaply first)
+        rel = prefix + (rel if unicodedata.is_normalized("NFC", rel) else paths.normalize(rel))
         seen.add(rel)
         before = base.get(rel)
         if before is None:
