@@ -92,13 +92,10 @@ def fetch_range(store: Store, rng: Range, where: Callable[[ChunkRef], str]) -> t
     return good, bad
 
 
-def fetch_chunks(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
-                 where: Callable[[ChunkRef], str] = lambda ref: "") -> Iterator[tuple[ChunkRef, bytes | None, Exception | None]]:
-    """Yield (ref, raw bytes, None) or (ref, None, error) for every unique ref, as ranges arrive.
-
-    At most 2 x max_workers ranges are in flight, so memory stays bounded by about
-    2 x max_workers x MAX_RANGE whatever the number of chunks."""
-    ranges = plan_ranges(refs)
+def _bounded(ranges: list[Range], task, max_workers: int):
+    """Run task(range) on a pool with at most 2 x max_workers ranges in flight (memory stays about
+    2 x max_workers x MAX_RANGE whatever the number of chunks); yield (range, result) as each ends.
+    The first exception is raised and the ranges not started are cancelled."""
     limit = max(1, max_workers) * 2
     with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="dsfs-fetch") as pool:
         pending = {}
@@ -109,21 +106,26 @@ def fetch_chunks(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
                     rng = next(it, None)
                     if rng is None:
                         break
-                    pending[pool.submit(fetch_range, store, rng, where)] = rng
+                    pending[pool.submit(task, rng)] = rng
                 if not pending:
                     return
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for future in done:
-                    rng = pending.pop(future)
-                    good, bad = future.result()
-                    for ref in rng.refs:
-                        if ref.digest in good:
-                            yield ref, good.pop(ref.digest), None
-                        else:
-                            yield ref, None, bad[ref.digest]
+                    yield pending.pop(future), future.result()
         finally:
             for future in pending:
                 future.cancel()
+
+
+def fetch_chunks(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
+                 where: Callable[[ChunkRef], str] = lambda ref: "") -> Iterator[tuple[ChunkRef, bytes | None, Exception | None]]:
+    """Yield (ref, raw bytes, None) or (ref, None, error) for every unique ref, as ranges arrive."""
+    for rng, (good, bad) in _bounded(plan_ranges(refs), lambda rng: fetch_range(store, rng, where), max_workers):
+        for ref in rng.refs:
+            if ref.digest in good:
+                yield ref, good.pop(ref.digest), None
+            else:
+                yield ref, None, bad[ref.digest]
 
 
 def fetch_into(store: Store, refs: Iterable[ChunkRef], deliver: Callable[[ChunkRef, bytes | None, Exception | None], None],
@@ -131,29 +133,10 @@ def fetch_into(store: Store, refs: Iterable[ChunkRef], deliver: Callable[[ChunkR
     """Fetch every ref and call deliver(ref, raw bytes or None, error or None) in the fetching
     thread, so writing overlaps the network. Returns when all are delivered; raises the first
     exception a fetch or a delivery raised (the rest are cancelled)."""
-    ranges = plan_ranges(refs)
-    limit = max(1, max_workers) * 2
-
     def work(rng: Range) -> None:
         good, bad = fetch_range(store, rng, where)
         for ref in rng.refs:
             deliver(ref, good.get(ref.digest), bad.get(ref.digest))
 
-    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="dsfs-fetch") as pool:
-        pending = set()
-        it = iter(ranges)
-        try:
-            while True:
-                while len(pending) < limit:
-                    rng = next(it, None)
-                    if rng is None:
-                        break
-                    pending.add(pool.submit(work, rng))
-                if not pending:
-                    return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+    for _ in _bounded(plan_ranges(refs), work, max_workers):
+        pass
