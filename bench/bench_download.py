@@ -510,7 +510,6 @@ class Bench:
                             chunks=[ChunkRef(d, pack_id, i * width, width, width)])
 
         data = encode_changeset(entries())
-        del pack
         dataset_id = uuid.uuid4().hex
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         store.claim_version_number("bench", "million", "1.0.0", dataset_id)

@@ -40,7 +40,7 @@ import msgpack
 
 from .cache import Cache
 from .errors import Conflict, CorruptData, InvalidState
-from .model import ChunkRef, Entry, decode_changeset
+from .model import ChunkRef, decode_changeset
 from .store import Store
 
 ROOT = 1

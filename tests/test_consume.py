@@ -12,9 +12,8 @@ import pytest
 import dsfs.fetch
 from dsfs import Dataset, Store
 from dsfs.cache import Cache
-from dsfs.errors import CorruptChunk, CorruptData, InvalidPath, StoreUnavailable, UsageError
+from dsfs.errors import InvalidPath, StoreUnavailable, UsageError
 from dsfs.lineage import Lineage
-from dsfs.materialize import DiskFull
 from dsfs.model import encode_changeset
 from dsfs.view import View
 from dsfs.viewindex import ensure_view

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
 from fusehelp import is_mounted, node_fixture
 

@@ -1,13 +1,12 @@
 """Raw datastore paths: `datastore:NAME/PATH` consumed as a snapshot, and `create --from-datastore`."""
 
-import json
 import os
 
 import pytest
 
 from dsfs import Dataset
 from dsfs.errors import StaleLink
-from conftest import make_tree, run_cli
+from conftest import make_tree
 from servers import CLOUD_FIXTURES
 
 

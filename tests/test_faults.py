@@ -14,7 +14,7 @@ import pytest
 
 import dsfs.ingest
 from dsfs import Dataset, Store
-from dsfs.errors import CorruptChunk, CorruptData, FileChanged, StoreReadOnly, StoreUnavailable
+from dsfs.errors import CorruptChunk, FileChanged, StoreReadOnly, StoreUnavailable
 from dsfs.packs import PackBuilder
 from conftest import make_tree, run_cli
 
