@@ -298,10 +298,24 @@ class View:
                 futures[ref.digest] = future
         if mine:
             if background:
-                self.pool.submit(self._load, mine, node)
+                self.pool.submit(self._load_spread, mine, node)
             else:
                 self._load(mine, node)
         return futures
+
+    def _load_spread(self, refs: list[ChunkRef], node: Node) -> None:
+        """A prefetch: chunks the node's cache holds are read in parallel, one pool task each (one
+        thread reading them in turn keeps one disk read in flight); the rest come from the store
+        together, so that adjacent ranges are coalesced."""
+        handed: set[bytes] = set()
+        try:
+            local = [ref for ref in refs if self.cache.has_chunk(ref.digest)]
+            for ref in local[1:]:
+                self.pool.submit(self._load, [ref], node)
+                handed.add(ref.digest)
+        except Exception:  # noqa: BLE001 - the pool is closing, or LMDB failed: the rest is loaded here
+            pass
+        self._load([ref for ref in refs if ref.digest not in handed], node)
 
     def _load(self, refs: list[ChunkRef], node: Node) -> None:
         """Fill the futures of `refs`: from the cache, else from the store (then into the cache)."""
