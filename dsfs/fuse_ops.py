@@ -36,6 +36,7 @@ BLKSIZE = 1 << 20  # st_blksize: the buffer size of cat, cp, stdio and Python; 1
 DIR_BATCH = 256  # directory entries fetched per worker-thread call
 XATTR_DIGEST = b"user.dsfs.blake3"
 MAX_LOGGED = 10_000
+INLINE_OPEN = os.environ.get("XINLINE", "1") == "1"
 
 
 def mount_options(allow_other: bool = False) -> set[str]:
@@ -261,7 +262,9 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx=None):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        handle = await self._meta(self.view.open, inode)
+        handle = self.view.open(inode, wait=False) if INLINE_OPEN else None
+        if handle is None:
+            handle = await self._meta(self.view.open, inode)
         fh = self._new_fh()
         self.files[fh] = handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
