@@ -36,7 +36,6 @@ BLKSIZE = 1 << 20  # st_blksize: the buffer size of cat, cp, stdio and Python; 1
 DIR_BATCH = 256  # directory entries fetched per worker-thread call
 XATTR_DIGEST = b"user.dsfs.blake3"
 MAX_LOGGED = 10_000
-INLINE_OPEN = os.environ.get("XINLINE", "1") == "1"
 
 
 def mount_options(allow_other: bool = False) -> set[str]:
@@ -262,7 +261,9 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx=None):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        handle = self.view.open(inode, wait=False) if INLINE_OPEN else None
+        # on the trio thread when the first read will be answered from memory (as read is): the view
+        # index lookup is in LMDB's map; otherwise a worker thread loads the first chunk from the cache
+        handle = self.view.open(inode, wait=False)
         if handle is None:
             handle = await self._meta(self.view.open, inode)
         fh = self._new_fh()
