@@ -25,7 +25,14 @@ Figures (targets from issue 4):
 (nothing else on the machine is evicted); a fresh mount starts with an empty page cache of its own.
 The 100k and 1M versions are synthetic change-sets (entries pointing at chunks that are never read),
 written through the store API; every other dataset is ingested from bench/gen_dataset.py's data.
-The cold read from an S3 endpoint (target 0.8x of `dsfs download`) is not measured here yet.
+
+    s3-seq      `cat` of the 4 x 512 MiB through a fresh mount with an empty cache, the store on s3rver
+                (npm, loopback; bench_download's helpers), beside `dsfs download` of the same version
+                with an empty cache, interleaved in the same run                   target >= 0.8x
+    s3-small    the same for the 10,000 small files (`find | xargs cat` vs `dsfs download`)
+                                                                                    target >= 0.8x
+The S3 figures time the reads alone (`dsfs mount` returns before, its time is shown beside); both sides
+get s3rver's objects from the page cache (authoring just wrote them).
 
 Everything runs under WORKDIR/run with its own XDG dirs (the user's dsfs state is never touched).
 The exit code is 1 if a target is missed.
@@ -49,6 +56,7 @@ import zstandard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import bench_download  # noqa: E402  (s3rver and its credentials)
 import gen_dataset  # noqa: E402
 
 MB = 1e6
@@ -306,6 +314,92 @@ class Bench:
         self.record("small", "read every file, chunks cached", f"{count / reading:,.0f} files/s", baseline, "",
                     ">= 5,000/s", count / reading >= 5_000)
 
+    def bench_s3(self) -> None:
+        """Cold reads from S3 through a fresh mount (empty cache) vs `dsfs download`, interleaved."""
+        bd = bench_download
+        s3 = bd.S3rver(self.args.s3rver_dir, os.path.join(self.run_dir, "s3rver-data"),
+                       os.path.join(self.run_dir, "s3rver.log"))
+        s3.start()
+        saved = {k: os.environ.get(k) for k in ("FSSPEC_S3_ENDPOINT_URL", "FSSPEC_S3_KEY", "FSSPEC_S3_SECRET")}
+        try:
+            os.environ.update({"FSSPEC_S3_ENDPOINT_URL": s3.endpoint, "FSSPEC_S3_KEY": bd.KEY,
+                               "FSSPEC_S3_SECRET": bd.SECRET})
+            from dsfs import Store
+
+            store = Store(f"s3://{bd.BUCKET}/dsfs", endpoint_url=s3.endpoint, key=bd.KEY, secret=bd.SECRET)
+            store.check(create=True)
+            self.say(f"S3: s3rver {s3.version()} on {s3.endpoint}")
+            for kind in ("large", "small"):
+                self.s3_figure(store, kind)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            s3.stop()
+
+    def s3_figure(self, store, kind: str) -> None:
+        from dsfs import Dataset
+
+        scale = self.args.scale
+        folder = os.path.join(self.args.datadir, f"{kind}-s{scale}-seed0")
+        params = gen_dataset.generate(folder, kind, scale, 0, quiet=True)
+        rels = gen_dataset.data_files(folder)
+        ds = Dataset.create("bench", f"s3-{kind}", store=store)
+        ds.add_files(folder)
+        ds.finalize(max_workers=4, show_progress=False)
+        url = f"s3://{bench_download.BUCKET}/dsfs"
+        dsfs = [os.path.join(os.path.dirname(sys.executable), "dsfs"), "--store", url]
+        serial = iter(range(10**6))
+
+        def download():
+            n = next(serial)
+            target = os.path.join(self.run_dir, f"s3-dl-{kind}-{n}")
+            took = self.sh([*dsfs, "download", ds.id, target, "--cache-dir",
+                            os.path.join(self.run_dir, f"s3-cache-dl-{kind}-{n}")])
+            shutil.rmtree(target, ignore_errors=True)
+            return took
+
+        def mounted():
+            n = next(serial)
+            mountpoint = os.path.join(self.run_dir, "mnt", f"s3-{kind}")
+            os.makedirs(mountpoint, exist_ok=True)
+            start = time.perf_counter()
+            subprocess.run([*dsfs, "mount", ds.id, mountpoint, "--cache-dir",
+                            os.path.join(self.run_dir, f"s3-cache-mnt-{kind}-{n}")], check=True, capture_output=True)
+            mounting = time.perf_counter() - start
+            try:
+                if kind == "large":
+                    took = self.sh(["cat", *(os.path.join(mountpoint, r) for r in rels)])
+                else:
+                    took = self.sh(f"find {mountpoint} -type f -print0 | xargs -0 -n 500 cat > /dev/null", shell=True)
+            finally:
+                self.unmount(mountpoint)
+            return took, mounting
+
+        downs, mounts = [], []
+        for _ in range(self.args.repeat):  # interleaved: the machine's noise hits both alike
+            os.sync()
+            downs.append(download())
+            os.sync()
+            mounts.append(mounted())
+        import statistics
+
+        down = statistics.median(downs)
+        read = statistics.median(m[0] for m in mounts)
+        mounting = statistics.median(m[1] for m in mounts)
+        if kind == "large":
+            total = params["bytes"]
+            value, base = f"{total / read / MB:.0f} MB/s", f"dsfs download {total / down / MB:.0f} MB/s"
+        else:
+            count = params["files"]
+            value, base = f"{count / read:,.0f} files/s", f"dsfs download {count / down:,.0f} files/s"
+        self.record(f"s3-{'seq' if kind == 'large' else 'small'}", f"cold from S3, fresh mount (+{mounting:.1f} s mount)",
+                    value, base, f"{down / read:.2f}x", ">= 0.8x", down / read >= 0.8)
+        self.say(f"    runs: download {', '.join(f'{d:.2f}' for d in downs)} s; "
+                 f"mount read {', '.join(f'{m[0]:.2f}' for m in mounts)} s (medians reported)")
+
     def bench_ls_100k(self) -> None:
         files = max(1000, int(100_000 * self.args.scale))
         dataset_id = self.synthetic(files, "synthetic-100k")
@@ -385,12 +479,11 @@ class Bench:
         self.say(f"  {'figure':10} {'what':34} {'dsfs':>16} {'baseline (same run)':>40} {'ratio':>7} "
                  f"{'target':>12}")
         figures = {"seq": self.bench_sequential, "small": self.bench_small, "ls": self.bench_ls_100k,
-                   "rss": self.bench_rss_1m}
+                   "rss": self.bench_rss_1m, "s3": self.bench_s3}
         for name, fn in figures.items():
             if not self.args.only or name in self.args.only:
                 fn()
-        self.say(f"done; load average now {os.getloadavg()[0]:.1f}. "
-                 "Not measured yet: cold read from S3 (target 0.8x of `dsfs download`).")
+        self.say(f"done; load average now {os.getloadavg()[0]:.1f}")
         if not self.args.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return 1 if self.failed else 0
@@ -401,9 +494,11 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="shrink every size and count (default 1.0)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is reported")
     ap.add_argument("--skip-rclone", action="store_true", help="no rclone baselines")
-    ap.add_argument("--only", nargs="*", choices=["seq", "small", "ls", "rss"], help="only these figures")
+    ap.add_argument("--only", nargs="*", choices=["seq", "small", "ls", "rss", "s3"], help="only these figures")
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work", "mount"))
     ap.add_argument("--datadir", default=os.path.join(HERE, ".data"))
+    ap.add_argument("--s3rver-dir", default=os.path.join(HERE, ".work"),
+                    help="where s3rver is installed from npm (node_modules/), shared with bench_download.py")
     ap.add_argument("--keep", action="store_true", help="keep WORKDIR/run (store, cache, logs)")
     args = ap.parse_args(argv)
     try:

@@ -261,7 +261,11 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx=None):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        handle = await self._meta(self.view.open, inode)
+        # on the trio thread when the first read will be answered from memory (as read is): the view
+        # index lookup is in LMDB's map; otherwise a worker thread loads the first chunk from the cache
+        handle = self.view.open(inode, wait=False)
+        if handle is None:
+            handle = await self._meta(self.view.open, inode)
         fh = self._new_fh()
         self.files[fh] = handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)

@@ -8,8 +8,11 @@ stored in the cache. Concurrent readers of the same chunk wait on one fetch; rea
 chunks do not wait on each other.
 
 Sequential readers get a prefetch window (mountpoint-s3's idea): it starts at 1 MiB past the read,
-doubles on every sequential read up to `MAX_PREFETCH`, and resets on a seek. Prefetched chunks are
-fetched in the background and land in the cache.
+doubles on every sequential read up to `MAX_PREFETCH`, and resets on a seek; once wide, it is topped
+up in `PREFETCH_STEP`s, so that a store gets a few coalesced GETs rather than one per chunk. Prefetched
+chunks are fetched in the background (chunks the node's cache holds: one pool task each, so that several
+disk reads are in flight) and land in the cache. Files read in inode order (= path order) get the next
+files' chunks fetched ahead the same way (`_prefetch_files`).
 
 Paths are not stored per inode (a 1M-file view must not hold 1M strings): `path(ino)` and
 `parent(ino)` descend from the root instead, relying on how the index numbers inodes (in path
@@ -26,6 +29,7 @@ Every failure is a typed error (dsfs.errors); the FUSE layer maps it to an errno
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,8 +42,17 @@ from .model import ChunkRef
 from .store import Store
 from .viewindex import ROOT, Node, ViewIndex, ensure_view
 
+log = logging.getLogger("dsfs.mount")
+
 MIN_PREFETCH = 1 << 20
 MAX_PREFETCH = 64 << 20
+FILES_AHEAD = 256  # a reader reading files in order gets the chunks of the next files fetched ahead: so many inodes
+FILES_AHEAD_BYTES = 32 << 20  # ... or so many bytes of chunks, whichever comes first
+FILES_IN_ORDER = 3  # ... once this many files in a row were read in order (one file read is just that)
+FILES_GAP = 16  # a file at most this many inodes past the previous one read counts as "in order"
+PREFETCH_STEP = 8 << 20
+STORE_THREADS = 2  # threads putting fetched chunks into the node's cache, off the readers' path
+STORE_PENDING = 512 << 20  # fetched chunks waiting for them, at most (then fetching threads store)  # once the window is wide, it is topped up in steps of this much (coalesced GETs)
 MEMO_BYTES = 256 << 20
 LINK_BLOCK = 4 << 20
 WARM_BATCH = 256 << 20  # bytes of chunks asked for per fetch while warming
@@ -89,6 +102,7 @@ class OpenFile:
         self.lock = threading.Lock()
         self.link = None  # (fs, path) of an external file, checked at open
         self.block = (0, b"")  # the last block read from an external file
+        self.unread = True  # no read yet (the first one may fetch the next files ahead)
 
     def chunk_range(self, offset: int, end: int) -> range:
         first = max(0, bisect.bisect_right(self.starts, offset) - 1)
@@ -110,6 +124,10 @@ class View:
         self.pool = ThreadPoolExecutor(max_workers, thread_name_prefix="dsfs-read")
         self.max_workers = max_workers
         self.names: dict[int, str] = {}  # ino -> a path, for error messages (only for opened files)
+        self.files_lock = threading.Lock()
+        self.last_open = 0  # the file read last (its inode)
+        self.files_ahead = 0  # the next files' chunks were asked for up to this inode (excluded)
+        self.in_order = 0  # files read in order in a row
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -186,8 +204,13 @@ class View:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def open(self, ino: int, label: str = "") -> OpenFile:
+    def open(self, ino: int, label: str = "", wait: bool = True) -> OpenFile | None:
+        """A handle for reading a file. wait=False does no file or network I/O (only the view
+        index's lookup, in LMDB's map) and answers None unless the first read can be served from
+        memory (an external file never can)."""
         node = self.getattr(ino)
+        if not wait and (node.url or node.chunks and self.memo.get(node.chunks[0].digest) is None):
+            return None
         handle = OpenFile(node)
         if node.url:
             handle.link = links.checked(node.url, node.etag, node.size, self._label(node, label))
@@ -217,6 +240,9 @@ class View:
         end = min(offset + size, node.size)
         if handle.link is not None:  # external: network I/O, never on an event loop's thread
             return self._read_link(handle, offset, end) if wait else None
+        if handle.unread:
+            handle.unread = False
+            self._prefetch_files(node.ino)
         indexes = handle.chunk_range(offset, end)
         refs = [handle.chunks[i] for i in indexes]
         if wait:
@@ -283,7 +309,7 @@ class View:
                     results[i] = futures[ref.digest].result()
         return results  # type: ignore[return-value]
 
-    def _fetch(self, refs: list[ChunkRef], node: Node, background: bool = False) -> dict[bytes, Future]:
+    def _fetch(self, refs: list[ChunkRef], node: Node | dict[bytes, Node], background: bool = False) -> dict[bytes, Future]:
         """Futures for these chunks: joins fetches already under way; starts one for the rest."""
         futures: dict[bytes, Future] = {}
         mine: list[ChunkRef] = []
@@ -298,13 +324,28 @@ class View:
                 futures[ref.digest] = future
         if mine:
             if background:
-                self.pool.submit(self._load, mine, node)
+                self.pool.submit(self._load_spread, mine, node)
             else:
                 self._load(mine, node)
         return futures
 
-    def _load(self, refs: list[ChunkRef], node: Node) -> None:
-        """Fill the futures of `refs`: from the cache, else from the store (then into the cache)."""
+    def _load_spread(self, refs: list[ChunkRef], node: Node | dict[bytes, Node]) -> None:
+        """A prefetch: chunks the node's cache holds are read in parallel, one pool task each (one
+        thread reading them in turn keeps one disk read in flight); the rest come from the store
+        together, so that adjacent ranges are coalesced."""
+        handed: set[bytes] = set()
+        try:
+            local = [ref for ref in refs if self.cache.has_chunk(ref.digest)]
+            for ref in local[1:]:
+                self.pool.submit(self._load, [ref], node)
+                handed.add(ref.digest)
+        except Exception:  # noqa: BLE001 - the pool is closing, or LMDB failed: the rest is loaded here
+            pass
+        self._load([ref for ref in refs if ref.digest not in handed], node)
+
+    def _load(self, refs: list[ChunkRef], node: Node | dict[bytes, Node]) -> None:
+        """Fill the futures of `refs`: from the cache, else from the store (then into the cache).
+        `node` is the file they belong to, or {digest: file} (for error messages)."""
         remote = []
         try:
             for ref in refs:
@@ -314,8 +355,15 @@ class View:
                 else:
                     self._done(ref, data, None)
             if remote:
-                label = self._label(node)
-                for ref, data, error in fetch_chunks(self.store, remote, self.max_workers, lambda r: label):
+                if isinstance(node, dict):
+                    def where(ref, owners=node):
+                        return self._label(owners[ref.digest])
+                else:
+                    label = self._label(node)
+
+                    def where(ref):
+                        return label
+                for ref, data, error in fetch_chunks(self.store, remote, self.max_workers, where):
                     if data is not None:
                         try:
                             self.cache.put_chunk(ref.digest, data)
@@ -351,11 +399,63 @@ class View:
             ahead_to = min(end + handle.window, handle.node.size)
             if ahead_to <= ahead_from:
                 return
+            if ahead_to - ahead_from < min(handle.window // 2, PREFETCH_STEP) and ahead_to < handle.node.size:
+                return  # wait until a step is due: one 8 MiB ranged GET costs far less than eight of 1 MiB
             handle.prefetched_to = ahead_to
         wanted = [handle.chunks[i] for i in handle.chunk_range(ahead_from, ahead_to)
                   if self.memo.get(handle.chunks[i].digest) is None]
         if wanted:
             self._fetch(wanted, handle.node, background=True)
+
+    def _prefetch_files(self, ino: int) -> None:
+        """Files read in inode order (= path order: `find | xargs cat`, `cp -r`, `tar`, a loader
+        going through a listing) get the next files' chunks fetched ahead, as a file's readers get its
+        next chunks: a small file is otherwise one round trip to the store per file, and the next
+        files' chunks are usually adjacent in one pack (authoring packs in path order), so a few
+        coalesced GETs bring hundreds of files. Topped up when half of the batch is used. Called on a
+        file's first read (open fetches nothing: SEMANTICS [lazy])."""
+        with self.files_lock:
+            last, self.last_open = self.last_open, ino
+            if not 0 < ino - last <= FILES_GAP:
+                self.files_ahead = ino + 1
+                self.in_order = 0
+                return
+            self.in_order += 1
+            if self.in_order < FILES_IN_ORDER:
+                return
+            start = max(ino + 1, self.files_ahead)
+            if start - ino > FILES_AHEAD // 2:
+                return
+            stop = self.files_ahead = ino + 1 + FILES_AHEAD
+        try:
+            self.pool.submit(self._fetch_files, start, stop)
+        except RuntimeError:
+            pass  # the view is closing
+
+    def _fetch_files(self, start: int, stop: int) -> None:
+        owners: dict[bytes, Node] = {}
+        refs: list[ChunkRef] = []
+        size = 0
+        try:
+            for ino in range(start, stop):
+                node = self.index.getattr(ino)
+                if node is None:
+                    break
+                if node.is_dir or node.url:
+                    continue
+                for ref in node.chunks:
+                    if ref.digest not in owners and self.memo.get(ref.digest) is None:
+                        owners[ref.digest] = node
+                        refs.append(ref)
+                        size += ref.raw
+                if size >= FILES_AHEAD_BYTES:
+                    with self.files_lock:
+                        self.files_ahead = min(self.files_ahead, ino + 1)
+                    break
+            if refs:
+                self._fetch(refs, owners, background=True)
+        except Exception:  # noqa: BLE001 - a prefetch must never fail a reader; the read itself reports
+            log.debug("prefetch of files %d-%d failed", start, stop, exc_info=True)
 
     # -- warming -------------------------------------------------------------------------------
 

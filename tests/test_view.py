@@ -8,6 +8,7 @@ many readers at once; a corrupt chunk failing only its file.
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -192,7 +193,10 @@ class SlowStore:
         return self.store.read_pack_range(pack, offset, length)
 
 
-def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store):
+def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store, monkeypatch):
+    import dsfs.view
+
+    monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # the barrier counts the readers' own fetches
     files = {f"f{i}": os.urandom(100_000) for i in range(4)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
     view = View(SlowStore(ds.store, parties=4), Cache(), ds.id)
@@ -236,7 +240,8 @@ def test_store_down_mid_read_fails_that_read_only(tmp_path, file_store):
     files = {"a": os.urandom(40_000), "b": os.urandom(40_000)}
     ds = _final(file_store, files, folder=tmp_path / "d")
     view = _view(ds)
-    assert view.read_path("a") == files["a"]
+    # "b" first: reading "a" first would fetch "b" ahead (files read in path order, see the next test)
+    assert view.read_path("b") == files["b"]
     real = ds.store.read_pack_range
 
     def down(*args):
@@ -244,10 +249,40 @@ def test_store_down_mid_read_fails_that_read_only(tmp_path, file_store):
 
     ds.store.read_pack_range = down
     with pytest.raises(StoreUnavailable):
-        view.read_path("b")
-    assert view.read_path("a") == files["a"]  # cached: still served
+        view.read_path("a")
+    assert view.read_path("b") == files["b"]  # cached: still served
     ds.store.read_pack_range = real
-    assert view.read_path("b") == files["b"]  # the store is back: the same view reads again
+    assert view.read_path("a") == files["a"]  # the store is back: the same view reads again
+
+
+def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_store):
+    files = {f"d/{i:03d}": os.urandom(5_000 + i) for i in range(40)}
+    files["z/big"] = os.urandom(100_000)
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    view = _view(ds)
+    reads = []
+    real = ds.store.read_pack_range
+
+    def counted(*args):
+        reads.append(args)
+        return real(*args)
+
+    ds.store.read_pack_range = counted
+    for i in range(40):  # in path order, as `find | xargs cat` reads them
+        assert view.read_path(f"d/{i:03d}") == files[f"d/{i:03d}"]
+    assert view.read_path("z/big") == files["z/big"]
+    assert len(reads) < 10  # coalesced ranges ahead of the reader, not one GET per file (41)
+    deadline = time.monotonic() + 10  # the last files' chunks may still be on their way
+    while not all(view.cache.has_chunk(r.digest) for name in files for r in view.resolve(name).chunks):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert all(view.cache.has_chunk(r.digest) for name in files for r in view.resolve(name).chunks)
+    # out of order: nothing is fetched ahead
+    other = _view(ds, Cache(str(tmp_path / "cache2")))
+    assert other.read_path("d/030") == files["d/030"]
+    assert other.read_path("d/002") == files["d/002"]
+    time.sleep(0.2)
+    assert not other.cache.has_chunk(other.resolve("d/010").chunks[0].digest)
 
 
 def test_warm_fills_the_cache(tmp_path, memory_store):
@@ -268,7 +303,9 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     """Reading chunks last used long ago must not cost a durable LMDB write each (an epoch over a
     dataset would be serialized on them): uses are recorded and written together."""
     import dsfs.cache
+    import dsfs.view
 
+    monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # no fetching ahead: it would read (and touch) more
     files = {f"f{i}": os.urandom(1000 + i) for i in range(40)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
     cache = Cache()
