@@ -117,10 +117,17 @@ def _bounded(ranges: list[Range], task, max_workers: int):
                 future.cancel()
 
 
+def fetch_ranges(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
+                 where: Callable[[ChunkRef], str] = lambda ref: ""):
+    """Yield (range, {digest: raw bytes}, {digest: error}) as each coalesced range arrives."""
+    for rng, (good, bad) in _bounded(plan_ranges(refs), lambda rng: fetch_range(store, rng, where), max_workers):
+        yield rng, good, bad
+
+
 def fetch_chunks(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
                  where: Callable[[ChunkRef], str] = lambda ref: "") -> Iterator[tuple[ChunkRef, bytes | None, Exception | None]]:
     """Yield (ref, raw bytes, None) or (ref, None, error) for every unique ref, as ranges arrive."""
-    for rng, (good, bad) in _bounded(plan_ranges(refs), lambda rng: fetch_range(store, rng, where), max_workers):
+    for rng, good, bad in fetch_ranges(store, refs, max_workers, where):
         for ref in rng.refs:
             if ref.digest in good:
                 yield ref, good.pop(ref.digest), None

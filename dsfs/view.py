@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from . import links, paths
 from .cache import Cache
 from .errors import PathNotFound
-from .fetch import fetch_chunks
+from .fetch import fetch_ranges
 from .model import ChunkRef
 from .store import Store
 from .viewindex import ROOT, Node, ViewIndex, ensure_view
@@ -50,9 +50,7 @@ FILES_AHEAD = 256  # a reader reading files in order gets the chunks of the next
 FILES_AHEAD_BYTES = 32 << 20  # ... or so many bytes of chunks, whichever comes first
 FILES_IN_ORDER = 3  # ... once this many files in a row were read in order (one file read is just that)
 FILES_GAP = 16  # a file at most this many inodes past the previous one read counts as "in order"
-PREFETCH_STEP = 8 << 20
-STORE_THREADS = 2  # threads putting fetched chunks into the node's cache, off the readers' path
-STORE_PENDING = 512 << 20  # fetched chunks waiting for them, at most (then fetching threads store)  # once the window is wide, it is topped up in steps of this much (coalesced GETs)
+PREFETCH_STEP = 8 << 20  # once the window is wide, it is topped up in steps of this much (coalesced GETs)
 MEMO_BYTES = 256 << 20
 LINK_BLOCK = 4 << 20
 WARM_BATCH = 256 << 20  # bytes of chunks asked for per fetch while warming
@@ -363,13 +361,13 @@ class View:
 
                     def where(ref):
                         return label
-                for ref, data, error in fetch_chunks(self.store, remote, self.max_workers, where):
-                    if data is not None:
-                        try:
-                            self.cache.put_chunk(ref.digest, data)
-                        except OSError:
-                            pass  # a full cache disk must not fail the read: serve from memory
-                    self._done(ref, data, error)
+                for rng, good, bad in fetch_ranges(self.store, remote, self.max_workers, where):
+                    try:  # one cache transaction per range, before any reader is answered
+                        self.cache.put_chunks(list(good.items()))
+                    except OSError:
+                        pass  # a full cache disk must not fail the read: serve from memory
+                    for ref in rng.refs:
+                        self._done(ref, good.get(ref.digest), bad.get(ref.digest))
         except BaseException as exc:
             for ref in refs:
                 self._done(ref, None, exc)
@@ -485,11 +483,9 @@ class View:
         return counts
 
     def _warm_batch(self, batch: dict[bytes, ChunkRef], counts: dict) -> None:
-        for ref, data, error in fetch_chunks(self.store, batch.values(), self.max_workers,
-                                             lambda r: f"a chunk of dataset {self.dataset_id}"):
-            if error is not None:
-                counts["failed"] += 1
-                continue
-            self.cache.put_chunk(ref.digest, data)
-            counts["chunks"] += 1
-            counts["bytes"] += ref.raw
+        for rng, good, bad in fetch_ranges(self.store, batch.values(), self.max_workers,
+                                           lambda r: f"a chunk of dataset {self.dataset_id}"):
+            self.cache.put_chunks(list(good.items()))
+            counts["failed"] += len(bad)
+            counts["chunks"] += len(good)
+            counts["bytes"] += sum(len(data) for data in good.values())

@@ -301,7 +301,10 @@ def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store):
     assert cache.has_chunk(digest)
 
 
-def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store):
+def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatch):
+    import dsfs.view
+
+    monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # a fetch ahead would store in the background
     make_tree(tmp_path / "d", {f"f{i}": os.urandom(100_000) for i in range(10)})
     ds = _final(file_store, tmp_path / "d")
     cache = Cache(size=450_000)
