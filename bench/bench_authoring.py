@@ -28,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +35,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import gen_dataset as gen  # noqa: E402
+from bench_download import Measured, run_measured  # noqa: E402 - one measuring helper for every bench
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -45,35 +45,6 @@ TARGET_RATIO = 1.5
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-class Measured:
-    """A finished subprocess: exit code, wall time, CPU time and peak RSS (from wait4)."""
-
-    def __init__(self, rc, wall, cpu, maxrss_kib, stdout, stderr):
-        self.rc, self.wall, self.cpu, self.maxrss_kib = rc, wall, cpu, maxrss_kib
-        self.stdout, self.stderr = stdout, stderr
-
-    @property
-    def rss_mib(self) -> float:
-        return self.maxrss_kib / 1024
-
-    def last_error_line(self) -> str:
-        lines = [l for l in (self.stderr + "\n" + self.stdout).splitlines() if l.strip()]
-        return lines[-1][:200] if lines else f"exit code {self.rc}"
-
-
-def run_measured(cmd: list[str], cwd: str | None = None, env: dict | None = None) -> Measured:
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Measured(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
-
 
 def tree_bytes(path: str) -> tuple[int, int]:
     """(apparent bytes, allocated bytes) of every file under path."""
@@ -331,7 +302,7 @@ class Bench:
             return
         probe = run_measured([dsfs_bin, "--help"], env=self.env)
         if probe.rc != 0:
-            self.results["cli"] = {"skipped": f"`dsfs --help` failed: {probe.last_error_line()}"}
+            self.results["cli"] = {"skipped": f"`dsfs --help` failed: {probe.error()}"}
             return
         out = {}
         for kind in ("large", "small"):
@@ -343,7 +314,7 @@ class Bench:
             for step in steps:
                 m = run_measured([dsfs_bin, *step], env=env)
                 if m.rc != 0:
-                    self.results["cli"] = {"skipped": f"`dsfs {' '.join(step[:1])}` failed: {m.last_error_line()}"}
+                    self.results["cli"] = {"skipped": f"`dsfs {' '.join(step[:1])}` failed: {m.error()}"}
                     return
                 total += m.wall
                 cpu += m.cpu
@@ -373,7 +344,7 @@ class Bench:
         os.sync()
         m = run_measured([dvc, *args], cwd=repo, env=self.env)
         if m.rc != 0:
-            raise RuntimeError(f"`dvc {' '.join(args)}` failed in {repo}: {m.last_error_line()}")
+            raise RuntimeError(f"`dvc {' '.join(args)}` failed in {repo}: {m.error()}")
         return m
 
     def dvc_repo(self, dvc: str, name: str) -> str:

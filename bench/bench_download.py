@@ -79,6 +79,10 @@ class Measured:
     def rss_mb(self) -> float:
         return self.maxrss_kib * 1024 / MB
 
+    @property
+    def rss_mib(self) -> float:
+        return self.maxrss_kib / 1024
+
     def error(self) -> str:
         lines = [l for l in (self.stderr + "\n" + self.stdout).splitlines() if l.strip()]
         return (lines[-1][:200] if lines else "") + f" (exit code {self.rc})"
