@@ -215,12 +215,9 @@ class Dataset:
         found = list(_local_files(path, wildcard, recursive))
         if not found:
             raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
-        folder = paths.normalize(dataset_path) if dataset_path not in (None, "", ".", "/") else ""
+        folder = paths.folder(dataset_path)
         for rel, local in found:
-            target = paths.join(folder, rel)
-            draft.adds[target] = local
-            draft.uploaded.pop(target, None)
-            draft.removals.discard(target)
+            draft.stage_local(paths.join(folder, rel), local)
         draft.save()
         return len(found)
 
@@ -233,13 +230,11 @@ class Dataset:
 
     def _add_links(self, listing, dataset_path: str | None, what: str) -> int:
         draft = self._require_draft()
-        folder = paths.normalize(dataset_path) if dataset_path not in (None, "", ".", "/") else ""
+        folder = paths.folder(dataset_path)
         count = 0
         for rel, url, size, tag, mtime_ns in listing:
             target = paths.join(folder, rel)
-            draft.uploaded[target] = Entry(path=target, size=size, mtime_ns=mtime_ns, url=url, etag=tag)
-            draft.adds.pop(target, None)
-            draft.removals.discard(target)
+            draft.stage_entry(Entry(path=target, size=size, mtime_ns=mtime_ns, url=url, etag=tag))
             count += 1
         if not count:
             raise UsageError(f"no objects match {what}")
@@ -368,13 +363,9 @@ class Dataset:
     def _apply_folder_changes(self, changes: FolderChanges) -> None:
         draft = self._require_draft()
         for path, local in {**changes.added, **changes.modified}.items():
-            draft.adds[path] = os.path.abspath(local)
-            draft.uploaded.pop(path, None)
-            draft.removals.discard(path)
+            draft.stage_local(path, os.path.abspath(local))
         for path in changes.removed:
-            draft.adds.pop(path, None)
-            draft.uploaded.pop(path, None)
-            draft.removals.add(path)
+            draft.stage_removal(path)
         draft.save()
 
     @classmethod

@@ -91,6 +91,25 @@ class DraftState:
         }, use_bin_type=True)
         atomic_write(self.path_for(self.id), data)
 
+    # A dataset path is in at most one of adds, uploaded and removals: these keep it so.
+
+    def stage_local(self, path: str, local: str) -> None:
+        """`path` will be the local file `local` (read at upload)."""
+        self.uploaded.pop(path, None)
+        self.removals.discard(path)
+        self.adds[path] = local
+
+    def stage_entry(self, entry: Entry) -> None:
+        """`entry.path` is this entry, nothing to upload (an external file)."""
+        self.adds.pop(entry.path, None)
+        self.removals.discard(entry.path)
+        self.uploaded[entry.path] = entry
+
+    def stage_removal(self, path: str) -> None:
+        self.adds.pop(path, None)
+        self.uploaded.pop(path, None)
+        self.removals.add(path)
+
     def discard(self) -> None:
         try:
             os.unlink(self.path_for(self.id))

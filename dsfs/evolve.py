@@ -43,7 +43,8 @@ def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") 
     Files of `base` outside dataset_path are not considered (a sync of a subfolder)."""
     if not os.path.isdir(folder):
         raise LocalFileNotFound(f"no such folder: {folder}")
-    prefix = paths.normalize(dataset_path) + "/" if dataset_path not in (None, "", ".", "/") else ""
+    root = paths.folder(dataset_path)
+    prefix = root + "/" if root else ""
     changes = FolderChanges()
     seen = set()
     for rel, local, st in _walk_files(os.path.abspath(folder), ""):

@@ -44,6 +44,11 @@ def normalize(path: str) -> str:
     return validate("/".join(parts))
 
 
+def folder(dataset_path: str | None) -> str:
+    """A target folder given by the user ('' for the root: None, '', '.', '/')."""
+    return normalize(dataset_path) if dataset_path not in (None, "", ".", "/") else ""
+
+
 def join(folder: str, name: str) -> str:
     """Join a dataset folder ('' for the root) and a relative path."""
     return normalize(f"{folder}/{name}" if folder else name)
