@@ -285,7 +285,9 @@ def test_verify(tmp_path, file_store, dsfs):
     assert json.loads(r.out)["different"] == []
 
 
-def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store):
+@pytest.mark.parametrize("damage", ["flipped byte", "torn by a power loss"])
+def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store, damage):
+    # chunk files are not fsynced: after a power loss one may be empty or short under its final name
     data = os.urandom(3 << 20)
     make_tree(tmp_path / "d", {"f": data})
     ds = _final(file_store, tmp_path / "d")
@@ -294,11 +296,33 @@ def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store):
     digest = ds.file_entries()[0].chunks[0].digest
     chunk_file = cache._chunk_path(digest)
     raw = bytearray(open(chunk_file, "rb").read())
-    raw[0] ^= 1
+    if damage == "flipped byte":
+        raw[0] ^= 1
+    else:
+        del raw[len(raw) // 3:]
     open(chunk_file, "wb").write(bytes(raw))
     assert cache.get_chunk(digest) is None and not cache.has_chunk(digest)  # dropped
     assert View(ds.store, cache, ds.id).read_path("f") == data  # fetched again
     assert cache.has_chunk(digest)
+
+
+def test_cache_disk_full_leaves_no_temp_file_and_the_read_is_served(tmp_path, file_store):
+    data = os.urandom(4 << 20)
+    make_tree(tmp_path / "d", {"f": data})
+    ds = _final(file_store, tmp_path / "d")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        cache = Cache(str(small / "cache"))
+        assert View(ds.store, cache, ds.id).read_path("f") == data  # served from memory
+        assert [n for n in os.listdir(small / "cache" / "tmp") if not n.endswith(".lock")] == []
+        stored = [e.digest for e in ds.file_entries()[0].chunks if cache.has_chunk(e.digest)]
+        assert len(stored) < len(ds.file_entries()[0].chunks)  # some did not fit
+        for digest in stored:  # what was recorded is whole
+            assert cache.get_chunk(digest) is not None
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)  # lazily: this process keeps LMDB open
 
 
 def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatch):
