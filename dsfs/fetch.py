@@ -12,6 +12,7 @@ that exercise a store going away and for nodes that would rather fail fast.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -80,7 +81,7 @@ def fetch_range(store: Store, rng: Range, where: Callable[[ChunkRef], str]) -> t
         for ref in todo:
             stored = view[ref.offset - rng.start: ref.offset - rng.start + ref.stored]
             try:
-                good[ref.digest] = decode_chunk(ref, stored, where(ref))
+                good[ref.digest] = decode_chunk(ref, stored, functools.partial(where, ref))
             except CorruptChunk as exc:
                 if attempt == 0:
                     retry.append(ref)
