@@ -46,8 +46,9 @@ log = logging.getLogger("dsfs.mount")
 
 MIN_PREFETCH = 1 << 20
 MAX_PREFETCH = 64 << 20
-FILES_AHEAD = 256  # a reader reading files in order gets the chunks of the next files fetched ahead: so many inodes
-FILES_AHEAD_BYTES = 32 << 20  # ... or so many bytes of chunks, whichever comes first
+import os as _os
+FILES_AHEAD = int(_os.environ.get("FA", "256"))  # a reader reading files in order gets the chunks of the next files fetched ahead: so many inodes
+FILES_AHEAD_BYTES = int(_os.environ.get("FAB", str(32 << 20)))  # ... or so many bytes of chunks, whichever comes first
 FILES_IN_ORDER = 3  # ... once this many files in a row were read in order (one file read is just that)
 FILES_GAP = 16  # a file at most this many inodes past the previous one read counts as "in order"
 PREFETCH_STEP = 8 << 20  # once the window is wide, it is topped up in steps of this much (coalesced GETs)
@@ -422,7 +423,7 @@ class View:
             if self.in_order < FILES_IN_ORDER:
                 return
             start = max(ino + 1, self.files_ahead)
-            if start - ino > FILES_AHEAD // 2:
+            if start - ino > FILES_AHEAD - int(_os.environ.get("FS", str(FILES_AHEAD // 2))):
                 return
             stop = self.files_ahead = ino + 1 + FILES_AHEAD
         try:
