@@ -10,8 +10,8 @@ chunks do not wait on each other.
 Sequential readers get a prefetch window (mountpoint-s3's idea): it starts at 1 MiB past the read,
 doubles on every sequential read up to `MAX_PREFETCH`, and resets on a seek; once wide, it is topped
 up in `PREFETCH_STEP`s, so that a store gets a few coalesced GETs rather than one per chunk. Prefetched
-chunks are fetched in the background (chunks the node's cache holds: one pool task each, so that several
-disk reads are in flight) and land in the cache. Files read in inode order (= path order) get the next
+chunks are fetched in the background (chunks the node's cache holds: a pool task per MiB of them, so
+that several disk reads are in flight) and land in the cache. Files read in inode order (= path order) get the next
 files' chunks fetched ahead the same way (`_prefetch_files`).
 
 Paths are not stored per inode (a 1M-file view must not hold 1M strings): `path(ino)` and
