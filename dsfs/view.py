@@ -46,9 +46,9 @@ log = logging.getLogger("dsfs.mount")
 
 MIN_PREFETCH = 1 << 20
 MAX_PREFETCH = 64 << 20
-import os as _os
-FILES_AHEAD = int(_os.environ.get("FA", "256"))  # a reader reading files in order gets the chunks of the next files fetched ahead: so many inodes
-FILES_AHEAD_BYTES = int(_os.environ.get("FAB", str(32 << 20)))  # ... or so many bytes of chunks, whichever comes first
+FILES_AHEAD = 1024  # a reader reading files in order gets the chunks of the next files fetched ahead: so many inodes
+FILES_AHEAD_BYTES = 64 << 20  # ... or so many bytes of chunks, whichever comes first
+FILES_STEP = 128  # ... topped up whenever this many inodes were read (several batches in flight)
 FILES_IN_ORDER = 3  # ... once this many files in a row were read in order (one file read is just that)
 FILES_GAP = 16  # a file at most this many inodes past the previous one read counts as "in order"
 PREFETCH_STEP = 8 << 20  # once the window is wide, it is topped up in steps of this much (coalesced GETs)
@@ -446,8 +446,10 @@ class View:
         going through a listing) get the next files' chunks fetched ahead, as a file's readers get its
         next chunks: a small file is otherwise one round trip to the store per file, and the next
         files' chunks are usually adjacent in one pack (authoring packs in path order), so a few
-        coalesced GETs bring hundreds of files. Topped up when half of the batch is used. Called on a
-        file's first read (open fetches nothing: SEMANTICS [lazy])."""
+        coalesced GETs bring hundreds of files. Topped up every FILES_STEP files, so that several
+        batches are under way at once (with one batch at a time, topped up at half, a reader of small
+        files from S3 caught up with it 66 times in 10,000 files and waited 2.7 s of 7.2; 6 times
+        and 0.5 s with this). Called on a file's first read (open fetches nothing: SEMANTICS [lazy])."""
         with self.files_lock:
             last, self.last_open = self.last_open, ino
             if not 0 < ino - last <= FILES_GAP:
@@ -458,7 +460,7 @@ class View:
             if self.in_order < FILES_IN_ORDER:
                 return
             start = max(ino + 1, self.files_ahead)
-            if start - ino > FILES_AHEAD - int(_os.environ.get("FS", str(FILES_AHEAD // 2))):
+            if start - ino > FILES_AHEAD - FILES_STEP:
                 return
             stop = self.files_ahead = ino + 1 + FILES_AHEAD
         try:
