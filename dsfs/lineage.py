@@ -10,6 +10,7 @@ Serving a version on a node goes through the LMDB view index instead, which keep
 
 from __future__ import annotations
 
+import gc
 import weakref
 
 import blake3
@@ -23,7 +24,16 @@ from .store import Store
 def load_changes(store: Store, info: VersionInfo) -> list[Entry]:
     """The change-set of a final version, checked against the digest its record names."""
     data = read_changes_checked(store, info)
-    return list(decode_changeset(data, f"change-set of dataset {info.id}"))
+    # Decoding makes three objects per file that all survive and hold no cycles: collections run
+    # meanwhile can free nothing, and the full one they end in cost 13-16 ms for 10,000 files
+    # (14% of a second sync). The process's own setting is restored afterwards.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return list(decode_changeset(data, f"change-set of dataset {info.id}"))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_changes_checked(store: Store, info: VersionInfo) -> bytes:
