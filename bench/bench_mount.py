@@ -13,8 +13,9 @@ Figures (targets from issue 4):
                 local files                                                        target >= 0.8x
     find        `find -type f -printf '%s %T@'` (a stat per file) over 10,000 files in 100 folders,
                 right after mounting and again                       targets >= 10,000 / 20,000 files/s
-    small       reading all 10,000 small files (chunks cached), beside rclone and local disk
-                                                                                    target >= 5,000 files/s
+    small       reading all 10,000 small files (chunks cached), beside rclone, local disk and
+                bench/fuse_floor.py (pyfuse3 serving as many files from memory and doing nothing
+                else: the ceiling of a pyfuse3 file system here)          target >= 5,000 files/s
     ls-100k     `dsfs mount` until the first `ls` of the root returns, 100,000-file version, view cached
                                                                                     target < 2 s
     rss-1m      peak daemon RSS serving a 1,000,000-file version: mount (view build), then `find` over
@@ -121,6 +122,24 @@ class Bench:
                 raise RuntimeError("rclone mount did not come up")
             time.sleep(0.05)
         return mountpoint
+
+    def fuse_floor(self, files: int, size: int, cmd: str) -> float:
+        """`cmd` over bench/fuse_floor.py: pyfuse3 serving `files` files of `size` bytes from memory
+        and doing nothing else, the ceiling of any pyfuse3 file system on this machine."""
+        mountpoint = os.path.join(self.run_dir, "mnt", "fuse-floor")
+        os.makedirs(mountpoint, exist_ok=True)
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fuse_floor.py"), mountpoint, str(files), str(size)])
+        try:
+            deadline = time.monotonic() + 20
+            while not os.path.ismount(mountpoint):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("bench/fuse_floor.py did not mount")
+                time.sleep(0.05)
+            return self.sh(cmd.format(mountpoint), shell=True)
+        finally:
+            if os.path.ismount(mountpoint):
+                self.kernel_unmount(mountpoint)
+            proc.wait(timeout=20)
 
     def kernel_unmount(self, mountpoint: str) -> None:
         subprocess.run(["fusermount3", "-u", mountpoint], check=True)
@@ -302,7 +321,9 @@ class Bench:
 
         reading = min(fresh_dsfs(read_all)[0] for _ in range(self.args.repeat))
         local_read = self.best(lambda: on(folder, read_all))
-        baseline = f"local disk (warm) {count / local_read:,.0f} files/s"
+        floor = self.best(lambda: self.fuse_floor(count, params["bytes"] // count, read_all))
+        baseline = (f"pyfuse3 doing nothing {count / floor:,.0f} files/s, "
+                    f"local disk (warm) {count / local_read:,.0f} files/s")
         if self.rclone:
             def rclone_read():
                 mountpoint = self.rclone_mount(folder, "rclone-small")
