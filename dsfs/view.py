@@ -358,9 +358,10 @@ class View:
         return pendings
 
     def _load_spread(self, refs: list[ChunkRef], node: Node | dict[bytes, Node]) -> None:
-        """A prefetch: chunks the node's cache holds are read in parallel, one pool task each (one
-        thread reading them in turn keeps one disk read in flight); the rest come from the store
-        together, so that adjacent ranges are coalesced."""
+        """A prefetch: chunks the node's cache holds are read in parallel, one pool task per
+        `SPREAD_BYTES` of them (one thread reading them all in turn keeps one disk read in flight; a
+        task per small chunk cost more in thread hand-offs than the read); the rest come from the
+        store together, so that adjacent ranges are coalesced."""
         handed: set[bytes] = set()
         try:
             group: list[ChunkRef] = []
