@@ -47,10 +47,7 @@ def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") 
     prefix = root + "/" if root else ""
     changes = FolderChanges()
     seen = set()
-    for rel, local, st in _walk_files(os.path.abspath(folder), ""):
-        # names from a directory listing are never '', '.', '..' and hold no '/' or NUL: only
-        # their Unicode form may need normalizing (checked cheaply first)
-        rel = prefix + (rel if unicodedata.is_normalized("NFC", rel) else paths.normalize(rel))
+    for rel, local, st in _walk_files(os.path.abspath(folder), prefix):
         seen.add(rel)
         before = base.get(rel)
         if before is None:
@@ -68,12 +65,15 @@ def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") 
 
 
 def _walk_files(folder: str, rel_folder: str):
-    """(relative path, absolute path, stat) of every regular file under folder (symlinks to files
-    followed, as add_files does); one stat per file, from scandir."""
+    """(dataset path, absolute path, stat) of every regular file under folder (symlinks to files
+    followed, as add_files does); one stat per file, from scandir. Names from a listing are never '',
+    '.' or '..' and hold no '/' or NUL: only their Unicode form may need normalizing, checked once per
+    folder (NFC never composes across a NUL, so the joined names are NFC iff each one is)."""
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
+    nfc = unicodedata.is_normalized("NFC", "\0".join(e.name for e in entries))
     for entry in entries:
-        rel = f"{rel_folder}{entry.name}"
+        rel = rel_folder + (entry.name if nfc else paths.normalize(entry.name))
         if entry.is_dir(follow_symlinks=False):
             yield from _walk_files(entry.path, rel + "/")
         elif entry.is_file():

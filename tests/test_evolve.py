@@ -49,6 +49,19 @@ def test_sync_detects_changes_and_skips_unchanged(tmp_path, file_store, dsfs):
     assert r.code == 2 and "no such folder" in r.err
 
 
+def test_sync_names_in_nfd_are_stored_nfc_and_match_again(tmp_path, memory_store):
+    # macOS-made folders hold decomposed names; a folder's names are checked for NFC together
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    make_tree(tmp_path / "d", {f"{nfd}/{nfd}.txt": b"1", "plain/a.txt": b"2", f"plain/{nfd}": b"3"})
+    first, changes = Dataset.sync(str(tmp_path / "d"), "p", "n", store=memory_store)
+    assert sorted(first.list_files()) == sorted([f"{nfc}/{nfc}.txt", "plain/a.txt", f"plain/{nfc}"])
+    again, changes = Dataset.sync(str(tmp_path / "d"), "p", "n", store=memory_store)
+    assert again is None and changes.unchanged == 3  # the NFD names found their NFC entries
+    (tmp_path / "d" / nfd / f"{nfd}.txt").write_bytes(b"changed")
+    child, changes = Dataset.sync(str(tmp_path / "d"), "p", "n", store=memory_store)
+    assert list(changes.modified) == [f"{nfc}/{nfc}.txt"] and not changes.added and not changes.removed
+
+
 def test_sync_folder_api_into_subfolder(tmp_path, memory_store):
     make_tree(tmp_path / "a", {"keep": b"k", "x/old": b"o"})
     base = Dataset.create("p", "n", store=memory_store)
