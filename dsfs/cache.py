@@ -107,8 +107,10 @@ class Cache:
         with self.env.begin(db=self.db_chunks) as txn:
             return txn.get(digest) is not None
 
-    def get_chunk(self, digest: bytes, raw: int | None = None) -> bytes | None:
-        """The verified bytes of a chunk, or None if absent or corrupt (a corrupt one is dropped)."""
+    def get_chunk(self, digest: bytes, raw: int | None = None, in_ram_only: bool = False) -> bytes | None:
+        """The verified bytes of a chunk, or None if absent or corrupt (a corrupt one is dropped).
+        in_ram_only: read only what the page cache holds (RWF_NOWAIT: never waits for the disk, so
+        an event loop may call it) and answer None, keeping the chunk, if any of it is not there."""
         with self.env.begin(db=self.db_chunks, buffers=True) as txn:
             record = txn.get(digest)
             if record is None:
@@ -120,7 +122,12 @@ class Cache:
             data = None
         else:
             try:
-                data = os.read(fd, size)  # the recorded size: one exact allocation (a hot path of mounts)
+                if in_ram_only:
+                    data = _read_in_ram(fd, size)
+                    if data is None:
+                        return None
+                else:
+                    data = os.read(fd, size)  # the recorded size: one exact allocation (a hot path of mounts)
             finally:
                 os.close(fd)
         if data is None or (raw is not None and len(data) != raw) or blake3.blake3(data).digest() != digest:
@@ -310,6 +317,19 @@ def _open_env(path: str) -> lmdb.Environment:
             env.reader_check()  # clear reader slots of killed processes
             _ENVS[key] = env
         return env
+
+
+def _read_in_ram(fd: int, size: int) -> bytes | None:
+    """`size` bytes from the start of fd if the page cache holds them all, else None."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        return None
+    buf = bytearray(size)
+    try:
+        got = os.preadv(fd, [buf], 0, flag)
+    except OSError:  # EAGAIN: some of it is on disk only (or the flag is not supported here)
+        return None
+    return bytes(buf) if got == size else None
 
 
 def _unlink(path: str) -> None:

@@ -285,6 +285,51 @@ def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_sto
     assert not other.cache.has_chunk(other.resolve("d/010").chunks[0].digest)
 
 
+def _evict(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # DONTNEED leaves dirty pages: chunk files are written without fsync
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_open_without_waiting_reads_a_small_first_chunk_only_from_ram(tmp_path, file_store):
+    files = {"small": os.urandom(20_000), "big": os.urandom(3 << 20)}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    cache = Cache()
+    for name in files:
+        assert _view(ds, cache).read_path(name) == files[name]  # now in the node cache (and in RAM)
+    view = _view(ds, cache)  # an empty memo
+    small, big = view.resolve("small"), view.resolve("big")
+    _evict(cache._chunk_path(small.chunks[0].digest))
+    assert view.open(small.ino, wait=False) is None  # on disk only: left to a worker thread
+    view.cache.get_chunk(small.chunks[0].digest)  # read back into RAM
+    handle = view.open(small.ino, wait=False)
+    assert handle is not None and bytes(view.read(handle, 0, 1 << 20, wait=False)) == files["small"]
+    assert view.open(big.ino, wait=False) is None  # a 1 MiB chunk is never read on the loop's thread
+
+
+def test_files_in_ram_are_not_fetched_ahead(tmp_path, file_store, monkeypatch):
+    files = {f"d/{i:03d}": os.urandom(5_000) for i in range(40)}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    cache = Cache()
+    assert all(_view(ds, cache).read_path(name) == data for name, data in files.items())
+    view = _view(ds, cache)
+    fetched = []
+    monkeypatch.setattr(view, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
+    for name in files:  # in path order, all in the page cache: each open reads its own first chunk
+        assert view.read_path(name) == files[name]
+    assert fetched == []
+    for name in files:
+        _evict(cache._chunk_path(view.resolve(name).chunks[0].digest))
+    other = _view(ds, cache)
+    monkeypatch.setattr(other, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
+    for name in files:  # on disk only: the files ahead are loaded in the pool, as from a store
+        assert other.read_path(name) == files[name]
+    assert fetched
+
+
 def test_warm_fills_the_cache(tmp_path, memory_store):
     files = {"train/a": os.urandom(300_000), "train/b": os.urandom(2 << 20), "val/c": os.urandom(100_000)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
