@@ -586,7 +586,7 @@ def cache_prune(to_size, cache_dir, cache_size):
 
     c = Cache(cache_dir, cache_size)
     target = parse_size(to_size) if to_size is not None else int(c.budget * LOW_WATERMARK)
-    freed = c.evict(target, keep_recent=False)
+    freed = c.evict(target, keep_recent=False) + c.sweep_temp()
     click.echo(f"freed {_human(freed)}; cache holds {_human(c.used_bytes())}")
 
 

@@ -41,6 +41,7 @@ TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a 
 TOUCH_BATCH = 1024  # ...and recorded uses are written together, one write txn per batch or per
 TOUCH_FLUSH_NS = 5 * 10**9  # 5 s: a durable write txn per read (1 ms, serialized) would cap reads
 RECENT_NS = 60 * 10**9
+TEMP_AGE_S = 3600  # a temp file this old in tmp/ was left by a killed process (writes take milliseconds)
 CACHE_FORMAT = b"2"  # 2: view records keyed by a view number (dsfs.viewindex)
 VIEW_TABLES = (b"views", b"building", b"inodes", b"dirents", b"listing")
 
@@ -277,9 +278,24 @@ class Cache:
             _unlink(self._chunk_path(digest))
         return freed
 
+    def sweep_temp(self) -> int:
+        """Remove temp files left by killed processes (a chunk or change-set being written; locks
+        stay): any older than TEMP_AGE_S, which no live write takes. Returns bytes freed."""
+        freed = 0
+        cutoff = time.time() - TEMP_AGE_S
+        with os.scandir(os.path.join(self.root, "tmp")) as it:
+            for entry in it:
+                if entry.name.endswith(".lock") or not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if st.st_mtime < cutoff:
+                    _unlink(entry.path)
+                    freed += st.st_size
+        return freed
+
     def clear(self) -> int:
         """Drop every chunk and view (not what is pinned by this process). Returns bytes freed."""
-        freed = self.evict(0, keep_recent=False)
+        freed = self.evict(0, keep_recent=False) + self.sweep_temp()
         from .viewindex import drop_all_views
 
         drop_all_views(self)

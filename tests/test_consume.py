@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -366,6 +367,22 @@ def test_cache_cli(tmp_path, file_store, dsfs):
     stats = json.loads(dsfs("cache", "stats", "--json").out)
     assert stats["views"] == 0 and stats["chunks"] == 0
     assert not os.path.exists(os.path.join(Cache().root, "copies", ds.id))
+
+
+def test_cache_prune_and_clear_sweep_temp_files_of_killed_processes(tmp_path, dsfs):
+    tmp = os.path.join(Cache().root, "tmp")
+    old, fresh, lock = (os.path.join(tmp, n) for n in ("ab" * 32 + ".4242.1", "cd" * 32 + ".4243.1", "view-x.lock"))
+    for path in (old, fresh, lock):
+        with open(path, "wb") as f:
+            f.write(b"x" * 1000)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    os.utime(lock, (two_hours_ago, two_hours_ago))
+    assert dsfs("cache", "prune", "--to", "0").code == 0
+    assert not os.path.exists(old) and os.path.exists(fresh) and os.path.exists(lock)
+    os.utime(fresh, (two_hours_ago, two_hours_ago))
+    assert dsfs("cache", "clear").code == 0
+    assert not os.path.exists(fresh) and os.path.exists(lock)
 
 
 def test_parallel_downloads_share_the_cache(tmp_path, file_store):
