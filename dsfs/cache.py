@@ -136,7 +136,7 @@ class Cache:
             return None
         now = time.time_ns()
         if now - last_use > TOUCH_INTERVAL_NS:
-            self._note_use(digest, now)
+            self._note_use(digest, now, background=in_ram_only)
         return data
 
     def put_chunks(self, items) -> None:
@@ -182,12 +182,19 @@ class Cache:
             _unlink(tmp)
             raise
 
-    def _note_use(self, digest: bytes, now: int) -> None:
+    def _note_use(self, digest: bytes, now: int, background: bool = False) -> None:
+        """Record a use; write the batch when due, in a thread of its own when `background` (the
+        caller is an event loop: a durable LMDB commit must not stall it)."""
         with self._uses_lock:
             self._uses[digest] = now
             if len(self._uses) < TOUCH_BATCH and time.monotonic_ns() - self._uses_flushed < TOUCH_FLUSH_NS:
                 return
-        self.flush_uses()
+            uses, self._uses = self._uses, {}
+            self._uses_flushed = time.monotonic_ns()
+        if background:
+            threading.Thread(target=self._write_uses, args=(uses,), name="dsfs-uses", daemon=True).start()
+        else:
+            self._write_uses(uses)
 
     def flush_uses(self) -> None:
         """Write the recorded last uses (uses not yet written are lost if the process dies: the LRU
@@ -195,6 +202,9 @@ class Cache:
         with self._uses_lock:
             uses, self._uses = self._uses, {}
             self._uses_flushed = time.monotonic_ns()
+        self._write_uses(uses)
+
+    def _write_uses(self, uses: dict[bytes, int]) -> None:
         if not uses:
             return
         with self.env.begin(write=True) as txn:

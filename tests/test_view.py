@@ -361,8 +361,8 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
             size, _ = dsfs.cache._CHUNK.unpack(txn.get(digest, db=cache.db_chunks))
             txn.put(digest, dsfs.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
     writes = []
-    real = cache.flush_uses
-    monkeypatch.setattr(cache, "flush_uses", lambda: (writes.append(len(cache._uses)), real()))
+    real = cache._write_uses
+    monkeypatch.setattr(cache, "_write_uses", lambda uses: (writes.append(len(uses)), real(uses)))
     view = _view(ds, cache)
     assert [view.read_path(p) for p in files] == list(files.values())
     assert writes == [] and len(cache._uses) == 40  # recorded, not yet written
@@ -373,3 +373,17 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     assert writes == [40]  # one write transaction for all of them
     with cache.env.begin(db=cache.db_chunks) as txn:
         assert all(dsfs.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
+    # a use recorded on an event loop's thread (open without waiting) is written by another thread
+    fresh = View(ds.store, cache, ds.id)
+    f5 = fresh.resolve("f5")
+    with cache.env.begin(write=True) as txn:
+        size, _ = dsfs.cache._CHUNK.unpack(txn.get(f5.chunks[0].digest, db=cache.db_chunks))
+        txn.put(f5.chunks[0].digest, dsfs.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
+    loop_thread = threading.get_ident()
+    monkeypatch.setattr(cache, "_write_uses", lambda uses: writes.append(threading.get_ident()) or real(uses))
+    assert fresh.open(f5.ino, wait=False) is not None
+    deadline = time.monotonic() + 5
+    while len(writes) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert writes[1] != loop_thread
