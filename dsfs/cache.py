@@ -10,10 +10,11 @@ Layout under `$DSFS_CACHE_DIR` (default `$XDG_CACHE_HOME/dsfs`):
 A chunk file is written to a temp name and renamed, and only then recorded in LMDB, so a record
 always names a complete file while the machine stays up (a killed process included). Chunk files are
 not fsynced: every chunk is verified against its digest when it is fetched (before it is stored)
-and again when it is served, and one that fails (a file torn by a power loss, a bad disk) is dropped (file and record)
-and fetched again by the caller. An fsync per chunk cost 0.7-1.6 ms and dominated cold reads of
-small files through a mount (docs/mount.md). LMDB runs with its default, durable settings; several processes (mounts, downloads)
-open the same environment, and `reader_check()` clears readers left by killed processes.
+and again when it is served, and one that fails (a file torn by a power loss, a bad disk) is
+dropped (file and record) and fetched again by the caller. An fsync per chunk cost 0.7-1.6 ms and
+dominated cold reads of small files through a mount (docs/mount.md). LMDB runs with its default,
+durable settings; several processes (mounts, downloads) open the same environment, and
+`reader_check()` clears readers left by killed processes.
 
 Budget: `size` bytes (`--cache-size`, `$DSFS_CACHE_SIZE`, default half of what the cache and the
 free space of its disk add up to). Going over the budget (high watermark) evicts least recently used

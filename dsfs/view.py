@@ -11,8 +11,8 @@ Sequential readers get a prefetch window (mountpoint-s3's idea): it starts at 1 
 doubles on every sequential read up to `MAX_PREFETCH`, and resets on a seek; once wide, it is topped
 up in `PREFETCH_STEP`s, so that a store gets a few coalesced GETs rather than one per chunk. Prefetched
 chunks are fetched in the background (chunks the node's cache holds: a pool task per MiB of them, so
-that several disk reads are in flight) and land in the cache. Files read in inode order (= path order) get the next
-files' chunks fetched ahead the same way (`_prefetch_files`).
+that several disk reads are in flight) and land in the cache. Files read in inode order (= path
+order) get the next files' chunks fetched ahead the same way (`_prefetch_files`).
 
 Paths are not stored per inode (a 1M-file view must not hold 1M strings): `path(ino)` and
 `parent(ino)` descend from the root instead, relying on how the index numbers inodes (in path
@@ -113,9 +113,9 @@ class _Pending:
 class OpenFile:
     """Per-open state: the node, its chunk offsets, and the sequential-read detector."""
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, chunks: list[ChunkRef]):
         self.node = node
-        self.chunks: list[ChunkRef] = node.chunks
+        self.chunks = chunks
         self.starts: list[int] = []
         pos = 0
         for ref in self.chunks:
@@ -235,34 +235,31 @@ class View:
         and answers None unless the first read can then be served from memory (an external file
         never can)."""
         node = self.getattr(ino)
-        if not wait and node.chunks and not self._in_memory(node.chunks[0]):
+        chunks = node.chunks  # built from the index record on each access: once here
+        first = chunks[0] if chunks else None
+        if not wait and (node.url or first is not None and not self._to_memory(first, in_ram_only=True)):
             return None
-        if not wait and node.url:
-            return None
-        handle = OpenFile(node)
+        handle = OpenFile(node, chunks)
         if node.url:
             handle.link = links.checked(node.url, node.etag, node.size, self._label(node, label))
-        self.cache.pin(ref.digest for ref in handle.chunks)
+        self.cache.pin(ref.digest for ref in chunks)
         if label:
             self.names[ino] = label
-        if handle.chunks and self.memo.get(handle.chunks[0].digest) is None:
+        if first is not None:
             # The first read follows at once: have its chunk in memory if the node's cache holds it,
             # so that it is answered without waiting (the store is never asked here).
-            first = handle.chunks[0]
-            data = self.cache.get_chunk(first.digest, first.raw)
-            if data is not None:
-                self.memo.put(first.digest, data)
+            self._to_memory(first)
         return handle
 
-    def _in_memory(self, ref: ChunkRef) -> bool:
-        """Is this chunk in the memo, or a small chunk whose file is in the page cache (then it is
-        put in the memo)? Called on the event loop's thread: a bigger chunk's read and hash would
-        hold the loop too long (1 MiB: ~0.5 ms)."""
+    def _to_memory(self, ref: ChunkRef, in_ram_only: bool = False) -> bool:
+        """Is this chunk in the memo, or now put there from the node's cache? in_ram_only (on the
+        event loop's thread): only a small chunk whose file is wholly in the page cache, since a
+        bigger chunk's read and hash would hold the loop too long (1 MiB: ~0.5 ms)."""
         if self.memo.get(ref.digest) is not None:
             return True
-        if ref.raw > INLINE_BYTES:
+        if in_ram_only and ref.raw > INLINE_BYTES:
             return False
-        data = self.cache.get_chunk(ref.digest, ref.raw, in_ram_only=True)
+        data = self.cache.get_chunk(ref.digest, ref.raw, in_ram_only=in_ram_only)
         if data is None:
             return False
         self.memo.put(ref.digest, data)
@@ -482,8 +479,9 @@ class View:
             if start - ino > FILES_AHEAD - FILES_STEP:
                 return
             stop = self.files_ahead = ino + 1 + FILES_AHEAD
-        first = self.index.getattr(start)
-        if first is not None and first.chunks and self._in_memory(first.chunks[0]):
+        ahead = self.index.getattr(start)
+        chunks = ahead.chunks if ahead is not None else []
+        if chunks and self._to_memory(chunks[0], in_ram_only=True):
             # The files ahead are in the page cache (judged by the first one): each open reads its
             # first chunk inline, which costs less than loading them in the pool (its threads fought
             # the loop over the GIL: 3,100-3,800 vs 4,000 files/s).
