@@ -35,7 +35,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import gen_dataset as gen  # noqa: E402
-from bench_download import Measured, run_measured  # noqa: E402 - one measuring helper for every bench
+from bench_download import Measured, isolated_env, run_measured  # noqa: E402 - shared bench helpers
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -179,17 +179,8 @@ class Bench:
         self.run_dir = os.path.join(args.workdir, "run")
         self.results: dict = {}
         self.lines: list[str] = []
-        self.env = dict(os.environ)
-        self.env.update({
-            "XDG_STATE_HOME": os.path.join(self.run_dir, "xdg-state"),
-            "XDG_DATA_HOME": os.path.join(self.run_dir, "xdg-data"),
-            "XDG_CONFIG_HOME": os.path.join(self.run_dir, "xdg-config"),
-            "XDG_CACHE_HOME": os.path.join(self.run_dir, "xdg-cache"),
-            "DVC_NO_ANALYTICS": "1",
-            "DVC_SITE_CACHE_DIR": os.path.join(self.run_dir, "dvc-site-cache"),
-            "PYTHONDONTWRITEBYTECODE": "1",
-        })
-        self.env.pop("DSFS_STORE", None)
+        self.env = isolated_env(self.run_dir)
+        self.env.update({"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": os.path.join(self.run_dir, "dvc-site-cache")})
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)

@@ -220,6 +220,21 @@ class S3rver:
         self.proc = None
 
 
+def isolated_env(run_dir: str) -> dict:
+    """The environment for benchmark subprocesses: XDG dirs of their own under run_dir (the user's
+    dsfs state is never touched) and no DSFS_STORE of the caller's."""
+    env = dict(os.environ)
+    env.update({
+        "XDG_STATE_HOME": os.path.join(run_dir, "xdg-state"),
+        "XDG_DATA_HOME": os.path.join(run_dir, "xdg-data"),
+        "XDG_CONFIG_HOME": os.path.join(run_dir, "xdg-config"),
+        "XDG_CACHE_HOME": os.path.join(run_dir, "xdg-cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    env.pop("DSFS_STORE", None)
+    return env
+
+
 # -- the benchmark --------------------------------------------------------------------------------
 
 class Bench:
@@ -230,15 +245,8 @@ class Bench:
         self.run_dir = os.path.join(args.workdir, "download-run")
         self.r: dict = {}
         self.notes: list[str] = []
-        self.env = dict(os.environ)
-        self.env.update({
-            "XDG_STATE_HOME": os.path.join(self.run_dir, "xdg-state"),
-            "XDG_DATA_HOME": os.path.join(self.run_dir, "xdg-data"),
-            "XDG_CONFIG_HOME": os.path.join(self.run_dir, "xdg-config"),
-            "XDG_CACHE_HOME": os.path.join(self.run_dir, "xdg-cache"),
-            "PYTHONDONTWRITEBYTECODE": "1",
-        })
-        for name in ("DSFS_STORE", "DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "AWS_CA_BUNDLE", "AWS_PROFILE",
+        self.env = isolated_env(self.run_dir)
+        for name in ("DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "AWS_CA_BUNDLE", "AWS_PROFILE",
                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RCLONE_CONFIG"):
             self.env.pop(name, None)  # AWS_CA_BUNDLE makes rclone refuse to start against http://
         self.s3 = S3rver(args.workdir, os.path.join(self.run_dir, "s3rver-data"),

@@ -64,6 +64,15 @@ MB = 1e6
 MiB = 1 << 20
 
 
+def wait_mounted(mountpoint: str, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Wait (20 s at most) until a mount started elsewhere answers; fail early if `proc` died."""
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mountpoint):
+        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not mount {mountpoint}")
+        time.sleep(0.05)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -116,11 +125,7 @@ class Bench:
         open(config, "a").close()
         subprocess.run([self.rclone, "mount", source, mountpoint, "--read-only", "--daemon", "--config", config],
                        check=True, capture_output=True)
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mountpoint):
-            if time.monotonic() > deadline:
-                raise RuntimeError("rclone mount did not come up")
-            time.sleep(0.05)
+        wait_mounted(mountpoint, "rclone mount")
         return mountpoint
 
     def fuse_floor(self, files: int, size: int, cmd: str) -> float:
@@ -130,11 +135,7 @@ class Bench:
         os.makedirs(mountpoint, exist_ok=True)
         proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fuse_floor.py"), mountpoint, str(files), str(size)])
         try:
-            deadline = time.monotonic() + 20
-            while not os.path.ismount(mountpoint):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("bench/fuse_floor.py did not mount")
-                time.sleep(0.05)
+            wait_mounted(mountpoint, "bench/fuse_floor.py", proc)
             return self.sh(cmd.format(mountpoint), shell=True)
         finally:
             if os.path.ismount(mountpoint):
