@@ -73,6 +73,17 @@ def make_tree(root, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
+def final_version(store, folder, parents=None, name="n", project="p"):
+    """A final version of project/name holding `folder`, read back from the store as a consumer
+    would see it."""
+    from dsfs import Dataset
+
+    ds = Dataset.create(project, name, parents=parents, store=store)
+    ds.add_files(str(folder))
+    ds.finalize()
+    return Dataset.get(ds.id, store=store)
+
+
 def read_tree(root) -> dict[str, bytes]:
     """{relative path: bytes} of every file under `root` (make_tree's inverse)."""
     out = {}

@@ -18,19 +18,12 @@ from dsfs.lineage import Lineage
 from dsfs.model import encode_changeset
 from dsfs.view import View
 from dsfs.viewindex import ensure_view
-from conftest import make_tree, read_tree, run_cli
+from conftest import final_version, make_tree, read_tree, run_cli
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
     monkeypatch.setattr(dsfs.fetch, "RETRY_DELAYS", (0.01, 0.01))
-
-
-def _final(store, folder, parents=None, name="n", project="p"):
-    ds = Dataset.create(project, name, parents=parents, store=store)
-    ds.add_files(str(folder))
-    ds.finalize()
-    return Dataset.get(ds.id, store=store)
 
 
 def test_view_index_matches_reference_merge_on_random_lineages(tmp_path, memory_store):
@@ -64,7 +57,7 @@ def test_view_index_matches_reference_merge_on_random_lineages(tmp_path, memory_
 def test_view_metadata(tmp_path, memory_store):
     make_tree(tmp_path / "d", {"a/b/c.txt": b"abc", "a/x": b"", "top": b"t"})
     os.chmod(tmp_path / "d" / "top", 0o755)
-    ds = _final(memory_store, tmp_path / "d")
+    ds = final_version(memory_store, tmp_path / "d")
     view = View(ds.store, Cache(), ds.id)
     root = view.getattr(view.root)
     assert root.is_dir and root.nlink == 3
@@ -84,7 +77,7 @@ def test_view_metadata(tmp_path, memory_store):
 def test_download_full_and_subsets(tmp_path, file_store, dsfs):
     files = {"train/a.bin": os.urandom(2 << 20), "train/b.txt": b"b", "val/c.txt": b"c", "README": b"r"}
     make_tree(tmp_path / "d", files)
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     r = dsfs("--store", file_store, "download", ds.id, tmp_path / "full")
     assert r.code == 0, r.err
     assert read_tree(tmp_path / "full") == files
@@ -121,7 +114,7 @@ KILLER = textwrap.dedent("""
 def test_killed_download_resumes(tmp_path, file_store, monkeypatch):
     files = {f"f{i:02d}": os.urandom(random.randrange(1, 600_000)) for i in range(30)}
     make_tree(tmp_path / "d", files)
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     target = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", KILLER, "--store", file_store, "download", ds.id, str(target),
                            "--max-workers", "1"], env={**os.environ, "KILL_AFTER": "10"}, capture_output=True)
@@ -142,7 +135,7 @@ def test_killed_download_resumes(tmp_path, file_store, monkeypatch):
 
 def test_unsafe_targets_are_refused_before_writing(tmp_path, file_store):
     make_tree(tmp_path / "d", {"sub/x": b"x", "y": b"y"})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     outside = tmp_path / "outside"
     outside.mkdir()
     target = tmp_path / "t"
@@ -155,7 +148,7 @@ def test_unsafe_targets_are_refused_before_writing(tmp_path, file_store):
 
 def test_escaping_manifest_path_is_refused(tmp_path, file_store):
     make_tree(tmp_path / "d", {"ok": b"ok"})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     evil = ds.file_entries()[0]
     evil.path = "../escaped"
     data = encode_changeset([evil])
@@ -173,7 +166,7 @@ def test_escaping_manifest_path_is_refused(tmp_path, file_store):
 
 def test_target_not_writable(tmp_path, file_store):
     make_tree(tmp_path / "d", {"x": b"x"})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     proc = run_cli("--store", file_store, "download", ds.id, "/proc/dsfs-test")
     assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -182,7 +175,7 @@ def test_target_not_writable(tmp_path, file_store):
 def test_disk_full_then_rerun(tmp_path, file_store):
     files = {f"f{i}": os.urandom(1 << 20) for i in range(6)}
     make_tree(tmp_path / "d", files)
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
@@ -203,7 +196,7 @@ def test_disk_full_then_rerun(tmp_path, file_store):
 def test_store_flaky_then_down(tmp_path, file_store, monkeypatch):
     files = {"a": os.urandom(100_000), "b": os.urandom(100_000)}
     make_tree(tmp_path / "d", files)
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     real = Store.read_pack_range
     failures = [2]
 
@@ -225,7 +218,7 @@ def test_store_flaky_then_down(tmp_path, file_store, monkeypatch):
 def test_corrupt_pack_fails_only_that_file(tmp_path, file_store):
     files = {"good1": os.urandom(50_000), "bad": os.urandom(50_000), "good2": os.urandom(50_000)}
     make_tree(tmp_path / "d", files)
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     ref = {e.path: e for e in ds.file_entries()}["bad"].chunks[0]
     path = f"{file_store[7:]}/packs/{ref.pack.hex()[:2]}/{ref.pack.hex()}"
     data = bytearray(open(path, "rb").read())
@@ -239,7 +232,7 @@ def test_corrupt_pack_fails_only_that_file(tmp_path, file_store):
 def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
     files = {f"f{i}": os.urandom(20_000) for i in range(100)}
     make_tree(tmp_path / "d", files)
-    parent = _final(file_store, tmp_path / "d")
+    parent = final_version(file_store, tmp_path / "d")
     r = dsfs("--store", file_store, "get", parent.id)
     assert r.code == 0, r.err
     copy = r.out.strip()
@@ -252,7 +245,7 @@ def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
         assert dsfs("--store", file_store, "get", parent.id).out.strip() == copy
     # a 1%-changed child shares the unchanged files' inodes
     (tmp_path / "d" / "f0").write_bytes(b"changed")
-    child = _final(file_store, tmp_path / "d", parents=[parent.id])
+    child = final_version(file_store, tmp_path / "d", parents=[parent.id])
     child_copy = child.get_local_copy()
     assert os.stat(os.path.join(child_copy, "f5")).st_ino == os.stat(os.path.join(copy, "f5")).st_ino
     assert open(os.path.join(child_copy, "f0"), "rb").read() == b"changed"
@@ -269,7 +262,7 @@ def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
 def test_verify(tmp_path, file_store, dsfs):
     files = {"a": b"aaa", "sub/b": b"bbb", "c": b"ccc"}
     make_tree(tmp_path / "d", files)
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     r = dsfs("--store", file_store, "verify", "--id", ds.id)
     assert r.code == 2 and "dsfs get" in r.err  # nothing cached yet
     assert dsfs("--store", file_store, "get", ds.id).code == 0
@@ -291,7 +284,7 @@ def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store, damage)
     # chunk files are not fsynced: after a power loss one may be empty or short under its final name
     data = os.urandom(3 << 20)
     make_tree(tmp_path / "d", {"f": data})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     cache = Cache()
     assert View(ds.store, cache, ds.id).read_path("f") == data
     digest = ds.file_entries()[0].chunks[0].digest
@@ -310,7 +303,7 @@ def test_cache_detects_corrupt_chunk_and_refetches(tmp_path, file_store, damage)
 def test_cache_disk_full_leaves_no_temp_file_and_the_read_is_served(tmp_path, file_store):
     data = os.urandom(4 << 20)
     make_tree(tmp_path / "d", {"f": data})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
@@ -333,7 +326,7 @@ def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatc
 
     monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # a fetch ahead would store in the background
     make_tree(tmp_path / "d", {f"f{i}": os.urandom(100_000) for i in range(10)})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     cache = Cache(size=450_000)
     view = View(ds.store, cache, ds.id)
     handle = view.open(view.resolve("f0").ino)
@@ -356,7 +349,7 @@ def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatc
 
 def test_cache_cli(tmp_path, file_store, dsfs):
     make_tree(tmp_path / "d", {"f": os.urandom(300_000)})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     View(ds.store, Cache(), ds.id).read_path("f")
     stats = json.loads(dsfs("cache", "stats", "--json").out)
     assert stats["chunks"] == 1 and stats["bytes"] == 300_000 and stats["views"] == 1
@@ -388,9 +381,9 @@ def test_cache_prune_and_clear_sweep_temp_files_of_killed_processes(tmp_path, ds
 def test_parallel_downloads_share_the_cache(tmp_path, file_store):
     base = {f"f{i}": os.urandom(200_000) for i in range(20)}
     make_tree(tmp_path / "d", base)
-    parent = _final(file_store, tmp_path / "d")
+    parent = final_version(file_store, tmp_path / "d")
     (tmp_path / "d" / "f0").write_bytes(b"new")
-    child = _final(file_store, tmp_path / "d", parents=[parent.id])
+    child = final_version(file_store, tmp_path / "d", parents=[parent.id])
     procs = [subprocess.Popen([sys.executable, "-m", "dsfs.cli.main", "--store", file_store, "get", ds_id],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for ds_id in (parent.id, child.id, parent.id, child.id)]
@@ -416,7 +409,7 @@ def test_failed_view_build_leaves_no_records(tmp_path, file_store):
     from dsfs.viewindex import _dbs
 
     make_tree(tmp_path / "d", {"x": b"file", "z": b"z"})
-    ds = _final(file_store, tmp_path / "d")
+    ds = final_version(file_store, tmp_path / "d")
     entry = ds.file_entries()[0]
     nested = encode_changeset([entry, type(entry)(path="x/y", size=entry.size, digest=entry.digest,
                                                   chunks=entry.chunks)])
@@ -432,7 +425,7 @@ def test_failed_view_build_leaves_no_records(tmp_path, file_store):
         assert all(txn.stat(_dbs(cache)[name])["entries"] == 0 for name in ("views", "building", "inodes",
                                                                              "dirents", "listing"))
     make_tree(tmp_path / "e", {"ok": b"ok"})
-    good = _final(file_store, tmp_path / "e", name="good")
+    good = final_version(file_store, tmp_path / "e", name="good")
     ensure_view(good.store, cache, good.id)
     with cache.env.begin(write=True) as txn:
         txn.put(b"format", b"1", db=cache.db_meta)

@@ -10,7 +10,7 @@ import pytest
 
 from dsfs import Dataset
 from dsfs.errors import Conflict, DatasetInUse
-from conftest import make_tree, run_cli
+from conftest import final_version, make_tree, run_cli
 
 
 def _packs(store_url):
@@ -79,12 +79,8 @@ def test_sync_folder_api_into_subfolder(tmp_path, memory_store):
 def test_compare(tmp_path, memory_store, dsfs):
     make_tree(tmp_path / "a", {"same": b"s", "gone": b"g" * 10, "changed": b"c"})
     make_tree(tmp_path / "b", {"same": b"s", "changed": b"C2", "added": b"a" * 7})
-    a = Dataset.create("p", "a", store=memory_store)
-    a.add_files(str(tmp_path / "a"))
-    a.finalize()
-    b = Dataset.create("q", "unrelated", store=memory_store)
-    b.add_files(str(tmp_path / "b"))
-    b.finalize()
+    a = final_version(memory_store, tmp_path / "a", name="a")
+    b = final_version(memory_store, tmp_path / "b", name="unrelated", project="q")
     r = dsfs("--store", memory_store, "compare", "--source", a.id, "--target", "q/unrelated", "--json")
     data = json.loads(r.out)
     assert (data["added"], data["removed"], data["modified"], data["unchanged"]) == (1, 1, 1, 1)

@@ -16,7 +16,7 @@ import dsfs.ingest
 from dsfs import Dataset, Store
 from dsfs.errors import CorruptChunk, FileChanged, StoreReadOnly, StoreUnavailable
 from dsfs.packs import PackBuilder
-from conftest import make_tree, run_cli
+from conftest import final_version, make_tree, run_cli
 
 
 def test_file_changing_during_upload_is_detected(tmp_path, memory_store, monkeypatch):
@@ -53,13 +53,7 @@ def _store_root(url):
 @pytest.fixture
 def two_versions(tmp_path, file_store):
     make_tree(tmp_path / "d", {"x": b"x" * 1000, "y": os.urandom(5000)})
-    a = Dataset.create("p", "a", store=file_store)
-    a.add_files(str(tmp_path / "d"))
-    a.finalize()
-    b = Dataset.create("p", "b", store=file_store)
-    b.add_files(str(tmp_path / "d"))
-    b.finalize()
-    return a, b
+    return final_version(file_store, tmp_path / "d", name="a"), final_version(file_store, tmp_path / "d", name="b")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
