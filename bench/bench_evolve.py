@@ -6,7 +6,9 @@
 Prints, from one run:
 - sync of the 10,000-file folder (bench/gen_dataset.py --kind small) into a fresh file:// store,
   then a second sync after rewriting 1% of the files: time and new bytes of each, and the ratios
-  (targets: the second sync under 10% of the first's time and under 2% of its bytes);
+  (targets: the second sync under 10% of the first's time and under 2% of its bytes). The chain
+  below repeats that second sync 8 more times (another 1% each time): the time ratio is judged on
+  the median of the 9, as one ~80 ms figure moves by 10-20% with the machine's noise;
 - squash of a 10-version chain (each version rewrites 1% of the files): time, and bytes the store
   grew by other than the new change-set and record (target: no chunk bytes moved).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import time
 
@@ -75,21 +78,25 @@ def main(argv=None) -> int:
     second, changes = Dataset.sync(folder, "bench", "synced", store=store, show_progress=False)
     t_second = time.perf_counter() - t0
     bytes_second = second.info.stats["new_bytes"]
-    time_ratio, bytes_ratio = t_second / t_first, bytes_second / bytes_first
-    print(f"sync 1 (all {nfiles} files):        {t_first:7.2f} s, {bytes_first / 2**20:9.2f} MiB stored")
+    chain, times = [first, second], [t_second]
+    for i in range(8):
+        rewrite(folder, 0.01, i + 2)
+        t0 = time.perf_counter()
+        ds, _ = Dataset.sync(folder, "bench", "synced", store=store, show_progress=False)
+        times.append(time.perf_counter() - t0)
+        chain.append(ds)
+    t_median = statistics.median(times)
+    time_ratio, bytes_ratio = t_median / t_first, bytes_second / bytes_first
+    print(f"sync 1 (all {nfiles} files):        {t_first:7.3f} s, {bytes_first / 2**20:9.2f} MiB stored")
     print(f"sync 2 (1% rewritten, {len(changes.modified)} files, {changed / 2**20:.2f} MiB changed): "
-          f"{t_second:7.2f} s, {bytes_second / 2**20:9.2f} MiB stored")
-    for label, ratio, target in (("time", time_ratio, 0.10), ("bytes", bytes_ratio, 0.02)):
+          f"{t_second:7.3f} s, {bytes_second / 2**20:9.2f} MiB stored")
+    print(f"syncs 2-10 (1% rewritten each): median {t_median:.3f} s, "
+          f"range {min(times):.3f}-{max(times):.3f} s")
+    for label, ratio, target in (("time (median)", time_ratio, 0.10), ("bytes", bytes_ratio, 0.02)):
         ok = ratio < target
         failures += not ok
         print(f"  second/first {label}: {ratio:6.2%} (target < {target:.0%}) -> {'PASS' if ok else 'FAIL'}")
 
-    chain = [second]
-    for i in range(8):
-        rewrite(folder, 0.01, i + 2)
-        ds, _ = Dataset.sync(folder, "bench", "synced", store=store, show_progress=False)
-        chain.append(ds)
-    chain = [first] + chain
     packs_before = tree_size(store_dir, "packs")
     store_before = tree_size(store_dir)
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ Layout under `$DSFS_CACHE_DIR` (default `$XDG_CACHE_HOME/dsfs`):
     index.lmdb/          LMDB: chunk records, LRU order, view indexes (see dsfs.viewindex)
     chunks/<ab>/<hex>    one file per chunk, named by its blake3 digest
     changesets/<id>      change-sets of versions seen, verified against their version record
+    tables/<id>          file tables of versions closed here, for authoring children (dsfs.filetable)
     files/, copies/      the digest-addressed file store and cached copies (see dsfs.materialize)
 
 A chunk file is written to a temp name and renamed, and only then recorded in LMDB, so a record
@@ -305,11 +306,13 @@ class Cache:
         return freed
 
     def clear(self) -> int:
-        """Drop every chunk and view (not what is pinned by this process). Returns bytes freed."""
+        """Drop every chunk, view and file table (not what is pinned by this process). Returns bytes
+        freed."""
         freed = self.evict(0, keep_recent=False) + self.sweep_temp()
         from .viewindex import drop_all_views
 
         drop_all_views(self)
+        shutil.rmtree(os.path.join(self.root, "tables"), ignore_errors=True)
         return freed
 
     def stats(self) -> dict:

@@ -33,7 +33,8 @@ from .evolve import compare as compare_versions
 from .errors import (Conflict, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
                      UsageError)
 from .ingest import Uploader
-from .lineage import Lineage, check_tree
+from .filetable import FileTable
+from .lineage import Lineage, apply_changes, check_tree
 from .model import ID_RE, Entry, VersionInfo, encode_changeset
 from .packs import decode_chunk
 from .progress import transfer
@@ -134,7 +135,7 @@ class Dataset:
             if not info.is_final:
                 raise InvalidState(f"parent {info.id} ({info.ref}) is a draft; close it first (`dsfs close --id {info.id}`)")
             parent_ids.append(info.id)
-        Lineage.of(store).merged_parents(parent_ids)  # a missing or corrupt ancestor fails now, not at close
+        Lineage.of(store).table(parent_ids)  # a missing or corrupt ancestor fails now, not at close
         dataset_id = _id or uuid.uuid4().hex
         version = cls._claim_version(store, project, name, version, dataset_id)
         info = VersionInfo(id=dataset_id, project=project, name=name, version=version, parents=parent_ids,
@@ -275,7 +276,7 @@ class Dataset:
             for path in [p for p in table if paths.matches(p, pattern, recursive)]:
                 del table[path]
                 removed += 1
-        for path in self._lineage.merged_parents(self.info.parents):
+        for path in self._lineage.table(self.info.parents).paths:
             if paths.matches(path, pattern, recursive) and path not in draft.removals:
                 draft.removals.add(path)
                 removed += 1
@@ -288,7 +289,7 @@ class Dataset:
         """Send the added files' new chunks to the store. Resumable; returns counts."""
         draft = self._require_draft()
         total = sum(_size(p) for p in draft.adds.values())
-        known = self._lineage.known_chunks(self.info.parents)
+        known = self._lineage.table(self.info.parents).known_chunk
         with transfer(f"upload {self.info.ref}", total, show_progress) as progress:
             progress.set_total(total, len(draft.adds))
             uploader = Uploader(self.store, draft, known, max_workers, progress)
@@ -306,24 +307,26 @@ class Dataset:
             if not auto_upload:
                 raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
             self.upload(max_workers=max_workers, show_progress=show_progress)
-        changes, view, counts = self._changes_against_parents(draft)
-        self._write_final(changes, view, counts, draft.new_bytes, draft.packs)
+        changes, counts = self._changes_against_parents(draft)
+        table = self._lineage.table(self.info.parents).child(changes, f"dataset {self.id}")
+        self._write_final(changes, table, counts, draft.new_bytes, draft.packs)
         draft.discard()
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
 
-    def _write_final(self, changes: list[Entry], view: dict[str, Entry], counts: dict, new_bytes: int,
+    def _write_final(self, changes: list[Entry], table: FileTable, counts: dict, new_bytes: int,
                      packs: list[bytes]) -> None:
-        """The end of the write order: the change-set, then version.json with state=final."""
-        check_tree(view, f"dataset {self.id}")
+        """The end of the write order: the change-set, then version.json with state=final. `table`
+        is the version's file table, already checked for path conflicts; kept for its children."""
         data = encode_changeset(changes)
         self.store.write_changes(self.id, data)
         info = self.info
         info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
-        info.stats = {"files": len(view), "bytes": sum(e.size for e in view.values()), **counts,
+        info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
                       "new_bytes": new_bytes, "packs": [p.hex() for p in packs]}
         info.state = "final"
         info.finalized = _now()
         self.store.write_version(info)
+        table.save(info)
 
     def publish(self) -> None:
         if self.state == "draft":
@@ -333,31 +336,28 @@ class Dataset:
         self.info.state = "published"
         self.store.write_version(self.info)
 
-    def _changes_against_parents(self, draft: DraftState):
-        parents_view = self._lineage.merged_parents(self.info.parents)
+    def _changes_against_parents(self, draft: DraftState) -> tuple[list[Entry], dict]:
+        """The draft's change-set against its parents' merged view, and its counts."""
+        base = self._lineage.table(self.info.parents)
         changes: list[Entry] = []
-        view = dict(parents_view)
         counts = {"added": 0, "modified": 0, "removed": 0}
         for path in draft.removals:
-            if path in view and path not in draft.uploaded:
-                del view[path]
+            if path not in draft.uploaded and base.find(path) is not None:
                 changes.append(Entry(path=path, removed=True))
                 counts["removed"] += 1
         for path, entry in draft.uploaded.items():
-            before = parents_view.get(path)
-            if before is not None and before.same_content(entry):
+            if base.holds(entry):
                 continue
-            counts["modified" if before is not None else "added"] += 1
+            counts["modified" if base.find(path) is not None else "added"] += 1
             changes.append(entry)
-            view[path] = entry
-        return changes, view, counts
+        return changes, counts
 
     # -- evolution: sync, compare, squash -----------------------------------------------------
 
     def sync_folder(self, local_path: str, dataset_path: str | None = None) -> FolderChanges:
         """Make this draft's content match a local folder: add new and modified files, remove
         files the parents have that the folder no longer has. Returns what changed."""
-        changes = folder_changes(self._lineage.merged_parents(self.info.parents), local_path, dataset_path)
+        changes = folder_changes(self._lineage.table(self.info.parents), local_path, dataset_path)
         self._apply_folder_changes(changes)
         return changes
 
@@ -384,7 +384,7 @@ class Dataset:
             except DatasetNotFound:
                 parents = []
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
-        changes = folder_changes(Lineage.of(store).merged_parents(parent_ids), folder, dataset_path)
+        changes = folder_changes(Lineage.of(store).table(parent_ids), folder, dataset_path)
         if changes.empty and not allow_empty:
             return None, changes
         ds = cls.create(project, name, parents=parent_ids, tags=tags, store=store)
@@ -425,7 +425,8 @@ class Dataset:
         check_tree(view, "squash of " + ", ".join(i.id for i in infos))  # before claiming a version
         ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
         ds.info.sources = sources
-        ds._write_final(entries, view, {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
+        table = FileTable.from_view(view, {ref.digest: ref for entry in entries for ref in entry.chunks})
+        ds._write_final(entries, table, {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
         DraftState(id=ds.id, store=store.url).discard()
         return ds
 
@@ -436,7 +437,8 @@ class Dataset:
         if self.info.is_final:
             return self._lineage.view(self.id)
         draft = self._require_draft()
-        _, view, _ = self._changes_against_parents(draft)
+        view = dict(self._lineage.merged_parents(self.info.parents))
+        apply_changes(view, self._changes_against_parents(draft)[0])
         for path, local in draft.adds.items():
             view[path] = Entry(path=path, size=_size(local))
         return view
@@ -460,7 +462,7 @@ class Dataset:
         else:
             draft = self._require_draft()
             parents_view = self._lineage.merged_parents(self.info.parents)
-            changes, _, _ = self._changes_against_parents(draft)
+            changes, _ = self._changes_against_parents(draft)
             removed = [e.path for e in changes if e.removed]
             touched = [e.path for e in changes if not e.removed] + list(draft.adds)
             added = [p for p in touched if p not in parents_view]

@@ -1,9 +1,9 @@
 """Dataset evolution: what changed in a folder (sync), between two versions (compare), and the
 flattened merge of several versions (squash), all without moving chunk bytes that already exist.
 
-- Sync compares a local folder with a version's merged view: size and mtime first (cheap), and a
-  content hash only where size matches but mtime does not, to tell a touched file from a changed
-  one. Upload then sends only new chunks, so a 1%-changed folder costs about 1% to sync.
+- Sync compares a local folder with the parents' merged view, read from their file table
+  (dsfs.filetable): size and mtime first (cheap), and a content hash only where size matches but
+  mtime does not, to tell a touched file from a changed one. Upload then sends only new chunks, so a 1%-changed folder costs about 1% to sync.
 - Compare merge-joins two merged views streamed in path order (dsfs.viewindex), so two versions of
   any size, related or not, are compared in flat memory.
 - Squash writes one change-set holding every entry of the merged view: the chunk refs point into the
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from . import paths
 from .cache import Cache
 from .errors import LocalFileNotFound
+from .filetable import EXECUTABLE, FileTable
 from .model import Entry
 from .packs import file_digest
 from .store import Store
@@ -38,8 +39,8 @@ class FolderChanges:
         return not (self.added or self.modified or self.removed)
 
 
-def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") -> FolderChanges:
-    """How `folder` (mapped under dataset_path) differs from `base`, the parent's merged view.
+def folder_changes(base: FileTable, folder: str, dataset_path: str = "") -> FolderChanges:
+    """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table.
     Files of `base` outside dataset_path are not considered (a sync of a subfolder)."""
     if not os.path.isdir(folder):
         raise LocalFileNotFound(f"no such folder: {folder}")
@@ -47,20 +48,21 @@ def folder_changes(base: dict[str, Entry], folder: str, dataset_path: str = "") 
     prefix = root + "/" if root else ""
     changes = FolderChanges()
     seen = set()
+    sizes, mtimes, flags = base.sizes, base.mtimes, base.flags
     for rel, local, st in _walk_files(os.path.abspath(folder), prefix):
         seen.add(rel)
-        before = base.get(rel)
-        if before is None:
+        row = base.find(rel)
+        if row is None:
             changes.added[rel] = local
             continue
-        same_mode = bool(st.st_mode & 0o111) == before.executable
-        if st.st_size == before.size and st.st_mtime_ns == before.mtime_ns and same_mode:
+        same_mode = bool(st.st_mode & 0o111) == bool(flags[row] & EXECUTABLE)
+        if st.st_size == sizes[row] and st.st_mtime_ns == mtimes[row] and same_mode:
             changes.unchanged += 1
-        elif st.st_size == before.size and same_mode and file_digest(local) == before.digest:
+        elif st.st_size == sizes[row] and same_mode and file_digest(local) == base.digest(row):
             changes.unchanged += 1  # touched, not changed
         else:
             changes.modified[rel] = local
-    changes.removed = sorted(p for p in base if p.startswith(prefix) and p not in seen)
+    changes.removed = [path for path in base.paths if path not in seen and path.startswith(prefix)]
     return changes
 
 

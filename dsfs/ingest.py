@@ -21,6 +21,7 @@ import os
 import stat as stat_mod
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable
 import blake3
 
 from .drafts import DraftState
@@ -35,7 +36,7 @@ SAVE_INTERVAL = 2.0
 
 
 class Uploader:
-    def __init__(self, store: Store, draft: DraftState, known: dict[bytes, ChunkRef],
+    def __init__(self, store: Store, draft: DraftState, known: Callable[[bytes], ChunkRef | None],
                  max_workers: int | None = None, progress: Tracker | None = None):
         self.store = store
         self.draft = draft
@@ -101,7 +102,7 @@ class Uploader:
                 chunk_digest = digest(data)
                 if whole is not None:
                     whole.update(data)
-                ref = self.known.get(chunk_digest) or self.draft.chunks.get(chunk_digest)
+                ref = self.known(chunk_digest) or self.draft.chunks.get(chunk_digest)
                 if ref is None:
                     ref = self.session.get(chunk_digest)
                     if ref is None:

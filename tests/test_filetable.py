@@ -1,0 +1,188 @@
+"""File tables (dsfs.filetable): a closed version's table equals its decoded view, sync and close use
+a saved table instead of decoding the lineage, and a table that cannot be trusted is never used."""
+
+import os
+import random
+
+import pytest
+
+import dsfs.lineage
+from dsfs import Dataset
+from dsfs.errors import Conflict, CorruptData
+from dsfs.filetable import TABLES_KEPT, FileTable, tables_dir
+from dsfs.lineage import Lineage
+from dsfs.store import Store
+from conftest import make_tree
+
+
+def _columns(table: FileTable):
+    return (table.paths, table.sizes.tolist(), table.mtimes.tolist(), bytes(table.flags),
+            bytes(table.digests), table.links)
+
+
+def _decoded(store_url: str, dataset_id: str) -> FileTable:
+    """The table of a version built by decoding its lineage in a fresh process's Lineage."""
+    lineage = Lineage(Store.open(store_url))
+    return FileTable.from_view(lineage.view(dataset_id), lineage.known_chunks([dataset_id]))
+
+
+def _chunk_digests(table: FileTable) -> set[bytes]:
+    blob = bytes(table.chunk_digests)
+    return {blob[i:i + 32] for i in range(0, len(blob), 32)}
+
+
+def test_saved_tables_equal_the_decoded_lineage(tmp_path, file_store):
+    rng = random.Random(7)
+    folder = tmp_path / "d"
+    make_tree(folder, {f"f{i:02d}": os.urandom(rng.randrange(0, 3000)) for i in range(40)})
+    (folder / "f00").chmod(0o755)
+    parent = None
+    for round_ in range(6):
+        ds = Dataset.create("p", "n", parents=[parent] if parent else None, store=file_store)
+        if round_ == 2:  # external links are part of the view too
+            link_dir = tmp_path / "links"
+            make_tree(link_dir, {"l1": b"link one", "sub/l2": b"link two"})
+            ds.add_external_files(f"file://{link_dir}", dataset_path="ext")
+        ds.sync_folder(str(folder))
+        ds.finalize()
+        saved = FileTable.load(Dataset.get(ds.id, store=file_store).info)
+        assert saved is not None
+        decoded = _decoded(file_store, ds.id)
+        assert _columns(saved) == _columns(decoded)
+        assert _chunk_digests(saved) == _chunk_digests(decoded)
+        lineage = Lineage(Store.open(file_store))
+        stored = {ref for i in lineage.ancestors([ds.id]) for e in lineage.changes(i) for ref in e.chunks}
+        assert {saved.known_chunk(d) for d in _chunk_digests(saved)} <= stored  # each ref is a real place
+        parent = ds.id
+        # next round: modify, remove, add, flip an exec bit, replace a file by a folder
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        for name in rng.sample(names, 5):
+            (folder / name).write_bytes(os.urandom(rng.randrange(1, 3000)))
+        for name in rng.sample(names, 3):
+            (folder / name).unlink()
+        make_tree(folder, {f"new{round_}/x{i}": os.urandom(100) for i in range(3)})
+        victim = folder / names[-1]
+        if victim.exists():
+            victim.unlink()
+            make_tree(folder, {f"{names[-1]}/inside": b"now a folder"})
+        if (folder / names[0]).is_file():
+            (folder / names[0]).chmod(0o755 if round_ % 2 else 0o644)
+
+
+def test_sync_and_close_use_the_saved_table_without_decoding(tmp_path, memory_store, monkeypatch):
+    folder = tmp_path / "d"
+    make_tree(folder, {f"a/f{i}": os.urandom(2000) for i in range(20)})
+    first, _ = Dataset.sync(str(folder), "p", "n", store=memory_store)
+    (folder / "a" / "f3").write_bytes(b"changed")
+    (folder / "a" / "f4").unlink()
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a change-set was decoded")
+
+    monkeypatch.setattr(dsfs.lineage, "load_changes", no_decode)
+    second, changes = Dataset.sync(str(folder), "p", "n", store=memory_store)  # a new Store: no shared Lineage
+    assert list(changes.modified) == ["a/f3"] and changes.removed == ["a/f4"] and changes.unchanged == 18
+    monkeypatch.undo()
+    again = Dataset.get(second.id, store=memory_store)
+    assert again.info.stats["files"] == 19
+    assert again.info.stats["bytes"] == sum(len(again.read_file(p)) for p in again.list_files())
+    assert again.read_file("a/f3") == b"changed" and again.list_removed_files() == ["a/f4"]
+    assert again.info.stats["new_bytes"] < 100  # the unchanged chunks were known from the table
+
+
+def _damage_flip(path, info):
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def _damage_truncate(path, info):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def _damage_other_version(path, info):
+    # a sound table, but of another version (e.g. the same id in another store)
+    os.replace(os.path.join(os.path.dirname(path), info["other"]), path)
+
+
+@pytest.mark.parametrize("damage", [_damage_flip, _damage_truncate, _damage_other_version])
+def test_a_table_that_cannot_be_trusted_is_ignored(tmp_path, memory_store, damage):
+    folder = tmp_path / "d"
+    make_tree(folder, {f"f{i}": os.urandom(1000) for i in range(10)})
+    other, _ = Dataset.sync(str(tmp_path / "d"), "p", "other", store=memory_store)
+    first, _ = Dataset.sync(str(folder), "p", "n", store=memory_store)
+    path = os.path.join(tables_dir(), first.id)
+    damage(path, {"other": other.id})
+    assert FileTable.load(Dataset.get(first.id, store=memory_store).info) is None
+    (folder / "f1").write_bytes(b"changed")
+    second, changes = Dataset.sync(str(folder), "p", "n", store=memory_store)  # decodes instead
+    assert list(changes.modified) == ["f1"] and changes.unchanged == 9
+    assert Dataset.get(second.id, store=memory_store).info.stats["files"] == 10
+    assert FileTable.load(Dataset.get(second.id, store=memory_store).info) is not None
+
+
+def test_a_draft_never_has_a_table_used(tmp_path, memory_store):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    ds = Dataset.create("p", "n", store=memory_store)
+    ds.add_files(str(tmp_path / "d"))
+    ds.finalize()
+    info = Dataset.get(ds.id, store=memory_store).info
+    info.state = "draft"
+    assert FileTable.load(info) is None
+
+
+def test_a_table_does_not_hide_a_corrupt_change_set_in_the_store(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"f": b"x" * 100})
+    first, _ = Dataset.sync(str(tmp_path / "d"), "p", "n", store=file_store)
+    assert FileTable.load(first.info) is not None
+    path = f"{file_store[len('file://'):]}/datasets/{first.id}/changes.msgpack.zst"
+    open(path, "ab").write(b"junk")
+    (tmp_path / "d" / "f").write_bytes(b"changed")
+    with pytest.raises(CorruptData, match=f"change-set of dataset {first.id}"):
+        Dataset.sync(str(tmp_path / "d"), "p", "n", store=file_store)
+    assert [v.version for v in Dataset.search(store=file_store)] == ["1.0.0"]
+
+
+def test_conflicts_are_found_through_the_table(tmp_path, memory_store):
+    make_tree(tmp_path / "a", {"x": b"file", "y/z": b"nested"})
+    first, _ = Dataset.sync(str(tmp_path / "a"), "p", "n", store=memory_store)
+    for tree in ({"x/inside": b"under a file"}, {"y": b"over a folder"}):
+        make_tree(tmp_path / "b", tree)
+        child = Dataset.create("p", "c", parents=[first.id], store=memory_store)
+        child.add_files(str(tmp_path / "b"))
+        with pytest.raises(Conflict, match="both a file and a folder"):
+            child.finalize()
+        (tmp_path / "b").rename(tmp_path / f"done-{len(tree)}-{next(iter(tree))[0]}")
+    # a file removed and a folder of the same name added in one version is no conflict
+    os.unlink(tmp_path / "a" / "x")
+    make_tree(tmp_path / "a", {"x/inside": b"now a folder"})
+    second, _ = Dataset.sync(str(tmp_path / "a"), "p", "n", store=memory_store)
+    assert sorted(second.list_files()) == ["x/inside", "y/z"]
+
+
+def test_a_merge_of_two_parents_is_checked_for_conflicts(tmp_path, memory_store):
+    make_tree(tmp_path / "a", {"x": b"file"})
+    make_tree(tmp_path / "b", {"x/y": b"nested"})
+    a, _ = Dataset.sync(str(tmp_path / "a"), "p", "a", store=memory_store)
+    b, _ = Dataset.sync(str(tmp_path / "b"), "p", "b", store=memory_store)
+    with pytest.raises(Conflict, match="merge of parents"):
+        Dataset.create("p", "c", parents=[a.id, b.id], store=memory_store)
+
+
+def test_only_the_newest_tables_are_kept(tmp_path, memory_store):
+    folder = tmp_path / "d"
+    ids = []
+    for i in range(TABLES_KEPT + 3):
+        make_tree(folder, {f"f{i}": b"%d" % i})
+        ds, _ = Dataset.sync(str(folder), "p", "n", store=memory_store)
+        ids.append(ds.id)
+    assert sorted(os.listdir(tables_dir())) == sorted(ids[3:])
+
+
+def test_cache_clear_drops_tables(tmp_path, memory_store, dsfs):
+    make_tree(tmp_path / "d", {"f": b"x"})
+    first, _ = Dataset.sync(str(tmp_path / "d"), "p", "n", store=memory_store)
+    assert os.listdir(tables_dir()) == [first.id]
+    assert dsfs("cache", "clear").code == 0
+    assert not os.path.exists(tables_dir())
