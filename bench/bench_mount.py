@@ -33,7 +33,12 @@ written through the store API; every other dataset is ingested from bench/gen_da
     s3-small    the same for the 10,000 small files (`find | xargs cat` vs `dsfs download`)
                                                                                     target >= 0.8x
 The S3 figures time the reads alone (`dsfs mount` returns before, its time is shown beside); both sides
-get s3rver's objects from the page cache (authoring just wrote them).
+get s3rver's objects from the page cache (authoring just wrote them). They run with the machine's
+memory full, as a node's is after a while: a ballast in /dev/shm leaves ~2 GiB free, so new
+page-cache pages come from reclaim. This VM (Firecracker, free page reporting) hands free memory back
+to its host, and every page taken from it again costs a host fault: a run that fills free memory ran
+1.5-2x slower, and a mount fills two pages per byte read (the chunk file and the FUSE file's cache)
+where a download fills one, so with free memory the figure measured the VM (docs/mount.md).
 
 Everything runs under WORKDIR/run with its own XDG dirs (the user's dsfs state is never touched).
 The exit code is 1 if a target is missed.
@@ -42,6 +47,7 @@ The exit code is 1 if a target is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import io
 import os
@@ -352,7 +358,8 @@ class Bench:
             store.check(create=True)
             self.say(f"S3: s3rver {s3.version()} on {s3.endpoint}")
             for kind in ("large", "small"):
-                self.s3_figure(store, kind)
+                with memory_full(self.say):
+                    self.s3_figure(store, kind)
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -405,11 +412,13 @@ class Bench:
                 self.unmount(mountpoint)
             return took, mounting
 
-        downs, mounts = [], []
+        downs, mounts, free = [], [], []
         for _ in range(self.args.repeat):  # interleaved: the machine's noise hits both alike
             os.sync()
+            free.append(mem_free_mib())
             downs.append(download())
             os.sync()
+            free.append(mem_free_mib())
             mounts.append(mounted())
         for target in leftovers:
             shutil.rmtree(target, ignore_errors=True)
@@ -427,7 +436,8 @@ class Bench:
         self.record(f"s3-{'seq' if kind == 'large' else 'small'}", f"cold from S3, fresh mount (+{mounting:.1f} s mount)",
                     value, base, f"{down / read:.2f}x", ">= 0.8x", down / read >= 0.8)
         self.say(f"    runs: download {', '.join(f'{d:.2f}' for d in downs)} s; "
-                 f"mount read {', '.join(f'{m[0]:.2f}' for m in mounts)} s (medians reported)")
+                 f"mount read {', '.join(f'{m[0]:.2f}' for m in mounts)} s (medians reported); "
+                 f"free memory before each: {', '.join(map(str, free))} MiB")
 
     def bench_ls_100k(self) -> None:
         files = max(1000, int(100_000 * self.args.scale))
@@ -516,6 +526,33 @@ class Bench:
         if not self.args.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return 1 if self.failed else 0
+
+
+def mem_free_mib() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemFree:"))
+
+
+@contextlib.contextmanager
+def memory_full(say, leave_mib: int = 2048):
+    """Fill free memory but `leave_mib` with a ballast file in /dev/shm (tmpfs: not reclaimable), so
+    what the measured commands put in the page cache comes from reclaim, as on a busy node."""
+    path = f"/dev/shm/dsfs-bench-ballast-{os.getpid()}"
+    block = os.urandom(16 << 20)
+    try:
+        with open(path, "wb") as f:
+            for _ in range(max(0, mem_free_mib() - leave_mib) // 16):
+                f.write(block)
+        say(f"  (memory full: {os.path.getsize(path) >> 20} MiB ballast in /dev/shm, {mem_free_mib()} MiB free)")
+    except OSError as exc:
+        say(f"  (no ballast: {exc}; figures depend on free memory)")
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def main(argv=None) -> int:
