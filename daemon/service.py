@@ -118,6 +118,7 @@ def serve(spec: MountSpec, status: Status | None = None) -> int:
         signal.signal(sig, _stop_early)
     view = None
     mounted = False
+    ops = None
     try:
         try:
             import pyfuse3
@@ -144,7 +145,7 @@ def serve(spec: MountSpec, status: Status | None = None) -> int:
         mounted = True
         import trio
 
-        trio.run(_run, spec, status, view)
+        trio.run(_run, spec, status, view, ops)
         return 0
     except _Stop as exc:
         log.info("stopped by %s before serving", exc)
@@ -159,6 +160,8 @@ def serve(spec: MountSpec, status: Status | None = None) -> int:
         status.send({"ok": False, "error": f"mount daemon failed: {type(exc).__name__}: {exc}", "code": 1})
         return 1
     finally:
+        if ops is not None:
+            ops.pusher.stop()
         if mounted:
             import pyfuse3
 
@@ -169,7 +172,7 @@ def serve(spec: MountSpec, status: Status | None = None) -> int:
             view.close()
 
 
-async def _run(spec: MountSpec, status: Status, view) -> None:
+async def _run(spec: MountSpec, status: Status, view, ops) -> None:
     import pyfuse3
     import trio
 
@@ -187,6 +190,9 @@ async def _run(spec: MountSpec, status: Status, view) -> None:
                 async for signum in signals:
                     log.info("%s: unmounting %s", signal.Signals(signum).name, spec.mountpoint)
                     notify("STOPPING=1")
+                    # while the loop still answers: a push may wait for a page that a read in
+                    # flight holds, and must not outlive the session
+                    await trio.to_thread.run_sync(ops.pusher.stop)
                     pyfuse3.terminate()
                     break
     finally:

@@ -11,6 +11,11 @@
   would otherwise end its main loop on an exception that is not a FUSEError).
 - Every mutating call answers EROFS (the mount is also `ro`, so the kernel usually answers first).
 
+Files read in inode order (`find | xargs cat`, a loader going through a listing) have the next small
+files' bytes put in the kernel's page cache ahead of the reader (`PagePusher`, FUSE's notify_store),
+from the node's cache only: their reads are then answered by the kernel, and each such file costs this
+one-threaded loop two requests (OPEN, RELEASE) instead of three.
+
 Directory offsets: 0 is the start, 1 follows '.', 2 follows '..', and 2 + n follows the view's
 n-th child; the view's listing positions are stable, so an interrupted listing resumes exactly.
 """
@@ -21,7 +26,9 @@ import errno
 import functools
 import logging
 import os
+import queue
 import stat
+import threading
 
 import pyfuse3
 import trio
@@ -36,6 +43,9 @@ BLKSIZE = 1 << 20  # st_blksize: the buffer size of cat, cp, stdio and Python; 1
 DIR_BATCH = 256  # directory entries fetched per worker-thread call
 XATTR_DIGEST = b"user.dsfs.blake3"
 MAX_LOGGED = 10_000
+PUSH_AHEAD = 256  # files put in the page cache ahead of a reader reading in order...
+PUSH_LOW = 64  # ... topped up when the reader is this close to the last one pushed
+PUSH_FILE_BYTES = 1 << 20  # only files this small: the kernel's readahead serves bigger ones well
 
 
 def mount_options(allow_other: bool = False) -> set[str]:
@@ -54,6 +64,71 @@ def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, DsfsError):
         return exc.errno
     return errno.EIO
+
+
+class PagePusher:
+    """Puts the bytes of the next small files in the kernel's page cache while a reader opens files
+    in inode order, from a thread of its own: only what the node's cache already holds (nothing is
+    fetched for it), so a file it skips is read the usual way. Reading 10,000 cached small files:
+    3,600-4,000 -> 4,400-5,400 files/s (docs/mount.md)."""
+
+    def __init__(self, view: View, notify=None):
+        self.view = view
+        self.notify = notify or pyfuse3.notify_store
+        self.edge = 0  # files are queued up to this inode (excluded)
+        self.pushed = 0
+        self.in_page_cache: set[int] = set()  # pushed, not opened since
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+
+    def take(self, ino: int) -> bool:
+        """Were this file's bytes pushed (and not yet opened since)? Then its read is not expected."""
+        if ino in self.in_page_cache:
+            self.in_page_cache.discard(ino)
+            return True
+        return False
+
+    def opened(self, ino: int) -> None:
+        """A file was opened (on the event loop's thread: only bookkeeping here)."""
+        if self.stopping or not self.view.reading_in_order():
+            self.edge = ino + 1
+            return
+        if self.edge - ino > PUSH_LOW:
+            return
+        start, self.edge = max(self.edge, ino + 1), ino + 1 + PUSH_AHEAD
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="dsfs-push", daemon=True)
+            self.thread.start()
+        self.queue.put((start, self.edge))
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            for ino in range(*batch):
+                if self.stopping:
+                    return
+                try:
+                    data = self.view.cached_file(ino, PUSH_FILE_BYTES)
+                    if data is not None:
+                        self.notify(ino, 0, data)
+                        self.pushed += 1
+                        if len(self.in_page_cache) > 4 * PUSH_AHEAD:  # pushed, never opened
+                            self.in_page_cache.clear()
+                        self.in_page_cache.add(ino)
+                except OSError:
+                    pass  # e.g. ENOENT: the kernel has not looked the file up; it is read as usual
+                except Exception:  # noqa: BLE001 - pushing is a shortcut: a read reports failures
+                    log.debug("page cache push of inode %d failed", ino, exc_info=True)
+
+    def stop(self) -> None:
+        """Stop pushing; call it while the FUSE loop still answers (a push may be waiting for a page
+        that a read in flight holds) and before the session closes. Idempotent."""
+        self.stopping = True
+        thread, self.thread = self.thread, None
+        if thread is not None:
+            self.queue.put(None)
+            thread.join(timeout=10)
+            log.info("page cache push: %d files put in the kernel's page cache ahead of readers", self.pushed)
 
 
 def _handler(fn):
@@ -101,6 +176,7 @@ class Operations(pyfuse3.Operations):
         self.dirs: dict[int, _Dir] = {}
         self.next_fh = 1
         self.logged: set = set()
+        self.pusher = PagePusher(view)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -263,11 +339,13 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         # on the trio thread when the first read will be answered from memory (as read is): the view
         # index lookup is in LMDB's map; otherwise a worker thread loads the first chunk from the cache
-        handle = self.view.open(inode, wait=False)
+        pushed = self.pusher.take(inode)
+        handle = self.view.open(inode, wait=False, in_page_cache=pushed)
         if handle is None:
-            handle = await self._meta(self.view.open, inode)
+            handle = await self._meta(functools.partial(self.view.open, inode, in_page_cache=pushed))
         fh = self._new_fh()
         self.files[fh] = handle
+        self.pusher.opened(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     @_handler

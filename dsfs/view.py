@@ -150,9 +150,9 @@ class View:
         self.max_workers = max_workers
         self.names: dict[int, str] = {}  # ino -> a path, for error messages (only for opened files)
         self.files_lock = threading.Lock()
-        self.last_open = 0  # the file read last (its inode)
+        self.last_open = 0  # the file opened last (its inode)
         self.files_ahead = 0  # the next files' chunks were asked for up to this inode (excluded)
-        self.in_order = 0  # files read in order in a row
+        self.in_order = 0  # files opened in order in a row
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -229,16 +229,18 @@ class View:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def open(self, ino: int, label: str = "", wait: bool = True) -> OpenFile | None:
+    def open(self, ino: int, label: str = "", wait: bool = True, in_page_cache: bool = False) -> OpenFile | None:
         """A handle for reading a file. wait=False never waits for a disk or the network (the view
         index's lookup is in LMDB's map; the first chunk is read if its file is in the page cache)
         and answers None unless the first read can then be served from memory (an external file
-        never can)."""
+        never can). in_page_cache: the kernel was given the file's bytes (the FUSE layer's push),
+        so no read is expected: its first chunk is not loaded."""
         node = self.getattr(ino)
         chunks = node.chunks  # built from the index record on each access: once here
-        first = chunks[0] if chunks else None
+        first = chunks[0] if chunks and not in_page_cache else None
         if not wait and (node.url or first is not None and not self._to_memory(first, in_ram_only=True)):
             return None
+        self._note_order(ino)
         handle = OpenFile(node, chunks)
         if node.url:
             handle.link = links.checked(node.url, node.etag, node.size, self._label(node, label))
@@ -465,15 +467,11 @@ class View:
         coalesced GETs bring hundreds of files. Topped up every FILES_STEP files, so that several
         batches are under way at once (with one batch at a time, topped up at half, a reader of small
         files from S3 caught up with it 66 times in 10,000 files and waited 2.7 s of 7.2; 6 times
-        and 0.5 s with this). Called on a file's first read (open fetches nothing: SEMANTICS [lazy])."""
+        and 0.5 s with this). Called on a file's first read (open fetches nothing: SEMANTICS [lazy]);
+        the order is judged on opens (`_note_order`), as files whose bytes the mount put in the
+        kernel's page cache are opened but never read."""
         with self.files_lock:
-            last, self.last_open = self.last_open, ino
-            if not 0 < ino - last <= FILES_GAP:
-                self.files_ahead = ino + 1
-                self.in_order = 0
-                return
-            self.in_order += 1
-            if self.in_order < FILES_IN_ORDER:
+            if not self.reading_in_order():
                 return
             start = max(ino + 1, self.files_ahead)
             if start - ino > FILES_AHEAD - FILES_STEP:
@@ -490,6 +488,33 @@ class View:
             self.pool.submit(self._fetch_files, start, stop)
         except RuntimeError:
             pass  # the view is closing
+
+    def _note_order(self, ino: int) -> None:
+        with self.files_lock:
+            last, self.last_open = self.last_open, ino
+            if 0 < ino - last <= FILES_GAP:
+                self.in_order += 1
+            else:
+                self.files_ahead = ino + 1
+                self.in_order = 0
+
+    def reading_in_order(self) -> bool:
+        """Were the last files opened in inode order (FILES_IN_ORDER of them in a row)?"""
+        return self.in_order >= FILES_IN_ORDER
+
+    def cached_file(self, ino: int, limit: int) -> bytes | None:
+        """The whole content of a file of 1 to `limit` bytes if every chunk of it is in memory or in
+        the node's cache (verified), else None; never asks the store. May read the disk."""
+        node = self.index.getattr(ino)
+        if node is None or node.is_dir or node.url or not 0 < node.size <= limit:
+            return None
+        pieces = []
+        for ref in node.chunks:
+            data = self.memo.get(ref.digest) or self.cache.get_chunk(ref.digest, ref.raw)
+            if data is None:
+                return None
+            pieces.append(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _fetch_files(self, start: int, stop: int) -> None:
         owners: dict[bytes, Node] = {}

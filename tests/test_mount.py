@@ -280,6 +280,28 @@ def test_prefetch_warms_the_cache_in_the_background(node):
         assert open(f"{mountpoint}/val/c", "rb").read() == files["val/c"]
 
 
+def test_files_read_in_order_are_pushed_to_the_page_cache_and_read_right(node):
+    sizes = [rng.choice([1, 3_000, 40_000, 300_000]) for _ in range(300)]
+    files = {f"d{i // 100}/f{i:03d}": rng.randbytes(size) for i, size in enumerate(sizes)}
+    files["d1/big"] = rng.randbytes(3 << 20)  # over the push limit: read the usual way
+    files["d1/empty"] = b""
+    dataset = node.dataset(files, name="push")
+    cache_dir = f"{node.base}/push-cache"
+    with node.mounted(dataset, "push", "--prefetch", "--cache-dir", cache_dir) as mountpoint:
+        wait_for(lambda: "prefetch done" in node.log(mountpoint), what="prefetch")
+    # a fresh mount (empty page cache) over a warm node cache: `find | xargs cat` in path order
+    with node.mounted(dataset, "push", "--cache-dir", cache_dir) as mountpoint:
+        listing = subprocess.run(["find", mountpoint, "-type", "f"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for path in sorted(listing):
+            with open(path, "rb") as f:
+                assert f.read() == files[os.path.relpath(path, mountpoint)], path
+        log_path = node.record(mountpoint)["log"]
+    with open(log_path) as f:
+        pushed = [line for line in f if "page cache push:" in line][-1]
+    assert 250 <= int(pushed.split("push: ")[1].split()[0]) <= 300  # all but the first few small files
+
+
 def test_python_api(node, monkeypatch):
     from dsfs import daemon
 

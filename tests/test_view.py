@@ -387,3 +387,24 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert writes[1] != loop_thread
+
+
+def test_cached_file_gives_only_verified_bytes_from_the_node_cache(tmp_path, file_store):
+    files = {"a": os.urandom(30_000), "b": os.urandom(40_000), "big": os.urandom(3 << 20), "empty": b""}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    view = _view(ds)
+    ino = {name: view.resolve(name).ino for name in files}
+    assert view.cached_file(ino["a"], 1 << 20) is None  # not cached: the store is never asked
+    for name in files:
+        view.read_path(name)
+    assert view.cached_file(ino["a"], 1 << 20) == files["a"]
+    assert view.cached_file(ino["big"], 1 << 20) is None and view.cached_file(ino["empty"], 1 << 20) is None
+    assert view.cached_file(view.resolve("").ino, 1 << 20) is None  # a folder
+    ref = view.resolve("b").chunks[0]
+    fresh = _view(ds)  # no chunk in its memory: the cache's file is what it reads
+    path = fresh.cache._chunk_path(ref.digest)
+    data = bytearray(open(path, "rb").read())
+    data[100] ^= 1
+    open(path, "wb").write(bytes(data))
+    assert fresh.cached_file(ino["b"], 1 << 20) is None  # corrupt: never handed out, and dropped
+    assert not fresh.cache.has_chunk(ref.digest)
