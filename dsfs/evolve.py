@@ -3,7 +3,8 @@ flattened merge of several versions (squash), all without moving chunk bytes tha
 
 - Sync compares a local folder with the parents' merged view, read from their file table
   (dsfs.filetable): size and mtime first (cheap), and a content hash only where size matches but
-  mtime does not, to tell a touched file from a changed one. Upload then sends only new chunks, so a 1%-changed folder costs about 1% to sync.
+  mtime does not, to tell a touched file from a changed one. Upload then sends only new chunks, so
+  a 1%-changed folder costs about 1% to sync.
 - Compare merge-joins two merged views streamed in path order (dsfs.viewindex), so two versions of
   any size, related or not, are compared in flat memory.
 - Squash writes one change-set holding every entry of the merged view: the chunk refs point into the

@@ -105,13 +105,14 @@ class FileTable:
         return sum(self.sizes)
 
     def holds(self, entry: Entry) -> bool:
-        """This table has entry's path with the same content (as Entry.same_content)."""
+        """This table has entry's path with the same content (Entry.same_content)."""
         row = self.find(entry.path)
-        if row is None or entry.removed:
+        if row is None:
             return False
         url, etag = self.links.get(entry.path, ("", ""))
-        return (self.sizes[row] == entry.size and bool(self.flags[row] & EXECUTABLE) == entry.executable
-                and self.digest(row) == entry.digest and url == entry.url and etag == entry.etag)
+        before = Entry(entry.path, self.sizes[row], bool(self.flags[row] & EXECUTABLE), self.mtimes[row],
+                       self.digest(row), url=url, etag=etag)
+        return before.same_content(entry)
 
     def known_chunk(self, digest: bytes) -> ChunkRef | None:
         """The ref of a chunk the lineage stored, or None."""

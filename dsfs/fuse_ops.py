@@ -72,9 +72,8 @@ class PagePusher:
     fetched for it), so a file it skips is read the usual way. Reading 10,000 cached small files:
     3,600-4,000 -> 4,400-5,400 files/s (docs/mount.md)."""
 
-    def __init__(self, view: View, notify=None):
+    def __init__(self, view: View):
         self.view = view
-        self.notify = notify or pyfuse3.notify_store
         self.edge = 0  # files are queued up to this inode (excluded)
         self.pushed = 0
         self.in_page_cache: set[int] = set()  # pushed, not opened since
@@ -110,7 +109,7 @@ class PagePusher:
                 try:
                     data = self.view.cached_file(ino, PUSH_FILE_BYTES)
                     if data is not None:
-                        self.notify(ino, 0, data)
+                        pyfuse3.notify_store(ino, 0, data)
                         self.pushed += 1
                         if len(self.in_page_cache) > 4 * PUSH_AHEAD:  # pushed, never opened
                             self.in_page_cache.clear()
