@@ -17,7 +17,7 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from .errors import CorruptChunk, StoreUnavailable
 from .model import ChunkRef
@@ -118,33 +118,25 @@ def _bounded(ranges: list[Range], task, max_workers: int):
                 future.cancel()
 
 
-def fetch_ranges(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
-                 where: Callable[[ChunkRef], str] = lambda ref: ""):
-    """Yield (range, {digest: raw bytes}, {digest: error}) as each coalesced range arrives."""
-    for rng, (good, bad) in _bounded(plan_ranges(refs), lambda rng: fetch_range(store, rng, where), max_workers):
-        yield rng, good, bad
+def fetch_each(store: Store, refs: Iterable[ChunkRef], on_range: Callable[[Range, dict, dict], None],
+               max_workers: int = 8, where: Callable[[ChunkRef], str] = lambda ref: "") -> None:
+    """Fetch every ref and call on_range(range, {digest: raw bytes}, {digest: error}) in the thread
+    that fetched the range, so that storing overlaps the network and ranges are stored in parallel.
+    Returns when all are handled; raises the first exception a fetch or a handler raised (the
+    ranges not started are cancelled)."""
+    def work(rng: Range) -> None:
+        on_range(rng, *fetch_range(store, rng, where))
 
-
-def fetch_chunks(store: Store, refs: Iterable[ChunkRef], max_workers: int = 8,
-                 where: Callable[[ChunkRef], str] = lambda ref: "") -> Iterator[tuple[ChunkRef, bytes | None, Exception | None]]:
-    """Yield (ref, raw bytes, None) or (ref, None, error) for every unique ref, as ranges arrive."""
-    for rng, good, bad in fetch_ranges(store, refs, max_workers, where):
-        for ref in rng.refs:
-            if ref.digest in good:
-                yield ref, good.pop(ref.digest), None
-            else:
-                yield ref, None, bad[ref.digest]
+    for _ in _bounded(plan_ranges(refs), work, max_workers):
+        pass
 
 
 def fetch_into(store: Store, refs: Iterable[ChunkRef], deliver: Callable[[ChunkRef, bytes | None, Exception | None], None],
                max_workers: int = 8, where: Callable[[ChunkRef], str] = lambda ref: "") -> None:
     """Fetch every ref and call deliver(ref, raw bytes or None, error or None) in the fetching
-    thread, so writing overlaps the network. Returns when all are delivered; raises the first
-    exception a fetch or a delivery raised (the rest are cancelled)."""
-    def work(rng: Range) -> None:
-        good, bad = fetch_range(store, rng, where)
+    thread, so writing overlaps the network (see fetch_each)."""
+    def each(rng: Range, good: dict, bad: dict) -> None:
         for ref in rng.refs:
             deliver(ref, good.get(ref.digest), bad.get(ref.digest))
 
-    for _ in _bounded(plan_ranges(refs), work, max_workers):
-        pass
+    fetch_each(store, refs, each, max_workers, where)

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import links, paths
 from .cache import Cache
 from .errors import PathNotFound
-from .fetch import fetch_ranges
+from .fetch import fetch_each
 from .model import ChunkRef
 from .store import Store
 from .viewindex import ROOT, Node, ViewIndex, ensure_view
@@ -416,7 +416,8 @@ class View:
                 else:
                     def where(ref):
                         return self._label(node)
-                for rng, good, bad in fetch_ranges(self.store, remote, self.max_workers, where):
+
+                def store(rng, good, bad) -> None:  # in the thread that fetched the range
                     try:  # one cache transaction per range, before any reader is answered
                         self.cache.put_chunks(list(good.items()))
                     except OSError:
@@ -424,6 +425,8 @@ class View:
                     for ref in rng.refs:
                         self._done(ref, good.get(ref.digest), bad.get(ref.digest))
                         settled.add(ref.digest)
+
+                fetch_each(self.store, remote, store, self.max_workers, where)
         except BaseException as exc:
             for ref in refs:
                 if ref.digest not in settled:  # a settled one may have a new load under way by now
@@ -569,9 +572,14 @@ class View:
         return counts
 
     def _warm_batch(self, batch: dict[bytes, ChunkRef], counts: dict) -> None:
-        for rng, good, bad in fetch_ranges(self.store, batch.values(), self.max_workers,
-                                           lambda r: f"a chunk of dataset {self.dataset_id}"):
+        lock = threading.Lock()
+
+        def store(rng, good, bad) -> None:  # in the thread that fetched the range
             self.cache.put_chunks(list(good.items()))
-            counts["failed"] += len(bad)
-            counts["chunks"] += len(good)
-            counts["bytes"] += sum(len(data) for data in good.values())
+            with lock:
+                counts["failed"] += len(bad)
+                counts["chunks"] += len(good)
+                counts["bytes"] += sum(len(data) for data in good.values())
+
+        fetch_each(self.store, batch.values(), store, self.max_workers,
+                   lambda r: f"a chunk of dataset {self.dataset_id}")
