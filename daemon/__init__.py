@@ -13,6 +13,11 @@ exits, so the daemon is re-parented to init and never lingers as a zombie of a l
 argv) and reports on a pipe, once: ready with its pid, or the one-line error that stopped it.
 `mount` returns only once the mountpoint answers; on failure it raises that error and leaves no
 process and no mount behind.
+
+A detached daemon logs to a file per mountpoint (`dsfs mounts` shows it); a mount that starts with
+that file over `LOG_KEEP` bytes moves it to `<log>.1` first (replacing an older one), so a node that
+mounts the same path for months keeps two files, not one that grows for ever. Within one mount the
+log is bounded too: failures are logged once per file (dsfs.fuse_ops).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .service import MountSpec
 
 START_TIMEOUT = 600.0  # s: building the view of a very large version on first mount takes a while
 STOP_TIMEOUT = 10.0
+LOG_KEEP = 8 << 20
 
 
 @dataclass
@@ -82,10 +88,19 @@ def mount(dataset: str, mountpoint: str, store=None, timeout: float = START_TIME
     return start(spec, timeout)
 
 
+def _rotate(log_file: str) -> None:
+    try:
+        if os.path.getsize(log_file) > LOG_KEEP:
+            os.replace(log_file, log_file + ".1")
+    except FileNotFoundError:
+        pass
+
+
 def start(spec: MountSpec, timeout: float = START_TIMEOUT) -> MountHandle:
     """Start the daemon for a resolved spec and wait until it serves (see the module doc)."""
     read_fd, write_fd = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # systemd's socket is not ours
+    _rotate(spec.log_file)
     with open(spec.log_file, "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} mount {spec.ref} at {spec.mountpoint}\n".encode())
         log.flush()

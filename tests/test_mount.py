@@ -157,8 +157,25 @@ def test_detached_daemon_sigterm_and_sigint(node):
         os.kill(pid, sig)
         wait_for(lambda: pid_gone(pid), what="daemon exit")
         assert not is_mounted(mountpoint) and node.record(mountpoint) is None
-        assert f"{signal.Signals(sig).name}: unmounting" in open(mounts.log_path(mountpoint) if False else
-                                                                 _log_file(node, mountpoint)).read()
+        assert f"{signal.Signals(sig).name}: unmounting" in open(_log_file(node, mountpoint)).read()
+
+
+def test_a_big_log_is_moved_aside_when_a_mount_starts(node):
+    from dsfs.daemon import LOG_KEEP
+
+    dataset = node.dataset({"f": b"x"}, name="logs")
+    with node.mounted(dataset, "logs") as mountpoint:
+        log = _log_file(node, mountpoint)
+    with open(log, "ab") as f:  # as after months of mounts on the same path
+        f.write(b"old line\n" * (LOG_KEEP // 9))
+    with node.mounted(dataset, "logs"):
+        pass
+    assert os.path.getsize(log) < 64 << 10 and "mount" in open(log).read()
+    old = open(log + ".1", "rb").read()
+    assert len(old) > LOG_KEEP and old.endswith(b"old line\n")
+    with node.mounted(dataset, "logs"):  # a small log is kept and appended to
+        pass
+    assert open(log).read().count("--- ") == 2 and os.path.getsize(log + ".1") == len(old)
 
 
 def _log_file(node, mountpoint) -> str:
