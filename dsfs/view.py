@@ -417,7 +417,7 @@ class View:
                     def where(ref):
                         return self._label(node)
 
-                def store(rng, good, bad) -> None:  # in the thread that fetched the range
+                def store_range(rng, good, bad) -> None:  # in the thread that fetched the range
                     try:  # one cache transaction per range, before any reader is answered
                         self.cache.put_chunks(list(good.items()))
                     except OSError:
@@ -426,7 +426,7 @@ class View:
                         self._done(ref, good.get(ref.digest), bad.get(ref.digest))
                         settled.add(ref.digest)
 
-                fetch_each(self.store, remote, store, self.max_workers, where)
+                fetch_each(self.store, remote, store_range, self.max_workers, where)
         except BaseException as exc:
             for ref in refs:
                 if ref.digest not in settled:  # a settled one may have a new load under way by now
@@ -574,12 +574,12 @@ class View:
     def _warm_batch(self, batch: dict[bytes, ChunkRef], counts: dict) -> None:
         lock = threading.Lock()
 
-        def store(rng, good, bad) -> None:  # in the thread that fetched the range
+        def store_range(rng, good, bad) -> None:  # in the thread that fetched the range
             self.cache.put_chunks(list(good.items()))
             with lock:
                 counts["failed"] += len(bad)
                 counts["chunks"] += len(good)
                 counts["bytes"] += sum(len(data) for data in good.values())
 
-        fetch_each(self.store, batch.values(), store, self.max_workers,
+        fetch_each(self.store, batch.values(), store_range, self.max_workers,
                    lambda r: f"a chunk of dataset {self.dataset_id}")
