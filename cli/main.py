@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dsfs import Dataset
+from dsfs import Dataset, sweep
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.dataset import open_store
 from dsfs.errors import DatasetNotFound, DsfsError
@@ -325,11 +325,41 @@ def move(ctx, project, name, new_project):
 @click.option("--force", is_flag=True, help="Delete even if other versions inherit from it.")
 @click.pass_context
 def delete(ctx, ref, force):
-    """Delete a version and the packs it added."""
+    """Delete a version's records (its files' data stays until `dsfs gc`: other versions may share it)."""
     if not ref:
         ref = Dataset.current(ctx.obj["store"]).id
+    unreadable, borrowers = Dataset.dependents(ref, store=ctx.obj["store"]) if force else ([], [])
     info = Dataset.delete(ref, force=force, store=ctx.obj["store"])
-    click.echo(f"deleted {info.ref} ({info.id})")
+    click.echo(f"deleted {info.ref} ({info.id}); run `dsfs gc` to reclaim space no version uses")
+    if unreadable:
+        click.echo(f"dsfs: warning: {len(unreadable)} version(s) inherit from it and can no longer be read: "
+                   + ", ".join(f"{v.ref} ({v.id})" for v in unreadable), err=True)
+    if borrowers:
+        click.echo(f"dsfs: {len(borrowers)} squashed version(s) borrow its packs and stay readable: "
+                   + ", ".join(v.ref for v in borrowers), err=True)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="Never delete a pack younger than this (an upload may be about to use it): 30m, 24h, 7d, 0.")
+@json_option
+@click.pass_context
+def gc(ctx, dry_run, grace, as_json):
+    """Reclaim the space of packs no final version references (mark and sweep; one gc at a time)."""
+    report = sweep.gc(open_store(ctx.obj["store"]), grace=sweep.parse_duration(grace), dry_run=dry_run)
+    if as_json:
+        return _emit_json(report.to_json())
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {report.deleted_packs} pack(s), {_human(report.deleted_bytes)}; "
+               f"kept {report.referenced_packs} referenced by {report.versions} final version(s)")
+    if report.kept_young_packs or report.kept_session_packs:
+        click.echo(f"kept {report.kept_young_packs} unreferenced pack(s) younger than {grace} "
+                   f"({_human(report.kept_young_bytes)}) and {report.kept_session_packs} used by "
+                   f"{report.live_sessions} upload(s) in progress")
+    if report.partly_referenced_packs:
+        click.echo(f"{_human(report.unreferenced_bytes_in_kept_packs)} unreferenced inside "
+                   f"{report.partly_referenced_packs} partly used pack(s) (kept whole: packs are never rewritten)")
 
 
 @cli.command()
@@ -433,6 +463,52 @@ def versions(ctx, ref, as_json):
              _human(v.stats["new_bytes"]) if "new_bytes" in v.stats else "") for v in found])
 
 
+@cli.command()
+@click.option("--read-data", is_flag=True, help="Also fetch every chunk and re-hash it.")
+@click.option("--read-data-subset", "subset", metavar="N%|n/t", default=None,
+              help="Like --read-data for part of the packs, by pack id: the first N% of the id space "
+                   "(the same packs every run), or its n-th of t slices (t runs read every pack once).")
+@json_option
+@click.pass_context
+def check(ctx, read_data, subset, as_json):
+    """Prove the store: records, change-sets, chunk refs (and chunk bytes with --read-data).
+    Exit 1 listing every damaged version and file."""
+    from dsfs.check import check_store
+
+    if read_data and subset:
+        raise DsfsUsage("--read-data and --read-data-subset exclude each other")
+    report = check_store(open_store(ctx.obj["store"]), read_data=subset or read_data)
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        if report.problems:
+            _table(["version", "path", "problem"],
+                   [(p.ref or p.version, p.path or "-", p.message) for p in report.problems])
+        for line in _check_summary(report):
+            click.echo(line, err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _check_summary(report) -> list[str]:
+    lines = [f"{report.versions} version(s) ({report.final} final, {report.drafts} draft), {report.files} file(s), "
+             f"{report.chunk_refs} chunk ref(s) checked against {report.packs} pack(s) ({_human(report.pack_bytes)})"]
+    if report.subset is not None:
+        lo, hi = report.subset
+        part = "" if (lo, hi) == (0.0, 1.0) else f" (the packs whose id lies in {lo:.4g}-{hi:.4g} of the id space)"
+        lines.append(f"read and re-hashed {report.data_chunks} chunk(s), {_human(report.data_bytes)} "
+                     f"in {report.data_packs} pack(s){part}")
+    if report.unreferenced_packs:
+        lines.append(f"{report.unreferenced_packs} pack(s) ({_human(report.unreferenced_bytes)}) no final version "
+                     f"uses: uploads in progress, or space `dsfs gc` reclaims")
+    lines.append("no problems found" if report.ok else
+                 f"{len(report.problems)} problem(s) in {len(report.damaged)} version(s)")
+    if report.affected:
+        lines.append(f"{len(report.affected)} more version(s) build on a damaged one (the damaged files they "
+                     f"inherit cannot be read either): " + ", ".join(sorted(report.affected.values())))
+    return lines
+
+
 @cli.command(name="export")
 @click.argument("ref", metavar="DATASET")
 @click.option("--format", "fmt", type=click.Choice(["tar", "zip", "manifest-json"]), default="tar", show_default=True)
@@ -508,13 +584,14 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_siz
     import os
 
     from dsfs.cache import default_cache_dir
+    from dsfs.copies import intact, register_link
     from dsfs.model import ID_RE
 
     if ref and ID_RE.match(ref) and not (copy_to or link_to):
-        # A final version never changes: an existing cached copy of this id is the answer, no store
-        # round trip (most of a second `get` was opening the store).
+        # A final version never changes: a cached copy of this id that stats as it was laid out is
+        # the answer, no store round trip (most of a second `get` was opening the store).
         cached = os.path.join(os.path.abspath(cache_dir or default_cache_dir()), "copies", ref)
-        if os.path.isdir(cached):
+        if intact(cached):
             click.echo(cached)
             return
     ds = _consumer(ctx, ref, cache_dir, cache_size)
@@ -529,6 +606,7 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_siz
                 raise DsfsUsage(f"{link_to} exists; pass --overwrite to replace it (a symlink or an empty folder)")
             os.unlink(link_to) if os.path.islink(link_to) else os.rmdir(link_to)
         os.symlink(path, link_to)
+        register_link(ds.cache, link_to)  # so that `cache clear` does not leave it dangling unannounced
         path = link_to
     click.echo(path)
 
@@ -568,38 +646,50 @@ def cache():
 @json_option
 @cache_options
 def cache_stats(as_json, cache_dir, cache_size):
-    """Chunks, bytes and budget of the cache."""
+    """Chunks, copies, their bytes (together in `bytes`) and the budget of the cache."""
     from dsfs.cache import Cache
 
     stats = Cache(cache_dir, cache_size).stats()
     if as_json:
         return _emit_json(stats)
-    _table(["field", "value"], [(k, _human(v) if k in ("bytes", "budget") else v) for k, v in stats.items()])
+    _table(["field", "value"],
+           [(k, _human(v) if k.endswith("bytes") or k == "budget" else v) for k, v in stats.items()])
 
 
 @cache.command(name="prune")
-@click.option("--to", "to_size", default=None, metavar="SIZE", help="Target size (default: the low watermark).")
+@click.option("--to", "to_size", default=None, metavar="SIZE",
+              help="Target size of chunks and copies together (default: the low watermark).")
 @cache_options
 def cache_prune(to_size, cache_dir, cache_size):
-    """Evict least recently used chunks down to SIZE."""
+    """Evict least recently used chunks, then copies, down to SIZE (copies `get --link` points to stay)."""
+    from dsfs import copies
     from dsfs.cache import LOW_WATERMARK, Cache, parse_size
 
     c = Cache(cache_dir, cache_size)
     target = parse_size(to_size) if to_size is not None else int(c.budget * LOW_WATERMARK)
-    freed = c.evict(target, keep_recent=False) + c.sweep_temp()
-    click.echo(f"freed {_human(freed)}; cache holds {_human(c.used_bytes())}")
+    pruned = copies.prune(c, target)
+    freed = pruned.freed + c.sweep_temp()
+    click.echo(f"freed {_human(freed)}; cache holds {_human(c.stats()['bytes'])}")
+    if pruned.kept:
+        click.echo(f"kept {len(set(pruned.kept.values()))} copy(ies) that `dsfs get --link` symlinks point to: "
+                   + ", ".join(sorted(pruned.kept)) + "; `dsfs cache clear --force` removes them", err=True)
 
 
 @cache.command(name="clear")
+@click.option("--force", is_flag=True, help="Clear even while `get --link` symlinks point into the copies.")
 @cache_options
-def cache_clear(cache_dir, cache_size):
-    """Drop every cached chunk, view and copy."""
+def cache_clear(force, cache_dir, cache_size):
+    """Drop every cached chunk, view and copy (refused while `get --link` symlinks point in)."""
+    from dsfs import copies
     from dsfs.cache import Cache
-    from dsfs.materialize import remove_copies
 
     c = Cache(cache_dir, cache_size)
-    freed = c.clear() + remove_copies(c)
+    freed, broken = copies.clear(c, force)  # first: a refusal leaves everything in place
+    freed += c.clear()
     click.echo(f"freed {_human(freed)}")
+    if broken:
+        click.echo(f"left {len(broken)} symlink(s) made by `dsfs get --link` dangling: "
+                   + ", ".join(f"{link} -> {copy_id}" for link, copy_id in sorted(broken.items())), err=True)
 
 
 @cli.command(name="init-store", hidden=True)

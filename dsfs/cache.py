@@ -6,7 +6,8 @@ Layout under `$DSFS_CACHE_DIR` (default `$XDG_CACHE_HOME/dsfs`):
     chunks/<ab>/<hex>    one file per chunk, named by its blake3 digest
     changesets/<id>      change-sets of versions seen, verified against their version record
     tables/<id>          file tables of versions closed here, for authoring children (dsfs.filetable)
-    files/, copies/      the digest-addressed file store and cached copies (see dsfs.materialize)
+    files/, copies/      the digest-addressed file store and cached copies of `get`, with what each
+    links                was when written and the `get --link` symlinks into them (see dsfs.copies)
 
 A chunk file is written to a temp name and renamed, and only then recorded in LMDB, so a record
 always names a complete file while the machine stays up (a killed process included). Chunk files are
@@ -316,10 +317,15 @@ class Cache:
         return freed
 
     def stats(self) -> dict:
+        """What the cache holds. `bytes` is the chunks' and the copies' bytes together (`prune --to`
+        counts both); the budget that reads trim the cache to automatically counts chunks only."""
+        from .copies import usage
         from .viewindex import list_views
 
-        return {"dir": self.root, "chunks": self.chunk_count(), "bytes": self.used_bytes(),
-                "budget": self.budget, "views": len(list_views(self))}
+        chunk_bytes, copies = self.used_bytes(), usage(self)
+        return {"dir": self.root, "chunks": self.chunk_count(), "chunk_bytes": chunk_bytes, "copies": copies.copies,
+                "copy_bytes": copies.bytes, "bytes": chunk_bytes + copies.bytes, "budget": self.budget,
+                "views": len(list_views(self))}
 
     # -- change-sets ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import fnmatch
 import glob
 import re
 import os
+import sys
 import uuid
 
 import blake3
@@ -30,8 +31,8 @@ from .datarefs import DataReference
 from .drafts import DraftState
 from .evolve import Comparison, FolderChanges, folder_changes, squash_entries
 from .evolve import compare as compare_versions
-from .errors import (Conflict, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
-                     UsageError)
+from .errors import (Conflict, CorruptData, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
+                     StoreUnavailable, UsageError)
 from .ingest import Uploader
 from .filetable import FileTable
 from .lineage import Lineage, apply_changes, check_tree
@@ -39,6 +40,7 @@ from .model import ID_RE, Entry, VersionInfo, encode_changeset
 from .packs import decode_chunk
 from .progress import transfer
 from .push import push as push_version
+from .sessions import WriterSession
 from .store import Store
 from .verify import verify_folder
 from .viewindex import ViewIndex, ensure_view
@@ -288,14 +290,39 @@ class Dataset:
     def upload(self, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
         """Send the added files' new chunks to the store. Resumable; returns counts."""
         draft = self._require_draft()
+        with self._writer_session("upload") as session:
+            return self._upload(draft, session, max_workers, show_progress)
+
+    def _writer_session(self, what: str) -> WriterSession:
+        return WriterSession(self.store, f"{what} {self.info.ref} ({self.id})", notify=_tell)
+
+    def _upload(self, draft: DraftState, session: WriterSession, max_workers: int | None,
+                show_progress: bool | None) -> dict:
+        """Upload inside a writer session: first re-adopt the packs earlier runs of this draft
+        wrote (gc may have removed them if the draft sat idle past the grace period: their files
+        are then sent again), then send what is pending."""
+        session.announce(draft.packs, verified=False)
+        self._forget_lost(draft, session.confirm())
         total = sum(_size(p) for p in draft.adds.values())
         known = self._lineage.table(self.info.parents).known_chunk
-        with transfer(f"upload {self.info.ref}", total, show_progress) as progress:
-            progress.set_total(total, len(draft.adds))
-            uploader = Uploader(self.store, draft, known, max_workers, progress)
-            uploader.run()
+        uploader = Uploader(self.store, draft, known, session, max_workers)
+        if draft.adds:
+            with transfer(f"upload {self.info.ref}", total, show_progress) as progress:
+                progress.set_total(total, len(draft.adds))
+                uploader.progress = progress
+                uploader.run()
         return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
                 "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
+
+    def _forget_lost(self, draft: DraftState, lost: list[bytes]) -> None:
+        if not lost:
+            return
+        unknown = draft.forget_packs(set(lost))
+        draft.save()
+        if unknown:
+            raise CorruptData(f"{len(unknown)} file(s) of draft {self.id} were uploaded into packs that gc has "
+                              f"since removed (the draft sat idle longer than gc's grace period), and their "
+                              f"local files are not recorded: add them again (e.g. {unknown[0]})")
 
     def finalize(self, auto_upload: bool = True, max_workers: int | None = None,
                  show_progress: bool | None = None) -> None:
@@ -303,15 +330,40 @@ class Dataset:
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
         draft = self._require_draft()
-        if draft.adds:
-            if not auto_upload:
-                raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
-            self.upload(max_workers=max_workers, show_progress=show_progress)
-        changes, counts = self._changes_against_parents(draft)
-        table = self._lineage.table(self.info.parents).child(changes, f"dataset {self.id}")
-        self._write_final(changes, table, counts, draft.new_bytes, draft.packs)
+        if draft.adds and not auto_upload:
+            raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
+        with self._writer_session("close") as session:
+            self._upload(draft, session, max_workers, show_progress)
+            # Right before the record: every pack relied on is still there (see dsfs.sessions).
+            # A pack lost now was lost while the session was stale: send its files again.
+            for _ in range(3):
+                lost = session.confirm()
+                if not lost:
+                    break
+                self._forget_lost(draft, lost)
+                self._upload(draft, session, max_workers, show_progress)
+            else:
+                raise StoreUnavailable(f"packs of dataset {self.id} keep disappearing from {self.store.display_url} "
+                                       f"while it closes (is a gc with a grace period of 0 running?); try again")
+            self._check_ancestors(self.info.parents, "parent")
+            changes, counts = self._changes_against_parents(draft)
+            table = self._lineage.table(self.info.parents).child(changes, f"dataset {self.id}")
+            self._write_final(changes, table, counts, draft.new_bytes, draft.written)
         draft.discard()
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
+
+    def _check_ancestors(self, ids: list[str], what: str) -> None:
+        """Right before the final record, each parent (or squash source) is still a final version.
+        A delete removes the record first and then looks for children (Dataset.delete): one of the
+        two commands sees the other, so a version never becomes final on top of a deleted one."""
+        for dataset_id in ids:
+            try:
+                info = self.store.read_version(dataset_id)
+            except DatasetNotFound:
+                raise DatasetNotFound(f"{what} {dataset_id} of dataset {self.id} was deleted while it was being "
+                                      f"made; nothing was closed (create it again on another {what})") from None
+            if not info.is_final:
+                raise InvalidState(f"{what} {dataset_id} of dataset {self.id} is no longer final")
 
     def _write_final(self, changes: list[Entry], table: FileTable, counts: dict, new_bytes: int,
                      packs: list[bytes]) -> None:
@@ -426,7 +478,16 @@ class Dataset:
         ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
         ds.info.sources = sources
         table = FileTable.from_view(view, {ref.digest: ref for entry in entries for ref in entry.chunks})
-        ds._write_final(entries, table, {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
+        with ds._writer_session("squash") as session:
+            # the borrowed packs are its sources' until this record is final: a source deleted
+            # meanwhile must not let gc take them
+            session.announce({ref.pack for entry in entries for ref in entry.chunks}, verified=False)
+            lost = session.confirm()
+            if lost:
+                raise CorruptData(f"pack {lost[0].hex()} of the squashed versions is missing from "
+                                  f"{store.display_url} (one of them was deleted and gc ran); nothing was squashed")
+            ds._check_ancestors(sources, "source")
+            ds._write_final(entries, table, {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
         DraftState(id=ds.id, store=store.url).discard()
         return ds
 
@@ -598,26 +659,52 @@ class Dataset:
 
     @classmethod
     def delete(cls, ref: str, force: bool = False, store: Store | str | None = None) -> VersionInfo:
-        """Delete a version and the packs it added. Refuses while other versions inherit from it,
-        unless force (they then can no longer be read)."""
+        """Delete a version's records: version.json first (readers stop seeing it), then its
+        change-set and its name claim. Never packs: they may be shared with unrelated versions
+        (pack ids are content hashes); `gc` reclaims the space of packs nothing references.
+        Refuses while other versions inherit from it or borrow its packs (a squash), unless force:
+        then its descendants can no longer be read (`dependents` names them)."""
         store = open_store(store)
         info = resolve(store, ref, include_drafts=True)
         children = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
         if children and not force:
             raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent or source of {len(children)} version(s) "
                                f"({', '.join(c.id for c in children[:3])}); delete those first or pass --force")
-        packs = [bytes.fromhex(p) for p in info.stats.get("packs", [])]
-        draft = None
-        if not info.is_final:
-            draft = DraftState.load(info.id, store.url)
-            packs = list(draft.packs)
-        store.delete_version(info.id)  # the record goes first: readers stop seeing it at once
-        for pack in packs:
-            store.delete_pack(pack)
+        draft = DraftState.load(info.id, store.url) if not info.is_final else None
+        store.delete_version_record(info.id)  # the record goes first: readers stop seeing it at once
+        if not force:
+            # A child created between the check above and the removal would be left without its
+            # parent. A child's close reads its parents after its draft record exists
+            # (_check_ancestors); here the removal comes before this second look: one sees the other.
+            late = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
+            if late:
+                store.write_version(info)
+                raise DatasetInUse(f"dataset {info.id} ({info.ref}) got a child while it was being deleted "
+                                   f"({late[0].id}); nothing was deleted")
+        store.delete_version(info.id)
         store.release_version_number(info.project, info.name, info.version)
         if draft is not None:
             draft.discard()
         return info
+
+    @staticmethod
+    def dependents(ref: str, store: Store | str | None = None) -> tuple[list[VersionInfo], list[VersionInfo]]:
+        """(versions that can no longer be read if `ref` is deleted: its descendants, and squashed
+        versions that borrow its packs, which stay readable). """
+        store = open_store(store)
+        info = resolve(store, ref, include_drafts=True)
+        versions = store.list_versions()
+        lost, frontier = {}, {info.id}
+        while frontier:
+            frontier = {v.id for v in versions if v.id not in lost and frontier & set(v.parents)}
+            lost.update({v.id: v for v in versions if v.id in frontier})
+        borrowers = [v for v in versions if info.id in v.sources and v.id not in lost]
+        return sorted(lost.values(), key=lambda v: v.ref), borrowers
+
+
+def _tell(message: str) -> None:
+    """A writer waiting for a gc says so on stderr (the only output of the library's own)."""
+    print(f"dsfs: {message}", file=sys.stderr, flush=True)
 
 
 def _size(local_path: str) -> int:

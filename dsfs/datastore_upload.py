@@ -4,7 +4,7 @@
 Files keep their layout under the target path and are sent by a pool of threads (one object per
 file; the backend splits large ones into multipart uploads). Nothing is replaced unless asked: the
 target is listed first, and any file that would overwrite an existing object stops the upload
-before a byte is sent. The dsfs layout's own top-level names (`datasets/`, `packs/`, `names/`, the
+before a byte is sent. The dsfs layout's own top-level names (`datasets/`, `packs/`, `names/`, `sessions/`, `locks/`, the
 store marker) are refused as targets, so an upload can never damage the dsfs store beside it.
 """
 
@@ -21,7 +21,7 @@ from .progress import transfer
 from .store import MARKER
 
 DEFAULT_WORKERS = 8
-RESERVED = {"datasets", "packs", "names", MARKER}
+RESERVED = {"datasets", "packs", "names", "sessions", "locks", MARKER}
 
 
 def upload(datastore: Datastore, src_dir: str, target_path: str, overwrite: bool = False,

@@ -47,8 +47,11 @@ def set_current(store_url: str, dataset_id: str) -> None:
 @dataclass
 class DraftState:
     """What a draft holds locally. `adds` maps dataset path -> local file path (not yet uploaded);
-    `uploaded` maps dataset path -> Entry; `removals` are dataset paths to remove from the parents;
-    `chunks` are the chunks in packs this draft has written (for dedupe on resume); `packs` their ids."""
+    `uploaded` maps dataset path -> Entry, and `origins` the local file each was read from (to send
+    it again if gc removed its pack while the draft sat idle); `removals` are dataset paths to remove
+    from the parents; `chunks` are the chunks in packs this draft relies on (for dedupe on resume),
+    `packs` those packs' ids, `written` the ones it sent itself (the others were present already),
+    and `new_bytes` their size."""
 
     id: str
     store: str
@@ -57,6 +60,8 @@ class DraftState:
     removals: set[str] = field(default_factory=set)
     chunks: dict[bytes, ChunkRef] = field(default_factory=dict)
     packs: list[bytes] = field(default_factory=list)
+    written: list[bytes] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)
     new_bytes: int = 0
 
     @staticmethod
@@ -78,7 +83,8 @@ class DraftState:
             uploaded={e["p"]: Entry.from_wire(e) for e in raw["uploaded"]},
             removals=set(raw["removals"]),
             chunks={c[0]: ChunkRef.from_wire(c) for c in raw["chunks"]},
-            packs=raw["packs"], new_bytes=raw.get("new_bytes", 0),
+            packs=raw["packs"], written=raw.get("written", raw["packs"]), origins=raw.get("origins", {}),
+            new_bytes=raw.get("new_bytes", 0),
         )
 
     def save(self) -> None:
@@ -87,7 +93,8 @@ class DraftState:
             "uploaded": [e.to_wire() for e in self.uploaded.values()],
             "removals": sorted(self.removals),
             "chunks": [c.to_wire() for c in self.chunks.values()],
-            "packs": self.packs, "new_bytes": self.new_bytes,
+            "packs": self.packs, "written": self.written, "origins": self.origins,
+            "new_bytes": self.new_bytes,
         }, use_bin_type=True)
         atomic_write(self.path_for(self.id), data)
 
@@ -96,19 +103,41 @@ class DraftState:
     def stage_local(self, path: str, local: str) -> None:
         """`path` will be the local file `local` (read at upload)."""
         self.uploaded.pop(path, None)
+        self.origins.pop(path, None)
         self.removals.discard(path)
         self.adds[path] = local
 
     def stage_entry(self, entry: Entry) -> None:
         """`entry.path` is this entry, nothing to upload (an external file)."""
         self.adds.pop(entry.path, None)
+        self.origins.pop(entry.path, None)
         self.removals.discard(entry.path)
         self.uploaded[entry.path] = entry
 
     def stage_removal(self, path: str) -> None:
         self.adds.pop(path, None)
         self.uploaded.pop(path, None)
+        self.origins.pop(path, None)
         self.removals.add(path)
+
+    def forget_packs(self, lost: set[bytes]) -> list[str]:
+        """Packs this draft relied on are gone (gc removed them while the draft sat idle longer than
+        its grace period): forget them and their chunks, and put every uploaded file that used them
+        back to be sent again. Returns the paths whose local file is no longer known (added before
+        dsfs recorded origins): those must be added again."""
+        self.packs = [p for p in self.packs if p not in lost]
+        self.written = [p for p in self.written if p not in lost]
+        self.chunks = {d: r for d, r in self.chunks.items() if r.pack not in lost}
+        unknown = []
+        for path, entry in list(self.uploaded.items()):
+            if any(ref.pack in lost for ref in entry.chunks):
+                del self.uploaded[path]
+                local = self.origins.pop(path, None)
+                if local is None:
+                    unknown.append(path)
+                else:
+                    self.adds[path] = local
+        return unknown
 
     def discard(self) -> None:
         try:

@@ -37,11 +37,14 @@ class Range:
     refs: list[ChunkRef] = field(default_factory=list)
 
 
-def plan_ranges(refs: Iterable[ChunkRef], gap: int = GAP, max_range: int = MAX_RANGE) -> list[Range]:
-    """Group unique chunk refs into coalesced ranges, in (pack, offset) order."""
+def plan_ranges(refs: Iterable[ChunkRef], gap: int = GAP, max_range: int = MAX_RANGE,
+                every_copy: bool = False) -> list[Range]:
+    """Group unique chunk refs into coalesced ranges, in (pack, offset) order. A chunk stored in
+    several packs (unrelated uploads of the same bytes) is fetched once, or with every_copy from each
+    of those packs (`dsfs check` proves every pack, not every chunk digest)."""
     unique = {}
     for ref in refs:
-        unique.setdefault(ref.digest, ref)
+        unique.setdefault((ref.pack, ref.digest) if every_copy else ref.digest, ref)
     ranges: list[Range] = []
     for ref in sorted(unique.values(), key=lambda r: (r.pack, r.offset)):
         last = ranges[-1] if ranges else None
@@ -119,15 +122,16 @@ def _bounded(ranges: list[Range], task, max_workers: int):
 
 
 def fetch_each(store: Store, refs: Iterable[ChunkRef], on_range: Callable[[Range, dict, dict], None],
-               max_workers: int = 8, where: Callable[[ChunkRef], str] = lambda ref: "") -> None:
+               max_workers: int = 8, where: Callable[[ChunkRef], str] = lambda ref: "",
+               every_copy: bool = False) -> None:
     """Fetch every ref and call on_range(range, {digest: raw bytes}, {digest: error}) in the thread
     that fetched the range, so that storing overlaps the network and ranges are stored in parallel.
     Returns when all are handled; raises the first exception a fetch or a handler raised (the
-    ranges not started are cancelled)."""
+    ranges not started are cancelled). every_copy: see plan_ranges."""
     def work(rng: Range) -> None:
         on_range(rng, *fetch_range(store, rng, where))
 
-    for _ in _bounded(plan_ranges(refs), work, max_workers):
+    for _ in _bounded(plan_ranges(refs, every_copy=every_copy), work, max_workers):
         pass
 
 

@@ -10,6 +10,11 @@ saved every couple of seconds and at the end, so a crash re-sends at most a few 
 A chunk already stored by any ancestor, by an earlier upload of this draft, or earlier in this run
 is referenced, not sent: renames, moves and copies cost nothing.
 
+Every pack is announced to the writer session (dsfs.sessions) before it is looked for in the store
+or written, so a gc running meanwhile keeps it. A pack found already present (the same bytes
+uploaded by an unrelated version: pack ids are content hashes) is relied on but not counted as
+sent: the draft's `written` packs and `new_bytes` are what this draft really added.
+
 A file is read once. Its size and mtime are checked before and after the read; if they differ, or
 the bytes read are not the size announced, the file changed while it was read and the upload fails
 with FileChanged naming it (its half-read content is never recorded).
@@ -29,6 +34,7 @@ from .errors import FileChanged, LocalFileNotFound
 from .model import ChunkRef, Entry
 from .packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
 from .progress import Tracker
+from .sessions import WriterSession
 from .store import Store
 
 DEFAULT_WORKERS = 4
@@ -37,8 +43,9 @@ SAVE_INTERVAL = 2.0
 
 class Uploader:
     def __init__(self, store: Store, draft: DraftState, known: Callable[[bytes], ChunkRef | None],
-                 max_workers: int | None = None, progress: Tracker | None = None):
+                 session: WriterSession, max_workers: int | None = None, progress: Tracker | None = None):
         self.store = store
+        self.writer = session
         self.draft = draft
         self.known = known
         self.max_workers = max(1, max_workers or DEFAULT_WORKERS)
@@ -48,7 +55,7 @@ class Uploader:
         self.inflight: dict[Future, Pack] = {}
         self.done_seqs: set[int] = set()
         self.durable_upto = -1  # every pack with seq <= this is in the store
-        self.waiting: list[tuple[Entry, int]] = []  # entries and the last pack seq they need
+        self.waiting: list[tuple[Entry, str, int]] = []  # entries, their local file, the last pack seq they need
         self.sent_packs = 0
         self.skipped_packs = 0
         self._failed: BaseException | None = None
@@ -61,7 +68,7 @@ class Uploader:
             try:
                 for dataset_path, local_path in pending:
                     entry, last_seq = self._read_file(dataset_path, local_path)
-                    self.waiting.append((entry, last_seq))
+                    self.waiting.append((entry, local_path, last_seq))
                     self._collect(block=False)
                 last = self.builder.take()
                 if last is not None:
@@ -136,10 +143,13 @@ class Uploader:
         self.inflight[self.pool.submit(self._write_pack, pack)] = pack
 
     def _write_pack(self, pack: Pack) -> bool:
-        if self.store.has_pack(pack.id):
-            return False
-        self.store.write_pack(pack.id, pack.pieces)
-        return True
+        """Put the pack in the store; False if it was there already (then it is relied on, not sent)."""
+        self.writer.announce([pack.id])  # before looking: see dsfs.sessions
+        present = self.store.has_pack(pack.id)
+        if not present:
+            self.store.write_pack(pack.id, pack.pieces)
+        self.writer.seen(pack.id)
+        return not present
 
     def _collect(self, block: bool, raise_errors: bool = True) -> None:
         if not self.inflight:
@@ -152,13 +162,14 @@ class Uploader:
                 continue
             if future.result():
                 self.sent_packs += 1
+                self.draft.written.append(pack.id)
+                self.draft.new_bytes += pack.size
             else:
                 self.skipped_packs += 1
             self.done_seqs.add(pack.seq)
             for ref in pack.chunks:
                 self.draft.chunks[ref.digest] = ref.resolve()
             self.draft.packs.append(pack.id)
-            self.draft.new_bytes += pack.size
             pack.release()  # free the memory; refs keep only the id
         while self.durable_upto + 1 in self.done_seqs:
             self.durable_upto += 1
@@ -182,11 +193,12 @@ class Uploader:
 
     def _commit_entries(self) -> None:
         still = []
-        for entry, last_seq in self.waiting:
+        for entry, local_path, last_seq in self.waiting:
             if last_seq <= self.durable_upto:
                 entry.chunks = [r.resolve() if isinstance(r, PendingRef) else r for r in entry.chunks]
                 self.draft.uploaded[entry.path] = entry
+                self.draft.origins[entry.path] = local_path
                 self.draft.adds.pop(entry.path, None)
             else:
-                still.append((entry, last_seq))
+                still.append((entry, local_path, last_seq))
         self.waiting = still

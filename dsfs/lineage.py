@@ -34,11 +34,15 @@ def read_changes_checked(store: Store, info: VersionInfo) -> bytes:
     if not info.is_final:
         raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be read")
     data = store.read_changes(info.id)
-    expected = info.changes.get("digest")
-    if len(data) != info.changes.get("size") or blake3.blake3(data).hexdigest() != expected:
+    if not changes_match(info, data):
         raise CorruptData(f"change-set of dataset {info.id} is corrupt or truncated in {store.display_url} "
                           f"(size or digest differs from its version record); refusing to use it")
     return data
+
+
+def changes_match(info: VersionInfo, data: bytes) -> bool:
+    """Whether `data` is the change-set a final version's record names: its size and blake3 digest."""
+    return len(data) == info.changes.get("size") and blake3.blake3(data).hexdigest() == info.changes.get("digest")
 
 
 class Lineage:

@@ -12,7 +12,8 @@ inside the target folder cannot redirect a write outside it.
 
 `get` materializes each distinct file content once into a digest-addressed file store under the
 cache (`files/<ab>/<digest>`), then builds `copies/<id>/` from hardlinks to it and renames it into
-place: files shared by several cached versions are stored once, and a second `get` is one stat().
+place: files shared by several cached versions are stored once, and a second `get` stats each file
+of the copy against what was laid out (dsfs.copies), repairing what a write through a link changed.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import os
 import shutil
 import stat as stat_mod
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import blake3
 
-from . import links, paths
+from . import copies, links, paths
 from .cache import Cache
 from .errors import DsfsError, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
 from .fetch import fetch_into
@@ -323,35 +324,29 @@ def copy_path(cache: Cache, dataset_id: str) -> str:
 
 
 def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, progress=None) -> str:
-    """The path of the read-only cached copy of a version, materialized on first use."""
+    """The path of the read-only cached copy of a version: reused while every file in it stats as
+    laid out, otherwise (first use, or a file written, removed or added since) laid out again from
+    content files that are as they were written, materializing those that are not."""
     final = copy_path(cache, view.dataset_id)
-    if os.path.isdir(final):
+    if copies.intact(final):
         return final
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    with open(os.path.join(cache.root, "tmp", f"copy-{view.dataset_id}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two `get`s of one version: the second waits, then reuses
-        if os.path.isdir(final):
+    with copies.building(cache, view.dataset_id):
+        if copies.intact(final):  # another `get` laid it out while this one waited
             return final
         files = list(view.walk_files())
-        store_jobs = {}
-        for _, node in files:
-            key = content_key(node)
-            if key not in store_jobs:
-                store_jobs[key] = _Job(key, os.path.join(cache.root, "files", key[:2], key), node)
-        for folder in {os.path.dirname(job.target) for job in store_jobs.values()}:
-            os.makedirs(folder, exist_ok=True)
-        materialize(store, cache, list(store_jobs.values()), max_workers, progress,
-                    is_complete=lambda target, node: os.path.exists(target), shared=True)
-        for job in store_jobs.values():  # shared by every copy: nobody may write through a link
-            os.chmod(job.target, job.node.mode & 0o555)
-        tmp = f"{final}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in sorted({os.path.dirname(path) for path, _ in files}):
-            os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+        contents = copies.ContentFiles(cache)
+        keys = {path: content_key(node) for path, node in files}
+        jobs = {}
         for path, node in files:
-            os.link(store_jobs[content_key(node)].target, os.path.join(tmp, path))
-        os.makedirs(tmp, exist_ok=True)  # an empty version still gets a folder
-        os.rename(tmp, final)
+            if keys[path] not in jobs:  # read-only: shared by every copy, nobody may write through a link
+                jobs[keys[path]] = _Job(keys[path], contents.path(keys[path]), replace(node, mode=node.mode & 0o555))
+        for folder in {os.path.dirname(job.target) for job in jobs.values()}:
+            os.makedirs(folder, exist_ok=True)
+        stats = contents.trusted(jobs)
+        materialize(store, cache, list(jobs.values()), max_workers, progress,
+                    is_complete=lambda target, node: os.path.basename(target) in stats, shared=True)
+        stats.update(contents.record(key for key in jobs if key not in stats))
+        copies.lay_out(cache, final, [(path, contents.path(keys[path]), stats[keys[path]]) for path, _ in files])
     return final
 
 
@@ -392,21 +387,3 @@ def _clone_or_copy(src: str, dest: str) -> None:
         except OSError:
             pass
         shutil.copyfileobj(fin, fout, 8 << 20)
-
-
-def remove_copies(cache: Cache) -> int:
-    """Delete every cached copy and the file store (files are read-only: make them writable first)."""
-    freed = 0
-    for sub in ("copies", "files"):
-        root = os.path.join(cache.root, sub)
-        for folder, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(folder, name)
-                try:
-                    st = os.lstat(path)
-                    if sub == "files":
-                        freed += st.st_size
-                except FileNotFoundError:
-                    pass
-        shutil.rmtree(root, ignore_errors=True)
-    return freed

@@ -2,6 +2,7 @@
 
 `transfer()` yields a Tracker: `set_total(bytes, files)` once the work is known, then
 `advance(bytes, files=0)` as it is done. A disabled tracker does nothing, so callers never check.
+What the second count counts is the bar's `unit` (files by default; `dsfs check` counts versions).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 
 
 class Tracker:
-    def __init__(self, bar: Progress | None = None, task=None):
-        self.bar, self.task = bar, task
+    def __init__(self, bar: Progress | None = None, task=None, unit: str = "files"):
+        self.bar, self.task, self.unit = bar, task, unit
         self.files_total: int | None = None
         self.files_done = 0
 
@@ -35,11 +36,12 @@ class Tracker:
     def _files(self) -> str:
         if self.files_total is None:
             return ""
-        return f"{self.files_done}/{self.files_total} files"
+        return f"{self.files_done}/{self.files_total} {self.unit}"
 
 
 @contextlib.contextmanager
-def transfer(description: str, total_bytes: int | None = None, enabled: bool | None = None) -> Iterator[Tracker]:
+def transfer(description: str, total_bytes: int | None = None, enabled: bool | None = None,
+             unit: str = "files") -> Iterator[Tracker]:
     """Yield a Tracker rendering description, bar, files, bytes, rate and ETA."""
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -50,4 +52,4 @@ def transfer(description: str, total_bytes: int | None = None, enabled: bool | N
                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=total_bytes, files="")
-        yield Tracker(bar, task)
+        yield Tracker(bar, task, unit)

@@ -12,6 +12,10 @@ serve (the store's write order, applied across stores):
 3. for each version: the packs its change-set refers to that the target lacks, then its change-set
    (the same bytes: its digest is in version.json), then version.json, last.
 
+The push is a writer session at the target (dsfs.sessions): every pack it needs is announced before
+it is looked up there, so a gc running at the target keeps the packs a push found present, and
+every pack is confirmed present right before a version record is written.
+
 Every step is idempotent: packs are content-addressed and looked up before they are sent, a claim
 naming our id is ours, and a version whose record is there is skipped. A push that failed midway
 re-sends only what is missing; a second push sends nothing. Packs and change-sets are checked
@@ -23,11 +27,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from . import datastores
-from .errors import Conflict, CorruptData, DatasetNotFound, InvalidState, UsageError
+from .errors import Conflict, CorruptData, DatasetNotFound, InvalidState, StoreUnavailable, UsageError
 from .lineage import Lineage, read_changes_checked
 from .model import VersionInfo, decode_changeset
 from .packs import digest
 from .progress import transfer
+from .sessions import WriterSession
 from .store import Store
 
 DEFAULT_WORKERS = 4
@@ -61,9 +66,14 @@ def push(source: Store, info: VersionInfo, to: Store | str, max_workers: int | N
               "packs_present": 0, "bytes_sent": 0}
     result["versions_present"] = len(lineage.ancestors([info.id])) - len(missing)
     workers = max(1, max_workers or DEFAULT_WORKERS)
-    with ThreadPoolExecutor(workers, thread_name_prefix="dsfs-push") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="dsfs-push") as pool, \
+            WriterSession(target, f"push {info.ref} ({info.id})") as session:
         all_packs = sorted({p for packs in wanted.values() for p in packs})
+        session.announce(all_packs, verified=False)
         present = dict(zip(all_packs, pool.map(target.has_pack, all_packs)))
+        for pack, found in present.items():
+            if found:
+                session.seen(pack)
         to_send = [p for p in all_packs if not present[p]]
         result["packs_present"] = len(all_packs) - len(to_send)
         with transfer(f"push {info.ref}", sum(estimate.get(p, 0) for p in to_send), show_progress) as progress:
@@ -74,6 +84,12 @@ def push(source: Store, info: VersionInfo, to: Store | str, max_workers: int | N
                     result["bytes_sent"] += size
                     progress.advance(size)
                 sent.update(batch)
+                for pack in batch:
+                    session.seen(pack)
+                lost = session.confirm(wanted[dataset_id])
+                if lost:
+                    raise StoreUnavailable(f"pack {lost[0].hex()} disappeared from {target.display_url} during the "
+                                           f"push (a gc ran while this push was stalled); run the push again")
                 target.write_changes(dataset_id, changesets[dataset_id])
                 target.write_version(lineage.info(dataset_id))
             result["packs_sent"] = len(sent)

@@ -8,6 +8,8 @@ and needs no server; many nodes share it.
     <store>/datasets/<id>/changes.msgpack.zst  the change-set against the merged parents
     <store>/packs/<ab>/<pack id>               chunk packs; the id is blake3(pack bytes)[:16] in hex
     <store>/names/<project>/<name>/<version>   the id holding that version number (exclusive create)
+    <store>/sessions/<session id>.json         a live writer session: the packs it relies on (dsfs.sessions)
+    <store>/locks/gc/<sequence>                gc leases: the highest sequence is the current one (dsfs.sessions)
 
 Write order is the consistency argument (restic's, for the same reason):
 
@@ -21,6 +23,30 @@ exactly the change-set bytes it expects. A crash at any point leaves at worst un
 Version numbers are claimed by exclusively creating `names/...`: two authors racing for a number
 cannot both get it.
 
+Removal rules (restic's "removing data", for a store with no server and many writers):
+
+- `delete` removes version.json first (readers stop seeing the version), then the change-set and
+  the name claim; never a pack: pack ids are content hashes, so unrelated versions share packs.
+  Before it removes anything it refuses if a version names this one as parent or squash source;
+  after removing the record it looks again and puts the record back if a child appeared. A child
+  is made final only after its close reads each parent record again: the removal and the second
+  look on one side, the draft record and the parent read on the other, so one side sees the other
+  and no version becomes final on top of a deleted parent.
+- Only gc (dsfs.sweep) deletes packs, under the gc lease, and only packs that (a) no final
+  version's change-set references, read after the lease was taken and after the writer sessions
+  were read; (b) no live writer session names; (c) are older than the grace period.
+- Why an upload that finalizes after gc decided can never reference a pack gc deletes: a writer
+  announces every pack it will rely on in its session object *before* it looks for the pack or
+  writes it, then reads the lease and waits while a gc holds it; gc takes the lease *before* it
+  reads the sessions. If gc read the sessions after the announcement, the pack is protected (b).
+  Otherwise gc took the lease before the writer read it, so the writer waits until that gc is done
+  and only then looks for the pack (and writes it if it is gone). A pack relied on from an earlier
+  run of the draft is announced the same way and looked for again. Right before the final record
+  the writer renews its session, waits out any gc, and looks again for any pack not seen since
+  (if its session went stale meanwhile gc may have ignored it); then writes the record, then ends
+  the session. A session that ended before gc read the sessions wrote its final record before
+  that, so gc's mark, which comes after, sees it (a). Details and clock rules: dsfs.sessions.
+
 Every fsspec call goes through `_call`, which turns the zoo of backend exceptions into
 `StoreUnavailable` / `StoreReadOnly` / `AccessDenied` with the store's (redacted) URL; what each
 cloud backend needs (option defaults, a reachability probe, its exceptions) is in `dsfs.backends`.
@@ -29,10 +55,12 @@ A missing bucket is reported as such when the store is opened, not as "no dsfs s
 
 from __future__ import annotations
 
+import datetime as _dt
 import errno
 import json
 import os
 import urllib.parse
+from typing import NamedTuple
 
 import fsspec
 
@@ -46,10 +74,38 @@ STORE_FORMAT = 1
 MARKER = "dsfs-store.json"
 
 
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
 def default_store_url() -> str:
     """The embedded default store: $XDG_DATA_HOME/dsfs/store."""
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return "file://" + os.path.join(data_home, "dsfs", "store")
+
+
+class PackStat(NamedTuple):
+    """What one listing says of a pack: its size and when it was last written (the store's clock,
+    seconds since the epoch; 0.0 when the backend does not say)."""
+
+    size: int
+    modified: float
+
+
+def _modified(info: dict) -> float:
+    """The last-modified time in a listing entry, whatever the backend calls it."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, _dt.datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)).timestamp()
+        if isinstance(value, str) and value:
+            try:
+                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
 
 
 def _quote(part: str) -> str:
@@ -227,9 +283,14 @@ class Store:
                 continue
         return out
 
+    def delete_version_record(self, dataset_id: str) -> None:
+        """Remove a version's record: it disappears for readers (its change-set stays until
+        delete_version, so the record can be put back)."""
+        self._rm(f"datasets/{dataset_id}/version.json")
+
     def delete_version(self, dataset_id: str) -> None:
         """Remove a version: the record first (it disappears for readers), then the rest."""
-        self._rm(f"datasets/{dataset_id}/version.json")
+        self.delete_version_record(dataset_id)
         self._rm(f"datasets/{dataset_id}", recursive=True)
 
     # -- change-sets ---------------------------------------------------------------------------
@@ -274,7 +335,69 @@ class Store:
             raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
 
     def delete_pack(self, pack_id: bytes) -> None:
+        """Only gc calls this (dsfs.gc): a pack may be shared by unrelated versions."""
         self._rm(self._pack_key(pack_id))
+
+    def list_packs(self) -> dict[bytes, PackStat]:
+        """Every pack in the store with its size and last-modified time: one LIST page per 1,000
+        packs on object stores. Objects under packs/ whose names are not pack ids are ignored."""
+        try:
+            found = self._call("list", self.fs.find, self._p("packs"), detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for path, info in found.items():
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if len(name) == 32 and _is_hex(name) and path.rstrip("/").endswith(f"{name[:2]}/{name}"):
+                out[bytes.fromhex(name)] = PackStat(int(info.get("size") or 0), _modified(info))
+        return out
+
+    def gc(self, **options):
+        """Reclaim unreferenced packs: dsfs.sweep.gc(self, **options)."""
+        from .sweep import gc  # the sweep is built on the store, not the other way round
+        return gc(self, **options)
+
+    # -- writer sessions and gc leases (their rules are in dsfs.sessions) ------------------------
+
+    def write_session(self, session_id: str, data: bytes) -> None:
+        self._put(f"sessions/{session_id}.json", data)
+
+    def delete_session(self, session_id: str) -> None:
+        self._rm(f"sessions/{session_id}.json")
+
+    def read_sessions(self) -> dict[str, bytes]:
+        """{session id: record bytes} of every session object (a session ended between the
+        listing and the read is left out)."""
+        out = {}
+        for name in self._ls_names("sessions"):
+            if not name.endswith(".json"):
+                continue
+            try:
+                out[name[:-5]] = self._get(f"sessions/{name}")
+            except FileNotFoundError:
+                continue
+        return out
+
+    def lease_sequences(self) -> list[int]:
+        """The sequence numbers of the gc lease objects present, ascending."""
+        return sorted(int(n) for n in self._ls_names("locks/gc") if n.isdigit())
+
+    def read_lease(self, sequence: int) -> bytes | None:
+        try:
+            return self._get(f"locks/gc/{sequence:012d}")
+        except FileNotFoundError:
+            return None
+
+    def create_lease(self, sequence: int, data: bytes) -> bool:
+        """Create lease `sequence` exclusively: False if another process created it first."""
+        return self._put(f"locks/gc/{sequence:012d}", data, exclusive=True, missing_ok=True)
+
+    def write_lease(self, sequence: int, data: bytes) -> None:
+        """Rewrite a lease this process holds (its refresh, or its release)."""
+        self._put(f"locks/gc/{sequence:012d}", data)
+
+    def delete_lease(self, sequence: int) -> None:
+        self._rm(f"locks/gc/{sequence:012d}")
 
     # -- version numbers -----------------------------------------------------------------------
 

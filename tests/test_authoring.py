@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from dsfs import Dataset, Store
+from dsfs import Dataset, Store, gc
 from dsfs.errors import Conflict, DatasetInUse, DatasetNotFound, InvalidState, UsageError
 from conftest import make_tree
 
@@ -178,7 +178,7 @@ def test_metadata_rename_move(tmp_path, memory_store):
     assert Dataset.get("q/m@1.0.0", store=memory_store).id == v1.id
 
 
-def test_delete_refuses_parents_and_frees_packs(tmp_path, file_store):
+def test_delete_refuses_parents_and_gc_frees_packs(tmp_path, file_store):
     make_tree(tmp_path / "d", {"f": os.urandom(1000)})
     parent = _final(file_store, "p", "n", tmp_path / "d")
     (tmp_path / "d" / "g").write_bytes(os.urandom(1000))
@@ -188,10 +188,12 @@ def test_delete_refuses_parents_and_frees_packs(tmp_path, file_store):
     root = file_store[len("file://"):]
     packs_before = sum(len(f) for _, _, f in os.walk(f"{root}/packs"))
     Dataset.delete(child.id, store=file_store)
-    assert sum(len(f) for _, _, f in os.walk(f"{root}/packs")) == packs_before - 1
+    assert sum(len(f) for _, _, f in os.walk(f"{root}/packs")) == packs_before  # records only
     with pytest.raises(DatasetNotFound):
         Dataset.get(child.id, store=file_store)
+    assert gc(Store.open(file_store), grace=0).deleted_packs == 1  # the child's own pack
     Dataset.delete(parent.id, store=file_store)
+    gc(Store.open(file_store), grace=0)
     assert sum(len(f) for _, _, f in os.walk(f"{root}/packs")) == 0
     draft = Dataset.create("p", "n", store=file_store)
     Dataset.delete(draft.id, store=file_store)
