@@ -346,11 +346,21 @@ class Dataset:
                 raise StoreUnavailable(f"packs of dataset {self.id} keep disappearing from {self.store.display_url} "
                                        f"while it closes (is a gc with a grace period of 0 running?); try again")
             self._check_ancestors(self.info.parents, "parent")
+            self._check_not_deleted()
             changes, counts = self._changes_against_parents(draft)
             table = self._lineage.table(self.info.parents).child(changes, f"dataset {self.id}")
             self._write_final(changes, table, counts, draft.new_bytes, draft.written)
         draft.discard()
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
+
+    def _check_not_deleted(self) -> None:
+        """A draft deleted (by another command) while it was closing stays deleted: its record and
+        version number are gone, and writing it final would bring back a version nobody claims."""
+        try:
+            self.store.read_version(self.id)
+        except DatasetNotFound:
+            raise DatasetNotFound(f"draft {self.id} ({self.info.ref}) was deleted while it was being closed; "
+                                  f"nothing was closed") from None
 
     def _check_ancestors(self, ids: list[str], what: str) -> None:
         """Right before the final record, each parent (or squash source) is still a final version.

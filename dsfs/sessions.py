@@ -24,7 +24,8 @@ version is final (and then the version's change-set references it).
 Clocks: expiry times are written by one machine and judged by another, so every judgement leans the
 safe way by `clock_margin`: writers wait, and gc keeps a session's packs, `clock_margin` longer than
 the expiry says; gc stops deleting `clock_margin` before its own lease runs out. A lease or session of
-a process on this host that no longer runs is stale at once (a killed gc can be rerun right away).
+a process of this node (this boot of this machine, this pid namespace) that no longer runs is stale at
+once, so a killed gc can be rerun right away.
 """
 
 from __future__ import annotations
@@ -68,18 +69,39 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _node() -> str:
+    """Where a pid means one process: this boot of this machine, this pid namespace. A host name
+    alone is not enough (two containers, or two machines, may share one), and a gc that took
+    another node's pid for a dead one would run beside it."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    return f"{socket.gethostname()}/{boot}/{namespace}" if boot and namespace else ""
+
+
 def _owner() -> dict:
-    """Who holds a session or lease: this host and process, as shown to other users."""
+    """Who holds a session or lease: host and process (shown to other users), and the node."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid), "node": _node()}
 
 
 def _dead_here(record: dict) -> bool:
-    """True if the record names a process of this host that no longer runs."""
-    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+    """True if the record names a process of this node that no longer runs."""
+    node = _node()
+    if not node or record.get("node") != node or not isinstance(record.get("pid"), int):
         return False
     start = _process_start(record["pid"])
-    return start is None or (record.get("pid_start") is not None and start != record["pid_start"])
+    return start is None or start != record.get("pid_start")
 
 
 def _holder(record: dict) -> str:
@@ -99,21 +121,17 @@ def _parse(data: bytes | None) -> dict | None:
 
 def lease_live(record: dict | None, now: float, timing: Timing) -> bool:
     """Whether a lease record still holds the store, judged from another machine (safe side: live
-    until clock_margin after its expiry). An unreadable record is treated as live until its
-    sequence is superseded: it may be a lease being written."""
-    if record is None:
-        return False
-    if record.get("released"):
-        return False
-    if _dead_here(record):
+    until clock_margin after its expiry). dsfs writes leases whole (one atomic PUT), so a record
+    that does not parse or has no expiry was not written by a gc: it holds nothing."""
+    if record is None or record.get("released") or _dead_here(record):
         return False
     expires = record.get("expires")
-    return not isinstance(expires, (int, float)) or now <= expires + timing.clock_margin
+    return isinstance(expires, (int, float)) and now <= expires + timing.clock_margin
 
 
 def current_lease(store: Store) -> tuple[int, dict | None]:
-    """(highest sequence, its record) or (0, None) when no gc ever ran here. A record that does not
-    parse is returned as {} (live: see lease_live)."""
+    """(highest sequence, its record), or (0, None) when no gc ever ran here; the record is None
+    when it does not parse."""
     sequences = store.lease_sequences()
     if not sequences:
         return 0, None
@@ -121,8 +139,7 @@ def current_lease(store: Store) -> tuple[int, dict | None]:
     data = store.read_lease(top)
     if data is None:  # removed between listing and reading: only a newer holder removes leases
         return current_lease(store) if store.lease_sequences() != sequences else (top, None)
-    record = _parse(data)
-    return top, ({} if record is None else record)
+    return top, _parse(data)
 
 
 class GcLease:
@@ -200,25 +217,31 @@ def wait_for_gc(store: Store, timing: Timing | None = None, notify=None) -> None
 
 
 def session_live(record: dict | None, now: float, timing: Timing) -> bool:
-    """Whether gc must keep a session's packs (safe side: clock_margin beyond its expiry)."""
+    """Whether gc must keep a session's packs (safe side: clock_margin beyond its expiry). dsfs
+    writes sessions whole, so one that does not parse or names no refresh time is not a writer's."""
     if record is None or _dead_here(record):
         return False
     refreshed = record.get("refreshed")
-    return not isinstance(refreshed, (int, float)) or now <= refreshed + timing.session_ttl + timing.clock_margin
+    return isinstance(refreshed, (int, float)) and now <= refreshed + timing.session_ttl + timing.clock_margin
+
+
+def session_packs(record: dict) -> set[bytes]:
+    """The pack ids a session record names (anything else in its list is ignored)."""
+    packs = record.get("packs")
+    if not isinstance(packs, list):
+        return set()
+    return {bytes.fromhex(p) for p in packs
+            if isinstance(p, str) and len(p) == 32 and all(c in "0123456789abcdef" for c in p)}
 
 
 def read_sessions(store: Store, timing: Timing | None = None) -> tuple[dict[str, dict], list[str]]:
-    """({id: record} of live sessions, [ids of stale ones]). A session object that does not parse
-    counts as live and protects nothing it cannot name: gc then keeps every pack younger than it
-    could be sure of (see dsfs.sweep)."""
+    """({id: record} of live sessions, [ids of stale ones, to remove])."""
     timing = timing or TIMING
     now = time.time()
     live, stale = {}, []
     for session_id, data in store.read_sessions().items():
         record = _parse(data)
-        if record is None:
-            live[session_id] = {}
-        elif session_live(record, now, timing):
+        if session_live(record, now, timing):
             live[session_id] = record
         else:
             stale.append(session_id)

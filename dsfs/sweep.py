@@ -34,7 +34,7 @@ from .errors import Conflict, CorruptData, DatasetNotFound, UsageError
 from .lineage import read_changes_checked
 from .model import decode_changeset
 from .progress import transfer
-from .sessions import TIMING, GcLease, Timing, read_sessions
+from .sessions import TIMING, GcLease, Timing, read_sessions, session_packs
 from .store import Store
 
 DEFAULT_GRACE = 24 * 3600.0
@@ -130,9 +130,7 @@ def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: 
     try:
         sessions, stale = read_sessions(store, timing)
         report.live_sessions = len(sessions)
-        protected = {bytes.fromhex(p) for record in sessions.values() for p in record.get("packs", [])
-                     if isinstance(p, str) and len(p) == 32}
-        unknown_session = any(not record for record in sessions.values())
+        protected = set().union(*map(session_packs, sessions.values()))
         with transfer(f"gc {store.display_url}: marking", None, show_progress) as progress:
             referenced, report.versions, report.drafts = _mark(store, progress)
         packs = store.list_packs()
@@ -149,7 +147,7 @@ def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: 
                     report.unreferenced_bytes_in_kept_packs += unused
             elif pack_id in protected:
                 report.kept_session_packs += 1
-            elif unknown_session or not stat.modified or stat.modified > now - grace:
+            elif not stat.modified or stat.modified > now - grace:
                 report.kept_young_packs += 1
                 report.kept_young_bytes += stat.size
             else:

@@ -155,6 +155,22 @@ def test_close_refuses_when_its_parent_was_deleted(tmp_path, file_store):
     assert not Dataset.get(child.id, include_drafts=True, store=file_store).is_final
 
 
+def test_a_draft_deleted_while_it_closes_stays_deleted(tmp_path, file_store, monkeypatch):
+    make_tree(tmp_path / "a", {"a": b"1"})
+    draft = Dataset.create("p", "n", store=file_store)
+    draft.add_files(str(tmp_path / "a"))
+    original = Dataset._check_ancestors
+
+    def deleted_meanwhile(self, ids, what):
+        Dataset.delete(self.id, store=file_store)
+        original(self, ids, what)
+
+    monkeypatch.setattr(Dataset, "_check_ancestors", deleted_meanwhile)
+    with pytest.raises(DatasetNotFound, match="was deleted while it was being closed"):
+        draft.finalize()
+    assert Dataset.search(store=file_store) == []
+
+
 # -- gc ----------------------------------------------------------------------------------------
 
 
@@ -231,10 +247,27 @@ def test_a_dead_local_gc_lease_is_taken_over_at_once(file_store):
     store = Store.open(file_store, create=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    store.create_lease(1, json.dumps({"host": os.uname().nodename, "pid": dead.pid, "pid_start": "1",
-                                      "started": time.time(), "expires": time.time() + 3600}).encode())
+    record = {"host": os.uname().nodename, "node": sessions._node(), "pid": dead.pid, "pid_start": "1",
+              "started": time.time(), "expires": time.time() + 3600}
+    store.create_lease(1, json.dumps({**record, "node": "other-machine/boot/pid:[1]"}).encode())
+    with pytest.raises(Conflict, match="another gc holds"):  # the same pid elsewhere is not ours to judge
+        sweep.gc(store, grace=0, timing=FAST)
+    store.write_lease(1, json.dumps(record).encode())
     report = sweep.gc(store, grace=0, timing=FAST)
     assert report.deleted_packs == 0 and store.lease_sequences() == [2]
+
+
+def test_junk_in_locks_and_sessions_blocks_nothing(file_store):
+    """Objects dsfs did not write (it writes leases and sessions whole) neither hold the lease nor
+    protect packs: gc runs, removes the junk session, and writers do not wait."""
+    store = Store.open(file_store, create=True)
+    store.create_lease(3, b"{not json")
+    store.write_session("1" * 32, b"junk")
+    store.write_session("2" * 32, json.dumps({"packs": 7, "refreshed": "soon"}).encode())
+    orphan = _orphan(store)
+    wait_for_gc(store, Timing(wait_limit=0.5, poll=0.1))
+    report = sweep.gc(store, grace=0, timing=FAST)
+    assert report.deleted == [orphan.hex()] and report.stale_sessions_removed == 2 and store.read_sessions() == {}
 
 
 def test_an_expired_lease_from_another_host_is_taken_over(file_store):
