@@ -357,6 +357,9 @@ def gc(ctx, dry_run, grace, as_json):
         click.echo(f"kept {report.kept_young_packs} unreferenced pack(s) younger than {grace} "
                    f"({_human(report.kept_young_bytes)}) and {report.kept_session_packs} used by "
                    f"{report.live_sessions} upload(s) in progress")
+    if report.temp_files_removed:
+        click.echo(f"removed {report.temp_files_removed} temp file(s) of killed pack writes "
+                   f"({_human(report.temp_bytes_removed)})")
     if report.partly_referenced_packs:
         click.echo(f"{_human(report.unreferenced_bytes_in_kept_packs)} unreferenced inside "
                    f"{report.partly_referenced_packs} partly used pack(s) (kept whole: packs are never rewritten)")

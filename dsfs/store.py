@@ -360,6 +360,23 @@ class Store:
         from .sweep import gc  # the sweep is built on the store, not the other way round
         return gc(self, **options)
 
+    def list_temp_files(self) -> dict[str, PackStat]:
+        """{key: size and last-modified time} of the temp files that writes killed midway left under
+        packs/ on a file:// store (atomic_write's `.tmp-*`). Object stores have none: a PUT is
+        all or nothing."""
+        if not self.is_local:
+            return {}
+        try:
+            found = self._call("list", self.fs.find, self._p("packs"), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path[len(self.root) + 1:]: PackStat(int(info.get("size") or 0), _modified(info))
+                for path, info in found.items() if path.rsplit("/", 1)[-1].startswith(".tmp-")}
+
+    def delete_temp_file(self, key: str) -> None:
+        if key.startswith("packs/") and key.rsplit("/", 1)[-1].startswith(".tmp-"):
+            self._rm(key)
+
     # -- writer sessions and gc leases (their rules are in dsfs.sessions) ------------------------
 
     def write_session(self, session_id: str, data: bytes) -> None:

@@ -40,6 +40,7 @@ from .store import Store
 DEFAULT_GRACE = 24 * 3600.0
 WORKERS = 16
 BATCH = 64  # deletes between two checks of the lease
+TEMP_AGE = 3600.0  # a pack temp file this old belongs to no live write (a write keeps touching it)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -71,6 +72,8 @@ class GcReport:
     stale_sessions_removed: int = 0
     partly_referenced_packs: int = 0
     unreferenced_bytes_in_kept_packs: int = 0
+    temp_files_removed: int = 0          # left by pack writes killed midway (file:// stores)
+    temp_bytes_removed: int = 0
     deleted: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -161,6 +164,7 @@ def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: 
             store.delete_session(session_id)
             report.stale_sessions_removed += 1
         _sweep(store, lease, doomed, report, show_progress)
+        _sweep_temp_files(store, max(grace, TEMP_AGE), report)
         return report
     finally:
         if lease is not None:
@@ -182,3 +186,14 @@ def _sweep(store: Store, lease: GcLease, doomed: list[tuple[bytes, int]], report
                 report.deleted_bytes += size
                 report.deleted.append(pack_id.hex())
                 progress.advance(size)
+
+
+def _sweep_temp_files(store: Store, older_than: float, report: GcReport) -> None:
+    """Remove what pack writes killed midway left (file:// only): never younger than an hour, so a
+    write in progress, which keeps its temp file's time moving, is never touched."""
+    now = time.time()
+    for key, stat in store.list_temp_files().items():
+        if stat.modified and stat.modified < now - older_than:
+            store.delete_temp_file(key)
+            report.temp_files_removed += 1
+            report.temp_bytes_removed += stat.size

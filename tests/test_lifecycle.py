@@ -384,6 +384,20 @@ def test_gc_killed_at_random_points_then_rerun(tmp_path, file_store):
     assert _read_all(Dataset.get(ds.id, store=file_store))["y"] == (tmp_path / "d" / "y").read_bytes()
 
 
+def test_gc_removes_temp_files_that_killed_pack_writes_left(file_store):
+    store = Store.open(file_store, create=True)
+    root = file_store[len("file://"):]
+    os.makedirs(f"{root}/packs/ab", exist_ok=True)
+    old, fresh = f"{root}/packs/ab/.tmp-old", f"{root}/packs/ab/.tmp-fresh"
+    for path in (old, fresh):
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    report = sweep.gc(store, grace=0, timing=FAST)
+    assert not os.path.exists(old) and os.path.exists(fresh)  # a write in progress is never touched
+    assert report.temp_files_removed == 1 and report.temp_bytes_removed == 100
+
+
 def test_durations():
     assert sweep.parse_duration("24h") == 86400 and sweep.parse_duration("0") == 0
     assert sweep.parse_duration("30m") == 1800 and sweep.parse_duration("1.5d") == 129600
