@@ -138,15 +138,18 @@ def create(ctx, project, name, version, parents, tags, description, from_datasto
 @click.option("--dataset-folder", default=None, help="Folder inside the dataset to put them in.")
 @click.option("--wildcard", "wildcards", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--non-recursive", is_flag=True, help="Do not descend into sub-folders.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks in folders that point outside them (default: skipped, with a warning).")
 @id_option
 @click.pass_context
-def add(ctx, files, links, dataset_folder, wildcards, non_recursive, ref):
+def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_symlinks, ref):
     """Add local files (read at upload) or external links to the current draft."""
     if not files and not links:
         raise DsfsUsage("pass --files and/or --links")
     ds = _dataset(ctx, ref)
     options = {"wildcard": list(wildcards) or None, "recursive": not non_recursive, "dataset_path": dataset_folder}
-    total = sum(ds.add_files(f, **options) for f in files) + sum(ds.add_external_files(u, **options) for u in links)
+    total = (sum(ds.add_files(f, follow_symlinks=follow_symlinks, **options) for f in files)
+             + sum(ds.add_external_files(u, **options) for u in links))
     click.echo(f"{total} file(s) added to {ds.info.ref}")
 
 
@@ -223,6 +226,12 @@ def list_(ctx, ref, filters, modified, as_json):
     click.echo(f"{len(entries)} file(s), {_human(sum(e.size for e in entries))}", err=True)
 
 
+def _warn_unreadable(unreadable: dict[str, str]) -> None:
+    """A listing left out records that cannot be read: say so (stderr), they may be what was sought."""
+    for message in sorted(unreadable.values()):
+        click.echo(f"dsfs: warning: not listed (it may match): {message}; see `dsfs check`", err=True)
+
+
 def _info_row(v: VersionInfo):
     return (v.id, v.project, v.name, v.version, v.state, ",".join(v.tags), v.stats.get("files", ""),
             _human(v.stats["bytes"]) if "bytes" in v.stats else "", v.created)
@@ -237,7 +246,10 @@ def _info_row(v: VersionInfo):
 @click.pass_context
 def search(ctx, project, name, tags, ids, as_json):
     """Find versions by project, name, tags or ids."""
-    found = Dataset.search(project=project, name=name, tags=list(tags), ids=list(ids), store=ctx.obj["store"])
+    unreadable = {}
+    found = Dataset.search(project=project, name=name, tags=list(tags), ids=list(ids), store=ctx.obj["store"],
+                           unreadable=unreadable)
+    _warn_unreadable(unreadable)
     if as_json:
         return _emit_json([v.to_json() for v in found])
     _table(["id", "project", "name", "version", "state", "tags", "files", "size", "created"], map(_info_row, found))
@@ -386,8 +398,11 @@ def cat(ctx, path, ref):
 @click.option("--skip-close", is_flag=True, help="Leave the new version as a draft.")
 @click.option("--allow-empty", is_flag=True, help="Create a version even when nothing changed.")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None)
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks in the folder that point outside it (default: skipped, with a warning).")
 @click.pass_context
-def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers):
+def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers,
+         follow_symlinks):
     """Create a new version from a folder: added, modified and removed files against the parent."""
     if not (project and name):
         if not parents:
@@ -396,7 +411,7 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
         project, name = project or first.project, name or first.name
     ds, changes = Dataset.sync(folder, project, name, parents=list(parents) or None, tags=list(tags),
                                dataset_path=dataset_folder, close=not skip_close, allow_empty=allow_empty,
-                               max_workers=max_workers, store=ctx.obj["store"])
+                               max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks)
     summary = (f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.removed)} removed, "
                f"{changes.unchanged} unchanged")
     if ds is None:
@@ -454,7 +469,10 @@ def versions(ctx, ref, as_json):
     if "/" not in ref:
         raise DsfsUsage(f"{ref!r}: expected PROJECT/NAME")
     project, name = ref.split("@")[0].rsplit("/", 1)
-    found = [v for v in Dataset.search(store=ctx.obj["store"]) if v.project == project and v.name == name]
+    unreadable = {}
+    found = [v for v in Dataset.search(store=ctx.obj["store"], unreadable=unreadable)
+             if v.project == project and v.name == name]
+    _warn_unreadable(unreadable)
     if not found:
         raise DatasetNotFound(f"no dataset {project}/{name}")
     if as_json:

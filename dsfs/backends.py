@@ -10,16 +10,29 @@ a short timeout before the first call turns that into an answer in seconds. It i
 proxy handles the endpoint (the proxy answers instead), and a reachable endpoint is remembered for
 the life of the process.
 
+Time limits: every store call answers within a limit (`run`), by default `DEFAULT_TIMEOUT` seconds
+plus one second per MiB it moves (a datastore's `timeout` option sets the first part). The SDKs get
+a connect timeout, a read timeout (time without a byte) of a third of the limit and, where they take
+it, a small retry count, so that a stalled request is retried within the limit; `run` bounds the
+whole call, their retries included, and cancels it when the limit passes. A store can also go away
+after it was opened: while a call has not answered for `WATCH_INTERVAL` seconds its endpoint is
+probed again, and a refused connect ends the call at once instead of after the SDK's retry schedule.
+
 Secrets: messages are built from the exception's first line, with every secret option value
 scrubbed out, and exceptions are never chained, so no traceback or message carries a key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import os
 import re
 import socket
 import threading
+import time
+import types
 import urllib.parse
 import urllib.request
 
@@ -32,6 +45,10 @@ URL_HELP = ("expected file://PATH, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], a
             "or memory://NAME")
 PROBE_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 5
+DEFAULT_TIMEOUT = 30.0  # seconds a store may take to answer one operation (a datastore's `timeout` option)
+SECONDS_PER_MIB = 1.0  # ... plus this per MiB the operation moves: transfers slower than 1 MiB/s fail
+WATCH_INTERVAL = 3.0  # a call unanswered this long has its endpoint probed again (then every as long)
+SDK_ATTEMPTS = 3  # botocore's attempts per request (its default is 5 with backoff: ~13 s on a refused port)
 
 SECRET_KEY_RE = re.compile(r"secret|key|token|passw|connection_string|sas|credential|auth", re.I)
 
@@ -106,10 +123,28 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def prepare(protocol: str, options: dict) -> dict:
-    """Options with dsfs's defaults for this backend. Called before the backend is imported."""
+def timeout_option(options: dict) -> float:
+    """Remove dsfs's own `timeout` option from `options` (it is not the backend's) and return it:
+    the seconds one store operation may take, DEFAULT_TIMEOUT when not given."""
+    value = options.pop("timeout", None)
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 0 < seconds < 86400:
+        raise UsageError(f"invalid store option timeout={value!r}: a number of seconds, e.g. timeout=30")
+    return seconds
+
+
+def prepare(protocol: str, options: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Options with dsfs's defaults for this backend, its time limits derived from `timeout` (see
+    the module docstring; options the user gave win). Called before the backend is imported."""
     kind = family(protocol)
     options = dict(options)
+    connect = min(CONNECT_TIMEOUT, timeout)
+    read = max(1.0, timeout / 3)
     if kind == "gs":
         # gcsfs 2026.10 otherwise probes a gRPC API first and stalls 60 s per call on emulators
         # and on plain buckets; must be set before gcsfs is imported (DESIGN 8).
@@ -119,11 +154,47 @@ def prepare(protocol: str, options: dict) -> dict:
         options.setdefault("use_listings_cache", False)
     if kind == "s3":
         config = dict(options.get("config_kwargs") or {})
-        config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        config.setdefault("connect_timeout", connect)
+        config.setdefault("read_timeout", read)
+        config.setdefault("retries", {"mode": "standard", "total_max_attempts": SDK_ATTEMPTS})
         options["config_kwargs"] = config
     elif kind == "az":
-        options.setdefault("connection_timeout", CONNECT_TIMEOUT)
+        options.setdefault("connection_timeout", connect)
+        options.setdefault("read_timeout", read)
+    elif kind == "gs":
+        import aiohttp  # gcsfs's transport; a ClientTimeout (not a number, which aiohttp takes as total)
+
+        options.setdefault("requests_timeout", aiohttp.ClientTimeout(sock_connect=connect, sock_read=read))
     return options
+
+
+def run(fs, fn, args: tuple, kwargs: dict, limit: float, endpoint_url: str | None, display_url: str):
+    """fn(*args, **kwargs), where fn is a method of `fs`, answered within `limit` seconds.
+
+    An async backend's method (fsspec's sync wrapper of a coroutine, which names it __wrapped__) runs
+    on the backend's event loop while this thread waits; past the limit it is cancelled and
+    TimeoutError raised. While it has not answered, the endpoint is probed every WATCH_INTERVAL: a
+    refused connect cancels it and raises StoreUnavailable. Anything else (a local filesystem, or a
+    helper such as atomic_write) is called directly: the kernel answers those."""
+    coroutine = getattr(fn, "__wrapped__", None)
+    if inspect.ismethod(fn) and coroutine is not None and not inspect.ismethod(coroutine):
+        coroutine = types.MethodType(coroutine, fn.__self__)  # a wrapper defined in the class: bind it
+    loop = getattr(fs, "loop", None)
+    if loop is None or not inspect.iscoroutinefunction(coroutine):
+        return fn(*args, **kwargs)
+    future = asyncio.run_coroutine_threadsafe(coroutine(*args, **kwargs), loop)
+    deadline = time.monotonic() + limit
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            done, _ = concurrent.futures.wait([future], timeout=max(0.0, min(WATCH_INTERVAL, left)))
+            if done:
+                return future.result()
+            if left <= WATCH_INTERVAL:
+                raise TimeoutError(f"no answer within {limit:.0f} s")
+            probe(endpoint_url, display_url, remember=False)
+    finally:
+        future.cancel()  # a no-op once it is done; otherwise the loop stops waiting for the store
 
 
 def whole_read_options(protocol: str) -> dict:
@@ -155,8 +226,10 @@ _reachable: set[tuple[str, int]] = set()
 _reachable_lock = threading.Lock()
 
 
-def probe(url: str | None, display_url: str) -> None:
-    """Raise StoreUnavailable at once if nothing answers a TCP connect at `url`'s host and port."""
+def probe(url: str | None, display_url: str, remember: bool = True) -> None:
+    """Raise StoreUnavailable at once if nothing answers a TCP connect at `url`'s host and port.
+    remember: skip an endpoint that answered before in this process (when opening a store); a store
+    that stopped answering is probed with remember=False."""
     if not url:
         return
     parts = urllib.parse.urlsplit(url)
@@ -164,7 +237,7 @@ def probe(url: str | None, display_url: str) -> None:
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     key = (parts.hostname, port)
-    if key in _reachable or _proxied(parts):
+    if (remember and key in _reachable) or _proxied(parts):
         return
     try:
         with socket.create_connection(key, timeout=PROBE_TIMEOUT):
@@ -241,6 +314,12 @@ def translate(exc: BaseException, what: str, protocol: str, display_url: str, bu
                             f"(check the datastore's credentials)")
     why = scrub(reason(exc), secrets)
     return StoreUnavailable(f"store {display_url} unreachable ({what}): {type(exc).__name__}: {why}")
+
+
+def range_not_satisfiable(exc: BaseException) -> bool:
+    """Is this a backend's answer to a ranged read that starts past the object's end (HTTP 416)?"""
+    return any(_status(e) == 416 or "not satisfiable" in str(e) or "InvalidRange" in str(e)
+               for e in _causes(exc))
 
 
 def bucket_missing(protocol: str, bucket: str, display_url: str) -> StoreUnavailable:

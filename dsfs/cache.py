@@ -18,6 +18,12 @@ dominated cold reads of small files through a mount (docs/mount.md). LMDB runs w
 durable settings; several processes (mounts, downloads) open the same environment, and
 `reader_check()` clears readers left by killed processes.
 
+A full disk (or quota): every write to the cache raises DiskFull naming the cache folder (exit 9),
+never a traceback or a signal. LMDB's lock file is given its blocks before LMDB first maps it
+(`_reserve_lock_file`: a new cache on a full disk was killed by SIGBUS), a failed LMDB commit leaves
+the index as it was, and chunk files that could not be recorded are removed. A mount's read whose
+chunks cannot be stored is served from memory; last uses that cannot be written are dropped.
+
 Budget: `size` bytes (`--cache-size`, `$DSFS_CACHE_SIZE`, default half of what the cache and the
 free space of its disk add up to). Going over the budget (high watermark) evicts least recently used
 chunks down to 90% of it (low watermark). Chunks pinned by this process (open files of a mount) are
@@ -26,6 +32,9 @@ never evicted, nor are chunks used in the last minute by any process.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import os
 import re
 import shutil
@@ -36,8 +45,8 @@ import time
 import blake3
 import lmdb
 
-from .errors import UsageError
-from .fsutil import atomic_write
+from .errors import DiskFull, UsageError
+from .fsutil import NO_SPACE
 
 LOW_WATERMARK = 0.9
 TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a minute...
@@ -49,6 +58,8 @@ CACHE_FORMAT = b"2"  # 2: view records keyed by a view number (dsfs.viewindex)
 VIEW_TABLES = (b"views", b"building", b"inodes", b"dirents", b"listing")
 
 _CHUNK = struct.Struct(">QQ")  # stored size, last use (ns)
+MAX_READERS = 1024
+LOCK_FILE_BYTES = 128 + 64 * MAX_READERS  # LMDB's lock file: a header, then a cache line per reader slot
 
 
 def default_cache_dir() -> str:
@@ -74,21 +85,22 @@ class Cache:
 
     def __init__(self, root: str | None = None, size: int | str | None = None):
         self.root = os.path.abspath(root or default_cache_dir())
-        for sub in ("chunks", "changesets", "tmp"):
-            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
-        self.env = _open_env(os.path.join(self.root, "index.lmdb"))
-        self.db_chunks = self.env.open_db(b"chunks")
-        self.db_lru = self.env.open_db(b"lru")
-        self.db_meta = self.env.open_db(b"meta")
-        with self.env.begin(db=self.db_meta) as txn:
-            stored = txn.get(b"format")
-        if stored != CACHE_FORMAT:
-            with self.env.begin(write=True) as txn:
-                if txn.get(b"format", db=self.db_meta) != CACHE_FORMAT:
-                    # views are derived data: a cache of another format rebuilds them (chunks stay)
-                    for name in VIEW_TABLES:
-                        txn.drop(self.env.open_db(name, txn=txn), delete=False)
-                    txn.put(b"format", CACHE_FORMAT, db=self.db_meta)
+        with self.space_checked():
+            for sub in ("chunks", "changesets", "tmp"):
+                os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+            self.env = _open_env(os.path.join(self.root, "index.lmdb"))
+            self.db_chunks = self.env.open_db(b"chunks")
+            self.db_lru = self.env.open_db(b"lru")
+            self.db_meta = self.env.open_db(b"meta")
+            with self.env.begin(db=self.db_meta) as txn:
+                stored = txn.get(b"format")
+            if stored != CACHE_FORMAT:
+                with self.env.begin(write=True) as txn:
+                    if txn.get(b"format", db=self.db_meta) != CACHE_FORMAT:
+                        # views are derived data: a cache of another format rebuilds them (chunks stay)
+                        for name in VIEW_TABLES:
+                            txn.drop(self.env.open_db(name, txn=txn), delete=False)
+                        txn.put(b"format", CACHE_FORMAT, db=self.db_meta)
         self._pins: dict[bytes, int] = {}
         self._pin_lock = threading.Lock()
         self._uses: dict[bytes, int] = {}  # last uses not yet written (see TOUCH_BATCH)
@@ -100,6 +112,29 @@ class Cache:
     def _default_budget(self) -> int:
         free = shutil.disk_usage(self.root).free
         return (free + self.used_bytes()) // 2
+
+    @contextlib.contextmanager
+    def space_checked(self):
+        """Around writes to the cache: a full disk or a used-up quota, met by a file write, by LMDB
+        (whose failed commit leaves the index as it was) or by materializing into the file store of
+        `get`, raises DiskFull naming the cache folder."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            raise self._full() from None
+        except lmdb.Error as exc:
+            if not _lmdb_out_of_space(exc):
+                raise
+            raise self._full() from None
+        except DiskFull:  # dsfs.materialize names the folder it writes; under the cache, the cache is the news
+            raise self._full() from None
+
+    def _full(self) -> DiskFull:
+        return DiskFull(f"no space left on the device of the cache {self.root}; free some space there "
+                        f"(`dsfs cache prune` frees what the cache holds) or use another --cache-dir, "
+                        f"and run the same command again")
 
     # -- chunks --------------------------------------------------------------------------------
 
@@ -146,20 +181,29 @@ class Cache:
         """Store (digest, bytes) chunks that the caller verified (dsfs.fetch: decode_chunk checks
         each against its digest; hashing them again here was 4% of a cold read's CPU): each file
         written, then all recorded in one LMDB transaction (a durable commit costs two fsyncs: one
-        per chunk made a cold read of a range of small files pay them per file)."""
+        per chunk made a cold read of a range of small files pay them per file). A full disk raises
+        DiskFull and leaves no file that is not recorded."""
         with self.env.begin(db=self.db_chunks) as txn:
             new = [(d, b) for d, b in items if txn.get(d) is None]
-        for digest, data in new:
-            self._write_chunk(digest, data)
         if not new:
             return
         now = time.time_ns()
-        with self.env.begin(write=True) as txn:
-            for digest, data in new:
-                if txn.get(digest, db=self.db_chunks) is None:
-                    txn.put(digest, _CHUNK.pack(len(data), now), db=self.db_chunks)
-                    txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
-                    self._add_used(txn, len(data))
+        try:
+            with self.space_checked():
+                for digest, data in new:
+                    self._write_chunk(digest, data)
+                with self.env.begin(write=True) as txn:
+                    for digest, data in new:
+                        if txn.get(digest, db=self.db_chunks) is None:
+                            txn.put(digest, _CHUNK.pack(len(data), now), db=self.db_chunks)
+                            txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
+                            self._add_used(txn, len(data))
+        except DiskFull:
+            with self.env.begin(db=self.db_chunks) as txn:
+                unrecorded = [d for d, _ in new if txn.get(d) is None]
+            for digest in unrecorded:
+                _unlink(self._chunk_path(digest))
+            raise
         if self.used_bytes() > self.budget:
             self.evict(int(self.budget * LOW_WATERMARK))
 
@@ -210,20 +254,25 @@ class Cache:
     def _write_uses(self, uses: dict[bytes, int]) -> None:
         if not uses:
             return
-        with self.env.begin(write=True) as txn:
-            for digest, now in uses.items():
-                record = txn.get(digest, db=self.db_chunks)
-                if record is None:
-                    continue
-                size, last_use = _CHUNK.unpack(record)
-                if last_use >= now:
-                    continue
-                txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
-                txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
-                txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
+        try:
+            with self.env.begin(write=True) as txn:
+                for digest, now in uses.items():
+                    record = txn.get(digest, db=self.db_chunks)
+                    if record is None:
+                        continue
+                    size, last_use = _CHUNK.unpack(record)
+                    if last_use >= now:
+                        continue
+                    txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
+                    txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
+                    txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
+        except lmdb.Error as exc:
+            if not _lmdb_out_of_space(exc):
+                raise
+            # last uses only order evictions: on a full disk they are dropped, and the read goes on
 
     def _drop(self, digest: bytes) -> None:
-        with self.env.begin(write=True) as txn:
+        with self.space_checked(), self.env.begin(write=True) as txn:
             record = txn.get(digest, db=self.db_chunks)
             if record is not None:
                 size, last_use = _CHUNK.unpack(record)
@@ -268,7 +317,7 @@ class Cache:
         freed = 0
         now = time.time_ns()
         victims = []
-        with self.env.begin(write=True) as txn:
+        with self.space_checked(), self.env.begin(write=True) as txn:
             used = int(txn.get(b"used", b"0", db=self.db_meta))
             cursor = txn.cursor(db=self.db_lru)
             for key, _ in cursor:
@@ -300,20 +349,24 @@ class Cache:
             for entry in it:
                 if entry.name.endswith(".lock") or not entry.is_file(follow_symlinks=False):
                     continue
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # a live write renamed its temp file into place since the listing
                 if st.st_mtime < cutoff:
                     _unlink(entry.path)
                     freed += st.st_size
         return freed
 
     def clear(self) -> int:
-        """Drop every chunk, view and file table (not what is pinned by this process). Returns bytes
-        freed."""
+        """Drop every chunk, view, file table and change-set copy: all the cache derived from stores
+        (not what is pinned by this process). Returns bytes freed."""
         freed = self.evict(0, keep_recent=False) + self.sweep_temp()
         from .viewindex import drop_all_views
 
         drop_all_views(self)
-        shutil.rmtree(os.path.join(self.root, "tables"), ignore_errors=True)
+        for derived in ("tables", "changesets"):  # put_changeset makes its folder again
+            shutil.rmtree(os.path.join(self.root, derived), ignore_errors=True)
         return freed
 
     def stats(self) -> dict:
@@ -333,9 +386,55 @@ class Cache:
         return os.path.join(self.root, "changesets", dataset_id)
 
     def put_changeset(self, dataset_id: str, data: bytes) -> str:
+        """Keep a change-set read from a store. Written to a temp name and renamed, not fsynced:
+        open_changeset checks every use against the digest, so one a power cut tore is fetched again
+        (a first build of a 10,000-version lineage would otherwise wait for 10,000 fsyncs)."""
         path = self.changeset_path(dataset_id)
-        atomic_write(path, data, tmp_dir=os.path.join(self.root, "tmp"))
+        tmp = os.path.join(self.root, "tmp", f"changeset-{dataset_id}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:  # `cache clear` removed the folder
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
         return path
+
+    def open_changeset(self, dataset_id: str, size: int, digest: str):
+        """The node's copy of a change-set, open at its start, if it is the one a version record
+        names (its size and blake3 digest, hashed from the open file: what is checked is what is
+        read); None if there is none or it is damaged (the caller fetches it again)."""
+        try:
+            f = open(self.changeset_path(dataset_id), "rb")
+        except FileNotFoundError:
+            return None
+        try:
+            hasher = blake3.blake3()
+            if os.fstat(f.fileno()).st_size == size:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    hasher.update(block)
+                if hasher.hexdigest() == digest:
+                    f.seek(0)
+                    return f
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+        return None
+
+
+def checks_space(fn):
+    """Decorate a function that writes to a Cache it is passed: Cache.space_checked around it."""
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        cache = next(arg for arg in (*args, *kwargs.values()) if isinstance(arg, Cache))
+        with cache.space_checked():
+            return fn(*args, **kwargs)
+    return checked
 
 
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}
@@ -349,10 +448,43 @@ def _open_env(path: str) -> lmdb.Environment:
     with _ENVS_LOCK:
         env = _ENVS.get(key)
         if env is None:
-            env = lmdb.open(path, map_size=1 << 40, max_dbs=16, max_readers=1024, subdir=True)
+            _reserve_lock_file(path)
+            env = lmdb.open(path, map_size=1 << 40, max_dbs=16, max_readers=MAX_READERS, subdir=True)
             env.reader_check()  # clear reader slots of killed processes
             _ENVS[key] = env
         return env
+
+
+def _reserve_lock_file(path: str) -> None:
+    """Give a new LMDB lock file its disk blocks before LMDB opens it. LMDB sizes the file with
+    ftruncate (no blocks) and writes its reader table through a shared map: on a full disk, the first
+    write to a page the file system cannot back kills the process with SIGBUS, no error returned. So
+    the file is allocated under a temp name and linked into place, where a concurrent opener finds
+    none or a whole one (allocating a file that is in use could race with LMDB's writes where the
+    file system emulates fallocate). An existing lock file is left as it is; where the file system
+    cannot allocate or link, LMDB creates the file as before."""
+    lock = os.path.join(path, "lock.mdb")
+    if os.path.exists(lock):
+        return
+    os.makedirs(path, exist_ok=True)
+    tmp = f"{lock}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
+        os.link(tmp, lock)
+    except FileExistsError:
+        pass  # another process made it meanwhile
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise
+    finally:
+        os.close(fd)
+        _unlink(tmp)
+
+
+def _lmdb_out_of_space(exc: lmdb.Error) -> bool:
+    """LMDB reports ENOSPC as DiskError; other errnos only in its message."""
+    return isinstance(exc, lmdb.DiskError) or os.strerror(errno.EDQUOT) in str(exc)
 
 
 def _read_in_ram(fd: int, size: int) -> bytes | None:

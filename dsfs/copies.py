@@ -43,7 +43,7 @@ import msgpack
 
 from .cache import Cache
 from .errors import InvalidState
-from .fsutil import atomic_write
+from .fsutil import atomic_write, temp_name
 
 MANIFEST_SUFFIX = ".manifest"
 _RECORD = struct.Struct(">QQqI")  # inode, size, mtime_ns, mode
@@ -186,13 +186,17 @@ def lay_out(cache: Cache, final: str, entries: list[tuple[str, str, os.stat_resu
     if not os.path.isdir(final):
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)  # an empty version still gets a folder
-        for folder in sorted(folders):
-            os.makedirs(os.path.join(tmp, folder), exist_ok=True)
-        for rel, source, _ in entries:
-            os.link(source, os.path.join(tmp, rel))
-        _write_manifest(cache, final, rows)
-        os.rename(tmp, final)
+        try:
+            os.makedirs(tmp)  # an empty version still gets a folder
+            for folder in sorted(folders):
+                os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+            for rel, source, _ in entries:
+                os.link(source, os.path.join(tmp, rel))
+            _write_manifest(cache, final, rows)
+            os.rename(tmp, final)
+        except BaseException:  # a full disk, say: no half-built copy left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return
     found, found_folders = _scan(final)
     wanted = {rel for rel, _, _ in entries}
@@ -208,7 +212,7 @@ def lay_out(cache: Cache, final: str, entries: list[tuple[str, str, os.stat_resu
             continue
         target = os.path.join(final, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.dsfs-tmp")
+        tmp = temp_name(target, ".dsfs-tmp")
         _unlink(tmp)
         os.link(source, tmp)
         os.replace(tmp, target)
@@ -226,7 +230,7 @@ def register_link(cache: Cache, link: str) -> None:
     """Remember a symlink `get --link` made into a copy, so that `cache clear` and `cache prune` know
     a job may depend on it. Registered links that no longer point into the copies are dropped here."""
     link = os.path.abspath(link)
-    with open(os.path.join(cache.root, "tmp", "links.lock"), "w") as lock:
+    with cache.space_checked(), open(os.path.join(cache.root, "tmp", "links.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         kept = [p for p in _registered(cache) if p != link and _linked_copy(cache, p)]
         atomic_write(os.path.join(cache.root, "links"), json.dumps(kept + [link]).encode(),

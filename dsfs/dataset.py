@@ -19,7 +19,9 @@ import glob
 import re
 import os
 import sys
+import unicodedata
 import uuid
+from contextlib import contextmanager
 
 import blake3
 import msgpack
@@ -29,7 +31,7 @@ from . import datastores, drafts, links, materialize, paths
 from .cache import Cache
 from .datarefs import DataReference
 from .drafts import DraftState
-from .evolve import Comparison, FolderChanges, folder_changes, squash_entries
+from .evolve import Comparison, FolderChanges, folder_changes, is_utf8, printable, scan_folder, squash_entries
 from .evolve import compare as compare_versions
 from .errors import (Conflict, CorruptData, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
                      StoreUnavailable, UsageError)
@@ -52,9 +54,10 @@ SNAPSHOT_PROJECT = "datastore-snapshots"
 def open_store(store: Store | str | None = None, create: bool = False) -> Store:
     """A Store from a Store, a URL, `datastore:NAME`, or None ($DSFS_STORE, else $DSFS_DATASTORE,
     else the default datastore, else the embedded local store): see dsfs.datastores."""
-    if isinstance(store, Store):
-        return store
-    return datastores.open_store(store, create=create)
+    if not isinstance(store, Store):
+        store = datastores.open_store(store, create=create)
+    links.allow_store(store.url)  # links into the store being read are its own (dsfs.links)
+    return store
 
 
 def _now() -> str:
@@ -81,15 +84,39 @@ def resolve(store: Store, ref: str | None = None, *, project: str | None = None,
         version = at_version or version
     if not (project and name):
         raise UsageError("name a dataset: an id, project/name[@version], or --project and --name")
-    candidates = [v for v in store.list_versions()
+    unreadable: dict[str, str] = {}
+    candidates = [v for v in store.list_versions(unreadable)
                   if v.project == project and v.name == name
                   and (include_drafts or version or v.is_final)
                   and (not version or v.version == version)
                   and all(t in v.tags for t in tags or [])]
-    if not candidates:
+    best = max(candidates, key=lambda v: (_semver(v.version) or semver.Version(0), v.created), default=None)
+    if unreadable:
+        _refuse_unreadable(store, project, name, version, best, unreadable)
+    if best is None:
         what = f"{project}/{name}" + (f"@{version}" if version else "") + (f" with tags {tags}" if tags else "")
         raise DatasetNotFound(f"no {'' if version or include_drafts else 'final '}dataset {what} in {store.display_url}")
-    return max(candidates, key=lambda v: (_semver(v.version) or semver.Version(0), v.created))
+    return best
+
+
+def _refuse_unreadable(store: Store, project: str, name: str, version: str | None, best: VersionInfo | None,
+                       unreadable: dict[str, str]) -> None:
+    """A record that exists but cannot be read may be the very version asked for (the number asked
+    for, or one newer than the best readable answer): answering with another version would silently
+    roll the reader back, so refuse (CorruptData) naming it. Which records are project/name's is
+    told by the version-number claims, which hold their ids (store.claim_version_number); a record
+    unreadable is rare, so the claims are read only then."""
+    floor = _semver(best.version) if best is not None else None
+    for number in store.claimed_version_numbers(project, name):
+        if version and number != version:
+            continue
+        if not version and floor is not None and (_semver(number) or semver.Version(0)) <= floor:
+            continue
+        holder = store.version_number_holder(project, name, number)
+        if holder in unreadable:
+            raise CorruptData(f"{project}/{name}@{number}: {unreadable[holder]}. It may be the version asked for, "
+                              f"so no other one is used instead: run `dsfs check`, or name another version "
+                              f"(@VERSION) or id")
 
 
 class Dataset:
@@ -123,14 +150,8 @@ class Dataset:
                tags: list[str] | None = None, description: str = "", store: Store | str | None = None,
                _id: str | None = None) -> "Dataset":
         """Create a draft version; parents are ids or references of final versions."""
+        _check_labels(project, name, version, tags)
         store = open_store(store, create=True)
-        for label, value in (("project", project), ("name", name)):
-            if not value or not value.strip() or "\0" in value or "@" in value:
-                raise UsageError(f"invalid {label} {value!r}: must be non-empty without '@' or NUL")
-        if "/" in name:
-            raise UsageError(f"invalid name {name!r}: must not contain '/' (use the project for folders)")
-        if version is not None and _semver(version) is None:
-            raise UsageError(f"invalid version {version!r}: use semantic versioning, e.g. 1.2.0")
         parent_ids = []
         for parent in parents or []:
             info = resolve(store, parent, include_drafts=True)
@@ -190,10 +211,13 @@ class Dataset:
 
     @staticmethod
     def search(project: str | None = None, name: str | None = None, tags: list[str] | None = None,
-               ids: list[str] | None = None, store: Store | str | None = None) -> list[VersionInfo]:
-        """Version records matching all given filters (project and name are globs), oldest first."""
+               ids: list[str] | None = None, store: Store | str | None = None,
+               unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
+        """Version records matching all given filters (project and name are globs), oldest first.
+        Records that exist but cannot be read are left out and, if `unreadable` is given, put in it
+        ({id: error}): they may match, and a listing should say so."""
         store = open_store(store)
-        found = [v for v in store.list_versions()
+        found = [v for v in store.list_versions(unreadable)
                  if (not project or fnmatch.fnmatchcase(v.project, project))
                  and (not name or fnmatch.fnmatchcase(v.name, name))
                  and all(t in v.tags for t in tags or [])
@@ -203,46 +227,84 @@ class Dataset:
     # -- authoring -----------------------------------------------------------------------------
 
     def _require_draft(self) -> DraftState:
-        if self.info.is_final:
-            raise InvalidState(f"dataset {self.id} ({self.info.ref}) is {self.state} and cannot change; "
-                               f"create a child version with --parents {self.id}")
+        """The draft's local state, to read (`_changing` is how a command changes it)."""
+        self._require_not_final()
         if self._draft is None:
             self._draft = DraftState.load(self.id, self.store.url)
         return self._draft
 
+    def _require_not_final(self) -> None:
+        if self.info.is_final:
+            raise InvalidState(f"dataset {self.id} ({self.info.ref}) is {self.state} and cannot change; "
+                               f"create a child version with --parents {self.id}")
+
+    @contextmanager
+    def _changing(self, what: str):
+        """Hold the draft's lock (drafts.DraftLock) for the whole of a command that changes it, and
+        give its state as read under the lock: another command may have changed the state, closed
+        the draft or deleted it while this one waited."""
+        self._require_not_final()
+        with drafts.DraftLock(self.id, f"{what} {self.info.ref}"):
+            try:
+                self.info = self.store.read_version(self.id)
+            except DatasetNotFound:
+                DraftState(id=self.id, store=self.store.url).discard()  # and the lock file just made
+                raise DatasetNotFound(f"draft {self.id} ({self.info.ref}) was deleted; nothing was changed") from None
+            if self.info.is_final:
+                DraftState(id=self.id, store=self.store.url).discard()
+                raise InvalidState(f"dataset {self.id} ({self.info.ref}) was closed by another command while "
+                                   f"this one waited; nothing was changed")
+            self._draft = DraftState.load(self.id, self.store.url)
+            yield self._draft
+
     def add_files(self, path: str, wildcard: str | list[str] | None = None, recursive: bool = True,
-                  dataset_path: str | None = None) -> int:
+                  dataset_path: str | None = None, follow_symlinks: bool = False) -> int:
         """Add a local file, folder or glob. Folders keep their layout under `dataset_path`.
-        Returns the number of files added. Nothing is read until upload."""
-        draft = self._require_draft()
-        found = list(_local_files(path, wildcard, recursive))
+        Returns the number of files added. Nothing is read until upload. Local names are read by
+        the input rules (dsfs.evolve.scan_folder): files skipped are named on stderr; a symlink in a
+        folder is followed only inside it, unless `follow_symlinks`."""
+        self._require_not_final()
+        found = list(_local_files(path, wildcard, recursive, follow_symlinks))
         if not found:
             raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
         folder = paths.folder(dataset_path)
+        targets: dict[str, str] = {}
         for rel, local in found:
-            draft.stage_local(paths.join(folder, rel), local)
-        draft.save()
-        return len(found)
+            target = paths.join(folder, rel)
+            if targets.setdefault(target, local) != local:
+                raise Conflict(f"{printable(targets[target])} and {printable(local)} would both be {target!r} "
+                               f"in the dataset (names that differ only in their Unicode form are one name); "
+                               f"nothing was added")
+        with self._changing("add") as draft:
+            for target, local in targets.items():
+                draft.stage_local(target, local)
+            draft.save()
+        return len(targets)
 
     def add_external_files(self, source_url: str, wildcard: str | list[str] | None = None,
                            dataset_path: str | None = None, recursive: bool = True) -> int:
         """Add objects that stay in their own bucket (s3://, gs://, az://, file://...): a URL of one
-        object or of a prefix. Size and tag are recorded now; reads check the object is unchanged."""
-        return self._add_links(links.list_objects(source_url, wildcard, recursive), dataset_path,
-                               f"{source_url!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
+        object or of a prefix. Size and tag are recorded now; reads check the object is unchanged.
+        The URL is recorded as one this user trusts, so its links are read on this machine
+        (dsfs.links: other consumers allow them themselves)."""
+        count = self._add_links(links.list_objects(source_url, wildcard, recursive), dataset_path,
+                                f"{source_url!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
+        if not source_url.startswith(datastores.PREFIX):  # a datastore's links are allowed anyway
+            links.trust(source_url)
+        return count
 
     def _add_links(self, listing, dataset_path: str | None, what: str) -> int:
-        draft = self._require_draft()
+        self._require_not_final()
         folder = paths.folder(dataset_path)
-        count = 0
-        for rel, url, size, tag, mtime_ns in listing:
-            target = paths.join(folder, rel)
-            draft.stage_entry(Entry(path=target, size=size, mtime_ns=mtime_ns, url=url, etag=tag))
-            count += 1
-        if not count:
+        entries = [Entry(path=paths.join(folder, rel), size=size, mtime_ns=mtime_ns, url=url, etag=tag)
+                   for rel, url, size, tag, mtime_ns in listing]
+        if not entries:
             raise UsageError(f"no objects match {what}")
-        draft.save()
-        return count
+        with self._changing("add") as draft:
+            for entry in entries:
+                draft.stage_entry(entry)
+            draft.save()
+        return len(entries)
 
     @classmethod
     def snapshot(cls, ref: str) -> "Dataset":
@@ -261,7 +323,7 @@ class Dataset:
             raise Conflict(f"a snapshot of {ref} is being made by another process; try again")
         except DatasetNotFound:
             pass
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref[len(datastores.PREFIX):]).strip("_") or "snapshot"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref[len(datastores.PREFIX):]).strip("_.") or "snapshot"
         ds = cls.create(SNAPSHOT_PROJECT, name, tags=["snapshot"], store=local,
                         description=f"snapshot of {ref}", _id=key)
         ds._add_links(listing, None, ref)
@@ -271,26 +333,25 @@ class Dataset:
     def remove_files(self, dataset_path: str, recursive: bool = True) -> int:
         """Remove files matching a dataset path or glob: this draft's additions, and files the
         parents have (recorded as removals). Returns the number of files removed."""
-        draft = self._require_draft()
         pattern = [dataset_path]
         removed = 0
-        for table in (draft.adds, draft.uploaded):
-            for path in [p for p in table if paths.matches(p, pattern, recursive)]:
-                del table[path]
-                removed += 1
-        for path in self._lineage.table(self.info.parents).paths:
-            if paths.matches(path, pattern, recursive) and path not in draft.removals:
-                draft.removals.add(path)
-                removed += 1
-        if not removed:
-            raise UsageError(f"no files in dataset {self.id} match {dataset_path!r}")
-        draft.save()
+        with self._changing("remove") as draft:
+            for table in (draft.adds, draft.uploaded):
+                for path in [p for p in table if paths.matches(p, pattern, recursive)]:
+                    del table[path]
+                    removed += 1
+            for path in self._lineage.table(self.info.parents).paths:
+                if paths.matches(path, pattern, recursive) and path not in draft.removals:
+                    draft.removals.add(path)
+                    removed += 1
+            if not removed:
+                raise UsageError(f"no files in dataset {self.id} match {dataset_path!r}")
+            draft.save()
         return removed
 
     def upload(self, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
         """Send the added files' new chunks to the store. Resumable; returns counts."""
-        draft = self._require_draft()
-        with self._writer_session("upload") as session:
+        with self._changing("upload") as draft, self._writer_session("upload") as session:
             return self._upload(draft, session, max_workers, show_progress)
 
     def _writer_session(self, what: str) -> WriterSession:
@@ -329,7 +390,12 @@ class Dataset:
         """Close the version: upload what is left, write its change-set, then mark it final."""
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
-        draft = self._require_draft()
+        with self._changing("close") as draft:
+            self._finalize(draft, auto_upload, max_workers, show_progress)
+        self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
+
+    def _finalize(self, draft: DraftState, auto_upload: bool, max_workers: int | None,
+                  show_progress: bool | None) -> None:
         if draft.adds and not auto_upload:
             raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
         with self._writer_session("close") as session:
@@ -351,7 +417,6 @@ class Dataset:
             table = self._lineage.table(self.info.parents).child(changes, f"dataset {self.id}")
             self._write_final(changes, table, counts, draft.new_bytes, draft.written)
         draft.discard()
-        self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
 
     def _check_not_deleted(self) -> None:
         """A draft deleted (by another command) while it was closing stays deleted: its record and
@@ -416,29 +481,33 @@ class Dataset:
 
     # -- evolution: sync, compare, squash -----------------------------------------------------
 
-    def sync_folder(self, local_path: str, dataset_path: str | None = None) -> FolderChanges:
+    def sync_folder(self, local_path: str, dataset_path: str | None = None,
+                    follow_symlinks: bool = False) -> FolderChanges:
         """Make this draft's content match a local folder: add new and modified files, remove
-        files the parents have that the folder no longer has. Returns what changed."""
-        changes = folder_changes(self._lineage.table(self.info.parents), local_path, dataset_path)
+        files the parents have that the folder no longer has. Returns what changed (and what the
+        input rules skipped, also named on stderr)."""
+        changes = folder_changes(self._lineage.table(self.info.parents), local_path, dataset_path,
+                                 follow_symlinks, _warn)
         self._apply_folder_changes(changes)
         return changes
 
     def _apply_folder_changes(self, changes: FolderChanges) -> None:
-        draft = self._require_draft()
-        for path, local in {**changes.added, **changes.modified}.items():
-            draft.stage_local(path, os.path.abspath(local))
-        for path in changes.removed:
-            draft.stage_removal(path)
-        draft.save()
+        with self._changing("sync") as draft:
+            for path, local in {**changes.added, **changes.modified}.items():
+                draft.stage_local(path, os.path.abspath(local))
+            for path in changes.removed:
+                draft.stage_removal(path)
+            draft.save()
 
     @classmethod
     def sync(cls, folder: str, project: str, name: str, parents: list[str] | None = None,
              tags: list[str] | None = None, dataset_path: str | None = None, close: bool = True,
              allow_empty: bool = False, max_workers: int | None = None, store: Store | str | None = None,
-             show_progress: bool | None = None) -> tuple["Dataset | None", FolderChanges]:
+             show_progress: bool | None = None, follow_symlinks: bool = False) -> tuple["Dataset | None", FolderChanges]:
         """Turn a folder that changes over time into a new version of project/name. Without parents,
         the latest final version of project/name is the parent. An unchanged folder makes no version
-        (returns None) unless allow_empty."""
+        (returns None) unless allow_empty. The folder is read by the input rules of `add_files`."""
+        _check_labels(project, name, None, tags)
         store = open_store(store, create=True)
         if parents is None:
             try:
@@ -446,7 +515,7 @@ class Dataset:
             except DatasetNotFound:
                 parents = []
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
-        changes = folder_changes(Lineage.of(store).table(parent_ids), folder, dataset_path)
+        changes = folder_changes(Lineage.of(store).table(parent_ids), folder, dataset_path, follow_symlinks, _warn)
         if changes.empty and not allow_empty:
             return None, changes
         ds = cls.create(project, name, parents=parent_ids, tags=tags, store=store)
@@ -580,7 +649,7 @@ class Dataset:
 
     def view(self) -> ViewIndex:
         """The flattened view index of this version (built once per node)."""
-        return ensure_view(self.store, self.cache, self.id)
+        return ensure_view(self.store, self.cache, self.id, self.info)
 
     def download(self, target: str, include: list[str] | None = None, exclude: list[str] | None = None,
                  max_workers: int | None = None, overwrite: bool = False, show_progress: bool | None = None):
@@ -649,8 +718,8 @@ class Dataset:
 
     @staticmethod
     def _relabel(store: Store, project: str, name: str, new_project: str, new_name: str) -> int:
-        if not new_name or "/" in new_name or "@" in new_name or not new_project or "@" in new_project:
-            raise UsageError(f"invalid new project/name {new_project!r}/{new_name!r}")
+        paths.label("project", new_project)
+        paths.label("name", new_name)
         versions = [v for v in store.list_versions() if v.project == project and v.name == name]
         if not versions:
             raise DatasetNotFound(f"no dataset {project}/{name} in {store.display_url}")
@@ -713,8 +782,25 @@ class Dataset:
 
 
 def _tell(message: str) -> None:
-    """A writer waiting for a gc says so on stderr (the only output of the library's own)."""
+    """A writer waiting for a gc says so on stderr, and authoring names the local files it skipped
+    (the only output of the library's own)."""
     print(f"dsfs: {message}", file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    _tell(f"warning: {message}")
+
+
+def _check_labels(project: str, name: str, version: str | None, tags) -> None:
+    """The label rule (dsfs.paths.label) for a new version's project, name, version and tags."""
+    paths.label("project", project)
+    paths.label("name", name)
+    if version is not None:
+        paths.label("version", version)
+        if _semver(version) is None:
+            raise UsageError(f"invalid version {version!r}: use semantic versioning, e.g. 1.2.0")
+    for tag in tags or []:
+        paths.label("tag", tag)
 
 
 def _size(local_path: str) -> int:
@@ -724,38 +810,51 @@ def _size(local_path: str) -> int:
         return 0
 
 
-def _local_files(path: str, wildcard, recursive: bool):
-    """(relative dataset path, absolute local path) for a local file, folder, or glob."""
+def _local_files(path: str, wildcard, recursive: bool, follow_symlinks: bool = False, warn=_warn):
+    """(relative dataset path, absolute local path) for a local file, folder, or glob. A file named
+    on the command line (or matched by a glob) is taken as named, following a symlink; a folder is
+    read by dsfs.evolve.scan_folder's input rules."""
     wildcards = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
     path = os.path.expanduser(path)
     if os.path.isdir(path):
         roots = [(path, "")]
     elif os.path.isfile(path):
         if not wildcards or paths.matches(os.path.basename(path), wildcards):
-            yield os.path.basename(path), os.path.abspath(path)
+            yield from _named_file(path, warn)
         return
     elif glob.has_magic(path):
-        matched = sorted(glob.glob(path, recursive=recursive))
         roots = []
-        for match in matched:
+        for match in sorted(glob.glob(path, recursive=recursive)):
             if os.path.isfile(match):
                 if not wildcards or paths.matches(os.path.basename(match), wildcards):
-                    yield os.path.basename(match), os.path.abspath(match)
+                    yield from _named_file(match, warn)
             elif os.path.isdir(match):
-                roots.append((match, os.path.basename(os.path.normpath(match))))
+                name = _usable_name(match, warn)
+                if name is not None:
+                    roots.append((match, name + "/"))
+    elif os.path.lexists(path):
+        raise LocalFileNotFound(f"{printable(path)} is not a regular file or folder" +
+                                (" (a broken symlink or a symlink loop)" if os.path.islink(path) else ""))
     else:
-        raise LocalFileNotFound(f"no such file or folder: {path}")
+        raise LocalFileNotFound(f"no such file or folder: {printable(path)}")
     for root, prefix in roots:
-        for folder, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel_folder = os.path.relpath(folder, root)
-            for filename in sorted(filenames):
-                rel = filename if rel_folder == "." else f"{rel_folder}/{filename}"
-                local = os.path.join(folder, filename)
-                if not os.path.isfile(local):
-                    continue
-                if wildcards and not paths.matches(rel.replace(os.sep, "/"), wildcards):
-                    continue
-                yield (f"{prefix}/{rel}" if prefix else rel).replace(os.sep, "/"), os.path.abspath(local)
-            if not recursive:
-                dirnames.clear()
+        for rel, local, _ in scan_folder(root, prefix, follow_symlinks, warn, recursive):
+            if wildcards and not paths.matches(rel[len(prefix):], wildcards):
+                continue
+            yield rel, local
+
+
+def _named_file(path: str, warn):
+    name = _usable_name(path, warn)
+    if name is not None:
+        yield name, os.path.realpath(path)
+
+
+def _usable_name(path: str, warn) -> str | None:
+    """The NFC base name of a file or folder named by the user, or None (with a warning) if it is
+    not UTF-8 and so cannot be a dataset path."""
+    name = os.path.basename(os.path.normpath(path))
+    if not is_utf8(name):
+        warn(f"skipped {printable(path)}: its name is not valid UTF-8 (rename it to add it)")
+        return None
+    return unicodedata.normalize("NFC", name)

@@ -13,6 +13,9 @@ into a `Store`.
   another datastore.
 - An option value `env:VAR` is read from the environment each time the datastore is opened, so the
   file can hold no secret at all. A missing variable is an error naming the variable.
+- One option is dsfs's own, not the backend's: `timeout`, the seconds one store operation may take
+  before it is reported as unreachable (default 30; a second per MiB moved is added: see
+  `dsfs.store.Store.time_limit`). It is checked when the datastore is registered.
 - Secrets (options whose key looks like secret/key/token/password/connection_string/sas/credential)
   are shown as `***` by `public()` and never copied into a store; `env:VAR` references are shown as
   they are. The file is written 0600; a file that holds literal secrets and is readable by group or
@@ -183,6 +186,8 @@ def register(name: str, url: str, options: dict | None = None, default: bool = F
     if name == LOCAL:
         raise DatastoreError("'local' is the built-in datastore (the embedded default store); choose another name")
     backends.check_url(url)
+    literal = {k: v for k, v in (options or {}).items() if not (isinstance(v, str) and ENV_RE.fullmatch(v))}
+    backends.timeout_option(literal)  # a bad timeout fails now, not at first use
     data = _load()
     stores = data.setdefault("datastores", {})
     if name in stores and not overwrite:

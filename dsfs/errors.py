@@ -93,6 +93,13 @@ class CorruptData(DsfsError):
     errno = _errno.EIO
 
 
+class DiskFull(DsfsError):
+    """No space left on a device dsfs writes to: a download target, the node's cache, a file:// store."""
+
+    exit_code = 9
+    errno = _errno.ENOSPC
+
+
 class StaleLink(DsfsError):
     """An external file changed at its source since it was added to the version."""
 

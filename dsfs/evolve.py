@@ -14,13 +14,16 @@ flattened merge of several versions (squash), all without moving chunk bytes tha
 
 from __future__ import annotations
 
+import errno
 import os
+import stat as stat_mod
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import paths
 from .cache import Cache
-from .errors import LocalFileNotFound
+from .errors import Conflict, LocalFileNotFound
 from .filetable import EXECUTABLE, FileTable
 from .model import Entry
 from .packs import file_digest
@@ -34,15 +37,18 @@ class FolderChanges:
     modified: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)  # why each skipped local file was skipped
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.modified or self.removed)
 
 
-def folder_changes(base: FileTable, folder: str, dataset_path: str = "") -> FolderChanges:
+def folder_changes(base: FileTable, folder: str, dataset_path: str = "", follow_symlinks: bool = False,
+                   warn: Callable[[str], None] | None = None) -> FolderChanges:
     """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table.
-    Files of `base` outside dataset_path are not considered (a sync of a subfolder)."""
+    Files of `base` outside dataset_path are not considered (a sync of a subfolder). What the scan
+    skipped (scan_folder's rules) is told to `warn` as it is found, and listed in `skipped`."""
     if not os.path.isdir(folder):
         raise LocalFileNotFound(f"no such folder: {folder}")
     root = paths.folder(dataset_path)
@@ -50,7 +56,13 @@ def folder_changes(base: FileTable, folder: str, dataset_path: str = "") -> Fold
     changes = FolderChanges()
     seen = set()
     sizes, mtimes, flags = base.sizes, base.mtimes, base.flags
-    for rel, local, st in _walk_files(os.path.abspath(folder), prefix):
+
+    def skipped(message: str) -> None:
+        changes.skipped.append(message)
+        if warn is not None:
+            warn(message)
+
+    for rel, local, st in scan_folder(folder, prefix, follow_symlinks, skipped):
         seen.add(rel)
         row = base.find(rel)
         if row is None:
@@ -67,20 +79,99 @@ def folder_changes(base: FileTable, folder: str, dataset_path: str = "") -> Fold
     return changes
 
 
-def _walk_files(folder: str, rel_folder: str):
-    """(dataset path, absolute path, stat) of every regular file under folder (symlinks to files
-    followed, as add_files does); one stat per file, from scandir. Names from a listing are never '',
-    '.' or '..' and hold no '/' or NUL: only their Unicode form may need normalizing, checked once per
-    folder (NFC never composes across a NUL, so the joined names are NFC iff each one is)."""
+def scan_folder(folder: str, rel_folder: str = "", follow_symlinks: bool = False,
+                warn: Callable[[str], None] = lambda message: None, recursive: bool = True):
+    """(dataset path, local path, stat) of every regular file under `folder`, read by the input
+    rules that `add` and `sync` share (docs/decisions.md, "Authoring input"):
+
+    - a name that is not UTF-8 is skipped (dataset paths are UTF-8), and `warn` is told;
+    - names are stored NFC; two names of one folder that differ only in their Unicode form would
+      become one dataset path: Conflict naming both, nothing is added;
+    - a symlink is followed if its target is inside `folder` (the local path is then the target's),
+      skipped with a warning if outside unless follow_symlinks; broken links and loops are skipped
+      with a warning; anything but regular files and folders (FIFOs, sockets, devices) too.
+
+    Not recursive: the files directly in `folder` only. One stat per file, from scandir. Names from
+    a listing are never '', '.' or '..' and hold no '/' or NUL: only their encoding and Unicode form
+    need checking, once per folder for a clean one (NFC never composes across a NUL, so the joined
+    names are NFC iff each one is)."""
+    top = os.path.abspath(folder)
+    root = os.path.realpath(top)
+    yield from _scan(top, root, rel_folder, root, follow_symlinks, warn, frozenset([root]) if recursive else None)
+
+
+def _scan(folder: str, real: str, rel_folder: str, root: str, follow: bool, warn, ancestors: frozenset | None):
+    """scan_folder in `folder`, whose real path is `real`; `ancestors` are the real paths of the
+    folders above (None: do not descend)."""
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
-    nfc = unicodedata.is_normalized("NFC", "\0".join(e.name for e in entries))
+    joined = "\0".join(e.name for e in entries)
+    if joined.isascii() or (is_utf8(joined) and unicodedata.is_normalized("NFC", joined)):
+        named = [(e, e.name) for e in entries]
+    else:
+        named = _usable(entries, warn)
+    for entry, name in named:
+        rel = rel_folder + name
+        if entry.is_symlink():
+            try:
+                local = os.path.realpath(entry.path, strict=True)
+                st = os.stat(local)
+            except OSError as exc:
+                warn(f"skipped {printable(entry.path)}: " + ("a symlink loop" if exc.errno == errno.ELOOP
+                                                          else "a broken symlink"))
+                continue
+            if not (follow or local == root or local.startswith(root + "/")):
+                warn(f"skipped {printable(entry.path)}: a symlink to {printable(local)}, outside {printable(root)} "
+                     f"(--follow-symlinks follows it)")
+                continue
+            is_dir, target = stat_mod.S_ISDIR(st.st_mode), local
+        elif entry.is_dir(follow_symlinks=False):
+            is_dir, target, st = True, f"{real}/{entry.name}", None
+        else:
+            st = entry.stat(follow_symlinks=False)
+            is_dir, target = False, entry.path
+        if is_dir:
+            if ancestors is None:
+                continue
+            if target in ancestors:
+                warn(f"skipped {printable(entry.path)}: a symlink loop (it leads back to {printable(target)})")
+                continue
+            yield from _scan(entry.path if st is None else target, target, rel + "/", root, follow, warn,
+                             ancestors | {target})
+        elif stat_mod.S_ISREG(st.st_mode):
+            yield rel, target, st
+        else:
+            warn(f"skipped {printable(entry.path)}: not a regular file")
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:  # os.scandir gives undecodable bytes as surrogate escapes
+        return False
+
+
+def _usable(entries, warn) -> list:
+    """(entry, NFC name) of the entries of one folder whose names can be dataset paths, with a
+    warning for each other one; Conflict if two names differ only in their Unicode form."""
+    seen = {}
     for entry in entries:
-        rel = rel_folder + (entry.name if nfc else paths.normalize(entry.name))
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk_files(entry.path, rel + "/")
-        elif entry.is_file():
-            yield rel, entry.path, entry.stat()
+        if not is_utf8(entry.name):
+            warn(f"skipped {printable(entry.path)}: its name is not valid UTF-8 (rename it to add it)")
+            continue
+        name = unicodedata.normalize("NFC", entry.name)
+        if name in seen:
+            raise Conflict(f"{printable(seen[name].path)} and {printable(entry.path)} differ only in their Unicode "
+                           f"form (NFC/NFD) and would be one file {name!r} in the dataset; rename one of them")
+        seen[name] = entry
+    return [(entry, name) for name, entry in seen.items()]
+
+
+def printable(local_path: str) -> str:
+    """A local path for a message: undecodable bytes as \\xNN escapes, not as surrogates that
+    cannot be printed."""
+    return local_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -121,6 +212,4 @@ def compare(store: Store, cache: Cache, source_id: str, target_id: str) -> Compa
 
 def squash_entries(store: Store, cache: Cache, ids: list[str]) -> list[Entry]:
     """The merged view of `ids` overlaid in order (a later version wins on a path), as entries."""
-    from .viewindex import overlay
-
-    return list(overlay([merged_entries(store, cache, i) for i in ids]))
+    return list(merged_entries(store, cache, *ids))

@@ -4,11 +4,16 @@ tar and zip are written as a stream: file bytes flow from the view (cache or ran
 into the archive without a temporary copy of the dataset, so `-o -` can feed a pipe of any size.
 `manifest-json` lists paths, sizes, modes, mtimes and blake3 digests. Written to a file, the
 archive goes to a temp name and is renamed when complete: a failed export never leaves a truncated
-archive under the requested name.
+archive under the requested name (a full disk: DiskFull, exit 9).
+
+Dates: tar (pax) and manifest-json keep a file's mtime as recorded. A zip entry's date (MS-DOS
+format, UTC here) holds 1980-01-01 to 2107-12-31 in steps of 2 s; an mtime outside that range is
+clamped to its nearest end (an mtime of 2**64-1 ns exports as 2107-12-31 23:59:58).
 """
 
 from __future__ import annotations
 
+import calendar
 import io
 import json
 import os
@@ -19,11 +24,16 @@ import time
 import zipfile
 
 from .errors import UsageError
+from .fsutil import space_for, temp_name
 from .materialize import select
 from .view import View
 
 FORMATS = ("tar", "zip", "manifest-json")
 BLOCK = 4 << 20
+TEMP_SUFFIX = ".dsfs-tmp"
+RANDOM_BYTES = 8  # what mkstemp puts between its prefix and suffix
+ZIP_FIRST = (1980, 1, 1, 0, 0, 0)  # a zip entry's date (MS-DOS format) holds years 1980-2107 only
+ZIP_LAST = (2107, 12, 31, 23, 59, 58)  # ... and even seconds
 
 
 class _FileReader(io.RawIOBase):
@@ -73,13 +83,25 @@ def export(view: View, out, fmt: str, include=None) -> int:
         return count
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for path, node in files:
-            info = zipfile.ZipInfo(path, date_time=time.gmtime(max(node.mtime_ns / 1e9, 315532800))[:6])
+            info = zipfile.ZipInfo(path, date_time=zip_date(node.mtime_ns))
             info.external_attr = (0o100000 | node.mode) << 16
             with _FileReader(view, node, path) as reader, archive.open(info, "w", force_zip64=node.size > 2**31) as dst:
                 while chunk := reader.read(BLOCK):
                     dst.write(chunk)
             count += 1
     return count
+
+
+def zip_date(mtime_ns: int) -> tuple:
+    """A file's mtime as a zip entry's date (UTC), clamped to what zip can hold: 1980-01-01 for
+    anything earlier, 2107-12-31 23:59:58 for anything later (an mtime far in the future, even
+    2**64-1 ns, is a file's to have; tar and manifest-json keep it exactly)."""
+    seconds = mtime_ns // 10**9
+    if seconds < calendar.timegm(ZIP_FIRST):
+        return ZIP_FIRST
+    if seconds > calendar.timegm(ZIP_LAST):
+        return ZIP_LAST
+    return time.gmtime(seconds)[:6]
 
 
 def export_to(view: View, target: str, fmt: str, include=None, overwrite: bool = False) -> int:
@@ -90,12 +112,13 @@ def export_to(view: View, target: str, fmt: str, include=None, overwrite: bool =
     if os.path.exists(target) and not overwrite:
         raise UsageError(f"{target} exists; pass --overwrite to replace it")
     folder = os.path.dirname(target)
+    prefix = os.path.basename(temp_name(target, ".", reserve=RANDOM_BYTES + len(TEMP_SUFFIX)))
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".dsfs-tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=TEMP_SUFFIX)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as out:
+        with space_for(folder, "free some space and export again"), os.fdopen(fd, "wb") as out:
             count = export(view, out, fmt, include)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)

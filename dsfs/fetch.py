@@ -4,25 +4,33 @@ Chunks wanted from the same pack are sorted by offset and merged into one ranged
 between them is at most `GAP` bytes and the range stays under `MAX_RANGE` (packs keep a folder's
 files together, so a subtree becomes a few large reads instead of one request per file). Each chunk
 is verified against its digest; a range with a corrupt chunk is fetched once more, and a chunk still
-corrupt fails only the files that use it. A store that does not answer is retried with exponential
-backoff before the error reaches the user: `RETRY_DELAYS`, about 8 s in all; the environment
-variable `DSFS_RETRY_DELAYS` (comma-separated seconds, e.g. "0.05,0.05") replaces them, for tests
-that exercise a store going away and for nodes that would rather fail fast.
+corrupt fails only the files that use it. A chunk beyond its pack's end is corrupt too (the store is
+damaged), never a store failure.
+
+A store that fails a read is retried with exponential backoff (`RETRY_DELAYS`, about 8 s in all; the
+environment variable `DSFS_RETRY_DELAYS`, comma-separated seconds such as "0.05,0.05", replaces
+them), within one time limit for the read and all its retries (`Store.time_limit`: the store's
+timeout plus a second per MiB), and only while something listens at the store's endpoint: a refused
+connection ends the retries at once. So a store that refuses is reported in seconds and a silent one
+in about its timeout, and a mount's read gets EIO then, while the next read tries the store again.
+Once a range failed, the ranges not yet started are given up, so a fetch of many ranges fails in
+one time limit, not one per wave of workers.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .errors import CorruptChunk, StoreUnavailable
+from .errors import AccessDenied, CorruptChunk, StoreUnavailable
 from .model import ChunkRef
 from .packs import decode_chunk
-from .store import Store
+from .store import Store, deadline
 
 GAP = 1 << 20
 MAX_RANGE = 8 << 20  # measured against s3rver: 8, 16 and 32 MiB ranges give the same rate; 8 bounds memory
@@ -58,16 +66,22 @@ def plan_ranges(refs: Iterable[ChunkRef], gap: int = GAP, max_range: int = MAX_R
 
 
 def read_with_retries(store: Store, pack: bytes, start: int, length: int, delays=None) -> bytes:
+    """Bytes [start, start + length) of a pack (fewer if the pack ends sooner), retried after each of
+    `delays` while the read's time limit lasts and the store's endpoint accepts connections."""
     delays = RETRY_DELAYS if delays is None else delays
-    for attempt in range(len(delays) + 1):
-        try:
-            data = store.read_pack_range(pack, start, length)
-            if len(data) == length:
-                return data
-            error = StoreUnavailable(f"short read from pack {pack.hex()} in {store.display_url}")
-        except StoreUnavailable as exc:
-            error = exc
-        if attempt < len(delays):
+    limit = store.time_limit(length)
+    ends = time.monotonic() + limit
+    with deadline(limit):
+        for attempt in range(len(delays) + 1):
+            try:
+                return store.read_pack_range(pack, start, length)
+            except AccessDenied:
+                raise  # the same credentials will be refused again
+            except StoreUnavailable as exc:
+                error = exc
+            if attempt == len(delays) or time.monotonic() + delays[attempt] >= ends:
+                break
+            store.reachable()  # a refused connection is an answer: no use waiting for the limit
             time.sleep(delays[attempt])
     raise error
 
@@ -82,6 +96,12 @@ def fetch_range(store: Store, rng: Range, where: Callable[[ChunkRef], str]) -> t
         view = memoryview(data)
         retry = []
         for ref in todo:
+            if ref.offset + ref.stored > rng.start + len(data):  # the pack ends sooner: fetching again won't help
+                bad[ref.digest] = CorruptChunk(
+                    f"chunk {ref.digest.hex()[:16]} lies beyond the end of pack {ref.pack.hex()} "
+                    f"({rng.start + len(data)} bytes) in {store.display_url} ({where(ref)}): the store is "
+                    f"damaged; `dsfs check` lists what it affects")
+                continue
             stored = view[ref.offset - rng.start: ref.offset - rng.start + ref.stored]
             try:
                 good[ref.digest] = decode_chunk(ref, stored, functools.partial(where, ref))
@@ -101,6 +121,17 @@ def _bounded(ranges: list[Range], task, max_workers: int):
     2 x max_workers x MAX_RANGE whatever the number of chunks); yield (range, result) as each ends.
     The first exception is raised and the ranges not started are cancelled."""
     limit = max(1, max_workers) * 2
+    failed = threading.Event()
+
+    def guarded(rng):
+        if failed.is_set():  # a range failed: the whole fetch fails, don't start another one
+            return None
+        try:
+            return task(rng)
+        except BaseException:
+            failed.set()
+            raise
+
     with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="dsfs-fetch") as pool:
         pending = {}
         it = iter(ranges)
@@ -110,7 +141,7 @@ def _bounded(ranges: list[Range], task, max_workers: int):
                     rng = next(it, None)
                     if rng is None:
                         break
-                    pending[pool.submit(task, rng)] = rng
+                    pending[pool.submit(guarded, rng)] = rng
                 if not pending:
                     return
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)

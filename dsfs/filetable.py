@@ -18,8 +18,10 @@ Closing a version saves its table as `<cache dir>/tables/<id>`; the next sync of
 that version loads it instead of decoding the lineage. A table is local derived data, like the node
 cache: it is used only if its bytes hash to the digest it starts with, and it names the version's id
 and change-set digest (a table of a draft, or of another store's version with the same id, is never
-used). Anything else is ignored and the lineage decoded. So it is written without fsync; the
-TABLES_KEPT most recently written or used are kept.
+used): the digest it starts with vouches for its bytes, the change-set digest ties them to the
+version record. Anything else is ignored, the lineage decoded, and the table saved again from what
+was decoded (dsfs.lineage): a damaged table costs one decode, which is why it is written without fsync;
+the TABLES_KEPT most recently written or used are kept.
 """
 
 from __future__ import annotations

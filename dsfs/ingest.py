@@ -17,11 +17,14 @@ sent: the draft's `written` packs and `new_bytes` are what this draft really add
 
 A file is read once. Its size and mtime are checked before and after the read; if they differ, or
 the bytes read are not the size announced, the file changed while it was read and the upload fails
-with FileChanged naming it (its half-read content is never recorded).
+with FileChanged naming it (its half-read content is never recorded). A file that is no longer a
+regular file (replaced by a FIFO, a socket, a folder or a symlink since it was added) is refused
+before any byte is read, never waited on (`open_regular`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 import time
@@ -39,6 +42,29 @@ from .store import Store
 
 DEFAULT_WORKERS = 4
 SAVE_INTERVAL = 2.0
+
+
+def open_regular(local_path: str, dataset_path: str):
+    """Open a file added to a draft for reading, if it is still a regular file. The file was one
+    when it was added, but may have been replaced since: a FIFO would block the upload for ever
+    (open non-blocking, then check the type before reading), a symlink could now lead anywhere (the
+    draft records a symlink's target, so the last component is never followed)."""
+    again = f"add it again or `dsfs remove --files {dataset_path}`"
+    try:
+        fd = os.open(local_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) no longer exists; {again}") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) was replaced by a symlink; {again}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat_mod.S_ISREG(mode):
+        os.close(fd)
+        kind = {stat_mod.S_IFIFO: "a FIFO", stat_mod.S_IFSOCK: "a socket", stat_mod.S_IFDIR: "a folder"}.get(
+            stat_mod.S_IFMT(mode), "a device")
+        raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) is now {kind}, not a regular file; {again}")
+    return os.fdopen(fd, "rb")
 
 
 class Uploader:
@@ -84,15 +110,9 @@ class Uploader:
     # -- reading -------------------------------------------------------------------------------
 
     def _read_file(self, dataset_path: str, local_path: str) -> tuple[Entry, int]:
-        try:
-            f = open(local_path, "rb")
-        except FileNotFoundError:
-            raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) no longer exists; "
-                                    f"add it again or `dsfs remove --files {dataset_path}`") from None
+        f = open_regular(local_path, dataset_path)
         with f:
             before = os.fstat(f.fileno())
-            if not stat_mod.S_ISREG(before.st_mode):
-                raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) is not a regular file")
             refs: list = []
             whole = None
             total = 0

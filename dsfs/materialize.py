@@ -18,6 +18,7 @@ of the copy against what was laid out (dsfs.copies), repairing what a write thro
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -30,9 +31,10 @@ from dataclasses import dataclass, field, replace
 import blake3
 
 from . import copies, links, paths
-from .cache import Cache
-from .errors import DsfsError, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
+from .cache import Cache, checks_space
+from .errors import DiskFull, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
 from .fetch import fetch_into
+from .fsutil import NO_SPACE, atomic_write, space_for, temp_name
 from .progress import Tracker
 from .store import Store
 from .viewindex import Node, ViewIndex
@@ -40,11 +42,6 @@ from .viewindex import Node, ViewIndex
 PARTIAL_MARKER = ".dsfs-partial"
 LINK_PIECE = 8 << 20
 FICLONE = 0x40049409
-
-
-class DiskFull(DsfsError):
-    exit_code = 9
-    errno = errno.ENOSPC
 
 
 @dataclass
@@ -99,7 +96,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
             writer.result.skipped += 1
             progress.advance(job.node.size, files=1)
             continue
-        job.tmp = os.path.join(os.path.dirname(job.target), f".{os.path.basename(job.target)}{suffix}")
+        job.tmp = temp_name(job.target, suffix)
         todo.append(job)
         if job.node.url:
             continue  # external: streamed from its URL below
@@ -129,7 +126,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
                 _copy_link(job, writer)
     except OSError as exc:
         _cleanup(todo)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in NO_SPACE:
             raise DiskFull(f"no space left on the device of {os.path.dirname(todo[0].target) if todo else '?'}; "
                            f"free some space and run the same command again (complete files are kept)") from None
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -295,12 +292,13 @@ def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=N
         raise UsageError(f"no files of dataset {view.dataset_id} match the include/exclude filters")
     check_targets(target, (p for p, _ in files))
     try:
-        os.makedirs(target, exist_ok=True)
-        with open(marker, "w") as f:
-            json.dump({"id": view.dataset_id}, f)
-        for folder in sorted({os.path.dirname(p) for p, _ in files}):
-            if folder:
-                os.makedirs(os.path.join(target, folder), exist_ok=True)
+        with space_for(target):
+            os.makedirs(target, exist_ok=True)
+            # whole or not at all: an empty marker would make the rerun refuse a "not empty" target
+            atomic_write(marker, json.dumps({"id": view.dataset_id}).encode(), mode=0o644)
+            for folder in sorted({os.path.dirname(p) for p, _ in files}):
+                if folder:
+                    os.makedirs(os.path.join(target, folder), exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
     jobs = [_Job(p, os.path.join(target, p), node) for p, node in files]
@@ -323,6 +321,7 @@ def copy_path(cache: Cache, dataset_id: str) -> str:
     return os.path.join(cache.root, "copies", dataset_id)
 
 
+@checks_space
 def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, progress=None) -> str:
     """The path of the read-only cached copy of a version: reused while every file in it stats as
     laid out, otherwise (first use, or a file written, removed or added since) laid out again from
@@ -339,7 +338,8 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
         jobs = {}
         for path, node in files:
             if keys[path] not in jobs:  # read-only: shared by every copy, nobody may write through a link
-                jobs[keys[path]] = _Job(keys[path], contents.path(keys[path]), replace(node, mode=node.mode & 0o555))
+                # labelled with the first path of that content: errors name files as the dataset does
+                jobs[keys[path]] = _Job(path, contents.path(keys[path]), replace(node, mode=node.mode & 0o555))
         for folder in {os.path.dirname(job.target) for job in jobs.values()}:
             os.makedirs(folder, exist_ok=True)
         stats = contents.trusted(jobs)
@@ -367,23 +367,30 @@ def copy_tree(source: str, target: str, overwrite: bool = False) -> None:
         for name in names:
             rels.append(os.path.relpath(os.path.join(folder, name), source).replace(os.sep, "/"))
     check_targets(target, rels)
-    for rel in rels:
-        src, dest = os.path.join(source, rel), os.path.join(target, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.dsfs-tmp")
-        _clone_or_copy(src, tmp)
-        st = os.stat(src)
-        os.chmod(tmp, (st.st_mode & 0o777) | 0o200)
-        os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
-        os.replace(tmp, dest)
-    os.makedirs(target, exist_ok=True)
+    with space_for(target, "free some space and run the same command again with --overwrite"):
+        for rel in rels:
+            src, dest = os.path.join(source, rel), os.path.join(target, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            tmp = temp_name(dest, ".dsfs-tmp")
+            _clone_or_copy(src, tmp)
+            st = os.stat(src)
+            os.chmod(tmp, (st.st_mode & 0o777) | 0o200)
+            os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            os.replace(tmp, dest)
+        os.makedirs(target, exist_ok=True)
 
 
 def _clone_or_copy(src: str, dest: str) -> None:
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass
-        shutil.copyfileobj(fin, fout, 8 << 20)
+    """Copy src to dest, leaving no dest if that fails (a full disk)."""
+    try:
+        with open(src, "rb") as fin, open(dest, "wb") as fout:
+            try:
+                fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+                return
+            except OSError:
+                pass
+            shutil.copyfileobj(fin, fout, 8 << 20)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)
+        raise

@@ -12,6 +12,13 @@ followed. Short keys keep a million-entry change-set small:
               "c": [[chunk digest 32 bytes, pack id 16 bytes, offset, stored length, raw length,
                      compression], ...]}
     removal: {"p": path, "r": true}
+
+What the format allows, checked as each entry is decoded (a store may be written by someone else,
+and a crafted record must fail as `CorruptData`, never exhaust memory): a chunk holds at most
+MAX_CHUNK raw bytes (FastCDC's maximum, dsfs.packs) and is stored in at most as many (zstd is kept
+only where it saves), and a path component is at most NAME_MAX bytes (what every file system a
+version is materialized on allows, and what fits an LMDB key of the view index). A single entry
+decodes from at most 64 MiB.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from .errors import CorruptData, InvalidPath
 CHANGESET_FORMAT = 1
 COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1
+MAX_CHUNK = 4 << 20
+NAME_MAX = 255
 
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -57,6 +66,9 @@ class ChunkRef(NamedTuple):
             raise ValueError("bad chunk digest or pack id")
         if type(offset) is not int or type(stored) is not int or type(raw) is not int or min(offset, stored, raw) < 0:
             raise ValueError("bad chunk offsets")
+        if raw > MAX_CHUNK or stored > raw:
+            raise ValueError(f"a chunk of {raw} bytes stored in {stored}: the format allows at most "
+                             f"{MAX_CHUNK} bytes, stored in at most as many")
         if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
             raise ValueError(f"unknown compression {compression}")
         return cls._make(item)  # the NamedTuple's generated __new__ costs a Python call per chunk
@@ -104,6 +116,9 @@ class Entry:
         if not isinstance(item, dict):
             raise ValueError("entry is not a map")
         path = paths.validate(item.get("p"))
+        # split only paths longer than a name may be: this runs for every entry decoded
+        if len(path) > NAME_MAX // 4 and len(raw := path.encode()) > NAME_MAX and max(map(len, raw.split(b"/"))) > NAME_MAX:
+            raise ValueError(f"a name in path {path[:80]!r} is longer than {NAME_MAX} bytes")
         if item.get("r"):
             return cls(path=path, removed=True)
         if "u" in item:
@@ -127,17 +142,23 @@ class Entry:
 def encode_changeset(entries: Iterable[Entry]) -> bytes:
     """Encode entries (any order) as a change-set: sorted by path, one zstd frame."""
     out = io.BytesIO()
-    cctx = zstandard.ZstdCompressor(level=3)
+    write_changeset(out, sorted(entries, key=lambda e: e.path))
+    return out.getvalue()
+
+
+def write_changeset(out, entries: Iterable[Entry], level: int = 3) -> None:
+    """Write entries already sorted by path to a binary file as a change-set, one at a time (a
+    merge of many change-sets is written so without holding it)."""
+    cctx = zstandard.ZstdCompressor(level=level)
     with cctx.stream_writer(out, closefd=False) as writer:
         packer = msgpack.Packer()
         writer.write(packer.pack({"format": CHANGESET_FORMAT}))
         last = None
-        for entry in sorted(entries, key=lambda e: e.path):
+        for entry in entries:
             if entry.path == last:
                 raise ValueError(f"duplicate path {entry.path!r} in change-set")
             last = entry.path
             writer.write(packer.pack(entry.to_wire()))
-    return out.getvalue()
 
 
 @contextmanager
@@ -226,10 +247,18 @@ class VersionInfo:
                        **{k: data[k] for k in ("parents", "tags", "description", "metadata", "state",
                                                "created", "finalized", "changes", "stats", "sources")
                           if k in data})
-            if not ID_RE.match(info.id) or not all(ID_RE.match(p) for p in info.parents + info.sources):
+            if not all(isinstance(v, t) for v, t in ((info.parents, list), (info.sources, list), (info.tags, list),
+                                                      (info.metadata, dict), (info.changes, dict), (info.stats, dict))):
+                raise ValueError("a field has the wrong type")
+            if not all(isinstance(i, str) and ID_RE.match(i) for i in [info.id, *info.parents, *info.sources]):
                 raise ValueError("bad id")
+            if info.id in info.parents:
+                raise ValueError("it names itself as its parent")
             if info.state not in cls.STATES:
                 raise ValueError(f"unknown state {info.state!r}")
+            size, digest = info.changes.get("size"), info.changes.get("digest")
+            if info.is_final and not (type(size) is int and isinstance(digest, str)):
+                raise ValueError("no change-set size and digest")
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptData(f"{where} is corrupt ({exc}); refusing to use it") from None
         return info

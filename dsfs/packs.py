@@ -22,11 +22,10 @@ import zstandard
 from pyfastcdc import FastCDC
 
 from .errors import CorruptChunk
-from .model import COMPRESSION_NONE, COMPRESSION_ZSTD, ChunkRef
+from .model import COMPRESSION_NONE, COMPRESSION_ZSTD, MAX_CHUNK, ChunkRef
 
 MIN_CHUNK = 256 << 10
 AVG_CHUNK = 1 << 20
-MAX_CHUNK = 4 << 20
 PACK_TARGET = 64 << 20
 PROBE = 16 << 10
 
@@ -149,7 +148,11 @@ def decode_chunk(ref: ChunkRef, stored: bytes, where: str | Callable[[], str]) -
     not stored: a label per chunk fetched was a third of a cold read's CPU)."""
     try:
         if ref.compression == COMPRESSION_ZSTD:
-            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=ref.raw)
+            # a frame that states its size is given a buffer of that size, whatever max_output_size
+            # says: a crafted one claiming 1 TiB would be a MemoryError, not a corrupt chunk
+            claimed = zstandard.frame_content_size(stored)
+            data = b"" if claimed not in (-1, ref.raw) else \
+                zstandard.ZstdDecompressor().decompress(stored, max_output_size=ref.raw)
         else:
             data = stored
     except zstandard.ZstdError:

@@ -5,14 +5,27 @@ NUL-containing component and no leading '/'. Every path read from a manifest or 
 line goes through `validate` before it is stored, merged or touches a disk; a path that breaks the
 rule is refused with `InvalidPath`, never repaired silently (repairing would let two different
 manifest entries collapse onto one file).
+
+Labels follow one rule too, because three of them become object names (`names/<project>/<name>/
+<version>`, dsfs.store) and all of them are shown in listings and parsed back from references
+(`project/name@version`). A name or a tag is a non-empty string with no '/', '@' or control
+character (NUL included), no leading or trailing space, that is not '.' or '..', and at most
+LABEL_MAX bytes once percent-encoded (the store's spelling of it; one path component on every
+filesystem). A project is one or more such parts joined by '/' ("vision/2024"), within the same
+length (the store encodes its '/' too). A version is a semantic version (checked by dsfs.dataset)
+and a label as well. `label` checks them at every entry point (create, rename, move, sync, squash,
+tags); the store refuses '.', '..' and '' again where it builds a key, as a last line of defence.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import unicodedata
+import urllib.parse
 
-from .errors import InvalidPath
+from .errors import InvalidPath, UsageError
+
+LABEL_MAX = 255
 
 
 def validate(path: str) -> str:
@@ -30,6 +43,32 @@ def validate(path: str) -> str:
         if part in parts:
             raise InvalidPath(f"invalid dataset path {path!r}: component {part!r} not allowed")
     return path
+
+
+def label(kind: str, value) -> str:
+    """Return `value` if it is a valid project, name, version or tag ("kind" says which and names
+    it in the error), else raise UsageError saying what is wrong."""
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"invalid {kind} {value!r}: must not be empty")
+    for part in value.split("/") if kind == "project" else [value]:
+        problem = _label_problem(part)
+        if problem:
+            raise UsageError(f"invalid {kind} {value!r}: {problem}")
+    if len(urllib.parse.quote(value, safe="")) > LABEL_MAX:  # a project's '/' too: it is one component
+        raise UsageError(f"invalid {kind} {value[:40]!r}...: longer than {LABEL_MAX} bytes once percent-encoded")
+    return value
+
+
+def _label_problem(part: str) -> str | None:
+    if not part or part.strip() != part:
+        return "empty parts and leading or trailing spaces are not allowed"
+    if part in (".", ".."):
+        return f"{part!r} is not allowed"
+    if "/" in part or "@" in part:
+        return "'/' and '@' are not allowed"
+    if any(unicodedata.category(c) == "Cc" for c in part):
+        return "control characters (NUL included) are not allowed"
+    return None
 
 
 def normalize(path: str) -> str:

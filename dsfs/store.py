@@ -47,18 +47,22 @@ Removal rules (restic's "removing data", for a store with no server and many wri
   the session. A session that ended before gc read the sessions wrote its final record before
   that, so gc's mark, which comes after, sees it (a). Details and clock rules: dsfs.sessions.
 
-Every fsspec call goes through `_call`, which turns the zoo of backend exceptions into
-`StoreUnavailable` / `StoreReadOnly` / `AccessDenied` with the store's (redacted) URL; what each
+Every fsspec call goes through `_call`, which bounds its time (`Store.time_limit`, `deadline`) and
+turns the zoo of backend exceptions into `StoreUnavailable` / `StoreReadOnly` / `AccessDenied` /
+`DiskFull` with the store's (redacted) URL; what each
 cloud backend needs (option defaults, a reachability probe, its exceptions) is in `dsfs.backends`.
 A missing bucket is reported as such when the store is opened, not as "no dsfs store".
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import errno
 import json
 import os
+import time
 import urllib.parse
 from typing import NamedTuple
 
@@ -66,8 +70,9 @@ import fsspec
 
 from . import backends
 from .backends import redact_url as redact
-from .errors import AccessDenied, CorruptData, DatasetNotFound, StoreReadOnly, StoreUnavailable
-from .fsutil import atomic_write
+from .errors import (AccessDenied, CorruptData, DatasetNotFound, DiskFull, DsfsError, StoreReadOnly, StoreUnavailable,
+                     UsageError)
+from .fsutil import NO_SPACE, atomic_write
 from .model import ID_RE, VersionInfo
 
 STORE_FORMAT = 1
@@ -108,7 +113,26 @@ def _modified(info: dict) -> float:
     return 0.0
 
 
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("dsfs_store_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Inside, every store call this thread makes ends within `seconds` from now: one time limit for
+    an operation made of several calls (a read and its retries, dsfs.fetch)."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
 def _quote(part: str) -> str:
+    """One component of an object name. '', '.' and '..' would collapse a level or address the one
+    above it (on file:// stores, outside the store): refused here whatever the callers checked
+    (dsfs.paths.label is the rule; this is the last line of defence)."""
+    if part in ("", ".", ".."):
+        raise UsageError(f"invalid label {part!r}: it cannot name anything in the store")
     return urllib.parse.quote(part, safe="")
 
 
@@ -116,18 +140,21 @@ class Store:
     """A dsfs store at one URL. Methods speak of versions, change-sets and packs, never of paths."""
 
     def __init__(self, url: str, **options):
+        """`options` go to the fsspec backend, except `timeout`: the seconds one operation may take
+        (dsfs.backends.DEFAULT_TIMEOUT when not given; see time_limit)."""
         self.url = url.rstrip("/")
         self.display_url = redact(self.url)
         self.ref = self.url  # how to open this store again (dsfs.datastores sets `datastore:NAME`)
         _, self.bucket = backends.check_url(self.url)
         self._secrets = backends.secret_values(options)
+        self.timeout = backends.timeout_option(options)
         try:
             protocol, root = fsspec.core.split_protocol(self.url)
             protocol = protocol or "file"
             if protocol == "file":
                 options.setdefault("auto_mkdir", True)
                 root = os.path.abspath(os.path.expanduser(root))
-            self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options))
+            self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options, self.timeout))
         except (ImportError, ValueError, TypeError) as exc:
             reason = backends.scrub(backends.reason(exc), self._secrets)
             raise StoreUnavailable(f"cannot open store {self.display_url}: {reason}") from None
@@ -135,6 +162,7 @@ class Store:
         self._whole_read = backends.whole_read_options(protocol)
         self.root = self.fs._strip_protocol(root).rstrip("/") if protocol != "file" else root
         self.is_local = protocol == "file"
+        self._endpoint = backends.endpoint(protocol, self.fs)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -150,7 +178,7 @@ class Store:
         return store
 
     def check(self, create: bool = False) -> None:
-        backends.probe(backends.endpoint(self.protocol, self.fs), self.display_url)
+        backends.probe(self._endpoint, self.display_url)
         try:
             marker = json.loads(self._call("read", self.fs.cat_file, self._p(MARKER)))
         except FileNotFoundError:
@@ -177,28 +205,52 @@ class Store:
     def _p(self, key: str) -> str:
         return f"{self.root}/{key}"
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        """Run one fsspec call; map backend failures to typed errors. FileNotFoundError and
-        FileExistsError pass through: they are answers, not failures."""
+    def time_limit(self, nbytes: int = 0) -> float:
+        """The seconds an operation moving `nbytes` may take: the store's timeout, plus
+        backends.SECONDS_PER_MIB per MiB (a silent store fails in about `timeout` seconds; a slow
+        but working one still gets big transfers through)."""
+        return self.timeout + nbytes / (1 << 20) * backends.SECONDS_PER_MIB
+
+    def reachable(self) -> None:
+        """Raise StoreUnavailable at once if nothing listens at the store's endpoint any more."""
+        backends.probe(self._endpoint, self.display_url, remember=False)
+
+    def _call(self, what: str, fn, *args, limit: float | None = None, **kwargs):
+        """Run one fsspec call within `limit` seconds (default: the store's timeout; less inside
+        `deadline`); map backend failures to typed errors. FileNotFoundError and FileExistsError
+        pass through: they are answers, not failures; so does EOFError, for a range that starts
+        past an object's end."""
+        limit = self.timeout if limit is None else limit
+        if (end := _deadline.get()) is not None:
+            limit = min(limit, end - time.monotonic())
         try:
-            return fn(*args, **kwargs)
-        except (FileNotFoundError, FileExistsError):
+            return backends.run(self.fs, fn, args, kwargs, limit, self._endpoint, self.display_url)
+        except (FileNotFoundError, FileExistsError, DsfsError):
             raise
-        except PermissionError as exc:
-            if self.bucket:  # a cloud 403: wrong credentials, or a read-only key
-                raise backends.translate(exc, what, self.protocol, self.display_url, self.bucket,
-                                         self._secrets) from None
-            raise StoreReadOnly(f"store {self.display_url} refused to {what}: permission denied") from None
-        except OSError as exc:
+        except Exception as exc:
+            if backends.range_not_satisfiable(exc):
+                raise EOFError(f"{what} past the end of an object in {self.display_url}") from None
+            self.reachable()  # an endpoint that refuses is the reason to give, whatever the SDK said
+            raise self._error(what, exc) from None
+
+    def _error(self, what: str, exc: Exception) -> DsfsError:
+        """The typed error for a failed call doing `what` (read, write, list, delete)."""
+        if isinstance(exc, TimeoutError):  # the call's limit passed, or the SDK's own timeout fired
+            return StoreUnavailable(f"store {self.display_url} did not answer in time ({what}); it may be down "
+                                    f"or overloaded (the limit is the datastore option timeout, now "
+                                    f"{self.timeout:g} s, plus {backends.SECONDS_PER_MIB:g} s per MiB moved)")
+        if isinstance(exc, PermissionError) and not self.bucket:
+            return StoreReadOnly(f"store {self.display_url} refused to {what}: permission denied")
+        if isinstance(exc, OSError) and not isinstance(exc, PermissionError):
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise StoreReadOnly(f"store {self.display_url} refused to {what}: {os.strerror(exc.errno)}") from None
-            if exc.errno == errno.ENOSPC:
-                raise StoreUnavailable(f"store {self.display_url}: no space left to {what}") from None
-            raise StoreUnavailable(f"store {self.display_url} unreachable ({what}): "
-                                   f"{backends.scrub(backends.reason(exc), self._secrets)}") from None
-        except Exception as exc:  # botocore, aiohttp, azure: their errors are not OSErrors
-            raise backends.translate(exc, what, self.protocol, self.display_url, self.bucket,
-                                     self._secrets) from None
+                return StoreReadOnly(f"store {self.display_url} refused to {what}: {os.strerror(exc.errno)}")
+            if exc.errno in NO_SPACE:
+                return DiskFull(f"store {self.display_url} is full: no space left to {what} "
+                                f"({os.strerror(exc.errno)}); free space there and run the command again")
+            return StoreUnavailable(f"store {self.display_url} unreachable ({what}): "
+                                    f"{backends.scrub(backends.reason(exc), self._secrets)}")
+        # a cloud 403 (wrong credentials, or a read-only key); botocore, aiohttp, azure errors
+        return backends.translate(exc, what, self.protocol, self.display_url, self.bucket, self._secrets)
 
     def _put(self, key: str, data: bytes, exclusive: bool = False, missing_ok: bool = False) -> bool:
         """Write one object atomically. exclusive: fail with FileExistsError if it exists (or
@@ -208,7 +260,8 @@ class Store:
             if self.is_local:
                 self._call("write", atomic_write, path, data, 0o644, None, exclusive)
             else:
-                self._write(self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite")
+                self._write(self.fs.pipe_file, path, data, mode="create" if exclusive else "overwrite",
+                            limit=self.time_limit(len(data)))
         except FileExistsError:
             if missing_ok:
                 return False
@@ -224,9 +277,16 @@ class Store:
             raise backends.bucket_missing(self.protocol, self.bucket, self.display_url) from None
 
     def _get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """An object's bytes, or bytes [start, end) of it (fewer if it ends sooner, none if it ends
+        before `start`), within time_limit of the range (the timeout for a whole object, whose size
+        is not known: records and change-sets are small)."""
         if start is None and end is None:
             return self._call("read", self.fs.cat_file, self._p(key), **self._whole_read)
-        return self._call("read", self.fs.cat_file, self._p(key), start=start, end=end)
+        try:
+            return self._call("read", self.fs.cat_file, self._p(key), start=start, end=end,
+                              limit=self.time_limit(end - start))
+        except EOFError:
+            return b""  # as a file answers a read past its end
 
     def _exists(self, key: str) -> bool:
         return self._call("read", self.fs.exists, self._p(key))
@@ -275,15 +335,20 @@ class Store:
     def list_version_ids(self) -> list[str]:
         return [n for n in self._ls_names("datasets") if ID_RE.match(n)]
 
-    def list_versions(self) -> list[VersionInfo]:
-        """Every readable version record. A corrupt record is skipped here (listing must not fail
-        because of one bad version) and reported when that version is used."""
+    def list_versions(self, unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
+        """Every readable version record. A record that exists but cannot be read is left out
+        (listing must not fail because of one bad version) and put in `unreadable` ({id: error},
+        when given), so that listings can warn and name resolution can refuse (dsfs.dataset.resolve).
+        A record deleted between the listing and its read is simply gone."""
         out = []
         for dataset_id in self.list_version_ids():
             try:
                 out.append(self.read_version(dataset_id))
-            except (DatasetNotFound, CorruptData):
+            except DatasetNotFound:
                 continue
+            except CorruptData as exc:
+                if unreadable is not None:
+                    unreadable[dataset_id] = str(exc)
         return out
 
     def delete_version_record(self, dataset_id: str) -> None:
@@ -324,6 +389,8 @@ class Store:
         self._put(self._pack_key(pack_id), data)
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of a pack; fewer if the pack ends sooner (the caller
+        judges: a chunk beyond a pack's end is corrupt data, not a store failure)."""
         try:
             data = self._get(self._pack_key(pack_id), offset, offset + length)
         except FileNotFoundError:
@@ -332,8 +399,9 @@ class Store:
 
     def read_pack(self, pack_id: bytes) -> bytes:
         """A whole pack (for copying it to another store; big: the backend may split the read)."""
-        try:
-            return self._call("read", self.fs.cat_file, self._p(self._pack_key(pack_id)))
+        path = self._p(self._pack_key(pack_id))
+        try:  # its size first: the read's time limit grows with it
+            return self._call("read", self.fs.cat_file, path, limit=self.time_limit(self._call("read", self.fs.size, path)))
         except FileNotFoundError:
             raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
 
@@ -421,6 +489,10 @@ class Store:
 
     # -- version numbers -----------------------------------------------------------------------
 
+    # A label _quote refuses was never claimed (claims go through it): reads find nothing there and
+    # a release does nothing, so a record with such labels can still be deleted, and nothing
+    # outside the store is touched.
+
     def _name_key(self, project: str, name: str) -> str:
         return f"names/{_quote(project)}/{_quote(name)}"
 
@@ -433,14 +505,22 @@ class Store:
         """The id holding project/name@version, or None if the number is free."""
         try:
             return self._get(f"{self._name_key(project, name)}/{_quote(version)}").decode()
-        except FileNotFoundError:
+        except (FileNotFoundError, UsageError):
             return None
 
     def release_version_number(self, project: str, name: str, version: str) -> None:
-        self._rm(f"{self._name_key(project, name)}/{_quote(version)}")
+        try:
+            key = f"{self._name_key(project, name)}/{_quote(version)}"
+        except UsageError:
+            return
+        self._rm(key)
 
     def claimed_version_numbers(self, project: str, name: str) -> list[str]:
-        return [urllib.parse.unquote(n) for n in self._ls_names(self._name_key(project, name))]
+        try:
+            key = self._name_key(project, name)
+        except UsageError:
+            return []
+        return [urllib.parse.unquote(n) for n in self._ls_names(key)]
 
     # -- plain files (`dsfs datastore upload`: user-named files beside the dsfs layout) ---------
 
@@ -456,6 +536,6 @@ class Store:
 
     def put_file(self, key: str, local_path: str) -> None:
         """Copy a local file to `key`, replacing what is there."""
-        self._write(self.fs.put_file, local_path, self._p(key))
+        self._write(self.fs.put_file, local_path, self._p(key), limit=self.time_limit(os.path.getsize(local_path)))
 
 

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import links, paths
 from .cache import Cache
-from .errors import PathNotFound
+from .errors import DiskFull, PathNotFound
 from .fetch import fetch_each
 from .model import ChunkRef
 from .store import Store
@@ -420,7 +420,7 @@ class View:
                 def store_range(rng, good, bad) -> None:  # in the thread that fetched the range
                     try:  # one cache transaction per range, before any reader is answered
                         self.cache.put_chunks(list(good.items()))
-                    except OSError:
+                    except (DiskFull, OSError):
                         pass  # a full cache disk must not fail the read: serve from memory
                     for ref in rng.refs:
                         self._done(ref, good.get(ref.digest), bad.get(ref.digest))

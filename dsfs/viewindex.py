@@ -2,9 +2,19 @@
 
 Merge rule (DESIGN 3): merged(V) = V's change-set applied over the parents' merged views overlaid in
 order (a later parent wins on a path; a removal in one parent's lineage does not hide an earlier
-parent's file). Change-sets are sorted by path, so the merge is a streaming k-way merge (heapq) over
-change-sets decoded entry by entry from files in the cache: memory stays flat whatever the file
-count, and nothing builds a path -> entry dict.
+parent's file). Change-sets are sorted by path, so the merge is a streaming k-way merge
+(dsfs.lineage.merge_views) over change-sets decoded entry by entry from files in the cache: memory
+stays flat whatever the file count, and nothing builds a path -> entry dict. A chain longer than
+FAN_IN is first merged FAN_IN change-sets at a time into temporary runs on the cache's disk, so a
+build never holds more than FAN_IN decoders open, however long the lineage.
+
+Nothing the node derived is trusted unchecked (DESIGN 5). The cache's copy of a change-set is used
+only if it has the size and blake3 digest the version record names (else it is fetched again). The
+view's record in `views` names the change-set digest of the version it was built from and is
+compared with the version record on every open; every record of the view carries a CRC-32 of its key
+and value, checked on every read. A view that is missing, partial, of an older format or of another
+change-set is built again; a record that fails its check has the view rebuilt from the store and the
+read answered from the new one (a second failure is CorruptData naming the cache).
 
 The result is written to three LMDB tables keyed by the view's number and inode numbers (root is
 1, then in path order, so they are stable for a version):
@@ -12,8 +22,8 @@ The result is written to three LMDB tables keyed by the view's number and inode 
     inodes   view+ino             -> msgpack [kind, size, mode, mtime_ns, digest, chunks, nlink, url, etag]
     dirents  view+parent+name     -> ino               (lookup)
     listing  view+parent+seq(4)   -> ino + name        (readdir with a resumable offset)
-    views    vid                  -> msgpack {files, dirs, bytes, key}, written last: a view without
-                                     it is partial (a killed build) and is rebuilt
+    views    vid                  -> msgpack {files, dirs, bytes, key, changes}, written last: a view
+                                     without it is partial (a killed build) and is rebuilt
     building vid                  -> the view number a build in progress writes under
 
 The view number (8 bytes) is taken from a counter when a build starts, so a new view's keys sort
@@ -30,17 +40,20 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import heapq
+import functools
 import os
 import struct
+import tempfile
+import threading
+import zlib
 from dataclasses import dataclass
 
-import blake3
 import msgpack
 
-from .cache import Cache
+from .cache import Cache, checks_space
 from .errors import Conflict, CorruptData, InvalidState
-from .model import ChunkRef, decode_changeset
+from .lineage import Opener, merge_views, read_changes_checked, read_each, topmost, walk
+from .model import NAME_MAX, ChunkRef, VersionInfo, decode_changeset, write_changeset
 from .store import Store
 
 ROOT = 1
@@ -48,8 +61,29 @@ KIND_FILE = 0
 KIND_DIR = 1
 BATCH = 20_000
 
+FAN_IN = 64  # change-sets merged at once: decoders held open by a build
+DECODED_AT_ONCE = 64 << 10  # change-sets up to this size are decoded whole (a few hundred entries)
+
 _INO = struct.Struct(">Q")
 _SEQ = struct.Struct(">I")
+_CRC = struct.Struct(">I")
+
+
+class _Damaged(Exception):
+    """A record of a view index is not as it was written."""
+
+
+def _seal(key: bytes, value: bytes) -> bytes:
+    """A record's value as stored: followed by the CRC-32 of its key and value."""
+    return value + _CRC.pack(zlib.crc32(value, zlib.crc32(key)))
+
+
+def _unseal(key: bytes, stored: bytes) -> bytes:
+    """The value of a record as written, or _Damaged."""
+    value = stored[:-4]
+    if len(stored) < 4 or _CRC.unpack(stored[-4:])[0] != zlib.crc32(value, zlib.crc32(key)):
+        raise _Damaged(key)
+    return value
 
 
 def _dbs(cache: Cache):
@@ -82,57 +116,142 @@ class Node:
 
 
 class ViewIndex:
-    """Read access to one built view: lookup, getattr, readdir. Knows nothing of FUSE."""
+    """Read access to one built view: lookup, getattr, readdir. Knows nothing of FUSE.
 
-    def __init__(self, cache: Cache, dataset_id: str):
-        self.cache = cache
-        self.dataset_id = dataset_id
+    Every record read is checked (its CRC). A damaged one, or a miss while the view's own record
+    has changed (another process rebuilt the view, or `cache clear` dropped it), makes the view
+    current again, rebuilt from the store if need be, and the read is tried once more."""
+
+    def __init__(self, store: Store, cache: Cache, info: VersionInfo):
+        self.store, self.cache, self.info = store, cache, info
+        self.dataset_id = info.id
+        self.key = bytes.fromhex(info.id)
         self.dbs = _dbs(cache)
-        with cache.env.begin(db=self.dbs["views"]) as txn:
-            meta = txn.get(bytes.fromhex(dataset_id))
-        if meta is None:
-            raise InvalidState(f"view of dataset {dataset_id} is not built")
-        self.meta = msgpack.unpackb(meta)
-        self.vid = _INO.pack(self.meta["key"])  # the key prefix of this view's records
+        self._lock = threading.Lock()
+        self.meta = self._current()
+        self.vid = _INO.pack(self.meta["key"]) if self.meta else b""  # the key prefix of its records
+
+    def _current(self) -> dict | None:
+        """The view's own record, if the view is built, whole and of this version's change-set."""
+        with self.cache.env.begin(db=self.dbs["views"]) as txn:
+            stored = txn.get(self.key)
+        if stored is None:
+            return None
+        try:
+            meta = msgpack.unpackb(_unseal(self.key, stored))
+        except (_Damaged, ValueError, TypeError, msgpack.UnpackException):
+            return None  # damaged, or written by an older dsfs: built again
+        return meta if isinstance(meta, dict) and meta.get("changes") == self.info.changes.get("digest") else None
+
+    def rebuild(self, seen: int | None = None) -> None:
+        """Make the view current: take the one another process built since view number `seen` was
+        read, or build it from the store (dropping what is left of that one)."""
+        with self._lock, open(os.path.join(self.cache.root, "tmp", f"view-{self.dataset_id}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = self._current()
+            if meta is None or meta["key"] == seen:
+                _drop_view(self.cache, self.key)  # a partial, stale or damaged one
+                _build(self.store, self.cache, self.info)
+                meta = self._current()
+                if meta is None:
+                    raise CorruptData(f"the view index of dataset {self.dataset_id} in the node cache "
+                                      f"{self.cache.root} does not read back as written; check that disk")
+            self.meta, self.vid = meta, _INO.pack(meta["key"])
+
+    def _is_current(self, seen: int) -> bool:
+        meta = self._current()
+        return meta is not None and meta["key"] == seen
+
+    def _read(self, find):
+        """find(txn), checked: after a damaged record, or a miss (None) while the view is not
+        current, the view is made current and find tried once more."""
+        seen = self.meta["key"]
+        try:
+            with self.cache.env.begin() as txn:
+                found = find(txn)
+            if found is not None or self._is_current(seen):
+                return found
+        except _Damaged:
+            pass
+        self.rebuild(seen)
+        try:
+            with self.cache.env.begin() as txn:
+                return find(txn)
+        except _Damaged:
+            raise self._still_damaged() from None
+
+    def _still_damaged(self) -> CorruptData:
+        return CorruptData(f"the view index of dataset {self.dataset_id} in the node cache {self.cache.root} "
+                           f"is damaged and rebuilding it did not help; check that disk, or run `dsfs cache clear`")
+
+    def _node(self, txn, ino: int) -> Node | None:
+        key = self.vid + _INO.pack(ino)
+        stored = txn.get(key, db=self.dbs["inodes"])
+        return None if stored is None else Node(ino, *msgpack.unpackb(_unseal(key, stored)))
+
+    def _linked(self, txn, key: bytes, ino: bytes) -> Node:
+        """The node a folder entry points to: an entry without one is damage."""
+        node = self._node(txn, _INO.unpack(ino)[0])
+        if node is None:
+            raise _Damaged(key)
+        return node
 
     def getattr(self, ino: int) -> Node | None:
-        with self.cache.env.begin(db=self.dbs["inodes"]) as txn:
-            raw = txn.get(self.vid + _INO.pack(ino))
-        if raw is None:
-            return None
-        return Node(ino, *msgpack.unpackb(raw))
+        return self._read(lambda txn: self._node(txn, ino))
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        with self.cache.env.begin() as txn:
-            raw = txn.get(self.vid + _INO.pack(parent) + name.encode(), db=self.dbs["dirents"])
-            if raw is None:
-                return None
-            ino = _INO.unpack(raw)[0]
-            return Node(ino, *msgpack.unpackb(txn.get(self.vid + _INO.pack(ino), db=self.dbs["inodes"])))
+        raw_name = name.encode()
+        if len(raw_name) > NAME_MAX:  # no view holds one (dsfs.model), and LMDB keys are short
+            return None
+
+        def find(txn):
+            key = self.vid + _INO.pack(parent) + raw_name
+            stored = txn.get(key, db=self.dbs["dirents"])
+            return None if stored is None else self._linked(txn, key, _unseal(key, stored))
+
+        return self._read(find)
 
     def readdir(self, parent: int, start: int = 0):
         """Yield (seq, name, Node) of a folder's children from position `start` (0 = first)."""
+        for attempt in range(2):
+            seen, found = self.meta["key"], False
+            try:
+                with self.cache.env.begin() as txn:
+                    for seq, name, node in self._listing(txn, parent, start):
+                        found = True
+                        yield seq, name, node
+                        start = seq + 1  # a rebuilt view goes on from there: positions are stable
+                if found or self._is_current(seen):
+                    return
+            except _Damaged:
+                if attempt:
+                    raise self._still_damaged() from None
+            self.rebuild(seen)
+
+    def _listing(self, txn, parent: int, start: int):
         prefix = self.vid + _INO.pack(parent)
-        with self.cache.env.begin() as txn:
-            cursor = txn.cursor(db=self.dbs["listing"])
-            if not cursor.set_range(prefix + _SEQ.pack(start)):
-                return
-            for key, value in cursor:
-                if not key.startswith(prefix):
-                    break
-                seq = _SEQ.unpack(key[len(prefix):])[0]
-                ino = _INO.unpack(value[:8])[0]
-                raw = txn.get(self.vid + value[:8], db=self.dbs["inodes"])
-                yield seq, value[8:].decode(), Node(ino, *msgpack.unpackb(raw))
+        cursor = txn.cursor(db=self.dbs["listing"])
+        if not cursor.set_range(prefix + _SEQ.pack(start)):
+            return
+        for key, stored in cursor:
+            if not key.startswith(prefix):
+                break
+            value = _unseal(key, stored)
+            yield _SEQ.unpack(key[len(prefix):])[0], value[8:].decode(), self._linked(txn, key, value[:8])
 
     def walk_files(self, parent: int = ROOT, prefix: str = ""):
-        """Yield (path, Node) of every file under a folder, in path order of folders."""
-        for _, name, node in list(self.readdir(parent)):
-            path = f"{prefix}{name}"
-            if node.is_dir:
-                yield from self.walk_files(node.ino, path + "/")
+        """Yield (path, Node) of every file under a folder, in path order of folders (a stack of
+        listings, not recursion: folders may nest deeper than Python recurses)."""
+        stack = [(iter(list(self.readdir(parent))), prefix)]
+        while stack:
+            listing, at = stack[-1]
+            item = next(listing, None)
+            if item is None:
+                stack.pop()
+            elif item[2].is_dir:
+                stack.append((iter(list(self.readdir(item[2].ino))), f"{at}{item[1]}/"))
             else:
-                yield path, node
+                yield f"{at}{item[1]}", item[2]
 
     def resolve(self, path: str) -> Node | None:
         node = self.getattr(ROOT)
@@ -145,75 +264,67 @@ class ViewIndex:
 
 # -- building ------------------------------------------------------------------------------------
 
-def changeset_file(store: Store, cache: Cache, info) -> str:
-    """A verified local copy of a final version's change-set (fetched once per node)."""
-    if not info.is_final:
-        raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be served")
-    path = cache.changeset_path(info.id)
-    if os.path.exists(path) and os.path.getsize(path) == info.changes.get("size"):
-        return path
-    data = store.read_changes(info.id)
-    if len(data) != info.changes.get("size") or blake3.blake3(data).hexdigest() != info.changes.get("digest"):
-        raise CorruptData(f"change-set of dataset {info.id} is corrupt or truncated in {store.display_url} "
-                          f"(size or digest differs from its version record); refusing to use it")
-    return cache.put_changeset(info.id, data)
+def _changes(store: Store, cache: Cache, info: VersionInfo):
+    """A final version's change-set, decoded from the node's copy: one that has the size and digest
+    its record names, fetched (and checked) again from the store when it has not. A small one is
+    decoded at once and its file closed: a merge of many versions with several parents each holds
+    a stream of every one of them, and must not hold a file each."""
+    f = cache.open_changeset(info.id, info.changes.get("size"), info.changes.get("digest"))
+    if f is None:
+        cache.put_changeset(info.id, read_changes_checked(store, info))
+        f = cache.open_changeset(info.id, info.changes.get("size"), info.changes.get("digest"))
+        if f is None:
+            raise CorruptData(f"the node cache's copy of the change-set of dataset {info.id} does not read back "
+                              f"as written ({cache.changeset_path(info.id)}); check that disk")
+    where = f"change-set of dataset {info.id}"
+    with f:
+        if info.changes["size"] > DECODED_AT_ONCE:
+            yield from decode_changeset(f, where)
+            return
+        entries = list(decode_changeset(f.read(), where))
+    yield from entries
 
 
-def _changes(store, cache, info):
-    with open(changeset_file(store, cache, info), "rb") as f:
-        yield from decode_changeset(f, f"change-set of dataset {info.id}")
+def merged_entries(store: Store, cache: Cache, *dataset_ids: str, info: VersionInfo | None = None):
+    """The merged views of these versions overlaid in order (a later one wins on a path; one
+    version: its merged view), as a stream of file entries sorted by path. `info`: a record
+    already read. The change-sets the node does not hold are fetched first, READERS at a time."""
+    known = {info.id: info} if info is not None else {}
+    order = walk(lambda i: known.get(i) or store.read_version(i), list(dataset_ids))
+    missing = [i for i in order if not os.path.exists(cache.changeset_path(i.id))]
+    read_each(store, lambda i: cache.put_changeset(i.id, read_changes_checked(store, i)), missing)
+    return merge_views(order, list(dataset_ids), functools.partial(_changes, store, cache),
+                       functools.partial(_compact, cache))
 
 
-def merged_entries(store: Store, cache: Cache, dataset_id: str, _infos=None):
-    """The merged view of a version as a stream of file entries sorted by path."""
-    infos = {} if _infos is None else _infos
-    if dataset_id not in infos:
-        infos[dataset_id] = store.read_version(dataset_id)
-    info = infos[dataset_id]
-    parents = [merged_entries(store, cache, p, infos) for p in info.parents]
-    base = overlay(parents)
-    return _apply(base, _changes(store, cache, info))
+def _compact(cache: Cache, openers: list[Opener]) -> list[Opener]:
+    """Openers of a chain (top first) turned into at most FAN_IN: every FAN_IN consecutive ones
+    merged (the nearest the top winning on a path, removals kept) into a run, a temporary file in the
+    cache's tmp/ that has no name and goes when closed; again while there are more than FAN_IN."""
+    while len(openers) > FAN_IN:
+        runs = []
+        for first in range(0, len(openers), FAN_IN):
+            group = openers[first:first + FAN_IN]
+            if len(group) == 1:
+                runs.append(group[0])
+                continue
+            run = tempfile.TemporaryFile(dir=os.path.join(cache.root, "tmp"))
+            write_changeset(run, topmost([open_() for open_ in group]), level=1)
+            runs.append(functools.partial(_read_run, run))
+        openers = runs
+    return openers
 
 
-def overlay(streams):
-    if not streams:
-        return iter(())
-    if len(streams) == 1:
-        return streams[0]
-    return _overlay_gen(streams)
-
-
-def _overlay_gen(streams):
-    keyed = [((e.path, i, e) for e in s) for i, s in enumerate(streams)]
-    pending = None
-    for path, _, entry in heapq.merge(*keyed, key=lambda t: (t[0], t[1])):
-        if pending is not None and pending.path != path:
-            yield pending
-        pending = entry  # same path: the later stream (higher index) comes last and wins
-    if pending is not None:
-        yield pending
-
-
-def _apply(base, changes):
-    """Apply a sorted change stream over a sorted base stream."""
-    base = iter(base)
-    current = next(base, None)
-    for change in changes:
-        while current is not None and current.path < change.path:
-            yield current
-            current = next(base, None)
-        if current is not None and current.path == change.path:
-            current = next(base, None)
-        if not change.removed:
-            yield change
-    while current is not None:
-        yield current
-        current = next(base, None)
+def _read_run(run):
+    run.seek(0)
+    with run:
+        yield from decode_changeset(run, "a merge of change-sets in the node cache's tmp/")
 
 
 class _Builder:
-    def __init__(self, cache: Cache, dataset_key: bytes, mtime_ns: int):
+    def __init__(self, cache: Cache, dataset_key: bytes, mtime_ns: int, changes_digest: str):
         self.cache, self.dataset_key, self.mtime_ns = cache, dataset_key, mtime_ns
+        self.changes_digest = changes_digest
         self.dbs = _dbs(cache)
         self.txn = cache.env.begin(write=True)
         number = int(self.txn.get(b"next_view", b"1", db=cache.db_meta))
@@ -235,7 +346,7 @@ class _Builder:
 
     def add_child(self, parent: list, name: str, ino: int, where: str) -> None:
         key = self.vid + _INO.pack(parent[1]) + name.encode()
-        if not self.txn.put(key, _INO.pack(ino), db=self.dbs["dirents"], overwrite=False):
+        if not self.txn.put(key, _seal(key, _INO.pack(ino)), db=self.dbs["dirents"], overwrite=False):
             raise Conflict(f"{where}: {name!r} is both a file and a folder in this view")
         self._put("listing", self.vid + _INO.pack(parent[1]) + _SEQ.pack(parent[2]), _INO.pack(ino) + name.encode())
         parent[2] += 1
@@ -248,6 +359,7 @@ class _Builder:
     def _put(self, db: str, key: bytes, value: bytes) -> None:
         """Append when the key sorts after the last one written to this table (pages fill up),
         insert otherwise (folders are written when they close, out of inode order)."""
+        value = _seal(key, value)
         last = self.last.get(db)
         if last is not None and key > last:
             self.txn.put(key, value, db=self.dbs[db], append=True)
@@ -279,8 +391,9 @@ class _Builder:
             self.bytes += entry.size
         while stack:
             self._finish_dir(stack.pop())
-        meta = {"files": self.files, "dirs": self.dirs, "bytes": self.bytes, "key": self.number}
-        self.txn.put(self.dataset_key, msgpack.packb(meta), db=self.dbs["views"])
+        meta = {"files": self.files, "dirs": self.dirs, "bytes": self.bytes, "key": self.number,
+                "changes": self.changes_digest}
+        self.txn.put(self.dataset_key, _seal(self.dataset_key, msgpack.packb(meta)), db=self.dbs["views"])
         self.txn.delete(self.dataset_key, db=self.dbs["building"])
         self.txn.commit()
         return meta
@@ -302,15 +415,20 @@ def _drop_view(cache: Cache, dataset_key: bytes) -> None:
     """Delete a view, built or partial (the records of a killed build are found by `building`)."""
     dbs = _dbs(cache)
     with cache.env.begin(write=True) as txn:
-        prefixes = []
-        meta = txn.get(dataset_key, db=dbs["views"])
-        if meta is not None:
-            prefixes.append(_INO.pack(msgpack.unpackb(meta)["key"]))
+        prefixes, unknown = [], False
+        stored = txn.get(dataset_key, db=dbs["views"])
+        if stored is not None:
+            number = _view_number(dataset_key, stored)
+            unknown = number is None
+            if number is not None:
+                prefixes.append(_INO.pack(number))
         building = txn.get(dataset_key, db=dbs["building"])
         if building is not None:
             prefixes.append(bytes(building))
         txn.delete(dataset_key, db=dbs["views"])
         txn.delete(dataset_key, db=dbs["building"])
+        if unknown:  # a damaged record: its view's records are those no other view names
+            prefixes += _unnamed_prefixes(txn, dbs)
         for prefix in prefixes:
             for name in ("inodes", "dirents", "listing"):
                 cursor = txn.cursor(db=dbs[name])
@@ -318,6 +436,39 @@ def _drop_view(cache: Cache, dataset_key: bytes) -> None:
                     while cursor.key()[:8] == prefix:
                         if not cursor.delete():
                             break
+
+
+def _view_number(dataset_key: bytes, stored: bytes) -> int | None:
+    """The number of a view, from its record as sealed or as written before records were sealed;
+    None if it cannot be told."""
+    try:
+        value = _unseal(dataset_key, stored)
+    except _Damaged:
+        value = stored
+    try:
+        number = msgpack.unpackb(value).get("key")
+    except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+        return None
+    return number if type(number) is int else None
+
+
+def _unnamed_prefixes(txn, dbs) -> list[bytes]:
+    """The key prefixes (view numbers) that records exist under and no view or build names."""
+    named = {bytes(value) for _, value in txn.cursor(db=dbs["building"])}
+    for key, stored in txn.cursor(db=dbs["views"]):
+        number = _view_number(bytes(key), bytes(stored))
+        if number is not None:
+            named.add(_INO.pack(number))
+    found = set()
+    for name in ("inodes", "dirents", "listing"):
+        cursor = txn.cursor(db=dbs[name])
+        more = cursor.first()
+        while more:
+            prefix = bytes(cursor.key()[:8])
+            if prefix not in named:
+                found.add(prefix)
+            more = cursor.set_range(_INO.pack(_INO.unpack(prefix)[0] + 1))  # the next view's records
+    return sorted(found)
 
 
 def drop_all_views(cache: Cache) -> None:
@@ -330,31 +481,32 @@ def list_views(cache: Cache) -> list[str]:
         return [bytes(k).hex() for k, _ in txn.cursor()]
 
 
-def ensure_view(store: Store, cache: Cache, dataset_id: str) -> ViewIndex:
-    """The view index of a final version, built once per node (and reused by every command)."""
-    vid = bytes.fromhex(dataset_id)
-    with cache.env.begin(db=_dbs(cache)["views"]) as txn:
-        if txn.get(vid) is not None:
-            return ViewIndex(cache, dataset_id)
-    info = store.read_version(dataset_id)
-    changeset_file(store, cache, info)  # fail early on a draft or a corrupt change-set
-    lock_path = os.path.join(cache.root, "tmp", f"view-{dataset_id}.lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with cache.env.begin(db=_dbs(cache)["views"]) as txn:
-            if txn.get(vid) is not None:  # another process built it while we waited
-                return ViewIndex(cache, dataset_id)
-        _drop_view(cache, vid)  # leftovers of a killed build
-        mtime = info.finalized or info.created
-        try:
-            mtime_ns = int(datetime.datetime.fromisoformat(mtime).timestamp() * 1e9)
-        except ValueError:
-            mtime_ns = 0
-        builder = _Builder(cache, vid, mtime_ns)
-        try:
-            builder.build(merged_entries(store, cache, dataset_id), f"dataset {dataset_id}")
-        except BaseException:
-            builder.abort()
-            _drop_view(cache, vid)
-            raise
-    return ViewIndex(cache, dataset_id)
+@checks_space
+def ensure_view(store: Store, cache: Cache, dataset_id: str, info: VersionInfo | None = None) -> ViewIndex:
+    """The view index of a final version, built once per node (and reused by every command); one
+    that is missing, partial, of an older format or of another change-set is built again. `info`:
+    the version's record, if the caller read it already."""
+    info = info if info is not None else store.read_version(dataset_id)
+    if not info.is_final:
+        raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be served")
+    index = ViewIndex(store, cache, info)
+    if index.meta is None:
+        index.rebuild()
+    return index
+
+
+@checks_space
+def _build(store: Store, cache: Cache, info: VersionInfo) -> None:
+    """Build a version's view from the store (the caller holds its lock and dropped what was there)."""
+    key = bytes.fromhex(info.id)
+    try:
+        mtime_ns = int(datetime.datetime.fromisoformat(info.finalized or info.created).timestamp() * 1e9)
+    except (ValueError, TypeError):
+        mtime_ns = 0
+    builder = _Builder(cache, key, mtime_ns, info.changes["digest"])
+    try:
+        builder.build(merged_entries(store, cache, info.id, info=info), f"dataset {info.id}")
+    except BaseException:
+        builder.abort()
+        _drop_view(cache, key)
+        raise

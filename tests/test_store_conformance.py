@@ -78,8 +78,10 @@ def in_threads(n: int, fn) -> tuple[list, list]:
 
 
 def _info(**kw) -> VersionInfo:
+    # a final record names its change-set's size and digest (a record without them is corrupt)
     base = dict(id=uuid.uuid4().hex, project="p", name="n", version="1.0.0", parents=[], tags=[],
-                description="", state="draft", created="2026-01-01T00:00:00+00:00")
+                description="", state="draft", created="2026-01-01T00:00:00+00:00",
+                changes={"size": 100, "digest": "0" * 64})
     return VersionInfo(**{**base, **kw})
 
 
