@@ -236,6 +236,10 @@ def _check_ancestry(store: Store, finals: list[VersionInfo], records: dict, repo
             return "has a corrupt record"
         return "" if found.is_final else "is a draft"
 
+    for dataset_id in _on_cycles(records):
+        info = records[dataset_id]
+        report.problems.append(Problem(MISSING_PARENT, info.id, info.ref, "",
+                                       "its parents lead back to itself: the version cannot be read"))
     for info in finals:
         for role, other in [("parent", p) for p in info.parents] + [("squash source", s) for s in info.sources]:
             if other not in verdicts:
@@ -244,6 +248,32 @@ def _check_ancestry(store: Store, finals: list[VersionInfo], records: dict, repo
             if why:
                 report.problems.append(Problem(MISSING_PARENT, info.id, info.ref, "",
                                                f"its {role} {other} {why}: the version cannot be read"))
+
+
+def _on_cycles(records: dict) -> list[str]:
+    """Ids of the versions whose parents lead back to them (a store dsfs never writes), found with
+    an iterative depth-first search: lineages may be 10,000 deep."""
+    parents = {i: [p for p in info.parents if isinstance(records.get(p), VersionInfo)]
+               for i, info in records.items() if isinstance(info, VersionInfo)}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cyclic: set[str] = set()
+    for start in parents:
+        if start in state:
+            continue
+        path, stack = [start], [iter(parents[start])]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                cyclic.update(path[path.index(nxt):])
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(parents[nxt]))
+    return sorted(cyclic)
 
 
 def _changes(store: Store, info: VersionInfo) -> tuple[bytes | None, Problem | None]:

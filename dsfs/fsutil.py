@@ -11,8 +11,8 @@ import tempfile
 import blake3
 
 from .errors import DiskFull
+from .paths import NAME_MAX
 
-NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, btrfs, tmpfs)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -34,7 +34,7 @@ import blake3
 
 from .drafts import DraftState
 from .errors import FileChanged, LocalFileNotFound
-from .model import ChunkRef, Entry
+from .model import ChunkRef, Entry, clamp_mtime
 from .packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
 from .progress import Tracker
 from .sessions import WriterSession
@@ -152,7 +152,7 @@ class Uploader:
                               f"recorded. Run the upload again once it is stable")
         self.progress.advance(files=1)
         entry = Entry(path=dataset_path, size=total, executable=bool(before.st_mode & 0o111),
-                      mtime_ns=before.st_mtime_ns, digest=file_digest, chunks=refs)
+                      mtime_ns=clamp_mtime(before.st_mtime_ns), digest=file_digest, chunks=refs)
         return entry, last_seq
 
     # -- writing packs -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def read_changes_checked(store: Store, info: VersionInfo) -> bytes:
     """The encoded change-set of a final version, its size and digest checked against its record."""
     if not info.is_final:
         raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be read")
-    data = store.read_changes(info.id)
+    data = store.read_changes(info.id, info.changes.get("size"))
     if not changes_match(info, data):
         raise CorruptData(f"change-set of dataset {info.id} is corrupt or truncated in {store.display_url} "
                           f"(size or digest differs from its version record); refusing to use it")

@@ -25,6 +25,8 @@ import urllib.parse
 
 from .errors import InvalidPath, UsageError
 
+NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, btrfs, tmpfs)
+
 LABEL_MAX = 255
 
 
@@ -42,6 +44,10 @@ def validate(path: str) -> str:
     for part in ("", ".", ".."):  # three scans in C, not one Python step per component
         if part in parts:
             raise InvalidPath(f"invalid dataset path {path!r}: component {part!r} not allowed")
+    # cheap tests first: this runs for every entry decoded
+    if len(path) > NAME_MAX // 4 and len(path.encode()) > NAME_MAX and max(len(p.encode()) for p in parts) > NAME_MAX:
+        raise InvalidPath(f"invalid dataset path {path[:80]!r}...: a name is longer than {NAME_MAX} bytes, "
+                          f"which no file system holds")
     return path
 
 

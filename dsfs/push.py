@@ -57,6 +57,7 @@ def push(source: Store, info: VersionInfo, to: Store | str, max_workers: int | N
     if target.url == source.url:
         raise UsageError(f"{info.ref} is already in {target.display_url}: push copies to another store")
     lineage = Lineage(source)
+    lineage.ancestors([info.id])  # a damaged lineage (a cycle, a missing parent) fails before any claim
     missing = _missing_versions(lineage, target, info.id)
     for dataset_id in missing:
         _claim(target, lineage.info(dataset_id))

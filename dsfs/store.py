@@ -366,9 +366,14 @@ class Store:
     def write_changes(self, dataset_id: str, data: bytes) -> None:
         self._put(f"datasets/{dataset_id}/changes.msgpack.zst", data)
 
-    def read_changes(self, dataset_id: str) -> bytes:
+    def read_changes(self, dataset_id: str, size: int | None = None) -> bytes:
+        """The change-set's bytes; with `size` (what its record names), at most size + 1 of them:
+        a crafted object of any length is never read whole (one byte more says it is too long)."""
+        key = f"datasets/{dataset_id}/changes.msgpack.zst"
         try:
-            return self._get(f"datasets/{dataset_id}/changes.msgpack.zst")
+            if isinstance(size, int) and size >= 0:
+                return self._get(key, 0, size + 1)
+            return self._get(key)
         except FileNotFoundError:
             raise CorruptData(f"change-set of dataset {dataset_id} is missing from {self.display_url}") from None
 

@@ -53,7 +53,8 @@ import msgpack
 from .cache import Cache, checks_space
 from .errors import Conflict, CorruptData, InvalidState
 from .lineage import Opener, merge_views, read_changes_checked, read_each, topmost, walk
-from .model import NAME_MAX, ChunkRef, VersionInfo, decode_changeset, write_changeset
+from .model import ChunkRef, VersionInfo, decode_changeset, write_changeset
+from .paths import NAME_MAX
 from .store import Store
 
 ROOT = 1

@@ -265,3 +265,64 @@ def test_a_view_index_damaged_beyond_repair_names_the_cache(tmp_path, file_store
     monkeypatch.setattr(dsfs.viewindex, "_seal", lambda key, value: value + b"\0\0\0\0")  # a disk that garbles
     with pytest.raises(CorruptData, match=f"view index of dataset {ds.id} in the node cache {cache.root}"):
         index.getattr(ROOT)
+
+
+def test_check_names_the_versions_on_a_parents_cycle(cyclic, file_store, dsfs):
+    synth, c, alone = cyclic
+    result = dsfs("--store", file_store, "check", "--json")
+    report = json.loads(result.out)
+    assert result.code == 1
+    on_cycle = {p["version"] for p in report["problems"] if "lead back to itself" in p["message"]}
+    assert c.id in on_cycle and len(on_cycle) == 3
+    assert alone.id in {p["version"] for p in report["problems"]}  # its record is refused as corrupt
+
+
+def test_push_of_a_cycle_claims_nothing_at_the_target(cyclic, tmp_path, file_store):
+    from dsfs import Store
+    from dsfs.push import push
+
+    synth, c, _ = cyclic
+    target = Store.open(f"file://{tmp_path}/target", create=True)
+    with pytest.raises(CorruptData):
+        push(synth.store, synth.store.read_version(c.id), target)
+    assert target.list_files("names") == []
+
+
+def test_a_change_set_longer_than_its_record_says_is_never_read_whole(tmp_path, file_store):
+    ds = final_version(file_store, _tree(tmp_path, {"a": b"a"}))
+    store, info = ds.store, ds.info
+    real = store._get(f"datasets/{ds.id}/changes.msgpack.zst")
+    store._put(f"datasets/{ds.id}/changes.msgpack.zst", real + b"\0" * (8 << 20))
+    got = store.read_changes(ds.id, info.changes["size"])
+    assert len(got) == info.changes["size"] + 1
+    with pytest.raises(CorruptData):
+        ds.use_cache(Cache(str(tmp_path / "fresh-cache"))).download(str(tmp_path / "out"))
+
+
+def test_a_name_over_255_bytes_is_refused_when_added(tmp_path, memory_store):
+    from dsfs.errors import InvalidPath
+
+    ds = Dataset.create("p", "n", store=memory_store)
+    make_tree(tmp_path / "d", {"f": b"f"})
+    with pytest.raises(InvalidPath, match="longer than 255 bytes"):
+        ds.add_files(str(tmp_path / "d"), dataset_path="x" * 256)
+
+
+def test_an_mtime_past_2262_is_recorded_as_the_last_instant(tmp_path, memory_store):
+    from dsfs.model import MTIME_MAX
+
+    make_tree(tmp_path / "d", {"future": b"f"})
+    year_2300 = 10_413_792_000 * 10**9  # past int64 nanoseconds
+    try:
+        os.utime(tmp_path / "d" / "future", ns=(year_2300, year_2300))
+    except (OSError, OverflowError) as exc:
+        pytest.skip(f"this file system cannot hold it: {exc}")
+    if os.stat(tmp_path / "d" / "future").st_mtime_ns <= MTIME_MAX:
+        pytest.skip("this file system clamps mtimes itself")
+    ds = final_version(memory_store, tmp_path / "d")
+    assert ds.read_file("future") == b"f" and ds.file_entries()[0].mtime_ns == MTIME_MAX
+
+
+def _tree(tmp_path, files):
+    make_tree(tmp_path / "t", files)
+    return tmp_path / "t"

@@ -300,7 +300,7 @@ def _with_mtime(store_url: str, ds: Dataset, mtime_ns: int) -> None:
 
 
 @pytest.mark.parametrize("mtime_ns, date", [
-    (2**64 - 1, (2107, 12, 31, 23, 59, 58)),
+    (2**63 - 1, (2107, 12, 31, 23, 59, 58)),  # the latest a version records (dsfs.model.MTIME_MAX)
     (7_258_118_400 * 10**9, (2107, 12, 31, 23, 59, 58)),  # 2200-01-01
     (0, (1980, 1, 1, 0, 0, 0)),
     (1_700_000_000 * 10**9, (2023, 11, 14, 22, 13, 20)),
@@ -317,6 +317,14 @@ def test_zip_export_clamps_dates_it_cannot_hold(tmp_path, file_store, mtime_ns, 
     assert proc.returncode == 0, proc.stderr
     with tarfile.open(tmp_path / "x.tar") as tar:  # tar (pax) keeps the date as it is
         assert int(tar.getmember("f.txt").mtime) == mtime_ns // 10**9
+
+
+def test_an_mtime_past_int64_in_a_change_set_is_corrupt_data(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"f.txt": b"data"})
+    ds = final_version(file_store, tmp_path / "d")
+    _with_mtime(file_store, ds, 2**64 - 1)  # dsfs never writes one: ingest clamps to MTIME_MAX
+    proc = run_cli("--store", file_store, "export", ds.id, "--format", "zip", "-o", tmp_path / "x.zip")
+    assert proc.returncode == 8 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_zip_date_of_an_mtime_in_range_is_exact(tmp_path, file_store):

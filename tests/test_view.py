@@ -321,12 +321,18 @@ def test_files_in_ram_are_not_fetched_ahead(tmp_path, file_store, monkeypatch):
     for name in files:  # in path order, all in the page cache: each open reads its own first chunk
         assert view.read_path(name) == files[name]
     assert fetched == []
-    for name in files:
-        _evict(cache._chunk_path(view.resolve(name).chunks[0].digest))
-    other = _view(ds, cache)
-    monkeypatch.setattr(other, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
-    for name in files:  # on disk only: the files ahead are loaded in the pool, as from a store
-        assert other.read_path(name) == files[name]
+    # On disk only: the files ahead are loaded in the pool, as from a store. Whether the kernel
+    # really dropped the pages is its call (this VM's memory reclaim runs beside the test: a run
+    # in four found them still cached), so a few attempts: the code must fetch ahead in one.
+    for _ in range(3):
+        for name in files:
+            _evict(cache._chunk_path(view.resolve(name).chunks[0].digest))
+        other = _view(ds, cache)
+        monkeypatch.setattr(other, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
+        for name in files:
+            assert other.read_path(name) == files[name]
+        if fetched:
+            break
     assert fetched
 
 
