@@ -17,7 +17,7 @@ from rich.table import Table
 from dsfs import Dataset, sweep
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.dataset import open_store
-from dsfs.errors import DatasetNotFound, DsfsError
+from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
 from dsfs.model import VersionInfo
 
@@ -340,9 +340,13 @@ def delete(ctx, ref, force):
     """Delete a version's records (its files' data stays until `dsfs gc`: other versions may share it)."""
     if not ref:
         ref = Dataset.current(ctx.obj["store"]).id
-    unreadable, borrowers = Dataset.dependents(ref, store=ctx.obj["store"]) if force else ([], [])
+    try:
+        unreadable, borrowers = Dataset.dependents(ref, store=ctx.obj["store"]) if force else ([], [])
+    except CorruptData:  # a damaged record: `delete --force` by id removes it, and names nothing
+        unreadable, borrowers = [], []
     info = Dataset.delete(ref, force=force, store=ctx.obj["store"])
-    click.echo(f"deleted {info.ref} ({info.id}); run `dsfs gc` to reclaim space no version uses")
+    what = f"{info.ref} ({info.id})" if info.project else f"the damaged version {info.id}"
+    click.echo(f"deleted {what}; run `dsfs gc` to reclaim space no version uses")
     if unreadable:
         click.echo(f"dsfs: warning: {len(unreadable)} version(s) inherit from it and can no longer be read: "
                    + ", ".join(f"{v.ref} ({v.id})" for v in unreadable), err=True)

@@ -744,7 +744,15 @@ class Dataset:
         Refuses while other versions inherit from it or borrow its packs (a squash), unless force:
         then its descendants can no longer be read (`dependents` names them)."""
         store = open_store(store)
-        info = resolve(store, ref, include_drafts=True)
+        try:
+            info = resolve(store, ref, include_drafts=True)
+        except CorruptData as exc:
+            if not ID_RE.match(ref or ""):
+                raise
+            if not force:
+                raise CorruptData(f"{exc}; `dsfs delete --id {ref} --force` removes the damaged version") from None
+            store.delete_version(ref)  # its name claim cannot be read: that number stays taken
+            return VersionInfo(id=ref, project="", name="", version="")
         children = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
         if children and not force:
             raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent or source of {len(children)} version(s) "

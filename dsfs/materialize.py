@@ -32,7 +32,7 @@ import blake3
 
 from . import copies, links, paths
 from .cache import Cache, checks_space
-from .errors import DiskFull, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
+from .errors import CorruptData, DiskFull, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
 from .fetch import fetch_into
 from .fsutil import NO_SPACE, atomic_write, space_for, temp_name
 from .progress import Tracker
@@ -222,8 +222,8 @@ def _copy_link(job: _Job, writer: _Writer) -> None:
         finally:
             os.close(fd)
         links.checked(node.url, node.etag, node.size, job.label)
-    except (StaleLink, StoreUnavailable, LocalFileNotFound) as exc:
-        job.failed = exc
+    except (StaleLink, StoreUnavailable, LocalFileNotFound, links.LinkRefused, CorruptData) as exc:
+        job.failed = exc  # this file only: the others are still written
         return
     writer.finish(job)
 

@@ -171,6 +171,18 @@ def test_a_draft_deleted_while_it_closes_stays_deleted(tmp_path, file_store, mon
     assert Dataset.search(store=file_store) == []
 
 
+def test_a_version_whose_record_is_damaged_can_be_deleted_by_id(tmp_path, file_store, dsfs):
+    make_tree(tmp_path / "a", {"a": b"1"})
+    ds = _final(file_store, "n", tmp_path / "a")
+    Store.open(file_store)._put(f"datasets/{ds.id}/version.json", b"{torn")
+    result = dsfs("--store", file_store, "delete", "--id", ds.id)
+    assert result.code == 8 and "--force" in result.err
+    result = dsfs("--store", file_store, "delete", "--id", ds.id, "--force")
+    assert result.code == 0 and f"the damaged version {ds.id}" in result.out
+    assert Store.open(file_store).list_version_ids() == []
+    assert sweep.gc(Store.open(file_store), grace=0).deleted_packs == 1  # its data is reclaimable now
+
+
 # -- gc ----------------------------------------------------------------------------------------
 
 

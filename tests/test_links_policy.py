@@ -144,3 +144,17 @@ def test_the_author_reads_back_their_own_links_only(tmp_path, file_store, monkey
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "another-user"))  # another consumer's machine
     with pytest.raises(links.LinkRefused):
         Dataset.get(ds.id, store=file_store).read_file("a.jpg")
+
+
+def test_a_refused_link_fails_that_file_only(tmp_path, file_store, secret):
+    make_tree(tmp_path / "plain", {"ok.txt": b"fine"})
+    ds = Dataset.create("p", "mixed", store=file_store)
+    ds.add_files(str(tmp_path / "plain"))
+    draft = ds._require_draft()
+    draft.stage_entry(secret)
+    draft.save()
+    ds.finalize()
+    proc = run_cli("download", ds.id, tmp_path / "out", env={"DSFS_STORE": file_store})
+    assert proc.returncode == 2 and "stolen.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "ok.txt").read_bytes() == b"fine"  # the other files are written
+    assert not (tmp_path / "out" / "stolen.txt").exists()
