@@ -13,6 +13,8 @@ import blake3
 from .errors import DiskFull
 from .paths import NAME_MAX
 
+TMP_PREFIX = ".tmp-"  # atomic_write's temp files: what a killed write leaves (dsfs.sweep removes old ones)
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -22,7 +24,7 @@ def atomic_write(path: str, data, mode: int = 0o600, tmp_dir: str | None = None,
     leaves the old file or the new one, never a torn one. `tmp_dir` must be on path's filesystem."""
     folder = os.path.dirname(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir or folder, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or folder, prefix=TMP_PREFIX)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:

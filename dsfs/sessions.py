@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import Conflict, StoreUnavailable
-from .store import Store
+from .store import Store, pack_id
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,7 @@ def session_packs(record: dict) -> set[bytes]:
     packs = record.get("packs")
     if not isinstance(packs, list):
         return set()
-    return {bytes.fromhex(p) for p in packs
-            if isinstance(p, str) and len(p) == 32 and all(c in "0123456789abcdef" for c in p)}
+    return {pack for pack in map(pack_id, packs) if pack is not None}
 
 
 def read_sessions(store: Store, timing: Timing | None = None) -> tuple[dict[str, dict], list[str]]:

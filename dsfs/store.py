@@ -72,15 +72,18 @@ from . import backends
 from .backends import redact_url as redact
 from .errors import (AccessDenied, CorruptData, DatasetNotFound, DiskFull, DsfsError, StoreReadOnly, StoreUnavailable,
                      UsageError)
-from .fsutil import NO_SPACE, atomic_write
+from .fsutil import NO_SPACE, TMP_PREFIX, atomic_write
 from .model import ID_RE, VersionInfo
 
 STORE_FORMAT = 1
 MARKER = "dsfs-store.json"
 
 
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
+def pack_id(text) -> bytes | None:
+    """The pack id a name or record spells (32 lowercase hex digits), or None."""
+    if isinstance(text, str) and len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+        return bytes.fromhex(text)
+    return None
 
 
 def default_store_url() -> str:
@@ -417,37 +420,33 @@ class Store:
     def list_packs(self) -> dict[bytes, PackStat]:
         """Every pack in the store with its size and last-modified time: one LIST page per 1,000
         packs on object stores. Objects under packs/ whose names are not pack ids are ignored."""
+        return self.scan_packs()[0]
+
+    def scan_packs(self) -> tuple[dict[bytes, PackStat], dict[str, PackStat]]:
+        """One listing of packs/: (list_packs's answer, {key: size and time} of the temp files that
+        pack writes killed midway left on a file:// store; object stores have none, a PUT is all
+        or nothing)."""
         try:
             found = self._call("list", self.fs.find, self._p("packs"), detail=True)
         except FileNotFoundError:
-            return {}
-        out = {}
+            return {}, {}
+        packs, temps = {}, {}
         for path, info in found.items():
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if len(name) == 32 and _is_hex(name) and path.rstrip("/").endswith(f"{name[:2]}/{name}"):
-                out[bytes.fromhex(name)] = PackStat(int(info.get("size") or 0), _modified(info))
-        return out
+            parent, _, name = path.rstrip("/").rpartition("/")
+            stat = PackStat(int(info.get("size") or 0), _modified(info))
+            if (pack := pack_id(name)) is not None and parent.endswith(f"/{name[:2]}"):
+                packs[pack] = stat
+            elif self.is_local and name.startswith(TMP_PREFIX):
+                temps[path[len(self.root) + 1:]] = stat
+        return packs, temps
 
     def gc(self, **options):
         """Reclaim unreferenced packs: dsfs.sweep.gc(self, **options)."""
         from .sweep import gc  # the sweep is built on the store, not the other way round
         return gc(self, **options)
 
-    def list_temp_files(self) -> dict[str, PackStat]:
-        """{key: size and last-modified time} of the temp files that writes killed midway left under
-        packs/ on a file:// store (atomic_write's `.tmp-*`). Object stores have none: a PUT is
-        all or nothing."""
-        if not self.is_local:
-            return {}
-        try:
-            found = self._call("list", self.fs.find, self._p("packs"), detail=True)
-        except FileNotFoundError:
-            return {}
-        return {path[len(self.root) + 1:]: PackStat(int(info.get("size") or 0), _modified(info))
-                for path, info in found.items() if path.rsplit("/", 1)[-1].startswith(".tmp-")}
-
     def delete_temp_file(self, key: str) -> None:
-        if key.startswith("packs/") and key.rsplit("/", 1)[-1].startswith(".tmp-"):
+        if key.startswith("packs/") and key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
             self._rm(key)
 
     # -- writer sessions and gc leases (their rules are in dsfs.sessions) ------------------------

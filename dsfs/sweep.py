@@ -136,7 +136,7 @@ def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: 
         protected = set().union(*map(session_packs, sessions.values()))
         with transfer(f"gc {store.display_url}: marking", None, show_progress) as progress:
             referenced, report.versions, report.drafts = _mark(store, progress)
-        packs = store.list_packs()
+        packs, temp_files = store.scan_packs()
         now = time.time()
         report.packs = len(packs)
         report.pack_bytes = sum(s.size for s in packs.values())
@@ -164,7 +164,7 @@ def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: 
             store.delete_session(session_id)
             report.stale_sessions_removed += 1
         _sweep(store, lease, doomed, report, show_progress)
-        _sweep_temp_files(store, max(grace, TEMP_AGE), report)
+        _sweep_temp_files(store, temp_files, max(grace, TEMP_AGE), report)
         return report
     finally:
         if lease is not None:
@@ -188,11 +188,11 @@ def _sweep(store: Store, lease: GcLease, doomed: list[tuple[bytes, int]], report
                 progress.advance(size)
 
 
-def _sweep_temp_files(store: Store, older_than: float, report: GcReport) -> None:
+def _sweep_temp_files(store: Store, temp_files: dict, older_than: float, report: GcReport) -> None:
     """Remove what pack writes killed midway left (file:// only): never younger than an hour, so a
     write in progress, which keeps its temp file's time moving, is never touched."""
     now = time.time()
-    for key, stat in store.list_temp_files().items():
+    for key, stat in temp_files.items():
         if stat.modified and stat.modified < now - older_than:
             store.delete_temp_file(key)
             report.temp_files_removed += 1

@@ -208,10 +208,10 @@ def test_version_deleted_during_the_check_is_not_reported(store, tmp_path, monke
     doomed = _version(store, tmp_path, {"a.txt": b"hello"}, name="doomed")
     real = store.read_changes
 
-    def deleted_meanwhile(dataset_id):  # another machine deletes it after its record was read
+    def deleted_meanwhile(dataset_id, size=None):  # another machine deletes it after its record was read
         if dataset_id == doomed.id:
             store.delete_version(dataset_id)
-        return real(dataset_id)
+        return real(dataset_id, size)
 
     monkeypatch.setattr(store, "read_changes", deleted_meanwhile)
     assert check_store(store).ok
