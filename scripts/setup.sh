@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(fuse3 libfuse3-dev pkg-config)
+debs=(fuse3 libfuse3-dev pkg-config systemd)  # systemd: systemd-analyze checks the unit files
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
