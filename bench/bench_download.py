@@ -497,7 +497,7 @@ class Bench:
         import blake3
 
         from dsfs.model import ChunkRef, Entry, VersionInfo, encode_changeset
-        from dsfs.store import Store
+        from dsfs.store.layout import Store
 
         n = self.args.million
         start = time.perf_counter()
@@ -539,7 +539,7 @@ class Bench:
         rmtree(env["DSFS_CACHE_DIR"])
         code = ("import sys\nfrom dsfs import Dataset\nv = Dataset.get(sys.argv[1], store=sys.argv[2]).view()\n"
                 "print(v.meta['files'], v.meta['dirs'])")
-        floor = run_measured([self.python, "-c", "import dsfs, dsfs.viewindex, dsfs.dataset"], env)
+        floor = run_measured([self.python, "-c", "import dsfs, dsfs.lineage.viewindex, dsfs.dataset"], env)
         sync_disk()
         build = run_measured([self.python, "-c", code, dataset_id, url], env)
         again = run_measured([self.python, "-c", code, dataset_id, url], env)

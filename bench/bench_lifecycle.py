@@ -64,7 +64,7 @@ def synthesize(store, versions: int, packs_per_version: int, orphans: int, worke
     store's write order). Returns the number of packs written."""
     import blake3
     from dsfs.model import ChunkRef, Entry, VersionInfo, encode_changeset
-    from dsfs.packs import digest
+    from dsfs.store.packs import digest
 
     def pack_of(seed: bytes) -> tuple[bytes, bytes, list[ChunkRef]]:
         chunks = [blake3.blake3(seed + bytes([i])).digest(length=16384) for i in range(4)]
@@ -133,8 +133,8 @@ def main(argv=None) -> int:
     s3 = S3rver(args.workdir, os.path.join(run_dir, "s3rver-data"), os.path.join(run_dir, "s3rver.log"))
     s3.start()
     try:
-        from dsfs import sweep
-        from dsfs.check import check_store
+        from dsfs.lifecycle import sweep
+        from dsfs.lifecycle.check import check_store
 
         store = s3_store(s3.endpoint, "big")
         log(f"s3rver {s3.version()} on {s3.endpoint}; writing {args.versions} versions x "

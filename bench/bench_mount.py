@@ -184,9 +184,9 @@ class Bench:
         return ds.id
 
     def warm_cache(self, dataset_id: str) -> None:
-        from dsfs.cache import Cache
+        from dsfs.node.cache import Cache
         from dsfs.dataset import open_store
-        from dsfs.view import View
+        from dsfs.node.view import View
 
         view = View(open_store(self.store), Cache(self.cache_dir), dataset_id)
         view.warm()

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from .errors import DsfsError, UsageError
+from dsfs.errors import DsfsError, UsageError
 
 MODES = ("mount", "download")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -13,110 +13,46 @@ version is given), optionally filtered by tags.
 
 from __future__ import annotations
 
-import datetime as _dt
-import fnmatch
-import glob
 import re
 import os
-import sys
-import unicodedata
 import uuid
 from contextlib import contextmanager
 
 import blake3
 import msgpack
-import semver
 
-from . import datastores, drafts, links, materialize, paths
-from .cache import Cache
-from .datarefs import DataReference
-from .drafts import DraftState
-from .evolve import Comparison, FolderChanges, folder_changes, is_utf8, printable, scan_folder, squash_entries
-from .evolve import compare as compare_versions
-from .errors import (Conflict, CorruptData, DatasetInUse, DatasetNotFound, InvalidState, LocalFileNotFound,
-                     StoreUnavailable, UsageError)
-from .ingest import Uploader
-from .filetable import FileTable
-from .lineage import Lineage, apply_changes, check_tree
-from .model import ID_RE, Entry, VersionInfo, encode_changeset
-from .packs import decode_chunk
-from .progress import transfer
-from .push import push as push_version
-from .sessions import WriterSession
-from .store import Store
-from .verify import verify_folder
-from .viewindex import ViewIndex, ensure_view
+from dsfs import catalog
+from dsfs.catalog import open_store, resolve
+from dsfs.store import datastores
+
+from dsfs.authoring import drafts
+
+from dsfs.node import links
+
+from dsfs.node import materialize
+
+from dsfs import paths
+from dsfs.node.cache import Cache
+from dsfs.datarefs import DataReference
+from dsfs.authoring.drafts import DraftState
+from dsfs.authoring.evolve import Comparison, FolderChanges, folder_changes, printable, squash_entries
+from dsfs.authoring.evolve import compare as compare_versions
+from dsfs.errors import (Conflict, CorruptData, DatasetNotFound, InvalidState, StoreUnavailable, UsageError)
+from dsfs.authoring.ingest import Uploader
+from dsfs.authoring.localfiles import local_files, local_size, tell, warn
+from dsfs.lineage.filetable import FileTable
+from dsfs.lineage.merge import Lineage, apply_changes, check_tree
+from dsfs.model import Entry, VersionInfo, encode_changeset
+from dsfs.store.packs import decode_chunk
+from dsfs.progress import transfer
+from dsfs.lifecycle.push import push as push_version
+from dsfs.store.sessions import WriterSession
+from dsfs.store.layout import Store
+from dsfs.node.verify import verify_folder
+from dsfs.lineage.viewindex import ViewIndex, ensure_view
 
 
 SNAPSHOT_PROJECT = "datastore-snapshots"
-
-
-def open_store(store: Store | str | None = None, create: bool = False) -> Store:
-    """A Store from a Store, a URL, `datastore:NAME`, or None ($DSFS_STORE, else $DSFS_DATASTORE,
-    else the default datastore, else the embedded local store): see dsfs.datastores."""
-    if not isinstance(store, Store):
-        store = datastores.open_store(store, create=create)
-    links.allow_store(store.url)  # links into the store being read are its own (dsfs.links)
-    return store
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _semver(text: str) -> semver.Version | None:
-    try:
-        return semver.Version.parse(text)
-    except (ValueError, TypeError):
-        return None
-
-
-def resolve(store: Store, ref: str | None = None, *, project: str | None = None, name: str | None = None,
-            version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False) -> VersionInfo:
-    """Find one version by id, by `project/name[@version]`, or by the keyword parts."""
-    if ref:
-        if ID_RE.match(ref):
-            return store.read_version(ref)
-        base, _, at_version = ref.partition("@")
-        if "/" not in base:
-            raise DatasetNotFound(f"{ref!r} is neither a dataset id (32 hex) nor project/name[@version]")
-        project, name = base.rsplit("/", 1)
-        version = at_version or version
-    if not (project and name):
-        raise UsageError("name a dataset: an id, project/name[@version], or --project and --name")
-    unreadable: dict[str, str] = {}
-    candidates = [v for v in store.list_versions(unreadable)
-                  if v.project == project and v.name == name
-                  and (include_drafts or version or v.is_final)
-                  and (not version or v.version == version)
-                  and all(t in v.tags for t in tags or [])]
-    best = max(candidates, key=lambda v: (_semver(v.version) or semver.Version(0), v.created), default=None)
-    if unreadable:
-        _refuse_unreadable(store, project, name, version, best, unreadable)
-    if best is None:
-        what = f"{project}/{name}" + (f"@{version}" if version else "") + (f" with tags {tags}" if tags else "")
-        raise DatasetNotFound(f"no {'' if version or include_drafts else 'final '}dataset {what} in {store.display_url}")
-    return best
-
-
-def _refuse_unreadable(store: Store, project: str, name: str, version: str | None, best: VersionInfo | None,
-                       unreadable: dict[str, str]) -> None:
-    """A record that exists but cannot be read may be the very version asked for (the number asked
-    for, or one newer than the best readable answer): answering with another version would silently
-    roll the reader back, so refuse (CorruptData) naming it. Which records are project/name's is
-    told by the version-number claims, which hold their ids (store.claim_version_number); a record
-    unreadable is rare, so the claims are read only then."""
-    floor = _semver(best.version) if best is not None else None
-    for number in store.claimed_version_numbers(project, name):
-        if version and number != version:
-            continue
-        if not version and floor is not None and (_semver(number) or semver.Version(0)) <= floor:
-            continue
-        holder = store.version_number_holder(project, name, number)
-        if holder in unreadable:
-            raise CorruptData(f"{project}/{name}@{number}: {unreadable[holder]}. It may be the version asked for, "
-                              f"so no other one is used instead: run `dsfs check`, or name another version "
-                              f"(@VERSION) or id")
 
 
 class Dataset:
@@ -150,7 +86,7 @@ class Dataset:
                tags: list[str] | None = None, description: str = "", store: Store | str | None = None,
                _id: str | None = None) -> "Dataset":
         """Create a draft version; parents are ids or references of final versions."""
-        _check_labels(project, name, version, tags)
+        catalog.check_labels(project, name, version, tags)
         store = open_store(store, create=True)
         parent_ids = []
         for parent in parents or []:
@@ -160,9 +96,9 @@ class Dataset:
             parent_ids.append(info.id)
         Lineage.of(store).table(parent_ids)  # a missing or corrupt ancestor fails now, not at close
         dataset_id = _id or uuid.uuid4().hex
-        version = cls._claim_version(store, project, name, version, dataset_id)
+        version = catalog.claim_version(store, project, name, version, dataset_id)
         info = VersionInfo(id=dataset_id, project=project, name=name, version=version, parents=parent_ids,
-                           tags=list(tags or []), description=description or "", state="draft", created=_now())
+                           tags=list(tags or []), description=description or "", state="draft", created=catalog.now())
         try:
             store.write_version(info, exclusive=True)
         except BaseException:
@@ -171,19 +107,6 @@ class Dataset:
         DraftState(id=dataset_id, store=store.url).save()
         drafts.set_current(store.ref, dataset_id)
         return cls(store, info)
-
-    @staticmethod
-    def _claim_version(store: Store, project: str, name: str, version: str | None, dataset_id: str) -> str:
-        if version is not None:
-            if not store.claim_version_number(project, name, version, dataset_id):
-                raise Conflict(f"{project}/{name}@{version} already exists; choose another --version")
-            return version
-        for _ in range(100):  # another author may claim the number between listing and claiming
-            taken = [v for v in map(_semver, store.claimed_version_numbers(project, name)) if v]
-            candidate = str(max(taken).bump_patch()) if taken else "1.0.0"
-            if store.claim_version_number(project, name, candidate, dataset_id):
-                return candidate
-        raise Conflict(f"could not claim a version number for {project}/{name}: too many concurrent authors")
 
     @classmethod
     def get(cls, ref: str | None = None, *, project: str | None = None, name: str | None = None,
@@ -213,16 +136,9 @@ class Dataset:
     def search(project: str | None = None, name: str | None = None, tags: list[str] | None = None,
                ids: list[str] | None = None, store: Store | str | None = None,
                unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
-        """Version records matching all given filters (project and name are globs), oldest first.
-        Records that exist but cannot be read are left out and, if `unreadable` is given, put in it
-        ({id: error}): they may match, and a listing should say so."""
-        store = open_store(store)
-        found = [v for v in store.list_versions(unreadable)
-                 if (not project or fnmatch.fnmatchcase(v.project, project))
-                 and (not name or fnmatch.fnmatchcase(v.name, name))
-                 and all(t in v.tags for t in tags or [])
-                 and (not ids or v.id in ids)]
-        return sorted(found, key=lambda v: (v.project, v.name, _semver(v.version) or semver.Version(0), v.created))
+        """Version records matching all given filters (project and name are globs), oldest first
+        (dsfs.catalog.search; unreadable records are named in `unreadable` if given)."""
+        return catalog.search(open_store(store), project, name, tags, ids, unreadable)
 
     # -- authoring -----------------------------------------------------------------------------
 
@@ -261,10 +177,10 @@ class Dataset:
                   dataset_path: str | None = None, follow_symlinks: bool = False) -> int:
         """Add a local file, folder or glob. Folders keep their layout under `dataset_path`.
         Returns the number of files added. Nothing is read until upload. Local names are read by
-        the input rules (dsfs.evolve.scan_folder): files skipped are named on stderr; a symlink in a
+        the input rules (dsfs.authoring.evolve.scan_folder): files skipped are named on stderr; a symlink in a
         folder is followed only inside it, unless `follow_symlinks`."""
         self._require_not_final()
-        found = list(_local_files(path, wildcard, recursive, follow_symlinks))
+        found = list(local_files(path, wildcard, recursive, follow_symlinks))
         if not found:
             raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
         folder = paths.folder(dataset_path)
@@ -286,7 +202,7 @@ class Dataset:
         """Add objects that stay in their own bucket (s3://, gs://, az://, file://...): a URL of one
         object or of a prefix. Size and tag are recorded now; reads check the object is unchanged.
         The URL is recorded as one this user trusts, so its links are read on this machine
-        (dsfs.links: other consumers allow them themselves)."""
+        (dsfs.node.links: other consumers allow them themselves)."""
         count = self._add_links(links.list_objects(source_url, wildcard, recursive), dataset_path,
                                 f"{source_url!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
         if not source_url.startswith(datastores.PREFIX):  # a datastore's links are allowed anyway
@@ -355,7 +271,7 @@ class Dataset:
             return self._upload(draft, session, max_workers, show_progress)
 
     def _writer_session(self, what: str) -> WriterSession:
-        return WriterSession(self.store, f"{what} {self.info.ref} ({self.id})", notify=_tell)
+        return WriterSession(self.store, f"{what} {self.info.ref} ({self.id})", notify=tell)
 
     def _upload(self, draft: DraftState, session: WriterSession, max_workers: int | None,
                 show_progress: bool | None) -> dict:
@@ -364,7 +280,7 @@ class Dataset:
         are then sent again), then send what is pending."""
         session.announce(draft.packs, verified=False)
         self._forget_lost(draft, session.confirm())
-        total = sum(_size(p) for p in draft.adds.values())
+        total = sum(local_size(p) for p in draft.adds.values())
         known = self._lineage.table(self.info.parents).known_chunk
         uploader = Uploader(self.store, draft, known, session, max_workers)
         if draft.adds:
@@ -400,7 +316,7 @@ class Dataset:
             raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
         with self._writer_session("close") as session:
             self._upload(draft, session, max_workers, show_progress)
-            # Right before the record: every pack relied on is still there (see dsfs.sessions).
+            # Right before the record: every pack relied on is still there (see dsfs.store.sessions).
             # A pack lost now was lost while the session was stale: send its files again.
             for _ in range(3):
                 lost = session.confirm()
@@ -451,7 +367,7 @@ class Dataset:
         info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
                       "new_bytes": new_bytes, "packs": [p.hex() for p in packs]}
         info.state = "final"
-        info.finalized = _now()
+        info.finalized = catalog.now()
         self.store.write_version(info)
         table.save(info)
 
@@ -487,7 +403,7 @@ class Dataset:
         files the parents have that the folder no longer has. Returns what changed (and what the
         input rules skipped, also named on stderr)."""
         changes = folder_changes(self._lineage.table(self.info.parents), local_path, dataset_path,
-                                 follow_symlinks, _warn)
+                                 follow_symlinks, warn)
         self._apply_folder_changes(changes)
         return changes
 
@@ -507,7 +423,7 @@ class Dataset:
         """Turn a folder that changes over time into a new version of project/name. Without parents,
         the latest final version of project/name is the parent. An unchanged folder makes no version
         (returns None) unless allow_empty. The folder is read by the input rules of `add_files`."""
-        _check_labels(project, name, None, tags)
+        catalog.check_labels(project, name, None, tags)
         store = open_store(store, create=True)
         if parents is None:
             try:
@@ -515,7 +431,7 @@ class Dataset:
             except DatasetNotFound:
                 parents = []
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
-        changes = folder_changes(Lineage.of(store).table(parent_ids), folder, dataset_path, follow_symlinks, _warn)
+        changes = folder_changes(Lineage.of(store).table(parent_ids), folder, dataset_path, follow_symlinks, warn)
         if changes.empty and not allow_empty:
             return None, changes
         ds = cls.create(project, name, parents=parent_ids, tags=tags, store=store)
@@ -580,7 +496,7 @@ class Dataset:
         view = dict(self._lineage.merged_parents(self.info.parents))
         apply_changes(view, self._changes_against_parents(draft)[0])
         for path, local in draft.adds.items():
-            view[path] = Entry(path=path, size=_size(local))
+            view[path] = Entry(path=path, size=local_size(local))
         return view
 
     def list_files(self, dataset_path: str | list[str] | None = None, recursive: bool = True) -> list[str]:
@@ -690,7 +606,7 @@ class Dataset:
 
     def push(self, to: Store | str, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
         """Copy this final version, its ancestors missing at `to` (a datastore name, a URL, or a
-        Store) and the packs missing there. Idempotent and resumable; see dsfs.push."""
+        Store) and the packs missing there. Idempotent and resumable; see dsfs.lifecycle.push."""
         return push_version(self.store, self.info, to, max_workers=max_workers, show_progress=show_progress)
 
     # -- labels (mutable on final versions too) ------------------------------------------------
@@ -706,163 +622,23 @@ class Dataset:
             raise UsageError(f"dataset {self.id} has no metadata key {key!r}")
         return self.info.metadata[key]
 
-    @classmethod
-    def rename(cls, new_name: str, project: str, name: str, store: Store | str | None = None) -> int:
+    @staticmethod
+    def rename(new_name: str, project: str, name: str, store: Store | str | None = None) -> int:
         """Rename every version of project/name. Returns the number of versions renamed."""
-        return cls._relabel(open_store(store), project, name, project, new_name)
-
-    @classmethod
-    def move_to_project(cls, new_project: str, project: str, name: str, store: Store | str | None = None) -> int:
-        """Move every version of project/name to another project."""
-        return cls._relabel(open_store(store), project, name, new_project, name)
+        return catalog.relabel(open_store(store), project, name, project, new_name)
 
     @staticmethod
-    def _relabel(store: Store, project: str, name: str, new_project: str, new_name: str) -> int:
-        paths.label("project", new_project)
-        paths.label("name", new_name)
-        versions = [v for v in store.list_versions() if v.project == project and v.name == name]
-        if not versions:
-            raise DatasetNotFound(f"no dataset {project}/{name} in {store.display_url}")
-        claimed = []
-        for info in versions:  # claim every new number first, so a clash changes nothing
-            if not store.claim_version_number(new_project, new_name, info.version, info.id):
-                for version in claimed:
-                    store.release_version_number(new_project, new_name, version)
-                raise Conflict(f"{new_project}/{new_name}@{info.version} already exists")
-            claimed.append(info.version)
-        for info in versions:
-            info.project, info.name = new_project, new_name
-            store.write_version(info)
-            store.release_version_number(project, name, info.version)
-        return len(versions)
+    def move_to_project(new_project: str, project: str, name: str, store: Store | str | None = None) -> int:
+        """Move every version of project/name to another project."""
+        return catalog.relabel(open_store(store), project, name, new_project, name)
 
-    @classmethod
-    def delete(cls, ref: str, force: bool = False, store: Store | str | None = None) -> VersionInfo:
-        """Delete a version's records: version.json first (readers stop seeing it), then its
-        change-set and its name claim. Never packs: they may be shared with unrelated versions
-        (pack ids are content hashes); `gc` reclaims the space of packs nothing references.
-        Refuses while other versions inherit from it or borrow its packs (a squash), unless force:
-        then its descendants can no longer be read (`dependents` names them)."""
-        store = open_store(store)
-        try:
-            info = resolve(store, ref, include_drafts=True)
-        except CorruptData as exc:
-            if not ID_RE.match(ref or ""):
-                raise
-            if not force:
-                raise CorruptData(f"{exc}; `dsfs delete --id {ref} --force` removes the damaged version") from None
-            store.delete_version(ref)  # its name claim cannot be read: that number stays taken
-            return VersionInfo(id=ref, project="", name="", version="")
-        children = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
-        if children and not force:
-            raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent or source of {len(children)} version(s) "
-                               f"({', '.join(c.id for c in children[:3])}); delete those first or pass --force")
-        draft = DraftState.load(info.id, store.url) if not info.is_final else None
-        store.delete_version_record(info.id)  # the record goes first: readers stop seeing it at once
-        if not force:
-            # A child created between the check above and the removal would be left without its
-            # parent. A child's close reads its parents after its draft record exists
-            # (_check_ancestors); here the removal comes before this second look: one sees the other.
-            late = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
-            if late:
-                store.write_version(info)
-                raise DatasetInUse(f"dataset {info.id} ({info.ref}) got a child while it was being deleted "
-                                   f"({late[0].id}); nothing was deleted")
-        store.delete_version(info.id)
-        store.release_version_number(info.project, info.name, info.version)
-        if draft is not None:
-            draft.discard()
-        return info
+    @staticmethod
+    def delete(ref: str, force: bool = False, store: Store | str | None = None) -> VersionInfo:
+        """Delete a version's records, never its packs (dsfs.catalog.delete; `gc` reclaims space).
+        Refuses while other versions inherit from it or borrow its packs, unless force."""
+        return catalog.delete(open_store(store), ref, force)
 
     @staticmethod
     def dependents(ref: str, store: Store | str | None = None) -> tuple[list[VersionInfo], list[VersionInfo]]:
-        """(versions that can no longer be read if `ref` is deleted: its descendants, and squashed
-        versions that borrow its packs, which stay readable). """
-        store = open_store(store)
-        info = resolve(store, ref, include_drafts=True)
-        versions = store.list_versions()
-        lost, frontier = {}, {info.id}
-        while frontier:
-            frontier = {v.id for v in versions if v.id not in lost and frontier & set(v.parents)}
-            lost.update({v.id: v for v in versions if v.id in frontier})
-        borrowers = [v for v in versions if info.id in v.sources and v.id not in lost]
-        return sorted(lost.values(), key=lambda v: v.ref), borrowers
-
-
-def _tell(message: str) -> None:
-    """A writer waiting for a gc says so on stderr, and authoring names the local files it skipped
-    (the only output of the library's own)."""
-    print(f"dsfs: {message}", file=sys.stderr, flush=True)
-
-
-def _warn(message: str) -> None:
-    _tell(f"warning: {message}")
-
-
-def _check_labels(project: str, name: str, version: str | None, tags) -> None:
-    """The label rule (dsfs.paths.label) for a new version's project, name, version and tags."""
-    paths.label("project", project)
-    paths.label("name", name)
-    if version is not None:
-        paths.label("version", version)
-        if _semver(version) is None:
-            raise UsageError(f"invalid version {version!r}: use semantic versioning, e.g. 1.2.0")
-    for tag in tags or []:
-        paths.label("tag", tag)
-
-
-def _size(local_path: str) -> int:
-    try:
-        return os.path.getsize(local_path)
-    except OSError:
-        return 0
-
-
-def _local_files(path: str, wildcard, recursive: bool, follow_symlinks: bool = False, warn=_warn):
-    """(relative dataset path, absolute local path) for a local file, folder, or glob. A file named
-    on the command line (or matched by a glob) is taken as named, following a symlink; a folder is
-    read by dsfs.evolve.scan_folder's input rules."""
-    wildcards = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        roots = [(path, "")]
-    elif os.path.isfile(path):
-        if not wildcards or paths.matches(os.path.basename(path), wildcards):
-            yield from _named_file(path, warn)
-        return
-    elif glob.has_magic(path):
-        roots = []
-        for match in sorted(glob.glob(path, recursive=recursive)):
-            if os.path.isfile(match):
-                if not wildcards or paths.matches(os.path.basename(match), wildcards):
-                    yield from _named_file(match, warn)
-            elif os.path.isdir(match):
-                name = _usable_name(match, warn)
-                if name is not None:
-                    roots.append((match, name + "/"))
-    elif os.path.lexists(path):
-        raise LocalFileNotFound(f"{printable(path)} is not a regular file or folder" +
-                                (" (a broken symlink or a symlink loop)" if os.path.islink(path) else ""))
-    else:
-        raise LocalFileNotFound(f"no such file or folder: {printable(path)}")
-    for root, prefix in roots:
-        for rel, local, _ in scan_folder(root, prefix, follow_symlinks, warn, recursive):
-            if wildcards and not paths.matches(rel[len(prefix):], wildcards):
-                continue
-            yield rel, local
-
-
-def _named_file(path: str, warn):
-    name = _usable_name(path, warn)
-    if name is not None:
-        yield name, os.path.realpath(path)
-
-
-def _usable_name(path: str, warn) -> str | None:
-    """The NFC base name of a file or folder named by the user, or None (with a warning) if it is
-    not UTF-8 and so cannot be a dataset path."""
-    name = os.path.basename(os.path.normpath(path))
-    if not is_utf8(name):
-        warn(f"skipped {printable(path)}: its name is not valid UTF-8 (rename it to add it)")
-        return None
-    return unicodedata.normalize("NFC", name)
+        """(descendants that become unreadable if `ref` is deleted, squashes that borrow its packs)."""
+        return catalog.dependents(open_store(store), ref)

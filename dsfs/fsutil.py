@@ -10,10 +10,10 @@ import tempfile
 
 import blake3
 
-from .errors import DiskFull
-from .paths import NAME_MAX
+from dsfs.errors import DiskFull
+from dsfs.paths import NAME_MAX
 
-TMP_PREFIX = ".tmp-"  # atomic_write's temp files: what a killed write leaves (dsfs.sweep removes old ones)
+TMP_PREFIX = ".tmp-"  # atomic_write's temp files: what a killed write leaves (dsfs.lifecycle.sweep removes old ones)
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

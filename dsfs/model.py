@@ -15,7 +15,7 @@ followed. Short keys keep a million-entry change-set small:
 
 What the format allows, checked as each entry is decoded (a store may be written by someone else,
 and a crafted record must fail as `CorruptData`, never exhaust memory): a chunk holds at most
-MAX_CHUNK raw bytes (FastCDC's maximum, dsfs.packs) and is stored in at most as many (zstd is kept
+MAX_CHUNK raw bytes (FastCDC's maximum, dsfs.store.packs) and is stored in at most as many (zstd is kept
 only where it saves), and a path component is at most NAME_MAX bytes (what every file system a
 version is materialized on allows, and what fits an LMDB key of the view index). A single entry
 decodes from at most 64 MiB.
@@ -33,8 +33,8 @@ from typing import Iterable, Iterator, NamedTuple
 import msgpack
 import zstandard
 
-from . import paths
-from .errors import CorruptData, InvalidPath
+from dsfs import paths
+from dsfs.errors import CorruptData, InvalidPath
 
 CHANGESET_FORMAT = 1
 COMPRESSION_NONE = 0

@@ -7,7 +7,7 @@ rule is refused with `InvalidPath`, never repaired silently (repairing would let
 manifest entries collapse onto one file).
 
 Labels follow one rule too, because three of them become object names (`names/<project>/<name>/
-<version>`, dsfs.store) and all of them are shown in listings and parsed back from references
+<version>`, dsfs.store.layout) and all of them are shown in listings and parsed back from references
 (`project/name@version`). A name or a tag is a non-empty string with no '/', '@' or control
 character (NUL included), no leading or trailing space, that is not '.' or '..', and at most
 LABEL_MAX bytes once percent-encoded (the store's spelling of it; one path component on every
@@ -23,7 +23,7 @@ import fnmatch
 import unicodedata
 import urllib.parse
 
-from .errors import InvalidPath, UsageError
+from dsfs.errors import InvalidPath, UsageError
 
 NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, btrfs, tmpfs)
 

@@ -1,4 +1,4 @@
-"""`dsfs check` (dsfs.check): a healthy store passes; each kind of damage is found and named by
+"""`dsfs check` (dsfs.lifecycle.check): a healthy store passes; each kind of damage is found and named by
 version and file, on every backend of the conformance suite; --read-data re-hashes chunks (a subset
 of them deterministically); the CLI's exit codes and JSON."""
 
@@ -11,10 +11,10 @@ import uuid
 import pytest
 
 from dsfs import Dataset, Store
-from dsfs.check import (BEYOND_PACK_END, CORRUPT_CHANGE_SET, CORRUPT_CHUNK, CORRUPT_RECORD, MISSING_CHANGE_SET,
+from dsfs.lifecycle.check import (BEYOND_PACK_END, CORRUPT_CHANGE_SET, CORRUPT_CHUNK, CORRUPT_RECORD, MISSING_CHANGE_SET,
                         MISSING_PACK, MISSING_PARENT, check_store, parse_subset)
 from dsfs.errors import UsageError
-from dsfs.lineage import load_changes
+from dsfs.lineage.merge import load_changes
 from conftest import final_version, make_tree
 from test_store_conformance import backend  # noqa: F401 (fixture)
 

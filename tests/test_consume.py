@@ -10,20 +10,20 @@ import time
 
 import pytest
 
-import dsfs.fetch
+import dsfs.store.fetch
 from dsfs import Dataset, Store
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 from dsfs.errors import InvalidPath, StoreUnavailable, UsageError
-from dsfs.lineage import Lineage
+from dsfs.lineage.merge import Lineage
 from dsfs.model import encode_changeset
-from dsfs.view import View
-from dsfs.viewindex import ensure_view
+from dsfs.node.view import View
+from dsfs.lineage.viewindex import ensure_view
 from conftest import final_version, make_tree, read_tree, run_cli
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.fetch, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(dsfs.store.fetch, "RETRY_DELAYS", (0.01, 0.01))
 
 
 def test_view_index_matches_reference_merge_on_random_lineages(tmp_path, memory_store):
@@ -97,7 +97,7 @@ def test_download_full_and_subsets(tmp_path, file_store, dsfs):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import dsfs.materialize as m
+    import dsfs.node.materialize as m
     real = m._Writer._done
     count = [0]
     def done_then_die(*args):
@@ -322,24 +322,24 @@ def test_cache_disk_full_leaves_no_temp_file_and_the_read_is_served(tmp_path, fi
 
 
 def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatch):
-    import dsfs.view
+    import dsfs.node.view
 
-    monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # a fetch ahead would store in the background
+    monkeypatch.setattr(dsfs.node.view, "FILES_AHEAD", 0)  # a fetch ahead would store in the background
     make_tree(tmp_path / "d", {f"f{i}": os.urandom(100_000) for i in range(10)})
     ds = final_version(file_store, tmp_path / "d")
     cache = Cache(size=450_000)
     view = View(ds.store, cache, ds.id)
     handle = view.open(view.resolve("f0").ino)
     view.read(handle, 0, 100)
-    import dsfs.cache
+    import dsfs.node.cache
 
-    orig = dsfs.cache.RECENT_NS
-    dsfs.cache.RECENT_NS = 0  # everything counts as old enough to evict
+    orig = dsfs.node.cache.RECENT_NS
+    dsfs.node.cache.RECENT_NS = 0  # everything counts as old enough to evict
     try:
         for i in range(1, 10):
             view.read_path(f"f{i}")
     finally:
-        dsfs.cache.RECENT_NS = orig
+        dsfs.node.cache.RECENT_NS = orig
     assert cache.used_bytes() <= 450_000
     assert cache.has_chunk(handle.chunks[0].digest)  # pinned by an open file
     assert cache.has_chunk(view.resolve("f9").chunks_wire[0][0])  # most recent kept
@@ -406,7 +406,7 @@ def test_failed_view_build_leaves_no_records(tmp_path, file_store):
     import blake3
 
     from dsfs.errors import Conflict
-    from dsfs.viewindex import _dbs
+    from dsfs.lineage.viewindex import _dbs
 
     make_tree(tmp_path / "d", {"x": b"file", "z": b"z"})
     ds = final_version(file_store, tmp_path / "d")

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from dsfs import Store
-from dsfs.cache import Cache
-from dsfs.view import View
+from dsfs.node.cache import Cache
+from dsfs.node.view import View
 from conftest import final_version, make_tree, read_tree
 
 
@@ -206,7 +206,7 @@ def test_cache_prune_removes_least_recently_used_copies_but_not_linked_ones(tmp_
 def test_a_copy_from_before_manifests_is_laid_out_again(tmp_path, file_store, dsfs):
     """A cache written by a dsfs without stat records: nothing in it is trusted, so even a write
     that kept size and mtime is undone by the first `get`."""
-    from dsfs.copies import MANIFEST_SUFFIX, ContentFiles
+    from dsfs.node.copies import MANIFEST_SUFFIX, ContentFiles
 
     files = {"a": os.urandom(4_000), "b": b"b"}
     make_tree(tmp_path / "d", files)

@@ -16,13 +16,13 @@ import struct
 import blake3
 import pytest
 
-import dsfs.viewindex
+import dsfs.lineage.viewindex
 from dsfs import Dataset
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 from dsfs.errors import CorruptData
-from dsfs.filetable import FileTable, tables_dir
+from dsfs.lineage.filetable import FileTable, tables_dir
 from dsfs.model import COMPRESSION_ZSTD, ChunkRef, Entry, encode_changeset
-from dsfs.viewindex import ROOT, _dbs, drop_all_views, ensure_view
+from dsfs.lineage.viewindex import ROOT, _dbs, drop_all_views, ensure_view
 from conftest import final_version, make_tree, read_tree, run_cli
 from test_lineage_depth import Synth
 
@@ -262,7 +262,7 @@ def test_a_view_index_damaged_beyond_repair_names_the_cache(tmp_path, file_store
     cache = Cache()
     index = ensure_view(ds.store, cache, ds.id)
     assert _damage_records(cache, "inodes", index.vid) > 0
-    monkeypatch.setattr(dsfs.viewindex, "_seal", lambda key, value: value + b"\0\0\0\0")  # a disk that garbles
+    monkeypatch.setattr(dsfs.lineage.viewindex, "_seal", lambda key, value: value + b"\0\0\0\0")  # a disk that garbles
     with pytest.raises(CorruptData, match=f"view index of dataset {ds.id} in the node cache {cache.root}"):
         index.getattr(ROOT)
 
@@ -279,7 +279,7 @@ def test_check_names_the_versions_on_a_parents_cycle(cyclic, file_store, dsfs):
 
 def test_push_of_a_cycle_claims_nothing_at_the_target(cyclic, tmp_path, file_store):
     from dsfs import Store
-    from dsfs.push import push
+    from dsfs.lifecycle.push import push
 
     synth, c, _ = cyclic
     target = Store.open(f"file://{tmp_path}/target", create=True)

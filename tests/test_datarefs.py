@@ -108,7 +108,7 @@ def test_python_data_reference(dataset, tmp_path):
 
 SIGNAL_DURING_SETUP = """
 import os, signal, sys, time
-import dsfs.materialize as m
+import dsfs.node.materialize as m
 def slow(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)

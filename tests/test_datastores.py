@@ -10,10 +10,13 @@ import stat
 
 import pytest
 
-from dsfs import Dataset, datastores
-from dsfs.datastore_upload import upload
+from dsfs import settings
+from dsfs import Dataset
+
+from dsfs.store import datastores
+from dsfs.authoring.datastore_upload import upload
 from dsfs.errors import Conflict, DatastoreError, UsageError
-from dsfs.store import default_store_url
+from dsfs.store.layout import default_store_url
 from conftest import make_tree, run_cli
 from servers import CLOUD_FIXTURES, azurite_connection_string
 from test_cli import _assert_one_line_error
@@ -37,7 +40,7 @@ def test_register_list_show_remove(dsfs, isolated_home):
     assert json.loads(r.out) == [{"name": "local", "url": default_store_url(),
                                   "options": {}, "default": True, "builtin": True}]
     _register_with_secrets(dsfs)
-    path = datastores.config_path()
+    path = settings.config_path()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     shown = json.loads(dsfs("datastore", "show", "lake", "--json").out)
     assert shown["options"] == {"endpoint_url": "https://minio.example:9000", "anon": False, "key": "***",
@@ -71,14 +74,14 @@ def test_url_credentials_are_redacted(dsfs):
     assert r.code == 0 and "hunter2secret" not in r.out
     shown = json.loads(dsfs("datastore", "show", "creds", "--json").out)
     assert shown["url"] == "s3://bucket-one/x"
-    os.chmod(datastores.config_path(), 0o644)
+    os.chmod(settings.config_path(), 0o644)
     r = dsfs("datastore", "list")
     assert r.code == 2 and "chmod 600" in r.err and "hunter2secret" not in r.err
 
 
 def test_readable_config_with_secrets_is_refused(dsfs):
     _register_with_secrets(dsfs)
-    path = datastores.config_path()
+    path = settings.config_path()
     os.chmod(path, 0o644)
     proc = run_cli("datastore", "list")
     _assert_one_line_error(proc, 2, f"chmod 600 {path}")
@@ -192,7 +195,7 @@ def test_unknown_datastore(tmp_path):
 def test_malformed_url(url):
     _assert_one_line_error(run_cli("datastore", "register", "bad", url), 2, "malformed store URL")
     _assert_one_line_error(run_cli("--store", url, "search"), 2, "malformed store URL")
-    assert not os.path.exists(datastores.config_path())
+    assert not os.path.exists(settings.config_path())
 
 
 def test_missing_credentials_name_what_to_set(moto_server):
@@ -273,7 +276,7 @@ def dead_endpoint():
 
 
 def test_backend_messages_are_scrubbed_of_secrets():
-    from dsfs.backends import secret_values, translate
+    from dsfs.store.backends import secret_values, translate
 
     options = {"connection_string": "BlobEndpoint=http://h/a;AccountName=a;AccountKey=S3CR3TKEYVALUE;",
                "secret": "another-secret-value", "endpoint_url": "http://h"}

@@ -20,7 +20,9 @@ import time
 
 import pytest
 
-from dsfs import Dataset, Store, datastores
+from dsfs import Dataset, Store
+
+from dsfs.store import datastores
 from dsfs.errors import DiskFull, StoreUnavailable
 from conftest import final_version, make_tree, run_cli
 from servers import free_port, unavailable

@@ -1,5 +1,5 @@
 """Two commands on one draft at once: each change takes effect, or the second one refuses naming the
-first; none is silently lost (the draft's local state is changed under its lock, dsfs.drafts)."""
+first; none is silently lost (the draft's local state is changed under its lock, dsfs.authoring.drafts)."""
 
 import os
 import sys
@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from dsfs import Dataset, drafts
+from dsfs import Dataset
+
+from dsfs.authoring import drafts
 from dsfs.errors import Conflict, InvalidState
-from dsfs.ingest import Uploader
+from dsfs.authoring.ingest import Uploader
 from conftest import make_tree, run_cli
 
 
@@ -98,7 +100,7 @@ def test_two_closes_of_one_draft_one_closes_the_other_refuses(tmp_path, file_sto
 # shell. The uploading process reads each file slowly, so the add comes while it holds the draft.
 SLOW_UPLOAD = """
 import os, sys, time
-from dsfs.ingest import Uploader
+from dsfs.authoring.ingest import Uploader
 original = Uploader._read_file
 def slow(self, *args):
     open(os.environ["UPLOAD_STARTED"], "w").close()

@@ -12,17 +12,17 @@ import textwrap
 
 import pytest
 
-import dsfs.ingest
+import dsfs.authoring.ingest
 from dsfs import Dataset, Store
 from dsfs.errors import CorruptChunk, FileChanged, StoreReadOnly, StoreUnavailable
-from dsfs.packs import PackBuilder
+from dsfs.store.packs import PackBuilder
 from conftest import final_version, make_tree, run_cli
 
 
 def test_file_changing_during_upload_is_detected(tmp_path, memory_store, monkeypatch):
     src = tmp_path / "d"
     make_tree(src, {"a.bin": os.urandom(2 << 20), "b.bin": os.urandom(3 << 20)})
-    real_chunker = dsfs.ingest.chunker
+    real_chunker = dsfs.authoring.ingest.chunker
 
     class AppendWhileReading:
         """Chunks as usual, but appends to the file being read after the first chunk."""
@@ -35,14 +35,14 @@ def test_file_changing_during_upload_is_detected(tmp_path, memory_store, monkeyp
                         w.write(b"more")
                 yield chunk
 
-    monkeypatch.setattr(dsfs.ingest, "chunker", AppendWhileReading)
+    monkeypatch.setattr(dsfs.authoring.ingest, "chunker", AppendWhileReading)
     ds = Dataset.create("p", "n", store=memory_store)
     ds.add_files(str(src))
     with pytest.raises(FileChanged, match="b.bin changed while it was being uploaded"):
         ds.finalize()
     again = Dataset.get(ds.id, include_drafts=True, store=memory_store)
     assert again.state == "draft"  # nothing final written
-    monkeypatch.setattr(dsfs.ingest, "chunker", real_chunker)
+    monkeypatch.setattr(dsfs.authoring.ingest, "chunker", real_chunker)
     again.finalize()  # the file is stable now: the retry takes its current content
     assert again.read_file("b.bin") == (src / "b.bin").read_bytes()
 
@@ -149,7 +149,7 @@ def test_read_only_store(two_versions, file_store, tmp_path, read_only):
 
 def test_failed_upload_resumes_without_resending(tmp_path, file_store, monkeypatch):
     """A store failure mid-upload: the rerun sends only what was not recorded."""
-    monkeypatch.setattr(dsfs.ingest, "PackBuilder", functools.partial(PackBuilder, target=1 << 20))
+    monkeypatch.setattr(dsfs.authoring.ingest, "PackBuilder", functools.partial(PackBuilder, target=1 << 20))
     make_tree(tmp_path / "d", {f"f{i:02d}": os.urandom(300 << 10) for i in range(20)})
     ds = Dataset.create("p", "n", store=file_store)
     ds.add_files(str(tmp_path / "d"))
@@ -178,10 +178,10 @@ def test_failed_upload_resumes_without_resending(tmp_path, file_store, monkeypat
 
 KILLER = textwrap.dedent("""
     import functools, os, signal, sys
-    import dsfs.ingest
-    from dsfs.packs import PackBuilder
-    from dsfs.store import Store
-    dsfs.ingest.PackBuilder = functools.partial(PackBuilder, target=1 << 20)
+    import dsfs.authoring.ingest
+    from dsfs.store.packs import PackBuilder
+    from dsfs.store.layout import Store
+    dsfs.authoring.ingest.PackBuilder = functools.partial(PackBuilder, target=1 << 20)
     real = Store.write_pack
     count = [0]
     def write_then_die(self, pack_id, data):

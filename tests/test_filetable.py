@@ -1,4 +1,4 @@
-"""File tables (dsfs.filetable): a closed version's table equals its decoded view, sync and close use
+"""File tables (dsfs.lineage.filetable): a closed version's table equals its decoded view, sync and close use
 a saved table instead of decoding the lineage, and a table that cannot be trusted is never used."""
 
 import os
@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-import dsfs.lineage
+import dsfs.lineage.merge
 from dsfs import Dataset
 from dsfs.errors import Conflict, CorruptData
-from dsfs.filetable import TABLES_KEPT, FileTable, tables_dir
-from dsfs.lineage import Lineage
-from dsfs.store import Store
+from dsfs.lineage.filetable import TABLES_KEPT, FileTable, tables_dir
+from dsfs.lineage.merge import Lineage
+from dsfs.store.layout import Store
 from conftest import make_tree
 
 
@@ -79,7 +79,7 @@ def test_sync_and_close_use_the_saved_table_without_decoding(tmp_path, memory_st
     def no_decode(*args, **kwargs):
         raise AssertionError("a change-set was decoded")
 
-    monkeypatch.setattr(dsfs.lineage, "load_changes", no_decode)
+    monkeypatch.setattr(dsfs.lineage.merge, "load_changes", no_decode)
     second, changes = Dataset.sync(str(folder), "p", "n", store=memory_store)  # a new Store: no shared Lineage
     assert list(changes.modified) == ["a/f3"] and changes.removed == ["a/f4"] and changes.unchanged == 18
     monkeypatch.undo()

@@ -16,12 +16,12 @@ except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("pyfuse3 is not installed (pip install 'dsfs[fuse]')", allow_module_level=True)
 import trio  # noqa: E402
 
-import dsfs.fetch  # noqa: E402
+import dsfs.store.fetch  # noqa: E402
 from dsfs import Dataset  # noqa: E402
-from dsfs.cache import Cache  # noqa: E402
+from dsfs.node.cache import Cache  # noqa: E402
 from dsfs.errors import StoreUnavailable  # noqa: E402
-from dsfs.fuse_ops import TIMEOUT, XATTR_DIGEST, Operations, mount_options  # noqa: E402
-from dsfs.view import View  # noqa: E402
+from dsfs.daemon.fuse_ops import TIMEOUT, XATTR_DIGEST, Operations, mount_options  # noqa: E402
+from dsfs.node.view import View  # noqa: E402
 from conftest import make_tree  # noqa: E402
 
 FILES = {"a.txt": b"alpha", "run.sh": b"#!/bin/sh\n", "sub/deep/x.bin": os.urandom(3 << 20), "sub/e": b""}
@@ -29,7 +29,7 @@ FILES = {"a.txt": b"alpha", "run.sh": b"#!/bin/sh\n", "sub/deep/x.bin": os.urand
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.fetch, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr(dsfs.store.fetch, "RETRY_DELAYS", (0.01,))
 
 
 @pytest.fixture
@@ -233,6 +233,6 @@ def test_store_down_mid_read_is_eio_then_recovers(ops, monkeypatch):
 
     monkeypatch.setattr(ops.view.store, "read_pack_range", down)
     assert fuse_errno(ops.read, fh, 0, 4096) == errno.EIO
-    assert len(calls) == 1 + len(dsfs.fetch.RETRY_DELAYS)  # retried before failing
+    assert len(calls) == 1 + len(dsfs.store.fetch.RETRY_DELAYS)  # retried before failing
     monkeypatch.setattr(ops.view.store, "read_pack_range", real)
     assert bytes(run(ops.read, fh, 0, 4096)) == FILES["sub/deep/x.bin"][:4096]

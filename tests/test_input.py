@@ -9,7 +9,7 @@ import pytest
 
 from dsfs import Dataset, paths
 from dsfs.errors import Conflict, CorruptData, LocalFileNotFound, UsageError
-from dsfs.store import Store
+from dsfs.store.layout import Store
 from conftest import make_tree, run_cli
 
 NFC, NFD = "caf\u00e9.txt", "cafe\u0301.txt"

@@ -17,10 +17,14 @@ import time
 
 import pytest
 
-from dsfs import Dataset, Store, sessions, sweep
+from dsfs import Dataset, Store
+
+from dsfs.store import sessions
+
+from dsfs.lifecycle import sweep
 from dsfs.errors import Conflict, CorruptData, DatasetInUse, DatasetNotFound
-from dsfs.packs import digest
-from dsfs.sessions import GcLease, Timing, WriterSession, wait_for_gc
+from dsfs.store.packs import digest
+from dsfs.store.sessions import GcLease, Timing, WriterSession, wait_for_gc
 from conftest import make_tree, run_cli
 from test_store_conformance import backend, in_threads  # noqa: F401 (fixture)
 

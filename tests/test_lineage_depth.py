@@ -1,5 +1,5 @@
 """Long lineages: a version 10,000 versions deep reads like any other (no recursion bounds a
-lineage), and the one merge (dsfs.lineage.merge_views) equals a plain recursive reference merge on
+lineage), and the one merge (dsfs.lineage.merge.merge_views) equals a plain recursive reference merge on
 random lineages with several parents, shared ancestors, removals and chains long enough to be
 merged in runs.
 
@@ -16,13 +16,13 @@ import uuid
 import blake3
 import pytest
 
-import dsfs.viewindex
+import dsfs.lineage.viewindex
 from dsfs import Store
-from dsfs.cache import Cache
-from dsfs.lineage import Lineage
+from dsfs.node.cache import Cache
+from dsfs.lineage.merge import Lineage
 from dsfs.model import ChunkRef, Entry, VersionInfo, encode_changeset
-from dsfs.packs import digest
-from dsfs.viewindex import ensure_view, merged_entries
+from dsfs.store.packs import digest
+from dsfs.lineage.viewindex import ensure_view, merged_entries
 from conftest import read_tree
 
 
@@ -110,7 +110,7 @@ def reference_view(store: Store, dataset_id: str) -> dict[str, Entry]:
 def test_the_merge_equals_the_reference_on_random_lineages(tmp_path, memory_store, monkeypatch, seed):
     """Several parents (repeated ones too), shared ancestors, removals of a parent's file while an
     earlier parent has it, and chains longer than FAN_IN (3 here), so that runs are merged."""
-    monkeypatch.setattr(dsfs.viewindex, "FAN_IN", 3)
+    monkeypatch.setattr(dsfs.lineage.viewindex, "FAN_IN", 3)
     rng = random.Random(seed)
     synth = Synth(memory_store)
     versions: list[VersionInfo] = []

@@ -6,17 +6,17 @@ import time
 
 import pytest
 
-import dsfs.links
+import dsfs.node.links
 from dsfs import Dataset
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 from dsfs.errors import StaleLink
-from dsfs.view import View
+from dsfs.node.view import View
 from conftest import make_tree, run_cli
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.links, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr(dsfs.node.links, "RETRY_DELAYS", (0.01,))
 
 
 @pytest.fixture

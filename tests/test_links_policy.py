@@ -1,4 +1,4 @@
-"""A store's external links are followed only where the consumer allows links to be read (dsfs.links):
+"""A store's external links are followed only where the consumer allows links to be read (dsfs.node.links):
 a crafted link cannot make a download read the consumer's own files or loopback services."""
 
 import http.server
@@ -7,8 +7,10 @@ import threading
 
 import pytest
 
-import dsfs.links
-from dsfs import Dataset, datastores, links
+import dsfs.node.links
+from dsfs import Dataset
+from dsfs.store import datastores
+from dsfs.node import links
 from dsfs.errors import CorruptData, UsageError
 from dsfs.model import Entry
 from conftest import make_tree, run_cli
@@ -16,7 +18,7 @@ from conftest import make_tree, run_cli
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.links, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr(dsfs.node.links, "RETRY_DELAYS", (0.01,))
     monkeypatch.delenv("DSFS_ALLOW_LINKS", raising=False)
 
 

@@ -289,7 +289,7 @@ def test_prefetch_warms_the_cache_in_the_background(node):
     cache_dir = f"{node.base}/pre-cache"
     with node.mounted(dataset, "pre", "--prefetch", "--include", "train", "--cache-dir", cache_dir) as mountpoint:
         wait_for(lambda: "prefetch done" in node.log(mountpoint), what="prefetch")
-        from dsfs.cache import Cache
+        from dsfs.node.cache import Cache
 
         cache = Cache(cache_dir)
         assert cache.used_bytes() == 500_000 + (2 << 20)  # train only, fetched without a reader

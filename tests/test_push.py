@@ -9,17 +9,17 @@ import os
 
 import pytest
 
-import dsfs.ingest
+import dsfs.authoring.ingest
 from dsfs import Dataset, Store
 from dsfs.errors import Conflict, DatasetNotFound, InvalidState, StoreUnavailable
-from dsfs.packs import PackBuilder
+from dsfs.store.packs import PackBuilder
 from conftest import make_tree
 
 
 @pytest.fixture
 def small_packs(monkeypatch):
     """~1 MiB packs, so a few MiB of data make several packs to push."""
-    monkeypatch.setattr(dsfs.ingest, "PackBuilder", functools.partial(PackBuilder, target=1 << 20))
+    monkeypatch.setattr(dsfs.authoring.ingest, "PackBuilder", functools.partial(PackBuilder, target=1 << 20))
 
 
 def _lineage(store, tmp_path):

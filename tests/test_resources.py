@@ -17,7 +17,7 @@ import blake3
 import pytest
 
 from dsfs import Dataset
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 from dsfs.errors import DiskFull
 from dsfs.model import encode_changeset
 from conftest import final_version, make_tree, read_tree, run_cli
@@ -254,7 +254,7 @@ def test_get_names_a_damaged_file_by_its_path(tmp_path, file_store):
 
 _STORE_CHUNKS = """
 import os, sys, blake3
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 cache = Cache(sys.argv[1])
 print("ready", flush=True)
 while True:
@@ -268,7 +268,7 @@ def test_prune_to_zero_while_chunks_are_stored(tmp_path):
     """`cache prune --to 0` (evicts, then sweeps tmp/) while another process stores chunks, as a
     mount's reads do: a temp file renamed into place between the sweep's listing and its stat, or a
     chunk evicted as it is stored, is no error."""
-    from dsfs import copies
+    from dsfs.node import copies
 
     cache = Cache(str(tmp_path / "cache"))
     writer = subprocess.Popen([sys.executable, "-c", _STORE_CHUNKS, cache.root], stdout=subprocess.PIPE, text=True)
@@ -334,8 +334,8 @@ def test_zip_date_of_an_mtime_in_range_is_exact(tmp_path, file_store):
     os.utime(tmp_path / "d" / "f.txt", ns=(1_700_000_001 * 10**9, 1_700_000_001 * 10**9))
     ds = final_version(file_store, tmp_path / "d")
     buffer = io.BytesIO()
-    from dsfs.export import export
-    from dsfs.view import View
+    from dsfs.node.export import export
+    from dsfs.node.view import View
 
     export(View(ds.store, Cache(), ds.id), buffer, "zip")
     with zipfile.ZipFile(buffer) as archive:

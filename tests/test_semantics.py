@@ -17,7 +17,7 @@ import blake3
 import pytest
 
 from dsfs import Dataset, paths
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 from dsfs.daemon import mounts
 from dsfs.errors import InvalidPath
 from conftest import read_tree
@@ -201,7 +201,7 @@ def test_store_errors(node):
     endpoint = f"http://{host}:{port}"
     try:
         s3fs.S3FileSystem(endpoint_url=endpoint, key="k", secret="s").mkdir("bucket")
-        from dsfs.store import Store
+        from dsfs.store.layout import Store
 
         store = Store.open("s3://bucket/dsfs", create=True, endpoint_url=endpoint, key="k", secret="s")
         files = {"a": rng.randbytes(50_000), "b": rng.randbytes(60_000)}

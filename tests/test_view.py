@@ -13,17 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import dsfs.fetch
+import dsfs.store.fetch
 from dsfs import Dataset
-from dsfs.cache import Cache
+from dsfs.node.cache import Cache
 from dsfs.errors import CorruptChunk, PathNotFound, StoreUnavailable
-from dsfs.view import View
+from dsfs.node.view import View
 from conftest import make_tree
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.fetch, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(dsfs.store.fetch, "RETRY_DELAYS", (0.01, 0.01))
 
 
 def _final(store, files: dict, parents=(), folder=None, name="n") -> Dataset:
@@ -194,9 +194,9 @@ class SlowStore:
 
 
 def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store, monkeypatch):
-    import dsfs.view
+    import dsfs.node.view
 
-    monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # the barrier counts the readers' own fetches
+    monkeypatch.setattr(dsfs.node.view, "FILES_AHEAD", 0)  # the barrier counts the readers' own fetches
     files = {f"f{i}": os.urandom(100_000) for i in range(4)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
     view = View(SlowStore(ds.store, parties=4), Cache(), ds.id)
@@ -353,10 +353,10 @@ def test_warm_fills_the_cache(tmp_path, memory_store):
 def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     """Reading chunks last used long ago must not cost a durable LMDB write each (an epoch over a
     dataset would be serialized on them): uses are recorded and written together."""
-    import dsfs.cache
-    import dsfs.view
+    import dsfs.node.cache
+    import dsfs.node.view
 
-    monkeypatch.setattr(dsfs.view, "FILES_AHEAD", 0)  # no fetching ahead: it would read (and touch) more
+    monkeypatch.setattr(dsfs.node.view, "FILES_AHEAD", 0)  # no fetching ahead: it would read (and touch) more
     files = {f"f{i}": os.urandom(1000 + i) for i in range(40)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
     cache = Cache()
@@ -364,27 +364,27 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     digests = [n.chunks[0].digest for _, n in _view(ds, cache).index.walk_files()]
     with cache.env.begin(write=True) as txn:  # pretend they were all last used an hour ago
         for digest in digests:
-            size, _ = dsfs.cache._CHUNK.unpack(txn.get(digest, db=cache.db_chunks))
-            txn.put(digest, dsfs.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
+            size, _ = dsfs.node.cache._CHUNK.unpack(txn.get(digest, db=cache.db_chunks))
+            txn.put(digest, dsfs.node.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
     writes = []
     real = cache._write_uses
     monkeypatch.setattr(cache, "_write_uses", lambda uses: (writes.append(len(uses)), real(uses)))
     view = _view(ds, cache)
     assert [view.read_path(p) for p in files] == list(files.values())
     assert writes == [] and len(cache._uses) == 40  # recorded, not yet written
-    monkeypatch.setattr(dsfs.cache, "TOUCH_BATCH", 41)
+    monkeypatch.setattr(dsfs.node.cache, "TOUCH_BATCH", 41)
     view.read_path("f0")  # already recorded: no new write
-    monkeypatch.setattr(dsfs.cache, "TOUCH_FLUSH_NS", 0)
+    monkeypatch.setattr(dsfs.node.cache, "TOUCH_FLUSH_NS", 0)
     View(ds.store, cache, ds.id).read_path("f1")
     assert writes == [40]  # one write transaction for all of them
     with cache.env.begin(db=cache.db_chunks) as txn:
-        assert all(dsfs.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
+        assert all(dsfs.node.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
     # a use recorded on an event loop's thread (open without waiting) is written by another thread
     fresh = View(ds.store, cache, ds.id)
     f5 = fresh.resolve("f5")
     with cache.env.begin(write=True) as txn:
-        size, _ = dsfs.cache._CHUNK.unpack(txn.get(f5.chunks[0].digest, db=cache.db_chunks))
-        txn.put(f5.chunks[0].digest, dsfs.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
+        size, _ = dsfs.node.cache._CHUNK.unpack(txn.get(f5.chunks[0].digest, db=cache.db_chunks))
+        txn.put(f5.chunks[0].digest, dsfs.node.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
     loop_thread = threading.get_ident()
     monkeypatch.setattr(cache, "_write_uses", lambda uses: writes.append(threading.get_ident()) or real(uses))
     assert fresh.open(f5.ino, wait=False) is not None

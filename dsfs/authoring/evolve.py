@@ -1,0 +1,215 @@
+"""Dataset evolution: what changed in a folder (sync), between two versions (compare), and the
+flattened merge of several versions (squash), all without moving chunk bytes that already exist.
+
+- Sync compares a local folder with the parents' merged view, read from their file table
+  (dsfs.lineage.filetable): size and mtime first (cheap), and a content hash only where size matches but
+  mtime does not, to tell a touched file from a changed one. Upload then sends only new chunks, so
+  a 1%-changed folder costs about 1% to sync.
+- Compare merge-joins two merged views streamed in path order (dsfs.lineage.viewindex), so two versions of
+  any size, related or not, are compared in flat memory.
+- Squash writes one change-set holding every entry of the merged view: the chunk refs point into the
+  packs that already hold the bytes, so no file data is downloaded or uploaded. The versions whose
+  packs it borrows are recorded as its `sources` and cannot be deleted while it exists.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dsfs import paths
+
+from dsfs.errors import Conflict, LocalFileNotFound
+from dsfs.lineage.filetable import EXECUTABLE, FileTable
+from dsfs.model import Entry
+from dsfs.store.packs import file_digest
+from dsfs.store.layout import Store
+from dsfs.lineage.viewindex import NodeDb, merged_entries
+
+
+@dataclass
+class FolderChanges:
+    added: dict[str, str] = field(default_factory=dict)  # dataset path -> local path
+    modified: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)  # why each skipped local file was skipped
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.modified or self.removed)
+
+
+def folder_changes(base: FileTable, folder: str, dataset_path: str = "", follow_symlinks: bool = False,
+                   warn: Callable[[str], None] | None = None) -> FolderChanges:
+    """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table.
+    Files of `base` outside dataset_path are not considered (a sync of a subfolder). What the scan
+    skipped (scan_folder's rules) is told to `warn` as it is found, and listed in `skipped`."""
+    if not os.path.isdir(folder):
+        raise LocalFileNotFound(f"no such folder: {folder}")
+    root = paths.folder(dataset_path)
+    prefix = root + "/" if root else ""
+    changes = FolderChanges()
+    seen = set()
+    sizes, mtimes, flags = base.sizes, base.mtimes, base.flags
+
+    def skipped(message: str) -> None:
+        changes.skipped.append(message)
+        if warn is not None:
+            warn(message)
+
+    for rel, local, st in scan_folder(folder, prefix, follow_symlinks, skipped):
+        seen.add(rel)
+        row = base.find(rel)
+        if row is None:
+            changes.added[rel] = local
+            continue
+        same_mode = bool(st.st_mode & 0o111) == bool(flags[row] & EXECUTABLE)
+        if st.st_size == sizes[row] and st.st_mtime_ns == mtimes[row] and same_mode:
+            changes.unchanged += 1
+        elif st.st_size == sizes[row] and same_mode and file_digest(local) == base.digest(row):
+            changes.unchanged += 1  # touched, not changed
+        else:
+            changes.modified[rel] = local
+    changes.removed = [path for path in base.paths if path not in seen and path.startswith(prefix)]
+    return changes
+
+
+def scan_folder(folder: str, rel_folder: str = "", follow_symlinks: bool = False,
+                warn: Callable[[str], None] = lambda message: None, recursive: bool = True):
+    """(dataset path, local path, stat) of every regular file under `folder`, read by the input
+    rules that `add` and `sync` share (docs/decisions.md, "Authoring input"):
+
+    - a name that is not UTF-8 is skipped (dataset paths are UTF-8), and `warn` is told;
+    - names are stored NFC; two names of one folder that differ only in their Unicode form would
+      become one dataset path: Conflict naming both, nothing is added;
+    - a symlink is followed if its target is inside `folder` (the local path is then the target's),
+      skipped with a warning if outside unless follow_symlinks; broken links and loops are skipped
+      with a warning; anything but regular files and folders (FIFOs, sockets, devices) too.
+
+    Not recursive: the files directly in `folder` only. One stat per file, from scandir. Names from
+    a listing are never '', '.' or '..' and hold no '/' or NUL: only their encoding and Unicode form
+    need checking, once per folder for a clean one (NFC never composes across a NUL, so the joined
+    names are NFC iff each one is)."""
+    top = os.path.abspath(folder)
+    root = os.path.realpath(top)
+    yield from _scan(top, root, rel_folder, root, follow_symlinks, warn, frozenset([root]) if recursive else None)
+
+
+def _scan(folder: str, real: str, rel_folder: str, root: str, follow: bool, warn, ancestors: frozenset | None):
+    """scan_folder in `folder`, whose real path is `real`; `ancestors` are the real paths of the
+    folders above (None: do not descend)."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    joined = "\0".join(e.name for e in entries)
+    if joined.isascii() or (is_utf8(joined) and unicodedata.is_normalized("NFC", joined)):
+        named = [(e, e.name) for e in entries]
+    else:
+        named = _usable(entries, warn)
+    for entry, name in named:
+        rel = rel_folder + name
+        if entry.is_symlink():
+            try:
+                local = os.path.realpath(entry.path, strict=True)
+                st = os.stat(local)
+            except OSError as exc:
+                warn(f"skipped {printable(entry.path)}: " + ("a symlink loop" if exc.errno == errno.ELOOP
+                                                          else "a broken symlink"))
+                continue
+            if not (follow or local == root or local.startswith(root + "/")):
+                warn(f"skipped {printable(entry.path)}: a symlink to {printable(local)}, outside {printable(root)} "
+                     f"(--follow-symlinks follows it)")
+                continue
+            is_dir, target = stat_mod.S_ISDIR(st.st_mode), local
+        elif entry.is_dir(follow_symlinks=False):
+            is_dir, target, st = True, f"{real}/{entry.name}", None
+        else:
+            st = entry.stat(follow_symlinks=False)
+            is_dir, target = False, entry.path
+        if is_dir:
+            if ancestors is None:
+                continue
+            if target in ancestors:
+                warn(f"skipped {printable(entry.path)}: a symlink loop (it leads back to {printable(target)})")
+                continue
+            yield from _scan(entry.path if st is None else target, target, rel + "/", root, follow, warn,
+                             ancestors | {target})
+        elif stat_mod.S_ISREG(st.st_mode):
+            yield rel, target, st
+        else:
+            warn(f"skipped {printable(entry.path)}: not a regular file")
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:  # os.scandir gives undecodable bytes as surrogate escapes
+        return False
+
+
+def _usable(entries, warn) -> list:
+    """(entry, NFC name) of the entries of one folder whose names can be dataset paths, with a
+    warning for each other one; Conflict if two names differ only in their Unicode form."""
+    seen = {}
+    for entry in entries:
+        if not is_utf8(entry.name):
+            warn(f"skipped {printable(entry.path)}: its name is not valid UTF-8 (rename it to add it)")
+            continue
+        name = unicodedata.normalize("NFC", entry.name)
+        if name in seen:
+            raise Conflict(f"{printable(seen[name].path)} and {printable(entry.path)} differ only in their Unicode "
+                           f"form (NFC/NFD) and would be one file {name!r} in the dataset; rename one of them")
+        seen[name] = entry
+    return [(entry, name) for name, entry in seen.items()]
+
+
+def printable(local_path: str) -> str:
+    """A local path for a message: undecodable bytes as \\xNN escapes, not as surrogates that
+    cannot be printed."""
+    return local_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class Comparison:
+    added: list[tuple[str, int]] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)
+    modified: list[tuple[str, int, int]] = field(default_factory=list)
+    unchanged: int = 0
+
+    def summary(self) -> dict:
+        return {"added": len(self.added), "removed": len(self.removed), "modified": len(self.modified),
+                "unchanged": self.unchanged,
+                "added_bytes": sum(s for _, s in self.added), "removed_bytes": sum(s for _, s in self.removed),
+                "modified_bytes": sum(new for _, _, new in self.modified)}
+
+
+def compare(store: Store, cache: NodeDb, source_id: str, target_id: str) -> Comparison:
+    """What changes from source to target (both final; related or not)."""
+    result = Comparison()
+    src = merged_entries(store, cache, source_id)
+    dst = merged_entries(store, cache, target_id)
+    a, b = next(src, None), next(dst, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a.path < b.path):
+            result.removed.append((a.path, a.size))
+            a = next(src, None)
+        elif a is None or b.path < a.path:
+            result.added.append((b.path, b.size))
+            b = next(dst, None)
+        else:
+            if a.same_content(b):
+                result.unchanged += 1
+            else:
+                result.modified.append((a.path, a.size, b.size))
+            a, b = next(src, None), next(dst, None)
+    return result
+
+
+def squash_entries(store: Store, cache: NodeDb, ids: list[str]) -> list[Entry]:
+    """The merged view of `ids` overlaid in order (a later version wins on a path), as entries."""
+    return list(merged_entries(store, cache, *ids))

@@ -1,0 +1,224 @@
+"""Upload: read a draft's local files, cut them into chunks, send only new chunks, in packs.
+
+One thread reads, chunks and hashes files in path order (FastCDC and blake3 run at several GB/s, so
+a core keeps up with a disk). A pack is closed as soon as it is full, even in the middle of a large
+file, and written by a pool of `max_workers` threads, with at most `max_workers + 1` packs in memory.
+A file's entry is recorded in the draft only once every pack holding its new chunks is in the store:
+that is what makes a killed upload resumable without sending recorded bytes again. The draft is
+saved every couple of seconds and at the end, so a crash re-sends at most a few seconds of work.
+
+A chunk already stored by any ancestor, by an earlier upload of this draft, or earlier in this run
+is referenced, not sent: renames, moves and copies cost nothing.
+
+Every pack is announced to the writer session (dsfs.store.sessions) before it is looked for in the store
+or written, so a gc running meanwhile keeps it. A pack found already present (the same bytes
+uploaded by an unrelated version: pack ids are content hashes) is relied on but not counted as
+sent: the draft's `written` packs and `new_bytes` are what this draft really added.
+
+A file is read once. Its size and mtime are checked before and after the read; if they differ, or
+the bytes read are not the size announced, the file changed while it was read and the upload fails
+with FileChanged naming it (its half-read content is never recorded). A file that is no longer a
+regular file (replaced by a FIFO, a socket, a folder or a symlink since it was added) is refused
+before any byte is read, never waited on (`open_regular`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable
+import blake3
+
+from dsfs.authoring.drafts import DraftState
+from dsfs.errors import FileChanged, LocalFileNotFound
+from dsfs.model import ChunkRef, Entry, clamp_mtime
+from dsfs.store.packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
+from dsfs.progress import Tracker
+from dsfs.store.sessions import WriterSession
+from dsfs.store.layout import Store
+
+DEFAULT_WORKERS = 4
+SAVE_INTERVAL = 2.0
+
+
+def open_regular(local_path: str, dataset_path: str):
+    """Open a file added to a draft for reading, if it is still a regular file. The file was one
+    when it was added, but may have been replaced since: a FIFO would block the upload for ever
+    (open non-blocking, then check the type before reading), a symlink could now lead anywhere (the
+    draft records a symlink's target, so the last component is never followed)."""
+    again = f"add it again or `dsfs remove --files {dataset_path}`"
+    try:
+        fd = os.open(local_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) no longer exists; {again}") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) was replaced by a symlink; {again}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat_mod.S_ISREG(mode):
+        os.close(fd)
+        kind = {stat_mod.S_IFIFO: "a FIFO", stat_mod.S_IFSOCK: "a socket", stat_mod.S_IFDIR: "a folder"}.get(
+            stat_mod.S_IFMT(mode), "a device")
+        raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) is now {kind}, not a regular file; {again}")
+    return os.fdopen(fd, "rb")
+
+
+class Uploader:
+    def __init__(self, store: Store, draft: DraftState, known: Callable[[bytes], ChunkRef | None],
+                 session: WriterSession, max_workers: int | None = None, progress: Tracker | None = None):
+        self.store = store
+        self.writer = session
+        self.draft = draft
+        self.known = known
+        self.max_workers = max(1, max_workers or DEFAULT_WORKERS)
+        self.progress = progress or Tracker()
+        self.builder = PackBuilder()
+        self.session: dict[bytes, PendingRef] = {}
+        self.inflight: dict[Future, Pack] = {}
+        self.done_seqs: set[int] = set()
+        self.durable_upto = -1  # every pack with seq <= this is in the store
+        self.waiting: list[tuple[Entry, str, int]] = []  # entries, their local file, the last pack seq they need
+        self.sent_packs = 0
+        self.skipped_packs = 0
+        self._failed: BaseException | None = None
+        self._saved_at = time.monotonic()
+
+    def run(self) -> None:
+        pending = sorted(self.draft.adds.items())
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="dsfs-upload") as pool:
+            self.pool = pool
+            try:
+                for dataset_path, local_path in pending:
+                    entry, last_seq = self._read_file(dataset_path, local_path)
+                    self.waiting.append((entry, local_path, last_seq))
+                    self._collect(block=False)
+                last = self.builder.take()
+                if last is not None:
+                    self._submit(last)
+            finally:
+                # Whatever happened, record what reached the store before raising.
+                while self.inflight:
+                    self._collect(block=True, raise_errors=False)
+                self._commit_entries()
+                self._save(force=True)
+            self._raise_failed()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read_file(self, dataset_path: str, local_path: str) -> tuple[Entry, int]:
+        f = open_regular(local_path, dataset_path)
+        with f:
+            before = os.fstat(f.fileno())
+            refs: list = []
+            whole = None
+            total = 0
+            if before.st_size <= MIN_CHUNK:
+                data = f.read()
+                pieces = [data] if data else []  # an empty file has no chunk (a pack of only empty chunks is never written)
+                file_digest = None
+            else:
+                pieces = (c.data for c in chunker().cut_stream(f))
+                whole = blake3.blake3()
+            last_seq = -1
+            for data in pieces:
+                total += len(data)
+                chunk_digest = digest(data)
+                if whole is not None:
+                    whole.update(data)
+                ref = self.known(chunk_digest) or self.draft.chunks.get(chunk_digest)
+                if ref is None:
+                    ref = self.session.get(chunk_digest)
+                    if ref is None:
+                        ref = self.session[chunk_digest] = self.builder.add(chunk_digest, data)
+                        if self.builder.full():  # per chunk: a large file spans several packs
+                            self._submit(self.builder.take())
+                    last_seq = max(last_seq, ref.pack.seq)
+                refs.append(ref)
+                self.progress.advance(len(data))
+            file_digest = whole.digest() if whole is not None else (refs[0].digest if refs else digest(b""))
+            after = os.fstat(f.fileno())
+        try:
+            again = os.stat(local_path)
+        except FileNotFoundError:
+            again = None
+        if (total != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+                or again is None or (again.st_ino, again.st_size, again.st_mtime_ns)
+                != (before.st_ino, before.st_size, before.st_mtime_ns)):
+            raise FileChanged(f"{local_path} changed while it was being uploaded; nothing of it was "
+                              f"recorded. Run the upload again once it is stable")
+        self.progress.advance(files=1)
+        entry = Entry(path=dataset_path, size=total, executable=bool(before.st_mode & 0o111),
+                      mtime_ns=clamp_mtime(before.st_mtime_ns), digest=file_digest, chunks=refs)
+        return entry, last_seq
+
+    # -- writing packs -------------------------------------------------------------------------
+
+    def _submit(self, pack: Pack) -> None:
+        while len(self.inflight) > self.max_workers:
+            self._collect(block=True)
+        self.inflight[self.pool.submit(self._write_pack, pack)] = pack
+
+    def _write_pack(self, pack: Pack) -> bool:
+        """Put the pack in the store; False if it was there already (then it is relied on, not sent)."""
+        self.writer.announce([pack.id])  # before looking: see dsfs.store.sessions
+        present = self.store.has_pack(pack.id)
+        if not present:
+            self.store.write_pack(pack.id, pack.pieces)
+        self.writer.seen(pack.id)
+        return not present
+
+    def _collect(self, block: bool, raise_errors: bool = True) -> None:
+        if not self.inflight:
+            return
+        done, _ = wait(list(self.inflight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            pack = self.inflight.pop(future)
+            if future.exception() is not None:
+                self._failed = self._failed or future.exception()
+                continue
+            if future.result():
+                self.sent_packs += 1
+                self.draft.written.append(pack.id)
+                self.draft.new_bytes += pack.size
+            else:
+                self.skipped_packs += 1
+            self.done_seqs.add(pack.seq)
+            for ref in pack.chunks:
+                self.draft.chunks[ref.digest] = ref.resolve()
+            self.draft.packs.append(pack.id)
+            pack.release()  # free the memory; refs keep only the id
+        while self.durable_upto + 1 in self.done_seqs:
+            self.durable_upto += 1
+        if done:
+            self._commit_entries()
+            self._save(force=False)
+        if raise_errors:
+            self._raise_failed()
+
+    def _save(self, force: bool) -> None:
+        """Save the draft at most every SAVE_INTERVAL seconds (a save rewrites every entry, so
+        saving per pack would cost files x packs); a crash re-sends at most that much work."""
+        now = time.monotonic()
+        if force or now - self._saved_at >= SAVE_INTERVAL:
+            self.draft.save()
+            self._saved_at = now
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _commit_entries(self) -> None:
+        still = []
+        for entry, local_path, last_seq in self.waiting:
+            if last_seq <= self.durable_upto:
+                entry.chunks = [r.resolve() if isinstance(r, PendingRef) else r for r in entry.chunks]
+                self.draft.uploaded[entry.path] = entry
+                self.draft.origins[entry.path] = local_path
+                self.draft.adds.pop(entry.path, None)
+            else:
+                still.append((entry, local_path, last_seq))
+        self.waiting = still

@@ -1,0 +1,197 @@
+"""The catalog: finding versions and changing what they are called, over one store.
+
+Resolving `project/name[@version]` or an id to a version record, searching, claiming version
+numbers, renaming and moving, deleting a version and naming what depends on it. The `Dataset`
+facade (dsfs.dataset) and the mount daemon call these; nothing here reads file contents.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+
+import semver
+
+from dsfs import paths
+from dsfs.authoring.drafts import DraftState
+from dsfs.errors import Conflict, CorruptData, DatasetInUse, DatasetNotFound, UsageError
+from dsfs.model import ID_RE, VersionInfo
+from dsfs.node import links
+from dsfs.store import datastores
+from dsfs.store.layout import Store
+
+
+def open_store(store: Store | str | None = None, create: bool = False) -> Store:
+    """A Store from a Store, a URL, `datastore:NAME`, or None ($DSFS_STORE, else $DSFS_DATASTORE,
+    else the default datastore, else the embedded local store): see dsfs.store.datastores."""
+    if not isinstance(store, Store):
+        store = datastores.open_store(store, create=create)
+    links.allow_store(store.url)  # links into the store being read are its own (dsfs.node.links)
+    return store
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_semver(text: str) -> semver.Version | None:
+    try:
+        return semver.Version.parse(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def resolve(store: Store, ref: str | None = None, *, project: str | None = None, name: str | None = None,
+            version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False) -> VersionInfo:
+    """Find one version by id, by `project/name[@version]`, or by the keyword parts."""
+    if ref:
+        if ID_RE.match(ref):
+            return store.read_version(ref)
+        base, _, at_version = ref.partition("@")
+        if "/" not in base:
+            raise DatasetNotFound(f"{ref!r} is neither a dataset id (32 hex) nor project/name[@version]")
+        project, name = base.rsplit("/", 1)
+        version = at_version or version
+    if not (project and name):
+        raise UsageError("name a dataset: an id, project/name[@version], or --project and --name")
+    unreadable: dict[str, str] = {}
+    candidates = [v for v in store.list_versions(unreadable)
+                  if v.project == project and v.name == name
+                  and (include_drafts or version or v.is_final)
+                  and (not version or v.version == version)
+                  and all(t in v.tags for t in tags or [])]
+    best = max(candidates, key=lambda v: (parse_semver(v.version) or semver.Version(0), v.created), default=None)
+    if unreadable:
+        _refuse_unreadable(store, project, name, version, best, unreadable)
+    if best is None:
+        what = f"{project}/{name}" + (f"@{version}" if version else "") + (f" with tags {tags}" if tags else "")
+        raise DatasetNotFound(f"no {'' if version or include_drafts else 'final '}dataset {what} in {store.display_url}")
+    return best
+
+
+def _refuse_unreadable(store: Store, project: str, name: str, version: str | None, best: VersionInfo | None,
+                       unreadable: dict[str, str]) -> None:
+    """A record that exists but cannot be read may be the very version asked for (the number asked
+    for, or one newer than the best readable answer): answering with another version would silently
+    roll the reader back, so refuse (CorruptData) naming it. Which records are project/name's is
+    told by the version-number claims, which hold their ids (store.claim_version_number); a record
+    unreadable is rare, so the claims are read only then."""
+    floor = parse_semver(best.version) if best is not None else None
+    for number in store.claimed_version_numbers(project, name):
+        if version and number != version:
+            continue
+        if not version and floor is not None and (parse_semver(number) or semver.Version(0)) <= floor:
+            continue
+        holder = store.version_number_holder(project, name, number)
+        if holder in unreadable:
+            raise CorruptData(f"{project}/{name}@{number}: {unreadable[holder]}. It may be the version asked for, "
+                              f"so no other one is used instead: run `dsfs check`, or name another version "
+                              f"(@VERSION) or id")
+
+
+def check_labels(project: str, name: str, version: str | None, tags) -> None:
+    """The label rule (dsfs.paths.label) for a new version's project, name, version and tags."""
+    paths.label("project", project)
+    paths.label("name", name)
+    if version is not None:
+        paths.label("version", version)
+        if parse_semver(version) is None:
+            raise UsageError(f"invalid version {version!r}: use semantic versioning, e.g. 1.2.0")
+    for tag in tags or []:
+        paths.label("tag", tag)
+
+
+def claim_version(store: Store, project: str, name: str, version: str | None, dataset_id: str) -> str:
+    if version is not None:
+        if not store.claim_version_number(project, name, version, dataset_id):
+            raise Conflict(f"{project}/{name}@{version} already exists; choose another --version")
+        return version
+    for _ in range(100):  # another author may claim the number between listing and claiming
+        taken = [v for v in map(parse_semver, store.claimed_version_numbers(project, name)) if v]
+        candidate = str(max(taken).bump_patch()) if taken else "1.0.0"
+        if store.claim_version_number(project, name, candidate, dataset_id):
+            return candidate
+    raise Conflict(f"could not claim a version number for {project}/{name}: too many concurrent authors")
+
+
+def search(store: Store, project: str | None = None, name: str | None = None, tags: list[str] | None = None,
+           ids: list[str] | None = None, unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
+    """Version records matching all given filters (project and name are globs), oldest first.
+    Records that exist but cannot be read are left out and, if `unreadable` is given, put in it
+    ({id: error}): they may match, and a listing should say so."""
+    found = [v for v in store.list_versions(unreadable)
+             if (not project or fnmatch.fnmatchcase(v.project, project))
+             and (not name or fnmatch.fnmatchcase(v.name, name))
+             and all(t in v.tags for t in tags or [])
+             and (not ids or v.id in ids)]
+    return sorted(found, key=lambda v: (v.project, v.name, parse_semver(v.version) or semver.Version(0), v.created))
+
+
+def relabel(store: Store, project: str, name: str, new_project: str, new_name: str) -> int:
+    paths.label("project", new_project)
+    paths.label("name", new_name)
+    versions = [v for v in store.list_versions() if v.project == project and v.name == name]
+    if not versions:
+        raise DatasetNotFound(f"no dataset {project}/{name} in {store.display_url}")
+    claimed = []
+    for info in versions:  # claim every new number first, so a clash changes nothing
+        if not store.claim_version_number(new_project, new_name, info.version, info.id):
+            for version in claimed:
+                store.release_version_number(new_project, new_name, version)
+            raise Conflict(f"{new_project}/{new_name}@{info.version} already exists")
+        claimed.append(info.version)
+    for info in versions:
+        info.project, info.name = new_project, new_name
+        store.write_version(info)
+        store.release_version_number(project, name, info.version)
+    return len(versions)
+
+
+def delete(store: Store, ref: str, force: bool = False) -> VersionInfo:
+    """Delete a version's records: version.json first (readers stop seeing it), then its
+    change-set and its name claim. Never packs: they may be shared with unrelated versions
+    (pack ids are content hashes); `gc` reclaims the space of packs nothing references.
+    Refuses while other versions inherit from it or borrow its packs (a squash), unless force:
+    then its descendants can no longer be read (`dependents` names them)."""
+    try:
+        info = resolve(store, ref, include_drafts=True)
+    except CorruptData as exc:
+        if not ID_RE.match(ref or ""):
+            raise
+        if not force:
+            raise CorruptData(f"{exc}; `dsfs delete --id {ref} --force` removes the damaged version") from None
+        store.delete_version(ref)  # its name claim cannot be read: that number stays taken
+        return VersionInfo(id=ref, project="", name="", version="")
+    children = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
+    if children and not force:
+        raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent or source of {len(children)} version(s) "
+                           f"({', '.join(c.id for c in children[:3])}); delete those first or pass --force")
+    draft = DraftState.load(info.id, store.url) if not info.is_final else None
+    store.delete_version_record(info.id)  # the record goes first: readers stop seeing it at once
+    if not force:
+        # A child created between the check above and the removal would be left without its
+        # parent. A child's close reads its parents after its draft record exists
+        # (Dataset._check_ancestors); here the removal comes before this second look: one sees the other.
+        late = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
+        if late:
+            store.write_version(info)
+            raise DatasetInUse(f"dataset {info.id} ({info.ref}) got a child while it was being deleted "
+                               f"({late[0].id}); nothing was deleted")
+    store.delete_version(info.id)
+    store.release_version_number(info.project, info.name, info.version)
+    if draft is not None:
+        draft.discard()
+    return info
+
+
+def dependents(store: Store, ref: str) -> tuple[list[VersionInfo], list[VersionInfo]]:
+    """(versions that can no longer be read if `ref` is deleted: its descendants, and squashed
+    versions that borrow its packs, which stay readable). """
+    info = resolve(store, ref, include_drafts=True)
+    versions = store.list_versions()
+    lost, frontier = {}, {info.id}
+    while frontier:
+        frontier = {v.id for v in versions if v.id not in lost and frontier & set(v.parents)}
+        lost.update({v.id: v for v in versions if v.id in frontier})
+    borrowers = [v for v in versions if info.id in v.sources and v.id not in lost]
+    return sorted(lost.values(), key=lambda v: v.ref), borrowers

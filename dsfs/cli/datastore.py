@@ -1,0 +1,140 @@
+"""`dsfs datastore ...` and `dsfs push`: naming stores, and moving data into them.
+
+Like the rest of the CLI, a thin layer over the library (dsfs.store.datastores, dsfs.authoring.datastore_upload,
+dsfs.lifecycle.push); errors are DsfsErrors converted by `dsfs.cli.main.main`. Nothing here prints a secret:
+datastores are shown through `Datastore.public()`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from click.core import ParameterSource
+
+from dsfs.store import datastores
+from dsfs.dataset import Dataset
+from dsfs.errors import UsageError
+
+
+def store_ref(ctx: click.Context, store: str | None, datastore: str | None) -> str | None:
+    """The group's `--store` / `--datastore`: an option given on the command line beats the other's
+    environment variable; both given the same way is an error."""
+    given = {name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE for name in ("store", "datastore")}
+    if store and datastore and not any(given.values()):
+        raise UsageError("both DSFS_STORE and DSFS_DATASTORE are set; unset one")
+    if given["datastore"] and not given["store"]:
+        store = None
+    elif given["store"] and not given["datastore"]:
+        datastore = None
+    return datastores.store_ref(store, datastore)
+
+
+def _emit_json(data) -> None:
+    from dsfs.cli.main import _emit_json as emit  # main imports this module: import late
+
+    emit(data)
+
+
+def _table(columns, rows) -> None:
+    from dsfs.cli.main import _table as table
+
+    table(columns, rows)
+
+
+def _options_text(options: dict) -> str:
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(options.items())) or "-"
+
+
+@click.group()
+def datastore():
+    """Named stores (config: $XDG_CONFIG_HOME/dsfs/config.toml). `local` is built in."""
+
+
+@datastore.command()
+@click.argument("name")
+@click.argument("url")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="An fsspec option (endpoint_url, anon, key, secret, account_name, connection_string, "
+                   "sas_token, token, ...). VALUE env:VAR is read from the environment at use. Repeatable.")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default datastore.")
+@click.option("--overwrite", is_flag=True, help="Replace a datastore of that name.")
+def register(name, url, options, make_default, overwrite):
+    """Register URL (s3://BUCKET/PREFIX, gs://..., az://CONTAINER/..., file://PATH) as NAME."""
+    parsed = dict(datastores.parse_option(o) for o in options)
+    ds = datastores.register(name, url, parsed, default=make_default, overwrite=overwrite)
+    click.echo(f"registered datastore {ds.name} -> {ds.public()['url']}" + (" (default)" if ds.default else ""))
+
+
+@datastore.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def list_(as_json):
+    """List datastores (secrets shown as ***)."""
+    found = [d.public() for d in datastores.all_datastores()]
+    if as_json:
+        return _emit_json(found)
+    _table(["name", "url", "default", "options"],
+           [(d["name"], d["url"], "*" if d["default"] else "", _options_text(d["options"])) for d in found])
+
+
+@datastore.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def show(name, as_json):
+    """Show one datastore (secrets shown as ***, env:VAR references as they are)."""
+    data = datastores.get(name).public()
+    if as_json:
+        return _emit_json(data)
+    rows = [("name", data["name"]), ("url", data["url"]), ("default", data["default"]),
+            ("builtin", data["builtin"])]
+    rows += [(f"option {k}", v if isinstance(v, str) else json.dumps(v)) for k, v in sorted(data["options"].items())]
+    _table(["field", "value"], rows)
+
+
+@datastore.command()
+@click.argument("name")
+def remove(name):
+    """Forget a datastore (its data is not touched)."""
+    datastores.remove(name)
+    click.echo(f"removed datastore {name}")
+
+
+@datastore.command(name="set-default")
+@click.argument("name")
+def set_default(name):
+    """Make NAME the datastore used when no --store/--datastore is given."""
+    datastores.set_default(name)
+    click.echo(f"default datastore: {name}")
+
+
+@datastore.command()
+@click.argument("name")
+@click.argument("src_dir", type=click.Path(file_okay=False))
+@click.option("--target-path", required=True, help="Folder in the datastore to put the files under.")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist there.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel uploads (default 8).")
+def upload(name, src_dir, target_path, overwrite, max_workers):
+    """Upload the files under SRC_DIR as they are (not as a dataset version)."""
+    from dsfs.authoring.datastore_upload import upload as run
+
+    result = run(datastores.get(name), src_dir, target_path, overwrite=overwrite, max_workers=max_workers)
+    click.echo(f"uploaded {result['files']} file(s), {result['bytes']} bytes to {result['target']}"
+               + (f" ({result['replaced']} replaced)" if result["replaced"] else ""))
+
+
+@click.command()
+@click.argument("ref", metavar="DATASET")
+@click.option("--to", "to", required=True, metavar="DATASTORE",
+              help="Target datastore name (or a store URL).")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack copies (default 4).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_context
+def push(ctx, ref, to, max_workers, as_json):
+    """Copy a final version, its missing ancestors and missing packs to another datastore."""
+    ds = Dataset.get(ref, store=ctx.obj["store"])
+    result = ds.push(to, max_workers=max_workers)
+    if as_json:
+        return _emit_json(result)
+    click.echo(f"pushed {ds.info.ref} ({ds.id}) to {to}: {result['versions_sent']} version(s) sent, "
+               f"{result['versions_present']} already there; {result['packs_sent']} pack(s) "
+               f"({result['bytes_sent']} bytes) sent, {result['packs_present']} already there")

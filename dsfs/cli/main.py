@@ -1,0 +1,766 @@
+"""The `dsfs` command line: parses arguments, calls the Python API, prints tables or JSON.
+
+Errors are converted here and only here: a `DsfsError` becomes one line on stderr and its exit code,
+never a traceback. Commands that act on a dataset default to the last created or used one
+(clearml-data's stateful style); `--id` takes an id or `project/name[@version]`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dsfs import Dataset
+
+from dsfs.lifecycle import sweep
+from dsfs.cli.datastore import datastore, push, store_ref
+from dsfs.dataset import open_store
+from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
+from dsfs.errors import UsageError as DsfsUsage
+from dsfs.model import VersionInfo
+
+
+class MultiOption(click.Option):
+    """An option that takes every following argument up to the next option: `--files a b c`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            original = opt.process
+
+            def process(value, state, original=original):
+                values = [value]
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    values.append(state.rargs.pop(0))
+                for v in values:
+                    original(v, state)
+
+            opt.process = process
+
+
+def multi(*names, **kwargs):
+    return click.option(*names, cls=MultiOption, **kwargs)
+
+
+stdout = Console(soft_wrap=True)
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _table(columns, rows) -> None:
+    rows = [[str(c) for c in row] for row in rows]
+    if not sys.stdout.isatty():
+        # plain aligned columns: what scripts and pipes expect, and 5x faster than rich for 10,000 rows
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [list(columns)] + rows]
+        click.echo("\n".join(lines))
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("id", "path", "version", "size"))
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _dataset(ctx, ref: str | None) -> Dataset:
+    store = ctx.obj.get("store")
+    if ref:
+        ds = Dataset.get(ref, include_drafts=True, store=store)
+        ds.make_current()
+        return ds
+    return Dataset.current(store)
+
+
+id_option = click.option("--id", "ref", metavar="DATASET", help="Dataset id or project/name[@version] (default: the current one).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", envvar="DSFS_STORE", metavar="URL",
+              help="Store URL (file://, s3://, gs://, az://, memory://). Default: $DSFS_STORE, else the default datastore.")
+@click.option("--datastore", envvar="DSFS_DATASTORE", metavar="NAME",
+              help="Named datastore (`dsfs datastore list`) instead of --store. Default: $DSFS_DATASTORE.")
+@click.version_option(package_name="dsfs")
+@click.pass_context
+def cli(ctx, store, datastore):
+    """dsfs: versioned datasets in object storage, mounted or materialized on compute nodes."""
+    ctx.obj = {"store": store_ref(ctx, store, datastore)}
+
+
+@cli.command()
+@click.option("--project", required=True, help="Project (may contain '/').")
+@click.option("--name", required=True, help="Dataset name.")
+@click.option("--version", default=None, help="Semantic version (default: latest + patch, first 1.0.0).")
+@multi("--parents", metavar="ID", help="Parent versions (ids or project/name[@version]), merged in order.")
+@multi("--tags", metavar="TAG", help="Tags.")
+@click.option("--description", default="", help="Free text.")
+@click.option("--from-datastore", "from_datastore", default=None, metavar="NAME/PATH",
+              help="Add the plain files at this datastore path as external files (nothing is copied).")
+@click.pass_context
+def create(ctx, project, name, version, parents, tags, description, from_datastore):
+    """Create a draft version and make it the current dataset; prints its id."""
+    ds = Dataset.create(project, name, version=version, parents=list(parents), tags=list(tags),
+                        description=description, store=ctx.obj["store"])
+    if from_datastore:
+        try:
+            count = ds.add_external_files(f"datastore:{from_datastore.removeprefix('datastore:')}")
+        except BaseException:
+            Dataset.delete(ds.id, store=ds.store)  # a failed create leaves nothing behind
+            raise
+        click.echo(f"{count} external file(s) from datastore:{from_datastore}; close with `dsfs close`", err=True)
+    click.echo(ds.id)
+    click.echo(f"created {ds.info.ref} (draft); add files with `dsfs add --files ...`", err=True)
+
+
+@cli.command()
+@multi("--files", metavar="PATH", help="Local files, folders or globs.")
+@multi("--links", metavar="URL", help="External objects or prefixes (s3://, gs://, az://, file://) that stay where they are.")
+@click.option("--dataset-folder", default=None, help="Folder inside the dataset to put them in.")
+@click.option("--wildcard", "wildcards", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--non-recursive", is_flag=True, help="Do not descend into sub-folders.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks in folders that point outside them (default: skipped, with a warning).")
+@id_option
+@click.pass_context
+def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_symlinks, ref):
+    """Add local files (read at upload) or external links to the current draft."""
+    if not files and not links:
+        raise DsfsUsage("pass --files and/or --links")
+    ds = _dataset(ctx, ref)
+    options = {"wildcard": list(wildcards) or None, "recursive": not non_recursive, "dataset_path": dataset_folder}
+    total = (sum(ds.add_files(f, follow_symlinks=follow_symlinks, **options) for f in files)
+             + sum(ds.add_external_files(u, **options) for u in links))
+    click.echo(f"{total} file(s) added to {ds.info.ref}")
+
+
+@cli.command()
+@multi("--files", required=True, metavar="PATH", help="Dataset paths or globs.")
+@click.option("--non-recursive", is_flag=True, help="A folder pattern does not take its sub-folders.")
+@id_option
+@click.pass_context
+def remove(ctx, files, non_recursive, ref):
+    """Remove files from the current draft (including files its parents have)."""
+    ds = _dataset(ctx, ref)
+    total = sum(ds.remove_files(f, recursive=not non_recursive) for f in files)
+    click.echo(f"{total} file(s) removed from {ds.info.ref}")
+
+
+@cli.command()
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads (default 4).")
+@id_option
+@click.pass_context
+def upload(ctx, max_workers, ref):
+    """Upload the added files' new chunks (resumable)."""
+    ds = _dataset(ctx, ref)
+    result = ds.upload(max_workers=max_workers)
+    click.echo(f"uploaded {ds.info.ref}: {result['files']} file(s), {result['packs_sent']} pack(s) sent, "
+               f"{_human(result['new_bytes'])} new")
+
+
+@cli.command()
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads.")
+@id_option
+@click.pass_context
+def close(ctx, max_workers, ref):
+    """Upload what is left and finalize the version (immutable from then on)."""
+    ds = _dataset(ctx, ref)
+    ds.finalize(max_workers=max_workers)
+    stats = ds.info.stats
+    click.echo(f"closed {ds.info.ref} ({ds.id}): {stats['files']} file(s), {_human(stats['bytes'])}; "
+               f"+{stats['added']} ~{stats['modified']} -{stats['removed']}, {_human(stats['new_bytes'])} new")
+
+
+@cli.command()
+@id_option
+@click.pass_context
+def publish(ctx, ref):
+    """Mark a final version as published."""
+    ds = _dataset(ctx, ref)
+    ds.publish()
+    click.echo(f"published {ds.info.ref} ({ds.id})")
+
+
+@cli.command(name="list")
+@id_option
+@multi("--filter", "filters", metavar="GLOB", help="Only paths matching these globs.")
+@click.option("--modified", is_flag=True, help="Only this version's added, modified and removed files.")
+@json_option
+@click.pass_context
+def list_(ctx, ref, filters, modified, as_json):
+    """List the files of a version's merged view."""
+    ds = _dataset(ctx, ref)
+    from dsfs import paths
+
+    if modified:
+        added, changed, removed = ds._own_changes()
+        rows = [("added", p) for p in added] + [("modified", p) for p in changed] + [("removed", p) for p in removed]
+        rows = sorted((r for r in rows if not filters or paths.matches(r[1], filters)), key=lambda r: r[1])
+        if as_json:
+            return _emit_json([{"change": c, "path": p} for c, p in rows])
+        return _table(["change", "path"], rows)
+    entries = ds.file_entries(list(filters) or None)
+    if as_json:
+        return _emit_json([{"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()}
+                           for e in entries])
+    _table(["size", "path"], [(e.size, e.path) for e in entries])
+    click.echo(f"{len(entries)} file(s), {_human(sum(e.size for e in entries))}", err=True)
+
+
+def _warn_unreadable(unreadable: dict[str, str]) -> None:
+    """A listing left out records that cannot be read: say so (stderr), they may be what was sought."""
+    for message in sorted(unreadable.values()):
+        click.echo(f"dsfs: warning: not listed (it may match): {message}; see `dsfs check`", err=True)
+
+
+def _info_row(v: VersionInfo):
+    return (v.id, v.project, v.name, v.version, v.state, ",".join(v.tags), v.stats.get("files", ""),
+            _human(v.stats["bytes"]) if "bytes" in v.stats else "", v.created)
+
+
+@cli.command()
+@click.option("--project", default=None, help="Project (glob).")
+@click.option("--name", default=None, help="Name (glob).")
+@multi("--tags", metavar="TAG", help="All of these tags.")
+@multi("--ids", metavar="ID", help="Only these ids.")
+@json_option
+@click.pass_context
+def search(ctx, project, name, tags, ids, as_json):
+    """Find versions by project, name, tags or ids."""
+    unreadable = {}
+    found = Dataset.search(project=project, name=name, tags=list(tags), ids=list(ids), store=ctx.obj["store"],
+                           unreadable=unreadable)
+    _warn_unreadable(unreadable)
+    if as_json:
+        return _emit_json([v.to_json() for v in found])
+    _table(["id", "project", "name", "version", "state", "tags", "files", "size", "created"], map(_info_row, found))
+
+
+@cli.command()
+@click.argument("ref", metavar="DATASET", required=False)
+@json_option
+@click.pass_context
+def show(ctx, ref, as_json):
+    """Show a version's record (default: the current dataset)."""
+    ds = _dataset(ctx, ref)
+    data = ds.info.to_json()
+    if as_json:
+        return _emit_json(data)
+    stats = data.pop("stats")
+    data.pop("changes")
+    data["parents"] = ", ".join(data["parents"]) or "-"
+    data["tags"] = ", ".join(data["tags"]) or "-"
+    data["metadata"] = json.dumps(data["metadata"]) if data["metadata"] else "-"
+    for key in ("files", "bytes", "added", "modified", "removed", "new_bytes"):
+        if key in stats:
+            data[key] = _human(stats[key]) if "bytes" in key else stats[key]
+    _table(["field", "value"], [(k, v) for k, v in data.items() if k != "format"])
+
+
+@cli.group()
+def metadata():
+    """Read and write a version's metadata (labels; allowed on final versions)."""
+
+
+@metadata.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@id_option
+@click.pass_context
+def metadata_set(ctx, key, value, ref):
+    """Set KEY to VALUE (JSON if it parses, else a string)."""
+    ds = _dataset(ctx, ref)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    ds.set_metadata({key: parsed})
+
+
+@metadata.command(name="get")
+@click.argument("key", required=False)
+@id_option
+@json_option
+@click.pass_context
+def metadata_get(ctx, key, ref, as_json):
+    """Print one key, or all metadata."""
+    ds = _dataset(ctx, ref)
+    value = ds.get_metadata(key)
+    if as_json or key is None:
+        return _emit_json(value)
+    click.echo(value if isinstance(value, str) else json.dumps(value))
+
+
+@cli.command()
+@click.option("--project", required=True)
+@click.option("--name", required=True)
+@click.option("--new-name", required=True)
+@click.pass_context
+def rename(ctx, project, name, new_name):
+    """Rename every version of project/name."""
+    n = Dataset.rename(new_name, project, name, store=ctx.obj["store"])
+    click.echo(f"renamed {n} version(s) of {project}/{name} to {project}/{new_name}")
+
+
+@cli.command()
+@click.option("--project", required=True)
+@click.option("--name", required=True)
+@click.option("--new-project", required=True)
+@click.pass_context
+def move(ctx, project, name, new_project):
+    """Move every version of project/name to another project."""
+    n = Dataset.move_to_project(new_project, project, name, store=ctx.obj["store"])
+    click.echo(f"moved {n} version(s) of {project}/{name} to {new_project}/{name}")
+
+
+@cli.command()
+@id_option
+@click.option("--force", is_flag=True, help="Delete even if other versions inherit from it.")
+@click.pass_context
+def delete(ctx, ref, force):
+    """Delete a version's records (its files' data stays until `dsfs gc`: other versions may share it)."""
+    if not ref:
+        ref = Dataset.current(ctx.obj["store"]).id
+    try:
+        unreadable, borrowers = Dataset.dependents(ref, store=ctx.obj["store"]) if force else ([], [])
+    except CorruptData:  # a damaged record: `delete --force` by id removes it, and names nothing
+        unreadable, borrowers = [], []
+    info = Dataset.delete(ref, force=force, store=ctx.obj["store"])
+    what = f"{info.ref} ({info.id})" if info.project else f"the damaged version {info.id}"
+    click.echo(f"deleted {what}; run `dsfs gc` to reclaim space no version uses")
+    if unreadable:
+        click.echo(f"dsfs: warning: {len(unreadable)} version(s) inherit from it and can no longer be read: "
+                   + ", ".join(f"{v.ref} ({v.id})" for v in unreadable), err=True)
+    if borrowers:
+        click.echo(f"dsfs: {len(borrowers)} squashed version(s) borrow its packs and stay readable: "
+                   + ", ".join(v.ref for v in borrowers), err=True)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="Never delete a pack younger than this (an upload may be about to use it): 30m, 24h, 7d, 0.")
+@json_option
+@click.pass_context
+def gc(ctx, dry_run, grace, as_json):
+    """Reclaim the space of packs no final version references (mark and sweep; one gc at a time)."""
+    report = sweep.gc(open_store(ctx.obj["store"]), grace=sweep.parse_duration(grace), dry_run=dry_run)
+    if as_json:
+        return _emit_json(report.to_json())
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {report.deleted_packs} pack(s), {_human(report.deleted_bytes)}; "
+               f"kept {report.referenced_packs} referenced by {report.versions} final version(s)")
+    if report.kept_young_packs or report.kept_session_packs:
+        click.echo(f"kept {report.kept_young_packs} unreferenced pack(s) younger than {grace} "
+                   f"({_human(report.kept_young_bytes)}) and {report.kept_session_packs} used by "
+                   f"{report.live_sessions} upload(s) in progress")
+    if report.temp_files_removed:
+        click.echo(f"removed {report.temp_files_removed} temp file(s) of killed pack writes "
+                   f"({_human(report.temp_bytes_removed)})")
+    if report.partly_referenced_packs:
+        click.echo(f"{_human(report.unreferenced_bytes_in_kept_packs)} unreferenced inside "
+                   f"{report.partly_referenced_packs} partly used pack(s) (kept whole: packs are never rewritten)")
+
+
+@cli.command()
+@click.argument("path")
+@id_option
+@click.pass_context
+def cat(ctx, path, ref):
+    """Write one file of a final version to stdout (bytes verified)."""
+    ds = _dataset(ctx, ref)
+    sys.stdout.buffer.write(ds.read_file(path))
+    sys.stdout.buffer.flush()
+
+
+@cli.command()
+@click.option("--folder", required=True, type=click.Path(), help="Local folder to turn into a version.")
+@click.option("--project", default=None, help="Project (default: the first parent's).")
+@click.option("--name", default=None, help="Name (default: the first parent's).")
+@multi("--parents", metavar="ID", help="Parents (default: the latest final version of project/name).")
+@multi("--tags", metavar="TAG")
+@click.option("--dataset-folder", default=None, help="Folder inside the dataset the local folder maps to.")
+@click.option("--skip-close", is_flag=True, help="Leave the new version as a draft.")
+@click.option("--allow-empty", is_flag=True, help="Create a version even when nothing changed.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None)
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks in the folder that point outside it (default: skipped, with a warning).")
+@click.pass_context
+def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers,
+         follow_symlinks):
+    """Create a new version from a folder: added, modified and removed files against the parent."""
+    if not (project and name):
+        if not parents:
+            raise DsfsUsage("pass --project and --name, or --parents")
+        first = Dataset.get(parents[0], include_drafts=True, store=ctx.obj["store"]).info
+        project, name = project or first.project, name or first.name
+    ds, changes = Dataset.sync(folder, project, name, parents=list(parents) or None, tags=list(tags),
+                               dataset_path=dataset_folder, close=not skip_close, allow_empty=allow_empty,
+                               max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks)
+    summary = (f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.removed)} removed, "
+               f"{changes.unchanged} unchanged")
+    if ds is None:
+        click.echo(f"no change in {folder} against {project}/{name}; no version created ({summary})")
+        return
+    click.echo(ds.id)
+    click.echo(f"{ds.info.ref} {'closed' if ds.is_final else 'draft'}: {summary}", err=True)
+
+
+@cli.command()
+@click.option("--source", required=True, metavar="DATASET")
+@click.option("--target", required=True, metavar="DATASET")
+@click.option("--verbose", is_flag=True, help="List every changed path.")
+@json_option
+@click.pass_context
+def compare(ctx, source, target, verbose, as_json):
+    """What changed from one version to another (related or not)."""
+    result = Dataset.compare(source, target, store=ctx.obj["store"])
+    summary = result.summary()
+    if as_json:
+        return _emit_json({**summary, "added_paths": [p for p, _ in result.added],
+                           "removed_paths": [p for p, _ in result.removed],
+                           "modified_paths": [p for p, _, _ in result.modified]})
+    click.echo(f"{summary['added']} files added ({_human(summary['added_bytes'])}), "
+               f"{summary['removed']} removed ({_human(summary['removed_bytes'])}), "
+               f"{summary['modified']} modified ({_human(summary['modified_bytes'])}), "
+               f"{summary['unchanged']} unchanged")
+    if verbose:
+        rows = ([("added", p, _human(n)) for p, n in result.added] + [("removed", p, _human(n)) for p, n in result.removed]
+                + [("modified", p, f"{_human(a)} -> {_human(b)}") for p, a, b in result.modified])
+        _table(["change", "path", "size"], sorted(rows, key=lambda r: r[1]))
+
+
+@cli.command()
+@click.option("--name", required=True)
+@click.option("--project", default=None, help="Default: the first version's project.")
+@click.option("--version", default=None)
+@multi("--ids", required=True, metavar="DATASET", help="Versions to merge, in order (a later one wins).")
+@multi("--tags", metavar="TAG")
+@click.pass_context
+def squash(ctx, name, project, version, ids, tags):
+    """A new flat version equal to the given versions merged, made from existing chunks."""
+    ds = Dataset.squash(name, list(ids), project=project, version=version, tags=list(tags), store=ctx.obj["store"])
+    click.echo(ds.id)
+    click.echo(f"squashed {len(ids)} version(s) into {ds.info.ref}: {ds.info.stats['files']} file(s), "
+               f"{_human(ds.info.stats['bytes'])}, no chunk bytes moved", err=True)
+
+
+@cli.command()
+@click.argument("ref", metavar="PROJECT/NAME")
+@json_option
+@click.pass_context
+def versions(ctx, ref, as_json):
+    """The versions of a dataset: lineage, states, dates, sizes and new bytes."""
+    if "/" not in ref:
+        raise DsfsUsage(f"{ref!r}: expected PROJECT/NAME")
+    project, name = ref.split("@")[0].rsplit("/", 1)
+    unreadable = {}
+    found = [v for v in Dataset.search(store=ctx.obj["store"], unreadable=unreadable)
+             if v.project == project and v.name == name]
+    _warn_unreadable(unreadable)
+    if not found:
+        raise DatasetNotFound(f"no dataset {project}/{name}")
+    if as_json:
+        return _emit_json([v.to_json() for v in found])
+    short = {v.id: v.version for v in found}
+    _table(["version", "id", "state", "parents", "created", "files", "size", "new"],
+           [(v.version, v.id, v.state, ",".join(short.get(p, p[:8]) for p in v.parents) or "-", v.created,
+             v.stats.get("files", ""), _human(v.stats["bytes"]) if "bytes" in v.stats else "",
+             _human(v.stats["new_bytes"]) if "new_bytes" in v.stats else "") for v in found])
+
+
+@cli.command()
+@click.option("--read-data", is_flag=True, help="Also fetch every chunk and re-hash it.")
+@click.option("--read-data-subset", "subset", metavar="N%|n/t", default=None,
+              help="Like --read-data for part of the packs, by pack id: the first N% of the id space "
+                   "(the same packs every run), or its n-th of t slices (t runs read every pack once).")
+@json_option
+@click.pass_context
+def check(ctx, read_data, subset, as_json):
+    """Prove the store: records, change-sets, chunk refs (and chunk bytes with --read-data).
+    Exit 1 listing every damaged version and file."""
+    from dsfs.lifecycle.check import check_store
+
+    if read_data and subset:
+        raise DsfsUsage("--read-data and --read-data-subset exclude each other")
+    report = check_store(open_store(ctx.obj["store"]), read_data=subset or read_data)
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        if report.problems:
+            _table(["version", "path", "problem"],
+                   [(p.ref or p.version, p.path or "-", p.message) for p in report.problems])
+        for line in _check_summary(report):
+            click.echo(line, err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _check_summary(report) -> list[str]:
+    lines = [f"{report.versions} version(s) ({report.final} final, {report.drafts} draft), {report.files} file(s), "
+             f"{report.chunk_refs} chunk ref(s) checked against {report.packs} pack(s) ({_human(report.pack_bytes)})"]
+    if report.subset is not None:
+        lo, hi = report.subset
+        part = "" if (lo, hi) == (0.0, 1.0) else f" (the packs whose id lies in {lo:.4g}-{hi:.4g} of the id space)"
+        lines.append(f"read and re-hashed {report.data_chunks} chunk(s), {_human(report.data_bytes)} "
+                     f"in {report.data_packs} pack(s){part}")
+    if report.unreferenced_packs:
+        lines.append(f"{report.unreferenced_packs} pack(s) ({_human(report.unreferenced_bytes)}) no final version "
+                     f"uses: uploads in progress, or space `dsfs gc` reclaims")
+    lines.append("no problems found" if report.ok else
+                 f"{len(report.problems)} problem(s) in {len(report.damaged)} version(s)")
+    if report.affected:
+        lines.append(f"{len(report.affected)} more version(s) build on a damaged one (the damaged files they "
+                     f"inherit cannot be read either): " + ", ".join(sorted(report.affected.values())))
+    return lines
+
+
+@cli.command(name="export")
+@click.argument("ref", metavar="DATASET")
+@click.option("--format", "fmt", type=click.Choice(["tar", "zip", "manifest-json"]), default="tar", show_default=True)
+@multi("--include", metavar="GLOB", help="Only paths matching these globs.")
+@click.option("-o", "--output", required=True, help="Output file, or - for stdout.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.pass_context
+def export_(ctx, ref, fmt, include, output, overwrite):
+    """Write a version as a streamed tar or zip archive, or its file list as JSON."""
+    from dsfs.node.cache import Cache
+    from dsfs.node.export import export_to
+    from dsfs.node.view import View
+
+    if output == "-" and fmt != "manifest-json" and sys.stdout.isatty():
+        raise DsfsUsage("refusing to write a binary archive to a terminal; redirect it or use -o FILE")
+    ds = Dataset.get(ref, store=ctx.obj["store"])
+    view = View(ds.store, Cache(), ds.id)
+    try:
+        count = export_to(view, output, fmt, list(include) or None, overwrite)
+    finally:
+        view.close()
+    click.echo(f"exported {count} file(s) of {ds.info.ref} as {fmt}" + ("" if output == "-" else f" to {output}"),
+               err=True)
+
+
+def cache_options(fn):
+    fn = click.option("--cache-size", default=None, metavar="SIZE",
+                      help="Cache budget, e.g. 50G (default: $DSFS_CACHE_SIZE, else half the free disk).")(fn)
+    fn = click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                      help="Cache folder (default: $DSFS_CACHE_DIR, else $XDG_CACHE_HOME/dsfs).")(fn)
+    return fn
+
+
+def _consumer(ctx, ref, cache_dir, cache_size) -> Dataset:
+    """A final version to consume, with the node cache."""
+    from dsfs.node.cache import Cache
+
+    if ref:  # consumers resolve names to final versions only; an explicit id may still be a draft
+        ds = Dataset.get(ref, store=ctx.obj["store"])
+        ds.make_current()
+    else:
+        ds = Dataset.current(ctx.obj["store"])
+    return ds.use_cache(Cache(cache_dir, cache_size))
+
+
+@cli.command()
+@click.argument("ref", metavar="DATASET")
+@click.argument("target", type=click.Path(file_okay=False))
+@multi("--include", metavar="GLOB", help="Only paths matching these globs (a folder name takes its subtree).")
+@multi("--exclude", metavar="GLOB", help="Skip paths matching these globs.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Parallel ranged GETs.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder, replacing files of the same name.")
+@cache_options
+@click.pass_context
+def download(ctx, ref, target, include, exclude, max_workers, overwrite, cache_dir, cache_size):
+    """Materialize a version (or part of it) into TARGET. Resumable."""
+    ds = _consumer(ctx, ref, cache_dir, cache_size)
+    result = ds.download(target, list(include) or None, list(exclude) or None, max_workers, overwrite)
+    click.echo(f"{ds.info.ref}: {result.written} file(s) written ({_human(result.bytes)}), "
+               f"{result.skipped} already complete, in {target}")
+
+
+@cli.command()
+@click.argument("ref", metavar="DATASET", required=False)
+@click.option("--copy", "copy_to", type=click.Path(file_okay=False), default=None, help="Make a mutable copy in DIR.")
+@click.option("--link", "link_to", type=click.Path(), default=None, help="Make DIR a symlink to the cached copy.")
+@click.option("--overwrite", is_flag=True, help="Allow a non-empty --copy DIR / an existing --link.")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=8, show_default=True)
+@cache_options
+@click.pass_context
+def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_size):
+    """Print the path of a read-only cached copy of a version (materialized once)."""
+    import os
+
+    from dsfs import settings
+    from dsfs.node.copies import intact, register_link
+    from dsfs.model import ID_RE
+
+    if ref and ID_RE.match(ref) and not (copy_to or link_to):
+        # A final version never changes: a cached copy of this id that stats as it was laid out is
+        # the answer, no store round trip (most of a second `get` was opening the store).
+        cached = os.path.join(os.path.abspath(cache_dir or settings.cache_dir()), "copies", ref)
+        if intact(cached):
+            click.echo(cached)
+            return
+    ds = _consumer(ctx, ref, cache_dir, cache_size)
+    if copy_to:
+        click.echo(ds.get_mutable_local_copy(copy_to, overwrite, max_workers))
+        return
+    path = ds.get_local_copy(max_workers)
+    if link_to:
+        link_to = os.path.abspath(link_to)
+        if os.path.lexists(link_to):
+            if not (overwrite and (os.path.islink(link_to) or (os.path.isdir(link_to) and not os.listdir(link_to)))):
+                raise DsfsUsage(f"{link_to} exists; pass --overwrite to replace it (a symlink or an empty folder)")
+            os.unlink(link_to) if os.path.islink(link_to) else os.rmdir(link_to)
+        os.symlink(path, link_to)
+        register_link(ds.cache, link_to)  # so that `cache clear` does not leave it dangling unannounced
+        path = link_to
+    click.echo(path)
+
+
+@cli.command()
+@id_option
+@click.option("--folder", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder to check (default: the cached copy).")
+@click.option("--filesize", is_flag=True, help="Compare sizes only, do not hash.")
+@json_option
+@cache_options
+@click.pass_context
+def verify(ctx, ref, folder, filesize, as_json, cache_dir, cache_size):
+    """Compare a folder with a version's manifest; exit 1 on any missing, extra or different file."""
+    ds = _consumer(ctx, ref, cache_dir, cache_size)
+    report = ds.verify_dataset_hash(folder, skip_hash=filesize)
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        for kind in ("missing", "extra", "different", "stale"):
+            for path in getattr(report, kind):
+                click.echo(f"{kind:9}  {path}")
+        click.echo(f"{report.checked} file(s) checked: " + ("OK" if report.ok else
+                   f"{len(report.missing)} missing, {len(report.extra)} extra, {len(report.different)} different"
+                   + (f", {len(report.stale)} external changed at their source" if report.stale else "")),
+                   err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.group()
+def cache():
+    """Inspect and trim the node cache."""
+
+
+@cache.command(name="stats")
+@json_option
+@cache_options
+def cache_stats(as_json, cache_dir, cache_size):
+    """Chunks, copies, their bytes (together in `bytes`) and the budget of the cache."""
+    from dsfs.node.cache import Cache
+
+    stats = Cache(cache_dir, cache_size).stats()
+    if as_json:
+        return _emit_json(stats)
+    _table(["field", "value"],
+           [(k, _human(v) if k.endswith("bytes") or k == "budget" else v) for k, v in stats.items()])
+
+
+@cache.command(name="prune")
+@click.option("--to", "to_size", default=None, metavar="SIZE",
+              help="Target size of chunks and copies together (default: the low watermark).")
+@cache_options
+def cache_prune(to_size, cache_dir, cache_size):
+    """Evict least recently used chunks, then copies, down to SIZE (copies `get --link` points to stay)."""
+    from dsfs.node import copies
+    from dsfs.node.cache import LOW_WATERMARK, Cache, parse_size
+
+    c = Cache(cache_dir, cache_size)
+    target = parse_size(to_size) if to_size is not None else int(c.budget * LOW_WATERMARK)
+    pruned = copies.prune(c, target)
+    freed = pruned.freed + c.sweep_temp()
+    click.echo(f"freed {_human(freed)}; cache holds {_human(c.stats()['bytes'])}")
+    if pruned.kept:
+        click.echo(f"kept {len(set(pruned.kept.values()))} copy(ies) that `dsfs get --link` symlinks point to: "
+                   + ", ".join(sorted(pruned.kept)) + "; `dsfs cache clear --force` removes them", err=True)
+
+
+@cache.command(name="clear")
+@click.option("--force", is_flag=True, help="Clear even while `get --link` symlinks point into the copies.")
+@cache_options
+def cache_clear(force, cache_dir, cache_size):
+    """Drop every cached chunk, view and copy (refused while `get --link` symlinks point in)."""
+    from dsfs.node import copies
+    from dsfs.node.cache import Cache
+
+    c = Cache(cache_dir, cache_size)
+    freed, broken = copies.clear(c, force)  # first: a refusal leaves everything in place
+    freed += c.clear()
+    click.echo(f"freed {_human(freed)}")
+    if broken:
+        click.echo(f"left {len(broken)} symlink(s) made by `dsfs get --link` dangling: "
+                   + ", ".join(f"{link} -> {copy_id}" for link, copy_id in sorted(broken.items())), err=True)
+
+
+@cli.command(name="init-store", hidden=True)
+@click.pass_context
+def init_store(ctx):
+    """Create the store marker at --store if missing."""
+    store = open_store(ctx.obj["store"], create=True)
+    click.echo(store.display_url)
+
+
+from dsfs.cli.run import env_, run  # noqa: E402 - registered after the group exists
+
+cli.add_command(run)
+cli.add_command(env_)
+cli.add_command(datastore)
+cli.add_command(push)
+from dsfs.cli.mount import mount, mounts, unmount  # noqa: E402
+
+cli.add_command(mount)
+cli.add_command(unmount)
+cli.add_command(mounts)
+
+
+def main(argv=None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="dsfs", standalone_mode=False)
+        if isinstance(code, int):
+            sys.exit(code)
+    except DsfsError as exc:
+        click.echo(f"dsfs: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("dsfs: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("dsfs: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(141)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""File tables: a version's merged file list and its lineage's chunks, in columns, kept on local disk.
+
+Authoring a child compares against its parent's merged view (sync), and closing it needs the
+parent's file set (removals, path conflicts, totals) and every chunk its lineage stored (to send only
+new ones). Decoding the lineage's change-sets into entries gives all that, at ~3 us a file: a third
+of a second sync of 10,000 files. A file table holds only what authoring asks, in columns:
+
+    files   paths (sorted), sizes, mtimes (int64 arrays), flags (a byte each: 1 executable,
+            2 external link), digests (32 bytes each; zeros for a link), links {path: [url, etag]}
+    chunks  every chunk ref any version of the lineage stored: digests (32 bytes each), packs
+            (16 bytes each), offset/stored/raw (an int64 array, three each), compression (a byte each)
+
+Columns load as a few strings and byte arrays: no object per file but its path, so loading makes no
+work for the garbage collector (tuples per file made a full collection cost more than the decode).
+A child's table is its parent's columns sliced around its changes.
+
+Closing a version saves its table as `<cache dir>/tables/<id>`; the next sync of a folder against
+that version loads it instead of decoding the lineage. A table is local derived data, like the node
+cache: it is used only if its bytes hash to the digest it starts with, and it names the version's id
+and change-set digest (a table of a draft, or of another store's version with the same id, is never
+used): the digest it starts with vouches for its bytes, the change-set digest ties them to the
+version record. Anything else is ignored, the lineage decoded, and the table saved again from what
+was decoded (dsfs.lineage.merge): a damaged table costs one decode, which is why it is written without fsync;
+the TABLES_KEPT most recently written or used are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from array import array
+from bisect import bisect_left
+
+import blake3
+import msgpack
+
+from dsfs import settings
+from dsfs.errors import Conflict
+from dsfs.model import ChunkRef, Entry, VersionInfo
+from dsfs.paths import parents as path_parents
+
+FORMAT = 1
+TABLES_KEPT = 16
+EXECUTABLE, LINK = 1, 2
+_NO_DIGEST = bytes(32)
+
+
+def tables_dir() -> str:
+    return os.path.join(settings.cache_dir(), "tables")
+
+
+class FileTable:
+    """A merged view in columns, and the chunks of its lineage."""
+
+    def __init__(self):
+        self.paths: list[str] = []
+        self.sizes = array("q")
+        self.mtimes = array("q")
+        self.flags = bytearray()
+        self.digests = bytearray()
+        self.links: dict[str, list[str]] = {}
+        self.chunk_digests = bytearray()
+        self.chunk_packs = bytearray()
+        self.chunk_ints = array("q")  # offset, stored, raw
+        self.chunk_compression = bytearray()
+        self._index: dict[str, int] | None = None
+        self._chunk_index: dict[bytes, int] | None = None
+
+    @classmethod
+    def from_view(cls, view: dict[str, Entry], known: dict[bytes, ChunkRef]) -> "FileTable":
+        table = cls()
+        for path in sorted(view):
+            table._append(view[path])
+        for ref in known.values():
+            table._append_chunk(ref)
+        return table
+
+    def _append(self, entry: Entry) -> None:
+        self.paths.append(entry.path)
+        self.sizes.append(entry.size)
+        self.mtimes.append(entry.mtime_ns)
+        self.flags.append((EXECUTABLE if entry.executable else 0) | (LINK if entry.url else 0))
+        self.digests += entry.digest or _NO_DIGEST
+        if entry.url:
+            self.links[entry.path] = [entry.url, entry.etag]
+
+    def _append_chunk(self, ref: ChunkRef) -> None:
+        self.chunk_digests += ref.digest
+        self.chunk_packs += ref.pack
+        self.chunk_ints.extend((ref.offset, ref.stored, ref.raw))
+        self.chunk_compression.append(ref.compression)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def find(self, path: str) -> int | None:
+        """The row of a path, or None."""
+        if self._index is None:
+            self._index = dict(zip(self.paths, range(len(self.paths))))  # str -> int: untracked by the GC
+        return self._index.get(path)
+
+    def digest(self, row: int) -> bytes:
+        """A file's blake3 digest (b"" for an external link)."""
+        return b"" if self.flags[row] & LINK else bytes(self.digests[32 * row:32 * row + 32])
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+    def holds(self, entry: Entry) -> bool:
+        """This table has entry's path with the same content (Entry.same_content)."""
+        row = self.find(entry.path)
+        if row is None:
+            return False
+        url, etag = self.links.get(entry.path, ("", ""))
+        before = Entry(entry.path, self.sizes[row], bool(self.flags[row] & EXECUTABLE), self.mtimes[row],
+                       self.digest(row), url=url, etag=etag)
+        return before.same_content(entry)
+
+    def known_chunk(self, digest: bytes) -> ChunkRef | None:
+        """The ref of a chunk the lineage stored, or None."""
+        if self._chunk_index is None:
+            blob = bytes(self.chunk_digests)
+            self._chunk_index = {blob[i:i + 32]: i // 32 for i in range(0, len(blob), 32)}
+        j = self._chunk_index.get(digest)
+        if j is None:
+            return None
+        offset, stored, raw = self.chunk_ints[3 * j:3 * j + 3]
+        return ChunkRef(digest, bytes(self.chunk_packs[16 * j:16 * j + 16]), offset, stored, raw,
+                        self.chunk_compression[j])
+
+    # -- a child's table -----------------------------------------------------------------------
+
+    def child(self, changes: list[Entry], where: str) -> "FileTable":
+        """The table of a version with this one as parent and these changes: this table's columns
+        sliced around them. Raises Conflict if an added path is a file and a folder at once (this
+        table's own paths were checked when it was made, so only added paths can conflict)."""
+        child = FileTable()
+        changed = {entry.path for entry in changes}
+        child.links = {path: link for path, link in self.links.items() if path not in changed}
+        done = 0
+        added = []
+        for entry in sorted(changes, key=lambda e: e.path):
+            at = bisect_left(self.paths, entry.path)
+            child._copy_rows(self, done, at)
+            exists = at < len(self.paths) and self.paths[at] == entry.path
+            done = at + 1 if exists else at
+            if not entry.removed:
+                child._append(entry)
+                if not exists:
+                    added.append(entry.path)
+        child._copy_rows(self, done, len(self.paths))
+        for path in added:
+            child._check_added(path, where)
+        child.chunk_digests = self.chunk_digests[:]
+        child.chunk_packs = self.chunk_packs[:]
+        child.chunk_ints = self.chunk_ints[:]
+        child.chunk_compression = self.chunk_compression[:]
+        appended = set()
+        for entry in changes:
+            for ref in entry.chunks:
+                if ref.digest not in appended and self.known_chunk(ref.digest) is None:
+                    child._append_chunk(ref)
+                    appended.add(ref.digest)
+        return child
+
+    def _copy_rows(self, other: "FileTable", start: int, stop: int) -> None:
+        if start >= stop:
+            return
+        self.paths += other.paths[start:stop]
+        self.sizes += other.sizes[start:stop]
+        self.mtimes += other.mtimes[start:stop]
+        self.flags += other.flags[start:stop]
+        self.digests += other.digests[32 * start:32 * stop]
+
+    def _check_added(self, path: str, where: str) -> None:
+        for folder in path_parents(path):
+            if self.find(folder) is not None:
+                raise Conflict(f"{where}: {folder!r} is both a file and a folder (of {path!r})")
+        below = bisect_left(self.paths, path + "/")
+        if below < len(self.paths) and self.paths[below].startswith(path + "/"):
+            raise Conflict(f"{where}: {path!r} is both a file and a folder (of {self.paths[below]!r})")
+
+    # -- on disk -------------------------------------------------------------------------------
+
+    def save(self, info: VersionInfo, folder: str | None = None) -> None:
+        """Keep this table as final version `info`'s. Best effort: a table is only a shortcut."""
+        folder = folder or tables_dir()
+        body = msgpack.packb([FORMAT, sys.byteorder, info.id, info.changes["digest"], self.paths,
+                              self.sizes.tobytes(), self.mtimes.tobytes(), bytes(self.flags),
+                              bytes(self.digests), self.links, bytes(self.chunk_digests),
+                              bytes(self.chunk_packs), self.chunk_ints.tobytes(),
+                              bytes(self.chunk_compression)])
+        tmp = os.path.join(folder, f".tmp-{info.id}.{os.getpid()}")
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(blake3.blake3(body).digest())
+                f.write(body)
+            os.replace(tmp, os.path.join(folder, info.id))
+            _prune(folder)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    @classmethod
+    def load(cls, info: VersionInfo, folder: str | None = None) -> "FileTable | None":
+        """Final version `info`'s saved table, or None if there is none it can trust."""
+        if not info.is_final:
+            return None
+        path = os.path.join(folder or tables_dir(), info.id)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            os.utime(path)  # recently used: kept by _prune
+        except OSError:
+            return None
+        body = memoryview(data)[32:]
+        if blake3.blake3(body).digest() != data[:32]:
+            return None
+        try:
+            (fmt, byteorder, dataset_id, changes_digest, paths, sizes, mtimes, flags, digests, links,
+             chunk_digests, chunk_packs, chunk_ints, chunk_compression) = msgpack.unpackb(body)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+        if (fmt, byteorder, dataset_id, changes_digest) != (FORMAT, sys.byteorder, info.id, info.changes.get("digest")):
+            return None
+        n, m = len(paths), len(chunk_digests) // 32
+        if (len(sizes), len(mtimes), len(flags), len(digests)) != (8 * n, 8 * n, n, 32 * n) or (
+                len(chunk_digests), len(chunk_packs), len(chunk_ints), len(chunk_compression)) != (32 * m, 16 * m, 24 * m, m):
+            return None
+        table = cls()
+        table.paths, table.flags, table.digests, table.links = paths, bytearray(flags), bytearray(digests), links
+        table.sizes.frombytes(sizes)
+        table.mtimes.frombytes(mtimes)
+        table.chunk_digests, table.chunk_packs = bytearray(chunk_digests), bytearray(chunk_packs)
+        table.chunk_ints.frombytes(chunk_ints)
+        table.chunk_compression = bytearray(chunk_compression)
+        return table
+
+
+def _prune(folder: str) -> None:
+    with os.scandir(folder) as it:
+        tables = [(entry.stat().st_mtime, entry.path) for entry in it if not entry.name.startswith(".tmp-")]
+    for _, path in sorted(tables, reverse=True)[TABLES_KEPT:]:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,128 @@
+"""Export a version (or part of it) as a streamed archive, for someone without dsfs.
+
+tar and zip are written as a stream: file bytes flow from the view (cache or ranged GETs, verified)
+into the archive without a temporary copy of the dataset, so `-o -` can feed a pipe of any size.
+`manifest-json` lists paths, sizes, modes, mtimes and blake3 digests. Written to a file, the
+archive goes to a temp name and is renamed when complete: a failed export never leaves a truncated
+archive under the requested name (a full disk: DiskFull, exit 9).
+
+Dates: tar (pax) and manifest-json keep a file's mtime as recorded. A zip entry's date (MS-DOS
+format, UTC here) holds 1980-01-01 to 2107-12-31 in steps of 2 s; an mtime outside that range is
+clamped to its nearest end (an mtime of 2**64-1 ns exports as 2107-12-31 23:59:58).
+"""
+
+from __future__ import annotations
+
+import calendar
+import io
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+
+from dsfs.errors import UsageError
+from dsfs.fsutil import space_for, temp_name
+from dsfs.node.materialize import select
+from dsfs.node.view import View
+
+FORMATS = ("tar", "zip", "manifest-json")
+BLOCK = 4 << 20
+TEMP_SUFFIX = ".dsfs-tmp"
+RANDOM_BYTES = 8  # what mkstemp puts between its prefix and suffix
+ZIP_FIRST = (1980, 1, 1, 0, 0, 0)  # a zip entry's date (MS-DOS format) holds years 1980-2107 only
+ZIP_LAST = (2107, 12, 31, 23, 59, 58)  # ... and even seconds
+
+
+class _FileReader(io.RawIOBase):
+    """A file of the view as a sequential binary stream."""
+
+    def __init__(self, view: View, node, label: str):
+        self.view, self.handle, self.pos = view, view.open(node.ino, label), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.view.read(self.handle, self.pos, len(buffer))
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.view.release(self.handle)
+        super().close()
+
+
+def export(view: View, out, fmt: str, include=None) -> int:
+    """Write the archive to the binary stream `out`. Returns the number of files."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    files = select(view.index, include)
+    count = 0
+    if fmt == "manifest-json":
+        out.write(b'{"dataset": "%s", "files": [' % view.dataset_id.encode())
+        for path, node in files:
+            record = {"path": path, "size": node.size, "mode": oct(node.mode), "mtime_ns": node.mtime_ns,
+                      "blake3": node.digest.hex()}
+            out.write((",\n" if count else "\n").encode() + json.dumps(record).encode())
+            count += 1
+        out.write(b"\n]}\n")
+        return count
+    if fmt == "tar":
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for path, node in files:
+                info = tarfile.TarInfo(path)
+                info.size, info.mode, info.mtime = node.size, node.mode, node.mtime_ns / 1e9
+                with _FileReader(view, node, path) as reader:
+                    tar.addfile(info, io.BufferedReader(reader, BLOCK))
+                count += 1
+        return count
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for path, node in files:
+            info = zipfile.ZipInfo(path, date_time=zip_date(node.mtime_ns))
+            info.external_attr = (0o100000 | node.mode) << 16
+            with _FileReader(view, node, path) as reader, archive.open(info, "w", force_zip64=node.size > 2**31) as dst:
+                while chunk := reader.read(BLOCK):
+                    dst.write(chunk)
+            count += 1
+    return count
+
+
+def zip_date(mtime_ns: int) -> tuple:
+    """A file's mtime as a zip entry's date (UTC), clamped to what zip can hold: 1980-01-01 for
+    anything earlier, 2107-12-31 23:59:58 for anything later (an mtime far in the future, even
+    2**64-1 ns, is a file's to have; tar and manifest-json keep it exactly)."""
+    seconds = mtime_ns // 10**9
+    if seconds < calendar.timegm(ZIP_FIRST):
+        return ZIP_FIRST
+    if seconds > calendar.timegm(ZIP_LAST):
+        return ZIP_LAST
+    return time.gmtime(seconds)[:6]
+
+
+def export_to(view: View, target: str, fmt: str, include=None, overwrite: bool = False) -> int:
+    """Export to a file path, or to stdout for '-'."""
+    if target == "-":
+        return export(view, sys.stdout.buffer, fmt, include)
+    target = os.path.abspath(target)
+    if os.path.exists(target) and not overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it")
+    folder = os.path.dirname(target)
+    prefix = os.path.basename(temp_name(target, ".", reserve=RANDOM_BYTES + len(TEMP_SUFFIX)))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with space_for(folder, "free some space and export again"), os.fdopen(fd, "wb") as out:
+            count = export(view, out, fmt, include)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return count

@@ -1,0 +1,401 @@
+"""Materializing a version on disk: `download` into a folder, `get` a cached read-only copy.
+
+Every file is written to a temp name beside its target and renamed only when all its bytes are
+there, with its mode and mtime from the manifest; so a killed download never leaves a truncated
+file that looks complete, and a rerun skips files whose size and mtime already match (no re-hashing:
+`verify` is the command that hashes). Chunks come from the node cache when present, otherwise from
+coalesced ranged GETs (dsfs.store.fetch); a chunk used by several files is fetched once.
+
+Paths are validated when the manifest is decoded (no '..', no absolute paths); here, before anything
+is written, every folder on the way to a target is checked not to be a symlink, so a link planted
+inside the target folder cannot redirect a write outside it.
+
+`get` materializes each distinct file content once into a digest-addressed file store under the
+cache (`files/<ab>/<digest>`), then builds `copies/<id>/` from hardlinks to it and renames it into
+place: files shared by several cached versions are stored once, and a second `get` stats each file
+of the copy against what was laid out (dsfs.node.copies), repairing what a write through a link changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat as stat_mod
+import threading
+from dataclasses import dataclass, field, replace
+
+import blake3
+
+from dsfs.node import copies
+
+from dsfs.node import links
+
+from dsfs import paths
+from dsfs.lineage.viewindex import checks_space
+from dsfs.node.cache import Cache
+from dsfs.errors import CorruptData, DiskFull, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
+from dsfs.store.fetch import fetch_into
+from dsfs.fsutil import NO_SPACE, atomic_write, space_for, temp_name
+from dsfs.progress import Tracker
+from dsfs.store.layout import Store
+from dsfs.lineage.viewindex import Node, ViewIndex
+
+PARTIAL_MARKER = ".dsfs-partial"
+LINK_PIECE = 8 << 20
+FICLONE = 0x40049409
+
+
+@dataclass
+class _Job:
+    label: str  # dataset path, for messages
+    target: str
+    node: Node
+    remaining: int = 0
+    tmp: str = ""
+    created: bool = False
+    failed: Exception | None = None
+    offsets: list = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    written: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    failed: list = field(default_factory=list)
+
+
+def _complete(target: str, node: Node) -> bool:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    return st.st_size == node.size and st.st_mtime_ns == node.mtime_ns and not os.path.islink(target)
+
+
+def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int = 8, progress=None,
+                is_complete=_complete, shared: bool = False) -> Result:
+    """Write every job's file; chunks from the cache or the store, external files from their URL.
+    Raises the first failure's type (CorruptChunk, StaleLink...) naming the files that could not be
+    written (all others are complete), and DiskFull when the disk is full.
+
+    Fetched chunks are written by the threads that fetched them, so writing overlaps the network; a
+    file's temp file is created when its first chunk arrives (not all up front, which would keep the
+    network idle while thousands of files are created).
+
+    shared: other processes may write the same targets (the file store), so temp names are made
+    unique per process; otherwise a fixed temp name lets a rerun reuse the slot of a killed run."""
+    suffix = f".{os.getpid()}.dsfs-tmp" if shared else ".dsfs-tmp"
+    progress = progress or Tracker()
+    progress.set_total(sum(job.node.size for job in jobs), len(jobs))
+    writer = _Writer(Result(), progress)
+    users: dict[bytes, list[tuple[_Job, int]]] = {}
+    refs = {}
+    todo = []
+    for job in jobs:
+        if is_complete(job.target, job.node):
+            writer.result.skipped += 1
+            progress.advance(job.node.size, files=1)
+            continue
+        job.tmp = temp_name(job.target, suffix)
+        todo.append(job)
+        if job.node.url:
+            continue  # external: streamed from its URL below
+        offset = 0
+        for ref in job.node.chunks:
+            users.setdefault(ref.digest, []).append((job, offset))
+            refs.setdefault(ref.digest, ref)
+            offset += ref.raw
+        job.remaining = len(job.node.chunks)
+    try:
+        for job in todo:
+            if not job.node.chunks and not job.node.url:
+                _create(job.tmp)
+                writer.finish(job)
+        missing = []
+        for digest, ref in refs.items():
+            data = cache.get_chunk(digest, ref.raw) if cache.has_chunk(digest) else None
+            if data is None:
+                missing.append(ref)
+            else:
+                writer.deliver(users[digest], ref, data, None)
+        where = lambda ref: users[ref.digest][0][0].label  # noqa: E731 - names the file in errors
+        fetch_into(store, missing, lambda ref, data, error: writer.deliver(users[ref.digest], ref, data, error),
+                   max_workers, where)
+        for job in todo:
+            if job.node.url:
+                _copy_link(job, writer)
+    except OSError as exc:
+        _cleanup(todo)
+        if exc.errno in NO_SPACE:
+            raise DiskFull(f"no space left on the device of {os.path.dirname(todo[0].target) if todo else '?'}; "
+                           f"free some space and run the same command again (complete files are kept)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UsageError(f"cannot write {exc.filename or ''}: {os.strerror(exc.errno)}") from None
+        raise
+    except BaseException:
+        _cleanup(todo)
+        raise
+    failed = [job for job in todo if job.failed is not None]
+    _cleanup(failed)
+    if failed:
+        names = ", ".join(j.label for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        raise type(failed[0].failed)(f"{len(failed)} file(s) could not be read ({failed[0].failed}): {names}; "
+                                     f"all other files are complete")
+    return writer.result
+
+
+class _Writer:
+    """Writes delivered chunks into their files, from any thread. A one-chunk file (most small
+    files) is written in one go: open, write, fchmod, futimens, close, rename."""
+
+    def __init__(self, result: Result, progress: Tracker):
+        self.result = result
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def deliver(self, users, ref, data: bytes | None, error: Exception | None) -> None:
+        for job, offset in users:
+            if job.failed is not None:
+                continue
+            if error is not None:
+                job.failed = error
+                self.progress.advance(ref.raw)
+                continue
+            if len(job.node.chunks) == 1:
+                fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    _write_all(fd, data, 0)
+                    os.fchmod(fd, job.node.mode)
+                    os.utime(fd, ns=(job.node.mtime_ns, job.node.mtime_ns))
+                finally:
+                    os.close(fd)
+                os.replace(job.tmp, job.target)
+                self._done(job, len(data))
+                continue
+            with self.lock:  # the first chunk to arrive creates the file; the others wait for it
+                if not job.created:
+                    _create(job.tmp)
+                    job.created = True
+            fd = os.open(job.tmp, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                _write_all(fd, data, offset)
+            finally:
+                os.close(fd)
+            self.progress.advance(len(data))
+            with self.lock:
+                job.remaining -= 1
+                last = job.remaining == 0
+            if last:
+                self.finish(job)
+
+    def finish(self, job: _Job) -> None:
+        os.chmod(job.tmp, job.node.mode)
+        os.utime(job.tmp, ns=(job.node.mtime_ns, job.node.mtime_ns))
+        os.replace(job.tmp, job.target)
+        self._done(job, 0)
+
+    def _done(self, job: _Job, nbytes: int) -> None:
+        with self.lock:
+            self.result.written += 1
+            self.result.bytes += job.node.size
+        self.progress.advance(nbytes, files=1)
+
+
+def _write_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _copy_link(job: _Job, writer: _Writer) -> None:
+    """Stream an external file into place, checking its tag before and after."""
+    node = job.node
+    try:
+        fs, path = links.checked(node.url, node.etag, node.size, job.label)
+        fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            for start in range(0, node.size, LINK_PIECE):
+                data = links.read_range(fs, path, start, min(start + LINK_PIECE, node.size), node.url)
+                _write_all(fd, data, start)
+                writer.progress.advance(len(data))
+        finally:
+            os.close(fd)
+        links.checked(node.url, node.etag, node.size, job.label)
+    except (StaleLink, StoreUnavailable, LocalFileNotFound, links.LinkRefused, CorruptData) as exc:
+        job.failed = exc  # this file only: the others are still written
+        return
+    writer.finish(job)
+
+
+def _create(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+
+def _cleanup(jobs) -> None:
+    for job in jobs:
+        if job.tmp:
+            try:
+                os.unlink(job.tmp)
+            except FileNotFoundError:
+                pass
+
+
+# -- download ------------------------------------------------------------------------------------
+
+def select(view: ViewIndex, include=None, exclude=None):
+    """(path, Node) of the view's files matching include globs (all if none) and no exclude glob."""
+    for path, node in view.walk_files():
+        if include and not paths.matches(path, include):
+            continue
+        if exclude and paths.matches(path, exclude):
+            continue
+        yield path, node
+
+
+def check_targets(root: str, rel_paths) -> None:
+    """Refuse, before writing anything, a target whose folders are symlinks or files."""
+    checked = set()
+    for rel in rel_paths:
+        paths.validate(rel)
+        parts = rel.split("/")
+        current = root
+        for i, part in enumerate(parts):
+            current = os.path.join(current, part)
+            if current in checked:
+                continue
+            last = i == len(parts) - 1
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                checked.add(current)
+                continue
+            if stat_mod.S_ISLNK(st.st_mode):
+                raise InvalidPath(f"refusing to write through symlink {current} (it could point outside {root})")
+            if not last and not stat_mod.S_ISDIR(st.st_mode):
+                raise InvalidPath(f"cannot write {rel}: {current} exists and is not a folder")
+            if last and stat_mod.S_ISDIR(st.st_mode):
+                raise InvalidPath(f"cannot write {rel}: {current} is a folder")
+            checked.add(current)
+
+
+def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=None, exclude=None,
+             max_workers: int = 8, overwrite: bool = False, progress=None) -> Result:
+    target = os.path.abspath(os.path.expanduser(target))
+    marker = os.path.join(target, PARTIAL_MARKER)
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        if not _is_partial_of(marker, view.dataset_id):
+            raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
+    files = list(select(view, include, exclude))
+    if not files:
+        raise UsageError(f"no files of dataset {view.dataset_id} match the include/exclude filters")
+    check_targets(target, (p for p, _ in files))
+    try:
+        with space_for(target):
+            os.makedirs(target, exist_ok=True)
+            # whole or not at all: an empty marker would make the rerun refuse a "not empty" target
+            atomic_write(marker, json.dumps({"id": view.dataset_id}).encode(), mode=0o644)
+            for folder in sorted({os.path.dirname(p) for p, _ in files}):
+                if folder:
+                    os.makedirs(os.path.join(target, folder), exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
+    jobs = [_Job(p, os.path.join(target, p), node) for p, node in files]
+    result = materialize(store, cache, jobs, max_workers, progress)
+    os.unlink(marker)
+    return result
+
+
+def _is_partial_of(marker: str, dataset_id: str) -> bool:
+    try:
+        with open(marker) as f:
+            return json.load(f).get("id") == dataset_id
+    except (OSError, ValueError):
+        return False
+
+
+# -- get -----------------------------------------------------------------------------------------
+
+def copy_path(cache: Cache, dataset_id: str) -> str:
+    return os.path.join(cache.root, "copies", dataset_id)
+
+
+@checks_space
+def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, progress=None) -> str:
+    """The path of the read-only cached copy of a version: reused while every file in it stats as
+    laid out, otherwise (first use, or a file written, removed or added since) laid out again from
+    content files that are as they were written, materializing those that are not."""
+    final = copy_path(cache, view.dataset_id)
+    if copies.intact(final):
+        return final
+    with copies.building(cache, view.dataset_id):
+        if copies.intact(final):  # another `get` laid it out while this one waited
+            return final
+        files = list(view.walk_files())
+        contents = copies.ContentFiles(cache)
+        keys = {path: content_key(node) for path, node in files}
+        jobs = {}
+        for path, node in files:
+            if keys[path] not in jobs:  # read-only: shared by every copy, nobody may write through a link
+                # labelled with the first path of that content: errors name files as the dataset does
+                jobs[keys[path]] = _Job(path, contents.path(keys[path]), replace(node, mode=node.mode & 0o555))
+        for folder in {os.path.dirname(job.target) for job in jobs.values()}:
+            os.makedirs(folder, exist_ok=True)
+        stats = contents.trusted(jobs)
+        materialize(store, cache, list(jobs.values()), max_workers, progress,
+                    is_complete=lambda target, node: os.path.basename(target) in stats, shared=True)
+        stats.update(contents.record(key for key in jobs if key not in stats))
+        copies.lay_out(cache, final, [(path, contents.path(keys[path]), stats[keys[path]]) for path, _ in files])
+    return final
+
+
+def content_key(node: Node) -> str:
+    """The file store name of a file's content: its digest (or, for an external file, its URL and
+    tag), plus the exec bit, which hardlinks share."""
+    digest = node.digest if not node.url else blake3.blake3(f"{node.url}\0{node.etag}".encode()).digest()
+    return digest.hex() + (".x" if node.mode & 0o111 else "")
+
+
+def copy_tree(source: str, target: str, overwrite: bool = False) -> None:
+    """A mutable copy of a cached copy: reflinks where the filesystem can, plain copies otherwise."""
+    target = os.path.abspath(os.path.expanduser(target))
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
+    rels = []
+    for folder, _, names in os.walk(source):
+        for name in names:
+            rels.append(os.path.relpath(os.path.join(folder, name), source).replace(os.sep, "/"))
+    check_targets(target, rels)
+    with space_for(target, "free some space and run the same command again with --overwrite"):
+        for rel in rels:
+            src, dest = os.path.join(source, rel), os.path.join(target, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            tmp = temp_name(dest, ".dsfs-tmp")
+            _clone_or_copy(src, tmp)
+            st = os.stat(src)
+            os.chmod(tmp, (st.st_mode & 0o777) | 0o200)
+            os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            os.replace(tmp, dest)
+        os.makedirs(target, exist_ok=True)
+
+
+def _clone_or_copy(src: str, dest: str) -> None:
+    """Copy src to dest, leaving no dest if that fails (a full disk)."""
+    try:
+        with open(src, "rb") as fin, open(dest, "wb") as fout:
+            try:
+                fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+                return
+            except OSError:
+                pass
+            shutil.copyfileobj(fin, fout, 8 << 20)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)
+        raise
