@@ -7,7 +7,6 @@ facade (dsfs.dataset) and the mount daemon call these; nothing here reads file c
 
 from __future__ import annotations
 
-import datetime as _dt
 import fnmatch
 
 import semver
@@ -28,10 +27,6 @@ def open_store(store: Store | str | None = None, create: bool = False) -> Store:
         store = datastores.open_store(store, create=create)
     links.allow_store(store.url)  # links into the store being read are its own (dsfs.node.links)
     return store
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def parse_semver(text: str) -> semver.Version | None:

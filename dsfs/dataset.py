@@ -25,7 +25,7 @@ from dsfs import catalog
 from dsfs.catalog import open_store, resolve
 from dsfs.store import datastores
 
-from dsfs.authoring import drafts
+from dsfs.authoring import close, drafts
 
 from dsfs.node import links
 
@@ -37,16 +37,14 @@ from dsfs.datarefs import DataReference
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.evolve import Comparison, FolderChanges, folder_changes, printable, squash_entries
 from dsfs.authoring.evolve import compare as compare_versions
-from dsfs.errors import (Conflict, CorruptData, DatasetNotFound, InvalidState, StoreUnavailable, UsageError)
-from dsfs.authoring.ingest import Uploader
-from dsfs.authoring.localfiles import local_files, local_size, tell, warn
+from dsfs.errors import (Conflict, CorruptData, DatasetNotFound, InvalidState, UsageError)
+from dsfs.authoring.localfiles import local_files, local_size, warn
 from dsfs.lineage.filetable import FileTable
 from dsfs.lineage.merge import Lineage, apply_changes, check_tree
-from dsfs.model import Entry, VersionInfo, encode_changeset
+from dsfs.model import Entry, VersionInfo, utc_now
 from dsfs.store.packs import decode_chunk
 from dsfs.progress import transfer
 from dsfs.lifecycle.push import push as push_version
-from dsfs.store.sessions import WriterSession
 from dsfs.store.layout import Store
 from dsfs.node.verify import verify_folder
 from dsfs.lineage.viewindex import ViewIndex, ensure_view
@@ -98,7 +96,7 @@ class Dataset:
         dataset_id = _id or uuid.uuid4().hex
         version = catalog.claim_version(store, project, name, version, dataset_id)
         info = VersionInfo(id=dataset_id, project=project, name=name, version=version, parents=parent_ids,
-                           tags=list(tags or []), description=description or "", state="draft", created=catalog.now())
+                           tags=list(tags or []), description=description or "", state="draft", created=utc_now())
         try:
             store.write_version(info, exclusive=True)
         except BaseException:
@@ -267,39 +265,8 @@ class Dataset:
 
     def upload(self, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
         """Send the added files' new chunks to the store. Resumable; returns counts."""
-        with self._changing("upload") as draft, self._writer_session("upload") as session:
-            return self._upload(draft, session, max_workers, show_progress)
-
-    def _writer_session(self, what: str) -> WriterSession:
-        return WriterSession(self.store, f"{what} {self.info.ref} ({self.id})", notify=tell)
-
-    def _upload(self, draft: DraftState, session: WriterSession, max_workers: int | None,
-                show_progress: bool | None) -> dict:
-        """Upload inside a writer session: first re-adopt the packs earlier runs of this draft
-        wrote (gc may have removed them if the draft sat idle past the grace period: their files
-        are then sent again), then send what is pending."""
-        session.announce(draft.packs, verified=False)
-        self._forget_lost(draft, session.confirm())
-        total = sum(local_size(p) for p in draft.adds.values())
-        known = self._lineage.table(self.info.parents).known_chunk
-        uploader = Uploader(self.store, draft, known, session, max_workers)
-        if draft.adds:
-            with transfer(f"upload {self.info.ref}", total, show_progress) as progress:
-                progress.set_total(total, len(draft.adds))
-                uploader.progress = progress
-                uploader.run()
-        return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
-                "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
-
-    def _forget_lost(self, draft: DraftState, lost: list[bytes]) -> None:
-        if not lost:
-            return
-        unknown = draft.forget_packs(set(lost))
-        draft.save()
-        if unknown:
-            raise CorruptData(f"{len(unknown)} file(s) of draft {self.id} were uploaded into packs that gc has "
-                              f"since removed (the draft sat idle longer than gc's grace period), and their "
-                              f"local files are not recorded: add them again (e.g. {unknown[0]})")
+        with self._changing("upload") as draft, close.writer_session(self.store, self.info, "upload") as session:
+            return close.upload(self.store, self.info, draft, session, max_workers, show_progress)
 
     def finalize(self, auto_upload: bool = True, max_workers: int | None = None,
                  show_progress: bool | None = None) -> None:
@@ -307,69 +274,8 @@ class Dataset:
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
         with self._changing("close") as draft:
-            self._finalize(draft, auto_upload, max_workers, show_progress)
+            close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress)
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
-
-    def _finalize(self, draft: DraftState, auto_upload: bool, max_workers: int | None,
-                  show_progress: bool | None) -> None:
-        if draft.adds and not auto_upload:
-            raise InvalidState(f"dataset {self.id} has {len(draft.adds)} files not uploaded; run upload first")
-        with self._writer_session("close") as session:
-            self._upload(draft, session, max_workers, show_progress)
-            # Right before the record: every pack relied on is still there (see dsfs.store.sessions).
-            # A pack lost now was lost while the session was stale: send its files again.
-            for _ in range(3):
-                lost = session.confirm()
-                if not lost:
-                    break
-                self._forget_lost(draft, lost)
-                self._upload(draft, session, max_workers, show_progress)
-            else:
-                raise StoreUnavailable(f"packs of dataset {self.id} keep disappearing from {self.store.display_url} "
-                                       f"while it closes (is a gc with a grace period of 0 running?); try again")
-            self._check_ancestors(self.info.parents, "parent")
-            self._check_not_deleted()
-            changes, counts = self._changes_against_parents(draft)
-            table = self._lineage.table(self.info.parents).child(changes, f"dataset {self.id}")
-            self._write_final(changes, table, counts, draft.new_bytes, draft.written)
-        draft.discard()
-
-    def _check_not_deleted(self) -> None:
-        """A draft deleted (by another command) while it was closing stays deleted: its record and
-        version number are gone, and writing it final would bring back a version nobody claims."""
-        try:
-            self.store.read_version(self.id)
-        except DatasetNotFound:
-            raise DatasetNotFound(f"draft {self.id} ({self.info.ref}) was deleted while it was being closed; "
-                                  f"nothing was closed") from None
-
-    def _check_ancestors(self, ids: list[str], what: str) -> None:
-        """Right before the final record, each parent (or squash source) is still a final version.
-        A delete removes the record first and then looks for children (Dataset.delete): one of the
-        two commands sees the other, so a version never becomes final on top of a deleted one."""
-        for dataset_id in ids:
-            try:
-                info = self.store.read_version(dataset_id)
-            except DatasetNotFound:
-                raise DatasetNotFound(f"{what} {dataset_id} of dataset {self.id} was deleted while it was being "
-                                      f"made; nothing was closed (create it again on another {what})") from None
-            if not info.is_final:
-                raise InvalidState(f"{what} {dataset_id} of dataset {self.id} is no longer final")
-
-    def _write_final(self, changes: list[Entry], table: FileTable, counts: dict, new_bytes: int,
-                     packs: list[bytes]) -> None:
-        """The end of the write order: the change-set, then version.json with state=final. `table`
-        is the version's file table, already checked for path conflicts; kept for its children."""
-        data = encode_changeset(changes)
-        self.store.write_changes(self.id, data)
-        info = self.info
-        info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
-        info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
-                      "new_bytes": new_bytes, "packs": [p.hex() for p in packs]}
-        info.state = "final"
-        info.finalized = catalog.now()
-        self.store.write_version(info)
-        table.save(info)
 
     def publish(self) -> None:
         if self.state == "draft":
@@ -378,22 +284,6 @@ class Dataset:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already published")
         self.info.state = "published"
         self.store.write_version(self.info)
-
-    def _changes_against_parents(self, draft: DraftState) -> tuple[list[Entry], dict]:
-        """The draft's change-set against its parents' merged view, and its counts."""
-        base = self._lineage.table(self.info.parents)
-        changes: list[Entry] = []
-        counts = {"added": 0, "modified": 0, "removed": 0}
-        for path in draft.removals:
-            if path not in draft.uploaded and base.find(path) is not None:
-                changes.append(Entry(path=path, removed=True))
-                counts["removed"] += 1
-        for path, entry in draft.uploaded.items():
-            if base.holds(entry):
-                continue
-            counts["modified" if base.find(path) is not None else "added"] += 1
-            changes.append(entry)
-        return changes, counts
 
     # -- evolution: sync, compare, squash -----------------------------------------------------
 
@@ -473,7 +363,7 @@ class Dataset:
         ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
         ds.info.sources = sources
         table = FileTable.from_view(view, {ref.digest: ref for entry in entries for ref in entry.chunks})
-        with ds._writer_session("squash") as session:
+        with close.writer_session(store, ds.info, "squash") as session:
             # the borrowed packs are its sources' until this record is final: a source deleted
             # meanwhile must not let gc take them
             session.announce({ref.pack for entry in entries for ref in entry.chunks}, verified=False)
@@ -481,8 +371,9 @@ class Dataset:
             if lost:
                 raise CorruptData(f"pack {lost[0].hex()} of the squashed versions is missing from "
                                   f"{store.display_url} (one of them was deleted and gc ran); nothing was squashed")
-            ds._check_ancestors(sources, "source")
-            ds._write_final(entries, table, {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
+            close.check_ancestors(store, ds.info, sources, "source")
+            close.write_final(store, ds.info, entries, table, {"added": len(entries), "modified": 0, "removed": 0},
+                              0, [])
         DraftState(id=ds.id, store=store.url).discard()
         return ds
 
@@ -494,7 +385,7 @@ class Dataset:
             return self._lineage.view(self.id)
         draft = self._require_draft()
         view = dict(self._lineage.merged_parents(self.info.parents))
-        apply_changes(view, self._changes_against_parents(draft)[0])
+        apply_changes(view, close.changes_against(self._lineage.table(self.info.parents), draft)[0])
         for path, local in draft.adds.items():
             view[path] = Entry(path=path, size=local_size(local))
         return view
@@ -518,7 +409,7 @@ class Dataset:
         else:
             draft = self._require_draft()
             parents_view = self._lineage.merged_parents(self.info.parents)
-            changes, _ = self._changes_against_parents(draft)
+            changes, _ = close.changes_against(self._lineage.table(self.info.parents), draft)
             removed = [e.path for e in changes if e.removed]
             touched = [e.path for e in changes if not e.removed] + list(draft.adds)
             added = [p for p in touched if p not in parents_view]

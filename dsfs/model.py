@@ -23,6 +23,7 @@ decodes from at most 64 MiB.
 
 from __future__ import annotations
 
+import datetime as _dt
 import gc
 import io
 import re
@@ -139,6 +140,11 @@ class Entry:
 
 
 MTIME_MIN, MTIME_MAX = -(1 << 63), (1 << 63) - 1  # file tables keep mtimes as int64
+
+
+def utc_now() -> str:
+    """A record's timestamp (`created`, `finalized`): UTC, ISO 8601, whole seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def clamp_mtime(mtime_ns: int) -> int:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from dsfs.authoring import close
 from dsfs import Dataset, Store
 
 from dsfs.store import sessions
@@ -163,13 +164,13 @@ def test_a_draft_deleted_while_it_closes_stays_deleted(tmp_path, file_store, mon
     make_tree(tmp_path / "a", {"a": b"1"})
     draft = Dataset.create("p", "n", store=file_store)
     draft.add_files(str(tmp_path / "a"))
-    original = Dataset._check_ancestors
+    original = close.check_ancestors
 
-    def deleted_meanwhile(self, ids, what):
-        Dataset.delete(self.id, store=file_store)
-        original(self, ids, what)
+    def deleted_meanwhile(store, info, ids, what):
+        Dataset.delete(info.id, store=file_store)
+        original(store, info, ids, what)
 
-    monkeypatch.setattr(Dataset, "_check_ancestors", deleted_meanwhile)
+    monkeypatch.setattr(close, "check_ancestors", deleted_meanwhile)
     with pytest.raises(DatasetNotFound, match="was deleted while it was being closed"):
         draft.finalize()
     assert Dataset.search(store=file_store) == []

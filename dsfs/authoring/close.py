@@ -1,0 +1,147 @@
+"""Uploading and closing a draft: the end of the write order (dsfs.store.layout's docstring).
+
+    upload       send a draft's pending files inside a writer session, after re-adopting the packs
+                 earlier runs of the draft wrote
+    close        upload what is left; confirm every pack relied on is still in the store; check that
+                 the parents are still final and the draft was not deleted; then write_final
+    write_final  the change-set, then version.json with state=final (a squash ends here too)
+
+The writer session (dsfs.store.sessions) is what keeps a concurrent gc from removing a pack this
+draft relies on; `check_ancestors` and catalog.delete's second look at children are what keep a
+version from becoming final on top of a deleted one: each of the two sees the other.
+"""
+
+from __future__ import annotations
+
+import blake3
+
+from dsfs.authoring.drafts import DraftState
+from dsfs.authoring.ingest import Uploader
+from dsfs.authoring.localfiles import local_size, tell
+from dsfs.errors import CorruptData, DatasetNotFound, InvalidState, StoreUnavailable
+from dsfs.lineage.filetable import FileTable
+from dsfs.lineage.merge import Lineage
+from dsfs.model import Entry, VersionInfo, encode_changeset, utc_now
+from dsfs.progress import transfer
+from dsfs.store.layout import Store
+from dsfs.store.sessions import WriterSession
+
+CONFIRM_ROUNDS = 3  # packs lost while closing are sent again at most this many times
+
+
+def writer_session(store: Store, info: VersionInfo, what: str) -> WriterSession:
+    return WriterSession(store, f"{what} {info.ref} ({info.id})", notify=tell)
+
+
+def upload(store: Store, info: VersionInfo, draft: DraftState, session: WriterSession, max_workers: int | None,
+           show_progress: bool | None) -> dict:
+    """Upload inside a writer session: first re-adopt the packs earlier runs of this draft wrote
+    (gc may have removed them if the draft sat idle past the grace period: their files are then
+    sent again), then send what is pending. Returns counts."""
+    session.announce(draft.packs, verified=False)
+    forget_lost(info, draft, session.confirm())
+    total = sum(local_size(p) for p in draft.adds.values())
+    known = Lineage.of(store).table(info.parents).known_chunk
+    uploader = Uploader(store, draft, known, session, max_workers)
+    if draft.adds:
+        with transfer(f"upload {info.ref}", total, show_progress) as progress:
+            progress.set_total(total, len(draft.adds))
+            uploader.progress = progress
+            uploader.run()
+    return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
+            "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
+
+
+def forget_lost(info: VersionInfo, draft: DraftState, lost: list[bytes]) -> None:
+    """Packs gc removed under an idle draft: their files go back to pending (their local paths are
+    recorded), or the upload fails naming a file that cannot be sent again."""
+    if not lost:
+        return
+    unknown = draft.forget_packs(set(lost))
+    draft.save()
+    if unknown:
+        raise CorruptData(f"{len(unknown)} file(s) of draft {info.id} were uploaded into packs that gc has "
+                          f"since removed (the draft sat idle longer than gc's grace period), and their "
+                          f"local files are not recorded: add them again (e.g. {unknown[0]})")
+
+
+def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool, max_workers: int | None,
+          show_progress: bool | None) -> None:
+    """Make a draft final (the caller holds its DraftLock); `info` becomes the final record."""
+    if draft.adds and not auto_upload:
+        raise InvalidState(f"dataset {info.id} has {len(draft.adds)} files not uploaded; run upload first")
+    with writer_session(store, info, "close") as session:
+        upload(store, info, draft, session, max_workers, show_progress)
+        # Right before the record: every pack relied on is still there (see dsfs.store.sessions).
+        # A pack lost now was lost while the session was stale: send its files again.
+        for _ in range(CONFIRM_ROUNDS):
+            lost = session.confirm()
+            if not lost:
+                break
+            forget_lost(info, draft, lost)
+            upload(store, info, draft, session, max_workers, show_progress)
+        else:
+            raise StoreUnavailable(f"packs of dataset {info.id} keep disappearing from {store.display_url} "
+                                   f"while it closes (is a gc with a grace period of 0 running?); try again")
+        check_ancestors(store, info, info.parents, "parent")
+        check_not_deleted(store, info)
+        base = Lineage.of(store).table(info.parents)
+        changes, counts = changes_against(base, draft)
+        table = base.child(changes, f"dataset {info.id}")
+        write_final(store, info, changes, table, counts, draft.new_bytes, draft.written)
+    draft.discard()
+
+
+def check_not_deleted(store: Store, info: VersionInfo) -> None:
+    """A draft deleted (by another command) while it was closing stays deleted: its record and
+    version number are gone, and writing it final would bring back a version nobody claims."""
+    try:
+        store.read_version(info.id)
+    except DatasetNotFound:
+        raise DatasetNotFound(f"draft {info.id} ({info.ref}) was deleted while it was being closed; "
+                              f"nothing was closed") from None
+
+
+def check_ancestors(store: Store, info: VersionInfo, ids: list[str], what: str) -> None:
+    """Right before the final record, each parent (or squash source) is still a final version.
+    A delete removes the record first and then looks for children (dsfs.catalog.delete): one of
+    the two commands sees the other, so a version never becomes final on top of a deleted one."""
+    for dataset_id in ids:
+        try:
+            ancestor = store.read_version(dataset_id)
+        except DatasetNotFound:
+            raise DatasetNotFound(f"{what} {dataset_id} of dataset {info.id} was deleted while it was being "
+                                  f"made; nothing was closed (create it again on another {what})") from None
+        if not ancestor.is_final:
+            raise InvalidState(f"{what} {dataset_id} of dataset {info.id} is no longer final")
+
+
+def write_final(store: Store, info: VersionInfo, changes: list[Entry], table: FileTable, counts: dict,
+                new_bytes: int, packs: list[bytes]) -> None:
+    """The end of the write order: the change-set, then version.json with state=final. `table` is
+    the version's file table, already checked for path conflicts; kept for its children."""
+    data = encode_changeset(changes)
+    store.write_changes(info.id, data)
+    info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
+    info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
+                  "new_bytes": new_bytes, "packs": [p.hex() for p in packs]}
+    info.state = "final"
+    info.finalized = utc_now()
+    store.write_version(info)
+    table.save(info)
+
+
+def changes_against(base: FileTable, draft: DraftState) -> tuple[list[Entry], dict]:
+    """The draft's change-set against its parents' merged file table, and its counts."""
+    changes: list[Entry] = []
+    counts = {"added": 0, "modified": 0, "removed": 0}
+    for path in draft.removals:
+        if path not in draft.uploaded and base.find(path) is not None:
+            changes.append(Entry(path=path, removed=True))
+            counts["removed"] += 1
+    for path, entry in draft.uploaded.items():
+        if base.holds(entry):
+            continue
+        counts["modified" if base.find(path) is not None else "added"] += 1
+        changes.append(entry)
+    return changes, counts
