@@ -4,14 +4,52 @@ Versions datasets in object storage as content-defined chunks deduplicated again
 and serves any version on a compute node as a read-only mount or a materialized copy.
 """
 
-from dsfs.lifecycle.check import check_store
-from dsfs.dataset import Dataset
-from dsfs.errors import (Conflict, CorruptChunk, CorruptData, DatasetInUse, DatasetNotFound, DsfsError,
-                     FileChanged, InvalidPath, InvalidState, StoreReadOnly, StoreUnavailable, UsageError)
-from dsfs.store.layout import Store
-from dsfs.lifecycle.sweep import gc
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dsfs.errors import (
+    Conflict,
+    CorruptChunk,
+    CorruptData,
+    DatasetInUse,
+    DatasetNotFound,
+    DsfsError,
+    FileChanged,
+    InvalidPath,
+    InvalidState,
+    StoreReadOnly,
+    StoreUnavailable,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from dsfs.dataset import Dataset
+    from dsfs.lifecycle.check import check_store
+    from dsfs.lifecycle.sweep import gc
+    from dsfs.store.layout import Store
+
+# Loaded on first use (PEP 562), not by `import dsfs`: the store, fsspec and LMDB cost ~0.3 s, and
+# `dsfs --version` or `import dsfs.errors` needs none of them.
+_LAZY = {"Dataset": "dsfs.dataset", "Store": "dsfs.store.layout", "gc": "dsfs.lifecycle.sweep",
+         "check_store": "dsfs.lifecycle.check"}
 
 __all__ = ["Dataset", "Store", "gc", "DsfsError", "UsageError", "InvalidPath", "DatasetNotFound", "InvalidState",
            "DatasetInUse", "Conflict", "FileChanged", "StoreUnavailable", "StoreReadOnly", "CorruptData",
            "CorruptChunk"]
 __all__ += ["check_store"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dsfs' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -60,7 +60,8 @@ def resolve(store: Store, ref: str | None = None, *, project: str | None = None,
         _refuse_unreadable(store, project, name, version, best, unreadable)
     if best is None:
         what = f"{project}/{name}" + (f"@{version}" if version else "") + (f" with tags {tags}" if tags else "")
-        raise DatasetNotFound(f"no {'' if version or include_drafts else 'final '}dataset {what} in {store.display_url}")
+        final = "" if version or include_drafts else "final "
+        raise DatasetNotFound(f"no {final}dataset {what} in {store.display_url}")
     return best
 
 
@@ -128,7 +129,7 @@ def relabel(store: Store, project: str, name: str, new_project: str, new_name: s
     versions = [v for v in store.list_versions() if v.project == project and v.name == name]
     if not versions:
         raise DatasetNotFound(f"no dataset {project}/{name} in {store.display_url}")
-    claimed = []
+    claimed: list[str] = []
     for info in versions:  # claim every new number first, so a clash changes nothing
         if not store.claim_version_number(new_project, new_name, info.version, info.id):
             for version in claimed:

@@ -8,7 +8,9 @@ relative -> under the working directory.
 
 `DataReference` is the Python form (`with Dataset.get(...).as_mount() as path:`); `dsfs run` and
 `dsfs env` use the same objects. Cleanup removes only what setup made: a temporary folder is
-deleted, a folder given by the user is left (only its mount is undone).
+deleted, a folder given by the user is left (only its mount is undone). A mount is
+`dsfs.daemon.mount` (a detached daemon, as `dsfs mount` starts); its errors are the daemon's own
+DsfsErrors, with their messages and exit codes.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dsfs.errors import DsfsError, UsageError
+from dsfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from dsfs.daemon import MountHandle
 
 MODES = ("mount", "download")
+MOUNT_OPTIONS = ("cache_dir", "cache_size", "read_ahead", "allow_other")  # what as_mount(**options) passes on
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_PREFIX = "DSFS_DATAREFERENCE_"
 ID_PREFIX = "DSFS_DATASET_ID_"
@@ -71,7 +76,7 @@ class DataReference:
         self.options = options
         self.path: str | None = None
         self._temporary = False
-        self._mounted = False
+        self._mount: MountHandle | None = None  # while mounted
 
     def __str__(self) -> str:
         return f"${ENV_PREFIX}{self.name}"
@@ -94,9 +99,10 @@ class DataReference:
                                       overwrite=self.options.get("overwrite", False))
             else:
                 os.makedirs(self.path, exist_ok=True)
-                _dsfs_command("--store", self.dataset.store.ref, "mount", self.dataset.id, self.path,
-                              *_mount_args(self.options))
-                self._mounted = True
+                from dsfs import daemon  # not at import: `dsfs --help` and `import dsfs` do not load it
+
+                options = {k: self.options[k] for k in MOUNT_OPTIONS if self.options.get(k) is not None}
+                self._mount = daemon.mount(self.dataset.id, self.path, self.dataset.store, **options)
         except BaseException:
             self.cleanup()
             raise
@@ -105,9 +111,9 @@ class DataReference:
     def cleanup(self) -> None:
         if self.path is None:
             return
-        if self._mounted:
-            _dsfs_command("unmount", self.path)
-            self._mounted = False
+        if self._mount is not None:
+            self._mount.unmount()
+            self._mount = None
         if self._temporary:
             shutil.rmtree(self.path, ignore_errors=True)
         self.path = None
@@ -117,28 +123,6 @@ class DataReference:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
-
-
-def _mount_args(options: dict) -> list[str]:
-    args = []
-    for key in ("cache_dir", "cache_size", "read_ahead"):
-        if options.get(key) is not None:
-            args += [f"--{key.replace('_', '-')}", str(options[key])]
-    if options.get("allow_other"):
-        args.append("--allow-other")
-    return args
-
-
-def _dsfs_command(*args: str) -> None:
-    """Run a dsfs command in a child process (the mount daemon belongs to the CLI/daemon layer, which
-    this library does not import); its one-line error becomes ours."""
-    proc = subprocess.run([sys.executable, "-m", "dsfs.cli.main", *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        message = (proc.stderr.strip().splitlines() or [f"dsfs {args[0]} failed"])[-1]
-        error = DsfsError(message.removeprefix("dsfs: error: "))
-        error.exit_code = proc.returncode
-        raise error
 
 
 def expand(arg: str, env: dict[str, str]) -> str:

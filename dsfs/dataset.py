@@ -13,42 +13,35 @@ version is given), optionally filtered by tags.
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import uuid
 from contextlib import contextmanager
 
 import blake3
 import msgpack
 
-from dsfs import catalog
-from dsfs.catalog import open_store, resolve
-from dsfs.store import datastores
-
+from dsfs import catalog, paths
 from dsfs.authoring import close, drafts
-
-from dsfs.node import links
-
-from dsfs.node import materialize
-
-from dsfs import paths
-from dsfs.node.cache import Cache
-from dsfs.datarefs import DataReference
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.evolve import Comparison, FolderChanges, folder_changes, printable, squash_entries
 from dsfs.authoring.evolve import compare as compare_versions
-from dsfs.errors import (Conflict, CorruptData, DatasetNotFound, InvalidState, UsageError)
 from dsfs.authoring.localfiles import local_files, local_size, warn
+from dsfs.catalog import open_store, resolve
+from dsfs.datarefs import DataReference
+from dsfs.errors import Conflict, CorruptData, DatasetNotFound, InvalidState, UsageError
+from dsfs.lifecycle.push import push as push_version
 from dsfs.lineage.filetable import FileTable
 from dsfs.lineage.merge import Lineage, apply_changes, check_tree
-from dsfs.model import Entry, VersionInfo, utc_now
-from dsfs.store.packs import decode_chunk
-from dsfs.progress import transfer
-from dsfs.lifecycle.push import push as push_version
-from dsfs.store.layout import Store
-from dsfs.node.verify import verify_folder
 from dsfs.lineage.viewindex import ViewIndex, ensure_view
-
+from dsfs.model import Entry, VersionInfo, utc_now
+from dsfs.node import links, materialize
+from dsfs.node.cache import Cache
+from dsfs.node.chunks import ChunkReader
+from dsfs.node.verify import verify_folder
+from dsfs.progress import transfer
+from dsfs.store import datastores
+from dsfs.store.layout import Store
 
 SNAPSHOT_PROJECT = "datastore-snapshots"
 
@@ -82,7 +75,7 @@ class Dataset:
     @classmethod
     def create(cls, project: str, name: str, version: str | None = None, parents: list[str] | None = None,
                tags: list[str] | None = None, description: str = "", store: Store | str | None = None,
-               _id: str | None = None) -> "Dataset":
+               _id: str | None = None) -> Dataset:
         """Create a draft version; parents are ids or references of final versions."""
         catalog.check_labels(project, name, version, tags)
         store = open_store(store, create=True)
@@ -90,7 +83,8 @@ class Dataset:
         for parent in parents or []:
             info = resolve(store, parent, include_drafts=True)
             if not info.is_final:
-                raise InvalidState(f"parent {info.id} ({info.ref}) is a draft; close it first (`dsfs close --id {info.id}`)")
+                raise InvalidState(f"parent {info.id} ({info.ref}) is a draft; "
+                                   f"close it first (`dsfs close --id {info.id}`)")
             parent_ids.append(info.id)
         Lineage.of(store).table(parent_ids)  # a missing or corrupt ancestor fails now, not at close
         dataset_id = _id or uuid.uuid4().hex
@@ -109,7 +103,7 @@ class Dataset:
     @classmethod
     def get(cls, ref: str | None = None, *, project: str | None = None, name: str | None = None,
             version: str | None = None, tags: list[str] | None = None, include_drafts: bool = False,
-            store: Store | str | None = None, cache: Cache | None = None) -> "Dataset":
+            store: Store | str | None = None, cache: Cache | None = None) -> Dataset:
         """Get a version by id or `project/name[@version]` (latest final version if none given), or a
         snapshot of the plain files at `datastore:NAME/PATH`."""
         if ref and ref.startswith(datastores.PREFIX) and "/" in ref:
@@ -119,7 +113,7 @@ class Dataset:
                                   include_drafts=include_drafts), cache)
 
     @classmethod
-    def current(cls, store: Store | str | None = None) -> "Dataset":
+    def current(cls, store: Store | str | None = None) -> Dataset:
         """The dataset last created or used on this machine (clearml-data's stateful default)."""
         state = drafts.get_current()
         if not state:
@@ -221,7 +215,7 @@ class Dataset:
         return len(entries)
 
     @classmethod
-    def snapshot(cls, ref: str) -> "Dataset":
+    def snapshot(cls, ref: str) -> Dataset:
         """A version of the plain files at `datastore:NAME/PATH`, as they are now (sizes and tags),
         in the embedded local store. Served like any version, as external files; the same listing
         always gives the same snapshot (its id is the listing's digest), so mounts stay immutable."""
@@ -309,7 +303,7 @@ class Dataset:
     def sync(cls, folder: str, project: str, name: str, parents: list[str] | None = None,
              tags: list[str] | None = None, dataset_path: str | None = None, close: bool = True,
              allow_empty: bool = False, max_workers: int | None = None, store: Store | str | None = None,
-             show_progress: bool | None = None, follow_symlinks: bool = False) -> tuple["Dataset | None", FolderChanges]:
+             show_progress: bool | None = None, follow_symlinks: bool = False) -> tuple[Dataset | None, FolderChanges]:
         """Turn a folder that changes over time into a new version of project/name. Without parents,
         the latest final version of project/name is the parent. An unchanged folder makes no version
         (returns None) unless allow_empty. The folder is read by the input rules of `add_files`."""
@@ -344,7 +338,7 @@ class Dataset:
 
     @classmethod
     def squash(cls, name: str, ids: list[str], project: str | None = None, version: str | None = None,
-               tags: list[str] | None = None, store: Store | str | None = None) -> "Dataset":
+               tags: list[str] | None = None, store: Store | str | None = None) -> Dataset:
         """A new flat version (no parents) whose view is `ids` merged in order, made from the chunks
         already stored: no file data moves."""
         store = open_store(store)
@@ -426,7 +420,8 @@ class Dataset:
         return self._own_changes()[2]
 
     def read_file(self, dataset_path: str) -> bytes:
-        """The bytes of one file of a final version, each chunk verified against its digest."""
+        """The bytes of one file of a final version, each chunk verified against its digest: read
+        through the node cache (what is missing is fetched with coalesced, retried GETs and kept)."""
         path = paths.normalize(dataset_path)
         if not self.info.is_final:
             raise InvalidState(f"dataset {self.id} is a draft; close it before reading its files")
@@ -436,11 +431,11 @@ class Dataset:
         if entry.url:
             fs, remote = links.checked(entry.url, entry.etag, entry.size, f"{path} of dataset {self.id}")
             return links.read_range(fs, remote, 0, entry.size, entry.url) if entry.size else b""
-        parts = []
-        for ref in entry.chunks:
-            stored = self.store.read_pack_range(ref.pack, ref.offset, ref.stored)
-            parts.append(decode_chunk(ref, stored, f"{path} of dataset {self.id}"))
-        return b"".join(parts)
+        reader = ChunkReader(self.store, self.cache)
+        try:
+            return b"".join(reader.get(entry.chunks, lambda ref: f"{path} of dataset {self.id}"))
+        finally:
+            reader.close()
 
     # -- consuming on a node (the cache, views, copies) ---------------------------------------
 
@@ -450,7 +445,7 @@ class Dataset:
             self._cache = Cache()
         return self._cache
 
-    def use_cache(self, cache: Cache) -> "Dataset":
+    def use_cache(self, cache: Cache) -> Dataset:
         self._cache = cache
         return self
 

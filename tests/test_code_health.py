@@ -38,3 +38,15 @@ def test_layer_contract_catches_an_upward_import(tmp_path):
     proc = subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=copy, capture_output=True, text=True,
                           timeout=600, env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0 and "dsfs.store.packs -> dsfs.node.cache" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_ruff_passes():
+    """ruff's rules (pyproject.toml [tool.ruff]) hold on the package."""
+    proc = _run("ruff", "check", "--no-cache", "dsfs")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def test_mypy_passes():
+    """mypy's types hold on the package (pyproject.toml [tool.mypy] names the files)."""
+    proc = _run("mypy")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-import dsfs.store.fetch
 from dsfs import Dataset, Store
 from dsfs.node.cache import Cache
 from dsfs.errors import InvalidPath, StoreUnavailable, UsageError
@@ -23,7 +22,7 @@ from conftest import final_version, make_tree, read_tree, run_cli
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.store.fetch, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01,0.01")
 
 
 def test_view_index_matches_reference_merge_on_random_lineages(tmp_path, memory_store):
@@ -226,7 +225,9 @@ def test_corrupt_pack_fails_only_that_file(tmp_path, file_store):
     open(path, "wb").write(bytes(data))
     proc = run_cli("--store", file_store, "download", ds.id, tmp_path / "t")
     assert proc.returncode == 8 and "bad" in proc.stderr and "good" not in proc.stderr
-    assert read_tree(tmp_path / "t") == {"good1": files["good1"], "good2": files["good2"], ".dsfs-partial": (tmp_path / "t" / ".dsfs-partial").read_bytes()}
+    tree = read_tree(tmp_path / "t")
+    assert json.loads(tree.pop(".dsfs-partial")) == {"id": ds.id}  # the marker a rerun resumes by
+    assert tree == {"good1": files["good1"], "good2": files["good2"]}
 
 
 def test_get_copy_link_and_sharing(tmp_path, file_store, dsfs, monkeypatch):
@@ -321,14 +322,13 @@ def test_cache_disk_full_leaves_no_temp_file_and_the_read_is_served(tmp_path, fi
         subprocess.run(["umount", "-l", str(small)], check=True)  # lazily: this process keeps LMDB open
 
 
-def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatch):
-    import dsfs.node.view
+def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store):
+    from dsfs.node.prefetch import PrefetchConfig
 
-    monkeypatch.setattr(dsfs.node.view, "FILES_AHEAD", 0)  # a fetch ahead would store in the background
     make_tree(tmp_path / "d", {f"f{i}": os.urandom(100_000) for i in range(10)})
     ds = final_version(file_store, tmp_path / "d")
     cache = Cache(size=450_000)
-    view = View(ds.store, cache, ds.id)
+    view = View(ds.store, cache, ds.id, PrefetchConfig(files_ahead=0))  # a fetch ahead would store in the background
     handle = view.open(view.resolve("f0").ino)
     view.read(handle, 0, 100)
     import dsfs.node.cache
@@ -348,11 +348,11 @@ def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store, monkeypatc
 
 
 def test_cache_cli(tmp_path, file_store, dsfs):
-    make_tree(tmp_path / "d", {"f": os.urandom(300_000)})
+    make_tree(tmp_path / "d", {"f": os.urandom(200_000)})  # under the 256 KiB minimum chunk: one chunk
     ds = final_version(file_store, tmp_path / "d")
     View(ds.store, Cache(), ds.id).read_path("f")
     stats = json.loads(dsfs("cache", "stats", "--json").out)
-    assert stats["chunks"] == 1 and stats["bytes"] == 300_000 and stats["views"] == 1
+    assert stats["chunks"] == 1 and stats["bytes"] == 200_000 and stats["views"] == 1
     assert dsfs("cache", "prune", "--to", "0").code == 0
     assert json.loads(dsfs("cache", "stats", "--json").out)["bytes"] == 0
     assert dsfs("--store", file_store, "get", ds.id).code == 0

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-
+import pytest
 from fusehelp import is_mounted, node_fixture
 
 node = node_fixture("refs")
@@ -61,3 +61,23 @@ def test_python_as_mount(node, monkeypatch):
     with ref as path:
         assert is_mounted(path) and open(os.path.join(path, "f")).read() == "py"
     assert not is_mounted(path) and not os.path.exists(path)
+
+
+def test_mount_errors_keep_their_class_message_and_code(node, monkeypatch):
+    """A mounted input fails as `dsfs mount` does: the daemon's own error class, one line, its exit code."""
+    from dsfs import Dataset
+    from dsfs.errors import UsageError
+
+    ds_id = node.dataset({"f": b"x"}, name="errs")
+    full = node.mountpoint("full")
+    open(os.path.join(full, "x"), "w").close()
+    mount = node.cli("mount", ds_id, full)
+    run = node.cli("run", "--input", f"t={ds_id}:mount:{full}", "--", "true")
+    assert run.returncode == mount.returncode == UsageError.exit_code, run.stderr
+    assert run.stderr.splitlines() == mount.stderr.splitlines() == [f"dsfs: error: mountpoint {full} is not empty; "
+                                                                    f"mount on an empty folder"]
+    for key in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(key, node.env[key])
+    with pytest.raises(UsageError, match="is not empty; mount on an empty folder"):
+        Dataset.get(ds_id, store=node.store).as_mount(path_on_compute=full).setup()
+    assert os.listdir(full) == ["x"] and not is_mounted(full)  # a given folder is left as it was

@@ -232,6 +232,8 @@ def _read(path: str, seconds: float) -> tuple[int, bytes, float]:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.expect_log(r"ERROR dsfs\S*: read /b\.bin: store \S+ did not answer in time",
+                        r"ERROR dsfs\S*: read /c\.bin: store \S+ unreachable")
 def test_mount_read_from_a_dead_store_is_eio_in_bounded_time_then_recovers(lake, proxy, tmp_path):
     from fusehelp import Node, require_fuse
 

@@ -16,7 +16,6 @@ except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("pyfuse3 is not installed (pip install 'dsfs[fuse]')", allow_module_level=True)
 import trio  # noqa: E402
 
-import dsfs.store.fetch  # noqa: E402
 from dsfs import Dataset  # noqa: E402
 from dsfs.node.cache import Cache  # noqa: E402
 from dsfs.errors import StoreUnavailable  # noqa: E402
@@ -29,7 +28,7 @@ FILES = {"a.txt": b"alpha", "run.sh": b"#!/bin/sh\n", "sub/deep/x.bin": os.urand
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.store.fetch, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01")
 
 
 @pytest.fixture
@@ -186,6 +185,7 @@ def test_mount_options():
     assert {"allow_other", "default_permissions"} <= mount_options(allow_other=True)
 
 
+@pytest.mark.expect_log(r"ERROR .*unexpected RuntimeError, answered EIO")
 def test_unexpected_exception_is_eio_logged_once_and_serving_goes_on(ops, monkeypatch, caplog):
     ino = lookup(ops, "sub/deep/x.bin")
     fh = run(ops.open, ino, os.O_RDONLY, None).fh
@@ -195,7 +195,7 @@ def test_unexpected_exception_is_eio_logged_once_and_serving_goes_on(ops, monkey
         raise RuntimeError("bug in a handler")
 
     monkeypatch.setattr(ops.view, "read", broken)
-    with caplog.at_level(logging.ERROR, logger="dsfs.mount"):
+    with caplog.at_level(logging.ERROR, logger="dsfs"):
         assert fuse_errno(ops.read, fh, 0, 100) == errno.EIO
         assert fuse_errno(ops.read, fh, 100, 100) == errno.EIO
     records = [r for r in caplog.records if "unexpected RuntimeError" in r.getMessage()]
@@ -205,6 +205,7 @@ def test_unexpected_exception_is_eio_logged_once_and_serving_goes_on(ops, monkey
     assert run(ops.getattr, ino, None).st_size == 3 << 20
 
 
+@pytest.mark.expect_log(r"ERROR .*read /a.txt: corrupt chunk")
 def test_corrupt_chunk_is_eio_for_that_file_only_and_logged_once(ops, file_store, caplog):
     ref = ops.view.resolve("a.txt").chunks[0]
     hexid = ref.pack.hex()
@@ -214,7 +215,7 @@ def test_corrupt_chunk_is_eio_for_that_file_only_and_logged_once(ops, file_store
     open(path, "wb").write(bytes(raw))
     bad = run(ops.open, lookup(ops, "a.txt"), os.O_RDONLY, None).fh
     good = run(ops.open, lookup(ops, "run.sh"), os.O_RDONLY, None).fh
-    with caplog.at_level(logging.ERROR, logger="dsfs.mount"):
+    with caplog.at_level(logging.ERROR, logger="dsfs"):
         for _ in range(3):
             assert fuse_errno(ops.read, bad, 0, 4096) == errno.EIO
     assert bytes(run(ops.read, good, 0, 4096)) == FILES["run.sh"]
@@ -222,6 +223,7 @@ def test_corrupt_chunk_is_eio_for_that_file_only_and_logged_once(ops, file_store
     assert len(lines) == 1 and "corrupt" in lines[0] and "a.txt" in lines[0]
 
 
+@pytest.mark.expect_log(r"ERROR .*store unreachable \(test\) \(answered EIO\)")
 def test_store_down_mid_read_is_eio_then_recovers(ops, monkeypatch):
     fh = run(ops.open, lookup(ops, "sub/deep/x.bin"), os.O_RDONLY, None).fh
     real = ops.view.store.read_pack_range
@@ -233,6 +235,6 @@ def test_store_down_mid_read_is_eio_then_recovers(ops, monkeypatch):
 
     monkeypatch.setattr(ops.view.store, "read_pack_range", down)
     assert fuse_errno(ops.read, fh, 0, 4096) == errno.EIO
-    assert len(calls) == 1 + len(dsfs.store.fetch.RETRY_DELAYS)  # retried before failing
+    assert len(calls) == 2  # retried (DSFS_RETRY_DELAYS: one delay) before failing
     monkeypatch.setattr(ops.view.store, "read_pack_range", real)
     assert bytes(run(ops.read, fh, 0, 4096)) == FILES["sub/deep/x.bin"][:4096]

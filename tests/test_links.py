@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-import dsfs.node.links
 from dsfs import Dataset
 from dsfs.node.cache import Cache
 from dsfs.errors import StaleLink
@@ -16,7 +15,7 @@ from conftest import make_tree, run_cli
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.node.links, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01")
 
 
 @pytest.fixture

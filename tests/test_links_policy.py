@@ -7,18 +7,17 @@ import threading
 
 import pytest
 
-import dsfs.node.links
 from dsfs import Dataset
 from dsfs.store import datastores
 from dsfs.node import links
-from dsfs.errors import CorruptData, UsageError
+from dsfs.errors import AccessDenied, CorruptData, UsageError
 from dsfs.model import Entry
 from conftest import make_tree, run_cli
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.node.links, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01")
     monkeypatch.delenv("DSFS_ALLOW_LINKS", raising=False)
 
 
@@ -148,15 +147,37 @@ def test_the_author_reads_back_their_own_links_only(tmp_path, file_store, monkey
         Dataset.get(ds.id, store=file_store).read_file("a.jpg")
 
 
-def test_a_refused_link_fails_that_file_only(tmp_path, file_store, secret):
+def _plain_file_and_link(tmp_path, store, link) -> str:
+    """A final version of ok.txt (uploaded) and `link` (an external file): its id."""
     make_tree(tmp_path / "plain", {"ok.txt": b"fine"})
-    ds = Dataset.create("p", "mixed", store=file_store)
+    ds = Dataset.create("p", "mixed", store=store)
     ds.add_files(str(tmp_path / "plain"))
     draft = ds._require_draft()
-    draft.stage_entry(secret)
+    draft.stage_entry(link)
     draft.save()
     ds.finalize()
-    proc = run_cli("download", ds.id, tmp_path / "out", env={"DSFS_STORE": file_store})
+    return ds.id
+
+
+def test_a_refused_link_fails_that_file_only(tmp_path, file_store, secret):
+    ds_id = _plain_file_and_link(tmp_path, file_store, secret)
+    proc = run_cli("download", ds_id, tmp_path / "out", env={"DSFS_STORE": file_store})
     assert proc.returncode == 2 and "stolen.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "ok.txt").read_bytes() == b"fine"  # the other files are written
+    assert not (tmp_path / "out" / "stolen.txt").exists()
+
+
+def test_a_denied_link_fails_that_file_only(tmp_path, file_store, secret, monkeypatch):
+    """A link the consumer may read but whose source refuses this reader (403, EACCES: AccessDenied,
+    which is not 'unavailable') fails that file only, as a refused or stale link does."""
+    monkeypatch.setenv(links.ALLOW_ENV, f"file://{tmp_path}/private/")
+    ds_id = _plain_file_and_link(tmp_path, file_store, secret)
+
+    def denied(fs, path, start, end, url):
+        raise AccessDenied(f"access denied to {url}")
+
+    monkeypatch.setattr(links, "read_range", denied)  # root reads any file: the refusal is simulated
+    with pytest.raises(AccessDenied, match="1 file.*stolen.txt"):
+        Dataset.get(ds_id, store=file_store).download(str(tmp_path / "out"))
     assert (tmp_path / "out" / "ok.txt").read_bytes() == b"fine"  # the other files are written
     assert not (tmp_path / "out" / "stolen.txt").exists()

@@ -164,6 +164,7 @@ def test_targets_on_a_full_disk(small_disk, tmp_path, file_store):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.expect_log(r"ERROR dsfs\S*: no space left on the device of the cache")
 def test_mount_with_its_cache_on_a_full_disk(small_disk, tmp_path):
     """`dsfs mount` with a new cache on a full disk exits 9 naming it and leaves no mount; a mount
     whose cache disk fills up while it serves still answers reads (from memory)."""
@@ -340,3 +341,16 @@ def test_zip_date_of_an_mtime_in_range_is_exact(tmp_path, file_store):
     export(View(ds.store, Cache(), ds.id), buffer, "zip")
     with zipfile.ZipFile(buffer) as archive:
         assert archive.getinfo("f.txt").date_time == (2023, 11, 14, 22, 13, 20)  # zip keeps even seconds
+
+
+def test_one_process_opens_caches_in_many_folders(tmp_path):
+    """Each node cache's LMDB environment maps 1 TiB of address space, so a process can map about
+    126 at once; one no Cache holds any more is closed, and a process may go through many more."""
+    data = os.urandom(1000)
+    digest = blake3.blake3(data).digest()
+    for i in range(200):
+        cache = Cache(str(tmp_path / f"cache{i}"))
+        cache.put_chunks([(digest, data)])
+        assert cache.get_chunk(digest) == data
+    again = Cache(str(tmp_path / "cache0"))  # closed above, opened again with what it held
+    assert again.get_chunk(digest) == data

@@ -65,6 +65,7 @@ def test_same_bytes(node):
         assert os.stat(f"{mountpoint}/d/x").st_size == 5
 
 
+@pytest.mark.expect_log(r"ERROR dsfs\S*: read /bad: corrupt chunk")
 def test_verified(node):
     files = {"good": rng.randbytes(30_000), "bad": rng.randbytes(40_000), "also_good": rng.randbytes(50_000)}
     dataset = node.dataset(files, name="verified")
@@ -191,6 +192,7 @@ def test_read_only(shared):
     assert {"ro", "nosuid", "nodev"} <= set(options.split(","))
 
 
+@pytest.mark.expect_log(r"ERROR dsfs\S*: read /b: store \S+ unreachable")
 def test_store_errors(node):
     from moto.server import ThreadedMotoServer
     import s3fs
@@ -236,6 +238,7 @@ def test_store_errors(node):
         server.stop()
 
 
+@pytest.mark.expect_log(r"ERROR dsfs\S*: read /never: pack \w+ is missing")
 def test_snapshot(node):
     files = {"kept": rng.randbytes(20_000), "uncached": rng.randbytes(20_000), "never": rng.randbytes(20_000)}
     dataset = node.dataset(files, name="snap")

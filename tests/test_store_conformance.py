@@ -309,6 +309,44 @@ def _moto_auth(on: bool) -> None:
     moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if on else float("inf")
 
 
+@pytest.mark.parametrize("cloud_name", ["s3", "azure"])
+def test_a_refused_read_fails_at_once_without_retries(cloud_name, request, monkeypatch, caplog):
+    """A 403 is an answer, not an outage: a pack read with wrong credentials is tried once (the
+    attempts are counted, not timed), and the debug log has its cause without the secret."""
+    import logging
+
+    from dsfs.store import fetch
+
+    cloud: Cloud = request.getfixturevalue(CLOUD_FIXTURES[cloud_name])
+    url = cloud.new_url()
+    Store(url, **cloud.options).check(create=True)
+    if cloud_name == "s3":
+        secret = "wrong-secret"
+        _moto_auth(True)
+        wrong = Store(url, endpoint_url=cloud.endpoint, key="AKIAWRONGWRONGWRONG", secret=secret)
+    else:
+        secret = "d3Jvbmc=" * 11
+        wrong = Store(url, connection_string=azurite_connection_string(cloud.endpoint, key=secret))
+    attempts = []
+    real = wrong.read_pack_range
+
+    def counted(*args):
+        attempts.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(wrong, "read_pack_range", counted)
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01,0.01,0.01")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="dsfs"), pytest.raises(AccessDenied) as caught:
+            fetch.read_with_retries(wrong, bytes(16), 0, 100)
+    finally:
+        _moto_auth(False)
+    assert len(attempts) == 1
+    assert "retrying" not in caplog.text
+    assert caught.value.cause and caught.value.cause in caplog.text
+    assert secret not in caplog.text and "d3Jvbmc" not in caplog.text
+
+
 def _moto_read_only_user(cloud: Cloud) -> dict:
     import boto3
 

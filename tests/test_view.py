@@ -13,17 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import dsfs.store.fetch
 from dsfs import Dataset
 from dsfs.node.cache import Cache
 from dsfs.errors import CorruptChunk, PathNotFound, StoreUnavailable
+from dsfs.node.prefetch import PrefetchConfig
 from dsfs.node.view import View
 from conftest import make_tree
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(dsfs.store.fetch, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01,0.01")
 
 
 def _final(store, files: dict, parents=(), folder=None, name="n") -> Dataset:
@@ -35,8 +35,8 @@ def _final(store, files: dict, parents=(), folder=None, name="n") -> Dataset:
     return Dataset.get(ds.id, store=store)
 
 
-def _view(ds: Dataset, cache=None) -> View:
-    return View(ds.store, cache or Cache(), ds.id)
+def _view(ds: Dataset, cache=None, config=None) -> View:
+    return View(ds.store, cache or Cache(), ds.id, config)
 
 
 def _walk(view: View, ino: int = 1, prefix: str = ""):
@@ -108,7 +108,7 @@ def test_sequential_reads_prefetch_and_serve_from_memory(tmp_path, memory_store)
     out = b""
     while len(out) < len(data):
         out += bytes(view.read(handle, len(out), 1 << 20))
-    assert out == data and handle.window > 1 << 20  # the window grew with sequential reads
+    assert out == data and handle.ahead.window > 1 << 20  # the window grew with sequential reads
     view.pool.shutdown(wait=True)  # background prefetches done
     assert all(view.cache.has_chunk(ref.digest) for ref in handle.chunks)
     assert bytes(view.read(handle, 5, 100, wait=False)) == data[5:105]  # memory hit: answered without waiting
@@ -193,13 +193,11 @@ class SlowStore:
         return self.store.read_pack_range(pack, offset, length)
 
 
-def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store, monkeypatch):
-    import dsfs.node.view
-
-    monkeypatch.setattr(dsfs.node.view, "FILES_AHEAD", 0)  # the barrier counts the readers' own fetches
+def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store):
     files = {f"f{i}": os.urandom(100_000) for i in range(4)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
-    view = View(SlowStore(ds.store, parties=4), Cache(), ds.id)
+    # no fetching ahead: the barrier counts the readers' own fetches
+    view = View(SlowStore(ds.store, parties=4), Cache(), ds.id, PrefetchConfig(files_ahead=0))
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(view.read_path, files)) == list(files.values())
 
@@ -268,6 +266,8 @@ def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_sto
         return real(*args)
 
     ds.store.read_pack_range = counted
+    real_fetch_files, spans_in_order = view._fetch_files, []  # the same spy, passing through
+    view._fetch_files = lambda start, stop: (spans_in_order.append((start, stop)), real_fetch_files(start, stop))
     for i in range(40):  # in path order, as `find | xargs cat` reads them
         assert view.read_path(f"d/{i:03d}") == files[f"d/{i:03d}"]
     assert view.read_path("z/big") == files["z/big"]
@@ -277,12 +277,15 @@ def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_sto
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert all(view.cache.has_chunk(r.digest) for name in files for r in view.resolve(name).chunks)
+    assert spans_in_order  # the spy sees fetches ahead, so its silence below means something
     # out of order: nothing is fetched ahead
     other = _view(ds, Cache(str(tmp_path / "cache2")))
+    spans = []  # a spy where the fetches ahead start (the pool calls it)
+    other._fetch_files = lambda start, stop: spans.append((start, stop))
     assert other.read_path("d/030") == files["d/030"]
     assert other.read_path("d/002") == files["d/002"]
-    time.sleep(0.2)
-    assert not other.cache.has_chunk(other.resolve("d/010").chunks[0].digest)
+    other.pool.shutdown(wait=True)  # whatever was handed to the pool has run
+    assert spans == [] and not other.cache.has_chunk(other.resolve("d/010").chunks[0].digest)
 
 
 def _evict(path: str) -> None:
@@ -315,24 +318,27 @@ def test_files_in_ram_are_not_fetched_ahead(tmp_path, file_store, monkeypatch):
     ds = _final(file_store, files, folder=tmp_path / "d")
     cache = Cache()
     assert all(_view(ds, cache).read_path(name) == data for name, data in files.items())
+    # What the page cache holds is the kernel's call (this VM's memory reclaim runs beside the test),
+    # so the test decides it: the cache's RAM-only read answers "all in RAM", then "nothing in RAM".
+    real_get_chunk, ram = cache.get_chunk, {"holds": True}
+
+    def get_chunk(digest, raw=None, in_ram_only=False):
+        return None if in_ram_only and not ram["holds"] else real_get_chunk(digest, raw)
+
+    monkeypatch.setattr(cache, "get_chunk", get_chunk)
     view = _view(ds, cache)
-    fetched = []
+    fetched = []  # a spy where the fetches ahead start (the pool calls it)
     monkeypatch.setattr(view, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
     for name in files:  # in path order, all in the page cache: each open reads its own first chunk
         assert view.read_path(name) == files[name]
+    view.pool.shutdown(wait=True)  # whatever was handed to the pool has run
     assert fetched == []
-    # On disk only: the files ahead are loaded in the pool, as from a store. Whether the kernel
-    # really dropped the pages is its call (this VM's memory reclaim runs beside the test: a run
-    # in four found them still cached), so a few attempts: the code must fetch ahead in one.
-    for _ in range(3):
-        for name in files:
-            _evict(cache._chunk_path(view.resolve(name).chunks[0].digest))
-        other = _view(ds, cache)
-        monkeypatch.setattr(other, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
-        for name in files:
-            assert other.read_path(name) == files[name]
-        if fetched:
-            break
+    ram["holds"] = False  # on disk only: the files ahead are loaded in the pool, as from a store
+    other = _view(ds, cache)
+    monkeypatch.setattr(other, "_fetch_files", lambda start, stop: fetched.append((start, stop)))
+    for name in files:
+        assert other.read_path(name) == files[name]
+    other.pool.shutdown(wait=True)
     assert fetched
 
 
@@ -354,14 +360,13 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     """Reading chunks last used long ago must not cost a durable LMDB write each (an epoch over a
     dataset would be serialized on them): uses are recorded and written together."""
     import dsfs.node.cache
-    import dsfs.node.view
 
-    monkeypatch.setattr(dsfs.node.view, "FILES_AHEAD", 0)  # no fetching ahead: it would read (and touch) more
+    no_ahead = PrefetchConfig(files_ahead=0)  # no fetching ahead: it would read (and touch) more
     files = {f"f{i}": os.urandom(1000 + i) for i in range(40)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
     cache = Cache()
-    _view(ds, cache).warm()
-    digests = [n.chunks[0].digest for _, n in _view(ds, cache).index.walk_files()]
+    _view(ds, cache, no_ahead).warm()
+    digests = [n.chunks[0].digest for _, n in _view(ds, cache, no_ahead).index.walk_files()]
     with cache.env.begin(write=True) as txn:  # pretend they were all last used an hour ago
         for digest in digests:
             size, _ = dsfs.node.cache._CHUNK.unpack(txn.get(digest, db=cache.db_chunks))
@@ -369,18 +374,18 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     writes = []
     real = cache._write_uses
     monkeypatch.setattr(cache, "_write_uses", lambda uses: (writes.append(len(uses)), real(uses)))
-    view = _view(ds, cache)
+    view = _view(ds, cache, no_ahead)
     assert [view.read_path(p) for p in files] == list(files.values())
     assert writes == [] and len(cache._uses) == 40  # recorded, not yet written
     monkeypatch.setattr(dsfs.node.cache, "TOUCH_BATCH", 41)
     view.read_path("f0")  # already recorded: no new write
     monkeypatch.setattr(dsfs.node.cache, "TOUCH_FLUSH_NS", 0)
-    View(ds.store, cache, ds.id).read_path("f1")
+    View(ds.store, cache, ds.id, no_ahead).read_path("f1")
     assert writes == [40]  # one write transaction for all of them
     with cache.env.begin(db=cache.db_chunks) as txn:
         assert all(dsfs.node.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
     # a use recorded on an event loop's thread (open without waiting) is written by another thread
-    fresh = View(ds.store, cache, ds.id)
+    fresh = View(ds.store, cache, ds.id, no_ahead)
     f5 = fresh.resolve("f5")
     with cache.env.begin(write=True) as txn:
         size, _ = dsfs.node.cache._CHUNK.unpack(txn.get(f5.chunks[0].digest, db=cache.db_chunks))

@@ -4,8 +4,8 @@
 Files keep their layout under the target path and are sent by a pool of threads (one object per
 file; the backend splits large ones into multipart uploads). Nothing is replaced unless asked: the
 target is listed first, and any file that would overwrite an existing object stops the upload
-before a byte is sent. The dsfs layout's own top-level names (`datasets/`, `packs/`, `names/`, `sessions/`, `locks/`, the
-store marker) are refused as targets, so an upload can never damage the dsfs store beside it.
+before a byte is sent. The dsfs layout's own top-level names (`datasets/`, `packs/`, `names/`,
+`sessions/`, `locks/`, the store marker) are refused as targets, so an upload can never damage the dsfs store beside it.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from dsfs.store import backends
-
 from dsfs import paths
 from dsfs.authoring.localfiles import local_files
-from dsfs.store.datastores import Datastore
 from dsfs.errors import Conflict, LocalFileNotFound, UsageError
 from dsfs.progress import transfer
+from dsfs.store import backends
+from dsfs.store.datastores import Datastore
 from dsfs.store.layout import MARKER
 
 DEFAULT_WORKERS = 8

@@ -81,7 +81,7 @@ class DraftState:
         return os.path.join(settings.state_dir(), "drafts", f"{dataset_id}.msgpack")
 
     @classmethod
-    def load(cls, dataset_id: str, store_url: str) -> "DraftState":
+    def load(cls, dataset_id: str, store_url: str) -> DraftState:
         path = cls.path_for(dataset_id)
         try:
             with open(path, "rb") as f:
@@ -180,7 +180,7 @@ class DraftLock:
         self.wait = LOCK_WAIT if wait is None else wait
         self.fd: int | None = None
 
-    def __enter__(self) -> "DraftLock":
+    def __enter__(self) -> DraftLock:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         deadline = time.monotonic() + self.wait
         while True:
@@ -209,6 +209,7 @@ class DraftLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        assert self.fd is not None, "__enter__ took the lock"
         os.close(self.fd)  # releases the flock
         self.fd = None
 

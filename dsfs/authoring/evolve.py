@@ -18,17 +18,16 @@ import errno
 import os
 import stat as stat_mod
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dsfs import paths
-
 from dsfs.errors import Conflict, LocalFileNotFound
 from dsfs.lineage.filetable import EXECUTABLE, FileTable
-from dsfs.model import Entry
-from dsfs.store.packs import file_digest
-from dsfs.store.layout import Store
 from dsfs.lineage.viewindex import NodeDb, merged_entries
+from dsfs.model import Entry
+from dsfs.store.layout import Store
+from dsfs.store.packs import file_digest
 
 
 @dataclass
@@ -44,7 +43,7 @@ class FolderChanges:
         return not (self.added or self.modified or self.removed)
 
 
-def folder_changes(base: FileTable, folder: str, dataset_path: str = "", follow_symlinks: bool = False,
+def folder_changes(base: FileTable, folder: str, dataset_path: str | None = "", follow_symlinks: bool = False,
                    warn: Callable[[str], None] | None = None) -> FolderChanges:
     """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table.
     Files of `base` outside dataset_path are not considered (a sync of a subfolder). What the scan
@@ -138,10 +137,12 @@ def _scan(folder: str, real: str, rel_folder: str, root: str, follow: bool, warn
                 continue
             yield from _scan(entry.path if st is None else target, target, rel + "/", root, follow, warn,
                              ancestors | {target})
-        elif stat_mod.S_ISREG(st.st_mode):
-            yield rel, target, st
         else:
-            warn(f"skipped {printable(entry.path)}: not a regular file")
+            assert st is not None, "stat'ed unless a folder"
+            if stat_mod.S_ISREG(st.st_mode):
+                yield rel, target, st
+            else:
+                warn(f"skipped {printable(entry.path)}: not a regular file")
 
 
 def is_utf8(text: str) -> bool:
@@ -155,7 +156,7 @@ def is_utf8(text: str) -> bool:
 def _usable(entries, warn) -> list:
     """(entry, NFC name) of the entries of one folder whose names can be dataset paths, with a
     warning for each other one; Conflict if two names differ only in their Unicode form."""
-    seen = {}
+    seen: dict[str, os.DirEntry] = {}
     for entry in entries:
         if not is_utf8(entry.name):
             warn(f"skipped {printable(entry.path)}: its name is not valid UTF-8 (rename it to add it)")
@@ -196,6 +197,7 @@ def compare(store: Store, cache: NodeDb, source_id: str, target_id: str) -> Comp
     a, b = next(src, None), next(dst, None)
     while a is not None or b is not None:
         if b is None or (a is not None and a.path < b.path):
+            assert a is not None, "the loop runs while either is left"
             result.removed.append((a.path, a.size))
             a = next(src, None)
         elif a is None or b.path < a.path:

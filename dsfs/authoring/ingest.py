@@ -25,20 +25,24 @@ before any byte is read, never waited on (`open_regular`).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat as stat_mod
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable
+
 import blake3
 
 from dsfs.authoring.drafts import DraftState
 from dsfs.errors import FileChanged, LocalFileNotFound
 from dsfs.model import ChunkRef, Entry, clamp_mtime
-from dsfs.store.packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
 from dsfs.progress import Tracker
-from dsfs.store.sessions import WriterSession
 from dsfs.store.layout import Store
+from dsfs.store.packs import MIN_CHUNK, Pack, PackBuilder, PendingRef, chunker, digest
+from dsfs.store.sessions import WriterSession
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 4
 SAVE_INTERVAL = 2.0
@@ -116,9 +120,11 @@ class Uploader:
             refs: list = []
             whole = None
             total = 0
+            pieces: Iterable[bytes | memoryview]
             if before.st_size <= MIN_CHUNK:
                 data = f.read()
-                pieces = [data] if data else []  # an empty file has no chunk (a pack of only empty chunks is never written)
+                # an empty file has no chunk (a pack of only empty chunks is never written)
+                pieces = [data] if data else []
                 file_digest = None
             else:
                 pieces = (c.data for c in chunker().cut_stream(f))
@@ -129,14 +135,17 @@ class Uploader:
                 chunk_digest = digest(data)
                 if whole is not None:
                     whole.update(data)
-                ref = self.known(chunk_digest) or self.draft.chunks.get(chunk_digest)
+                ref: ChunkRef | PendingRef | None = self.known(chunk_digest) or self.draft.chunks.get(chunk_digest)
                 if ref is None:
-                    ref = self.session.get(chunk_digest)
-                    if ref is None:
-                        ref = self.session[chunk_digest] = self.builder.add(chunk_digest, data)
+                    pending = self.session.get(chunk_digest)
+                    if pending is None:
+                        pending = self.session[chunk_digest] = self.builder.add(chunk_digest, data)
                         if self.builder.full():  # per chunk: a large file spans several packs
-                            self._submit(self.builder.take())
-                    last_seq = max(last_seq, ref.pack.seq)
+                            full = self.builder.take()
+                            assert full is not None, "a full pack is not empty"
+                            self._submit(full)
+                    last_seq = max(last_seq, pending.pack.seq)
+                    ref = pending
                 refs.append(ref)
                 self.progress.advance(len(data))
             file_digest = whole.digest() if whole is not None else (refs[0].digest if refs else digest(b""))
@@ -164,11 +173,14 @@ class Uploader:
 
     def _write_pack(self, pack: Pack) -> bool:
         """Put the pack in the store; False if it was there already (then it is relied on, not sent)."""
-        self.writer.announce([pack.id])  # before looking: see dsfs.store.sessions
-        present = self.store.has_pack(pack.id)
+        pack_id = pack.sealed_id
+        self.writer.announce([pack_id])  # before looking: see dsfs.store.sessions
+        present = self.store.has_pack(pack_id)
         if not present:
-            self.store.write_pack(pack.id, pack.pieces)
-        self.writer.seen(pack.id)
+            self.store.write_pack(pack_id, pack.pieces)
+        else:
+            log.debug("pack %s is in %s already: not sent", pack_id.hex(), self.store.display_url)
+        self.writer.seen(pack_id)
         return not present
 
     def _collect(self, block: bool, raise_errors: bool = True) -> None:
@@ -182,14 +194,14 @@ class Uploader:
                 continue
             if future.result():
                 self.sent_packs += 1
-                self.draft.written.append(pack.id)
+                self.draft.written.append(pack.sealed_id)
                 self.draft.new_bytes += pack.size
             else:
                 self.skipped_packs += 1
             self.done_seqs.add(pack.seq)
             for ref in pack.chunks:
                 self.draft.chunks[ref.digest] = ref.resolve()
-            self.draft.packs.append(pack.id)
+            self.draft.packs.append(pack.sealed_id)
             pack.release()  # free the memory; refs keep only the id
         while self.durable_upto + 1 in self.done_seqs:
             self.durable_upto += 1

@@ -7,13 +7,11 @@ datastores are shown through `Datastore.public()`.
 
 from __future__ import annotations
 
-import json
-
 import click
 from click.core import ParameterSource
 
-from dsfs.store import datastores
-from dsfs.dataset import Dataset
+from dsfs.cli.output import emit_json as _emit_json
+from dsfs.cli.output import table as _table
 from dsfs.errors import UsageError
 
 
@@ -27,22 +25,16 @@ def store_ref(ctx: click.Context, store: str | None, datastore: str | None) -> s
         store = None
     elif given["store"] and not given["datastore"]:
         datastore = None
+    if not datastore:  # what datastores.store_ref answers, without loading the store layer (fsspec)
+        return store
+    from dsfs.store import datastores
+
     return datastores.store_ref(store, datastore)
 
 
-def _emit_json(data) -> None:
-    from dsfs.cli.main import _emit_json as emit  # main imports this module: import late
-
-    emit(data)
-
-
-def _table(columns, rows) -> None:
-    from dsfs.cli.main import _table as table
-
-    table(columns, rows)
-
-
 def _options_text(options: dict) -> str:
+    import json
+
     return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(options.items())) or "-"
 
 
@@ -61,6 +53,8 @@ def datastore():
 @click.option("--overwrite", is_flag=True, help="Replace a datastore of that name.")
 def register(name, url, options, make_default, overwrite):
     """Register URL (s3://BUCKET/PREFIX, gs://..., az://CONTAINER/..., file://PATH) as NAME."""
+    from dsfs.store import datastores
+
     parsed = dict(datastores.parse_option(o) for o in options)
     ds = datastores.register(name, url, parsed, default=make_default, overwrite=overwrite)
     click.echo(f"registered datastore {ds.name} -> {ds.public()['url']}" + (" (default)" if ds.default else ""))
@@ -70,6 +64,8 @@ def register(name, url, options, make_default, overwrite):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def list_(as_json):
     """List datastores (secrets shown as ***)."""
+    from dsfs.store import datastores
+
     found = [d.public() for d in datastores.all_datastores()]
     if as_json:
         return _emit_json(found)
@@ -82,6 +78,10 @@ def list_(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def show(name, as_json):
     """Show one datastore (secrets shown as ***, env:VAR references as they are)."""
+    import json
+
+    from dsfs.store import datastores
+
     data = datastores.get(name).public()
     if as_json:
         return _emit_json(data)
@@ -95,6 +95,8 @@ def show(name, as_json):
 @click.argument("name")
 def remove(name):
     """Forget a datastore (its data is not touched)."""
+    from dsfs.store import datastores
+
     datastores.remove(name)
     click.echo(f"removed datastore {name}")
 
@@ -103,6 +105,8 @@ def remove(name):
 @click.argument("name")
 def set_default(name):
     """Make NAME the datastore used when no --store/--datastore is given."""
+    from dsfs.store import datastores
+
     datastores.set_default(name)
     click.echo(f"default datastore: {name}")
 
@@ -116,6 +120,7 @@ def set_default(name):
 def upload(name, src_dir, target_path, overwrite, max_workers):
     """Upload the files under SRC_DIR as they are (not as a dataset version)."""
     from dsfs.authoring.datastore_upload import upload as run
+    from dsfs.store import datastores
 
     result = run(datastores.get(name), src_dir, target_path, overwrite=overwrite, max_workers=max_workers)
     click.echo(f"uploaded {result['files']} file(s), {result['bytes']} bytes to {result['target']}"
@@ -131,6 +136,8 @@ def upload(name, src_dir, target_path, overwrite, max_workers):
 @click.pass_context
 def push(ctx, ref, to, max_workers, as_json):
     """Copy a final version, its missing ancestors and missing packs to another datastore."""
+    from dsfs.dataset import Dataset
+
     ds = Dataset.get(ref, store=ctx.obj["store"])
     result = ds.push(to, max_workers=max_workers)
     if as_json:

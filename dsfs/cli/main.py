@@ -3,25 +3,31 @@
 Errors are converted here and only here: a `DsfsError` becomes one line on stderr and its exit code,
 never a traceback. Commands that act on a dataset default to the last created or used one
 (clearml-data's stateful style); `--id` takes an id or `project/name[@version]`.
+
+Start-up: at module level this imports click and light modules only; a command imports what it
+needs when it runs, so `dsfs --help` and `dsfs --version` load no store, fsspec, LMDB or rich
+(tests/test_startup.py; bench/bench_startup.py times it).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
+import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from dsfs import Dataset
-
-from dsfs.lifecycle import sweep
 from dsfs.cli.datastore import datastore, push, store_ref
-from dsfs.dataset import open_store
+from dsfs.cli.output import emit_json as _emit_json
+from dsfs.cli.output import human as _human
+from dsfs.cli.output import table as _table
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
-from dsfs.model import VersionInfo
+
+if TYPE_CHECKING:
+    from dsfs.dataset import Dataset
+    from dsfs.model import VersionInfo
 
 
 class MultiOption(click.Option):
@@ -53,35 +59,49 @@ def multi(*names, **kwargs):
     return click.option(*names, cls=MultiOption, **kwargs)
 
 
-stdout = Console(soft_wrap=True)
+class _Deferred:
+    """A class of the API, imported on its first attribute access (`Dataset.get(...)`): the commands
+    below name `Dataset` as before, and loading it (the store, fsspec, LMDB: ~0.3 s) waits for a
+    command that uses it."""
+
+    def __init__(self, module: str, name: str):
+        self._module, self._name = module, name
+
+    def __getattr__(self, attr: str):
+        return getattr(getattr(importlib.import_module(self._module), self._name), attr)
 
 
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+if not TYPE_CHECKING:
+    Dataset = _Deferred("dsfs.dataset", "Dataset")
 
 
-def _table(columns, rows) -> None:
-    rows = [[str(c) for c in row] for row in rows]
-    if not sys.stdout.isatty():
-        # plain aligned columns: what scripts and pipes expect, and 5x faster than rich for 10,000 rows
-        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [list(columns)] + rows]
-        click.echo("\n".join(lines))
-        return
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("id", "path", "version", "size"))
-    for row in rows:
-        table.add_row(*row)
-    stdout.print(table)
+def installed_version() -> str:
+    """dsfs's installed version: from the name of its dist-info folder (`dsfs-0.1.0.dist-info`), which
+    is where importlib.metadata reads it; importing that (email, zipfile, csv) would cost ~40 ms, a
+    third of `dsfs --version`. importlib.metadata answers when no such folder is on sys.path."""
+    for folder in sys.path:
+        try:
+            names = os.listdir(folder or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("dsfs-") and name.endswith(".dist-info"):
+                version = name.removeprefix("dsfs-").removesuffix(".dist-info")
+                if version and "-" not in version:  # not another project's dsfs-other-1.0.dist-info
+                    return version
+    import importlib.metadata
+
+    return importlib.metadata.version("dsfs")
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"{ctx.find_root().info_name}, version {installed_version()}")  # click.version_option's words
+        ctx.exit()
+
+
+version_option = click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+                              callback=_print_version, help="Show the version and exit.")
 
 
 def _dataset(ctx, ref: str | None) -> Dataset:
@@ -93,19 +113,31 @@ def _dataset(ctx, ref: str | None) -> Dataset:
     return Dataset.current(store)
 
 
-id_option = click.option("--id", "ref", metavar="DATASET", help="Dataset id or project/name[@version] (default: the current one).")
+id_option = click.option("--id", "ref", metavar="DATASET",
+                         help="Dataset id or project/name[@version] (default: the current one).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="DSFS_STORE", metavar="URL",
-              help="Store URL (file://, s3://, gs://, az://, memory://). Default: $DSFS_STORE, else the default datastore.")
+              help="Store URL (file://, s3://, gs://, az://, memory://). "
+                   "Default: $DSFS_STORE, else the default datastore.")
 @click.option("--datastore", envvar="DSFS_DATASTORE", metavar="NAME",
               help="Named datastore (`dsfs datastore list`) instead of --store. Default: $DSFS_DATASTORE.")
-@click.version_option(package_name="dsfs")
+@click.option("-v", "--verbose", count=True, help="Log to stderr: -v what dsfs does, -vv every fetch and retry.")
+@version_option
 @click.pass_context
-def cli(ctx, store, datastore):
+def cli(ctx, store, datastore, verbose):
     """dsfs: versioned datasets in object storage, mounted or materialized on compute nodes."""
+    import logging
+
+    # Without -v the dsfs loggers write nothing (not even logging's last-resort WARNING lines):
+    # commands print their own one-line errors. Replaced, not added to: main() may run many times.
+    handler = logging.StreamHandler() if verbose else logging.NullHandler()
+    handler.setFormatter(logging.Formatter("dsfs: %(message)s"))
+    logging.getLogger("dsfs").handlers[:] = [handler]
+    if verbose:
+        logging.getLogger("dsfs").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     ctx.obj = {"store": store_ref(ctx, store, datastore)}
 
 
@@ -136,7 +168,8 @@ def create(ctx, project, name, version, parents, tags, description, from_datasto
 
 @cli.command()
 @multi("--files", metavar="PATH", help="Local files, folders or globs.")
-@multi("--links", metavar="URL", help="External objects or prefixes (s3://, gs://, az://, file://) that stay where they are.")
+@multi("--links", metavar="URL",
+       help="External objects or prefixes (s3://, gs://, az://, file://) that stay where they are.")
 @click.option("--dataset-folder", default=None, help="Folder inside the dataset to put them in.")
 @click.option("--wildcard", "wildcards", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--non-recursive", is_flag=True, help="Do not descend into sub-folders.")
@@ -263,6 +296,8 @@ def search(ctx, project, name, tags, ids, as_json):
 @click.pass_context
 def show(ctx, ref, as_json):
     """Show a version's record (default: the current dataset)."""
+    import json
+
     ds = _dataset(ctx, ref)
     data = ds.info.to_json()
     if as_json:
@@ -290,6 +325,8 @@ def metadata():
 @click.pass_context
 def metadata_set(ctx, key, value, ref):
     """Set KEY to VALUE (JSON if it parses, else a string)."""
+    import json
+
     ds = _dataset(ctx, ref)
     try:
         parsed = json.loads(value)
@@ -305,6 +342,8 @@ def metadata_set(ctx, key, value, ref):
 @click.pass_context
 def metadata_get(ctx, key, ref, as_json):
     """Print one key, or all metadata."""
+    import json
+
     ds = _dataset(ctx, ref)
     value = ds.get_metadata(key)
     if as_json or key is None:
@@ -365,6 +404,9 @@ def delete(ctx, ref, force):
 @click.pass_context
 def gc(ctx, dry_run, grace, as_json):
     """Reclaim the space of packs no final version references (mark and sweep; one gc at a time)."""
+    from dsfs.dataset import open_store
+    from dsfs.lifecycle import sweep
+
     report = sweep.gc(open_store(ctx.obj["store"]), grace=sweep.parse_duration(grace), dry_run=dry_run)
     if as_json:
         return _emit_json(report.to_json())
@@ -446,7 +488,8 @@ def compare(ctx, source, target, verbose, as_json):
                f"{summary['modified']} modified ({_human(summary['modified_bytes'])}), "
                f"{summary['unchanged']} unchanged")
     if verbose:
-        rows = ([("added", p, _human(n)) for p, n in result.added] + [("removed", p, _human(n)) for p, n in result.removed]
+        rows = ([("added", p, _human(n)) for p, n in result.added]
+                + [("removed", p, _human(n)) for p, n in result.removed]
                 + [("modified", p, f"{_human(a)} -> {_human(b)}") for p, a, b in result.modified])
         _table(["change", "path", "size"], sorted(rows, key=lambda r: r[1]))
 
@@ -500,6 +543,7 @@ def versions(ctx, ref, as_json):
 def check(ctx, read_data, subset, as_json):
     """Prove the store: records, change-sets, chunk refs (and chunk bytes with --read-data).
     Exit 1 listing every damaged version and file."""
+    from dsfs.dataset import open_store
     from dsfs.lifecycle.check import check_store
 
     if read_data and subset:
@@ -542,8 +586,10 @@ def _check_summary(report) -> list[str]:
 @multi("--include", metavar="GLOB", help="Only paths matching these globs.")
 @click.option("-o", "--output", required=True, help="Output file, or - for stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Cache folder (default: $DSFS_CACHE_DIR, else $XDG_CACHE_HOME/dsfs).")
 @click.pass_context
-def export_(ctx, ref, fmt, include, output, overwrite):
+def export_(ctx, ref, fmt, include, output, overwrite, cache_dir):
     """Write a version as a streamed tar or zip archive, or its file list as JSON."""
     from dsfs.node.cache import Cache
     from dsfs.node.export import export_to
@@ -552,7 +598,7 @@ def export_(ctx, ref, fmt, include, output, overwrite):
     if output == "-" and fmt != "manifest-json" and sys.stdout.isatty():
         raise DsfsUsage("refusing to write a binary archive to a terminal; redirect it or use -o FILE")
     ds = Dataset.get(ref, store=ctx.obj["store"])
-    view = View(ds.store, Cache(), ds.id)
+    view = View(ds.store, Cache(cache_dir), ds.id)  # the cache the user chose: its chunks are used and kept
     try:
         count = export_to(view, output, fmt, list(include) or None, overwrite)
     finally:
@@ -611,8 +657,8 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_siz
     import os
 
     from dsfs import settings
-    from dsfs.node.copies import intact, register_link
     from dsfs.model import ID_RE
+    from dsfs.node.copies import intact, register_link
 
     if ref and ID_RE.match(ref) and not (copy_to or link_to):
         # A final version never changes: a cached copy of this id that stats as it was laid out is
@@ -723,6 +769,8 @@ def cache_clear(force, cache_dir, cache_size):
 @click.pass_context
 def init_store(ctx):
     """Create the store marker at --store if missing."""
+    from dsfs.dataset import open_store
+
     store = open_store(ctx.obj["store"], create=True)
     click.echo(store.display_url)
 

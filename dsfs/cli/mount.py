@@ -1,18 +1,16 @@
 """`dsfs mount`, `dsfs unmount`, `dsfs mounts`: the command line of dsfs.daemon.
 
 Registered on the main group in cli/main.py. This module does not import cli.main (which imports
-it): `python -m dsfs.cli.main` would otherwise load main.py twice.
+it): `python -m dsfs.cli.main` would otherwise load main.py twice. dsfs.daemon is imported by the
+commands, not here: `dsfs --help` does not load it.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from dsfs import daemon
-from dsfs.daemon.config import mount_config
 from dsfs.errors import UsageError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -20,6 +18,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def _merge(config_file: str | None, given: dict) -> dict:
     """Options from --config, overridden by those given on the command line (None: not given)."""
+    from dsfs.daemon.config import mount_config
+
     options = mount_config(config_file) if config_file else {}
     options.update({k: v for k, v in given.items() if v is not None and v != ()})
     return options
@@ -31,7 +31,8 @@ def _merge(config_file: str | None, given: dict) -> dict:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="Read DSFS_DATASET, DSFS_MOUNTPOINT, DSFS_STORE... from this file (systemd EnvironmentFile format).")
 @click.option("--allow-other", is_flag=True, default=None,
-              help="Let other users read the mount (adds default_permissions; needs user_allow_other in /etc/fuse.conf).")
+              help="Let other users read the mount (adds default_permissions; "
+                   "needs user_allow_other in /etc/fuse.conf).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Cache folder (default: $DSFS_CACHE_DIR, else $XDG_CACHE_HOME/dsfs).")
 @click.option("--cache-size", default=None, metavar="SIZE",
@@ -51,6 +52,7 @@ def mount(ctx, dataset, mountpoint, config_file, foreground, **given):
         raise UsageError("name a DATASET and a MOUNTPOINT (or DSFS_DATASET and DSFS_MOUNTPOINT in --config)")
     store = ctx.obj.get("store") or options.pop("store", None)
     options.pop("store", None)
+    from dsfs import daemon
     from dsfs.dataset import Dataset
     from dsfs.store import datastores
 
@@ -64,7 +66,8 @@ def mount(ctx, dataset, mountpoint, config_file, foreground, **given):
         setup_logging(spec)
         sys.exit(serve(spec))
     handle = daemon.mount(dataset, mountpoint, store, **options)
-    click.echo(f"mounted {handle.ref} ({handle.dataset_id}) at {handle.mountpoint} (pid {handle.pid}, log {handle.log})")
+    click.echo(f"mounted {handle.ref} ({handle.dataset_id}) at {handle.mountpoint} "
+               f"(pid {handle.pid}, log {handle.log})")
 
 
 @click.command()
@@ -77,6 +80,8 @@ def unmount(mountpoint, config_file, force):
     mountpoint = mountpoint or _merge(config_file, {}).get("mountpoint")
     if not mountpoint:
         raise UsageError("name a MOUNTPOINT (or DSFS_MOUNTPOINT in --config)")
+    from dsfs import daemon
+
     click.echo(daemon.unmount(mountpoint, force=force))
 
 
@@ -84,6 +89,9 @@ def unmount(mountpoint, config_file, force):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def mounts(as_json):
     """List this user's dsfs mounts; stale entries (daemon gone) are cleaned up."""
+    import json
+
+    from dsfs import daemon
     from dsfs.node.cache import Cache
 
     live, stale = daemon.list_mounts()
@@ -110,4 +118,4 @@ def mounts(as_json):
               f"{r['cache_bytes'] / 2**30:.2f} / {r['cache_budget'] / 2**30:.0f} GiB") for r in live]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

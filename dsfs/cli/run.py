@@ -1,19 +1,19 @@
-"""`dsfs run` and `dsfs env`: hand datasets to a job through DSFS_DATAREFERENCE_<NAME>."""
+"""`dsfs run` and `dsfs env`: hand datasets to a job through DSFS_DATAREFERENCE_<NAME>.
+
+The commands import what they use (subprocess, shutil, the API): `dsfs --help` loads none of it."""
 
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import signal
-import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from dsfs import Dataset
-from dsfs.datarefs import DataReference, expand, parse_input
 from dsfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from dsfs.datarefs import DataReference
 
 
 class Interrupted(Exception):
@@ -24,6 +24,9 @@ class Interrupted(Exception):
 
 def _references(ctx, inputs) -> list[DataReference]:
     """Parse and resolve every input before anything is set up: a bad one changes nothing."""
+    from dsfs.datarefs import DataReference, parse_input
+    from dsfs.dataset import Dataset
+
     specs = [parse_input(spec) for spec in inputs]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -48,6 +51,12 @@ def _setup_all(refs: list[DataReference]) -> dict[str, str]:
 def run(ctx, inputs, command):
     """Make the inputs available, run COMMAND with DSFS_DATAREFERENCE_<NAME> set, clean up, and exit
     with the command's exit code. `$DSFS_DATAREFERENCE_<NAME>` in the arguments is expanded."""
+    import shutil
+    import signal
+    import subprocess
+
+    from dsfs.datarefs import expand
+
     refs = _references(ctx, inputs)
     if shutil.which(command[0]) is None:
         raise UsageError(f"command not found: {command[0]}")
@@ -84,6 +93,8 @@ def run(ctx, inputs, command):
 def env_(ctx, inputs):
     """Set up the inputs and print `export` lines, for schedulers that run the job themselves.
     Mounts stay until `dsfs unmount`; downloaded folders stay."""
+    import shlex
+
     refs = _references(ctx, inputs)
     try:
         env = _setup_all(refs)

@@ -52,7 +52,7 @@ class MountHandle:
     def unmount(self, force: bool = False) -> None:
         unmount(self.mountpoint, force=force)
 
-    def __enter__(self) -> "MountHandle":
+    def __enter__(self) -> MountHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -61,7 +61,8 @@ class MountHandle:
 
 def resolve_spec(dataset: str, mountpoint: str, store=None, *, allow_other: bool = False,
                  cache_dir: str | None = None, cache_size: str | int | None = None, read_ahead: int = 4096,
-                 prefetch: bool = False, include=None, log_level: str = "info", log_file: str | None = None) -> MountSpec:
+                 prefetch: bool = False, include=None, log_level: str = "info",
+                 log_file: str | None = None) -> MountSpec:
     """Check FUSE and the mountpoint, resolve the dataset to a final version: a MountSpec."""
     from dsfs import catalog  # not at import: `dsfs --help` must not load the store
 
@@ -99,16 +100,19 @@ def _rotate(log_file: str) -> None:
 
 def start(spec: MountSpec, timeout: float = START_TIMEOUT) -> MountHandle:
     """Start the daemon for a resolved spec and wait until it serves (see the module doc)."""
+    log_file = spec.log_file
+    assert log_file is not None, "a detached daemon logs to a file (mount() names it)"
     read_fd, write_fd = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # systemd's socket is not ours
-    _rotate(spec.log_file)
-    with open(spec.log_file, "ab") as log:
+    _rotate(log_file)
+    with open(log_file, "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} mount {spec.ref} at {spec.mountpoint}\n".encode())
         log.flush()
         proc = subprocess.Popen([sys.executable, "-m", "dsfs.daemon", str(write_fd)], stdin=subprocess.PIPE,
                                 stdout=log, stderr=log, pass_fds=(write_fd,), start_new_session=True,
                                 cwd="/", env=env)
     os.close(write_fd)
+    assert proc.stdin is not None, "started with stdin=PIPE"
     try:
         proc.stdin.write(spec.to_json().encode())
         proc.stdin.close()
@@ -183,12 +187,15 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def _last_line(path: str | None) -> str:
+    if path is None:
+        return "no log"
     try:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 4096))
-            lines = [l for l in f.read().decode(errors="replace").splitlines() if l.strip() and not l.startswith("---")]
+            text = f.read().decode(errors="replace")
+            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("---")]
         return lines[-1].strip() if lines else "no output"
-    except (OSError, TypeError):
+    except OSError:
         return "no log"
 
 
@@ -199,27 +206,27 @@ def unmount(mountpoint: str, force: bool = False, timeout: float = STOP_TIMEOUT)
     path = mounts.canonical(mountpoint)
     entry = mounts.mounted(path)
     record = mounts.read_record(path)
-    alive = record is not None and mounts.is_alive(record)
+    live = record if record is not None and mounts.is_alive(record) else None  # its daemon runs
     if entry is None:
         if record is None:
             raise UsageError(f"{path} is not mounted")
-        if alive:
-            _kill(record["pid"])
+        if live is not None:
+            _kill(live["pid"])
         mounts.remove_record(path)
         return f"{path} was not mounted; removed its stale record"
     if entry.fstype != mounts.FSTYPE:
         raise UsageError(f"{path} is not a dsfs mount ({entry.fstype} from {entry.source})")
-    dead = not alive and mounts.is_dead(path)
+    dead = live is None and mounts.is_dead(path)
     mounts.kernel_unmount(path, lazy=force or dead)
     mounts.remove_record(path)
     what = f"unmounted {record.get('ref') if record else entry.source} from {path}"
     if dead:
         return what + " (its daemon had died)"
-    if alive and not _wait_gone(record["pid"], timeout if not force else 2.0):
+    if live is not None and not _wait_gone(live["pid"], timeout if not force else 2.0):
         if not force:
-            raise MountFailed(f"{path} is unmounted but its daemon (pid {record['pid']}) did not exit; "
-                              f"see {record.get('log')}", 1)
-        return what + (f" lazily: files still open there keep being served; the daemon (pid {record['pid']}) "
+            raise MountFailed(f"{path} is unmounted but its daemon (pid {live['pid']}) did not exit; "
+                              f"see {live.get('log')}", 1)
+        return what + (f" lazily: files still open there keep being served; the daemon (pid {live['pid']}) "
                        f"exits when they are closed")
     return what
 

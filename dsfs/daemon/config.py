@@ -54,7 +54,7 @@ def read_env_file(path: str) -> dict[str, str]:
 
 def mount_config(path: str) -> dict:
     """The mount options a config file sets, as keyword arguments of `dsfs.daemon.mount`."""
-    options = {}
+    options: dict[str, bool | int | str | list[str]] = {}
     for key, value in read_env_file(path).items():
         if not key.startswith("DSFS_"):
             continue

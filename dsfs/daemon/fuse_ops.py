@@ -14,7 +14,8 @@
 Files read in inode order (`find | xargs cat`, a loader going through a listing) have the next small
 files' bytes put in the kernel's page cache ahead of the reader (`PagePusher`, FUSE's notify_store),
 from the node's cache only: their reads are then answered by the kernel, and each such file costs this
-one-threaded loop two requests (OPEN, RELEASE) instead of three.
+one-threaded loop two requests (OPEN, RELEASE) instead of three. Which files, and when, is the
+policy's (`dsfs.node.prefetch.PagePush`, tuned by the view's config); here are only the mechanics.
 
 Directory offsets: 0 is the start, 1 follows '.', 2 follows '..', and 2 + n follows the view's
 n-th child; the view's listing positions are stable, so an interrupted listing resumes exactly.
@@ -34,18 +35,16 @@ import pyfuse3
 import trio
 
 from dsfs.errors import DsfsError, PathNotFound
+from dsfs.node.prefetch import PagePush
 from dsfs.node.view import OpenFile, View
 
-log = logging.getLogger("dsfs.mount")
+log = logging.getLogger(__name__)
 
 TIMEOUT = 24 * 3600.0  # entry/attr cache timeout (s): the tree never changes while mounted
 BLKSIZE = 1 << 20  # st_blksize: the buffer size of cat, cp, stdio and Python; 1 MiB = a FUSE request
 DIR_BATCH = 256  # directory entries fetched per worker-thread call
 XATTR_DIGEST = b"user.dsfs.blake3"
 MAX_LOGGED = 10_000
-PUSH_AHEAD = 256  # files put in the page cache ahead of a reader reading in order...
-PUSH_LOW = 64  # ... topped up when the reader is this close to the last one pushed
-PUSH_FILE_BYTES = 1 << 20  # only files this small: the kernel's readahead serves bigger ones well
 
 
 def mount_options(allow_other: bool = False) -> set[str]:
@@ -67,39 +66,31 @@ def _errno_of(exc: BaseException) -> int:
 
 
 class PagePusher:
-    """Puts the bytes of the next small files in the kernel's page cache while a reader opens files
-    in inode order, from a thread of its own: only what the node's cache already holds (nothing is
-    fetched for it), so a file it skips is read the usual way. Reading 10,000 cached small files:
-    3,600-4,000 -> 4,400-5,400 files/s (docs/mount.md)."""
+    """Puts the bytes of the files its policy names in the kernel's page cache, from a thread of its
+    own: only what the node's cache already holds (nothing is fetched for it), so a file it skips is
+    read the usual way."""
 
     def __init__(self, view: View):
         self.view = view
-        self.edge = 0  # files are queued up to this inode (excluded)
+        self.policy = PagePush(view.config)
         self.pushed = 0
-        self.in_page_cache: set[int] = set()  # pushed, not opened since
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.stopping = False
 
     def take(self, ino: int) -> bool:
         """Were this file's bytes pushed (and not yet opened since)? Then its read is not expected."""
-        if ino in self.in_page_cache:
-            self.in_page_cache.discard(ino)
-            return True
-        return False
+        return self.policy.take(ino)
 
     def opened(self, ino: int) -> None:
         """A file was opened (on the event loop's thread: only bookkeeping here)."""
-        if self.stopping or not self.view.reading_in_order():
-            self.edge = ino + 1
+        batch = self.policy.opened(ino, not self.stopping and self.view.reading_in_order())
+        if batch is None:
             return
-        if self.edge - ino > PUSH_LOW:
-            return
-        start, self.edge = max(self.edge, ino + 1), ino + 1 + PUSH_AHEAD
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="dsfs-push", daemon=True)
             self.thread.start()
-        self.queue.put((start, self.edge))
+        self.queue.put(batch)
 
     def _run(self) -> None:
         while (batch := self.queue.get()) is not None:
@@ -107,13 +98,11 @@ class PagePusher:
                 if self.stopping:
                     return
                 try:
-                    data = self.view.cached_file(ino, PUSH_FILE_BYTES)
+                    data = self.view.cached_file(ino, self.policy.file_bytes)
                     if data is not None:
                         pyfuse3.notify_store(ino, 0, data)
                         self.pushed += 1
-                        if len(self.in_page_cache) > 4 * PUSH_AHEAD:  # pushed, never opened
-                            self.in_page_cache.clear()
-                        self.in_page_cache.add(ino)
+                        self.policy.pushed(ino)
                 except OSError:
                     pass  # e.g. ENOENT: the kernel has not looked the file up; it is read as usual
                 except Exception:  # noqa: BLE001 - pushing is a shortcut: a read reports failures
@@ -158,7 +147,7 @@ class _Dir:
     def __init__(self, ino: int):
         self.ino = ino
         self.start = 0
-        self.entries: list = []  # [(next offset, name bytes, Node)] from offset `start`
+        self.entries: list = []  # [(next offset, name bytes, Inode)] from offset `start`
 
 
 class Operations(pyfuse3.Operations):
@@ -290,7 +279,7 @@ class Operations(pyfuse3.Operations):
                 return
 
     def _entries(self, ino: int, start: int) -> list:
-        """Up to DIR_BATCH (next offset, name, Node) from offset `start` (see the module doc)."""
+        """Up to DIR_BATCH (next offset, name, Inode) from offset `start` (see the module doc)."""
         out = []
         if start < 1:
             out.append((1, b".", self.view.getattr(ino)))

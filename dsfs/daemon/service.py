@@ -32,7 +32,7 @@ from dsfs.errors import DsfsError, FuseUnavailable, MountFailed
 from . import mounts
 from .notify import notify
 
-log = logging.getLogger("dsfs.mount")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class MountSpec:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "MountSpec":
+    def from_json(cls, text: str) -> MountSpec:
         return cls(**json.loads(text))
 
 
@@ -79,13 +79,18 @@ class Status:
 
 
 def setup_logging(spec: MountSpec) -> None:
+    """Log to stderr (the log file when detached, journald under systemd): the `dsfs` loggers at
+    spec.log_level, other libraries at INFO and above (their debug is the SDKs' wire traffic)."""
     level = getattr(logging, spec.log_level.upper(), logging.INFO)
-    handler = logging.StreamHandler()  # stderr: the log file when detached, journald under systemd
+    handler = logging.StreamHandler()
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if spec.log_file else "%(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(max(level, logging.INFO))
+    tree = logging.getLogger("dsfs")
+    tree.handlers[:] = []  # `dsfs -v mount --foreground`: the daemon's handler above writes to the same stderr
+    tree.setLevel(level)
     logging.getLogger("pyfuse3").setLevel(max(level, logging.INFO))
 
 
@@ -126,16 +131,18 @@ def serve(spec: MountSpec, status: Status | None = None) -> int:
             from dsfs.daemon import fuse_ops
         except ImportError as exc:
             raise FuseUnavailable(f"FUSE is not available: {exc}. {mounts.FUSE_PACKAGES}") from None
-        from dsfs.node.cache import Cache
         from dsfs.catalog import open_store
+        from dsfs.node.cache import Cache
         from dsfs.node.view import View
 
         started = time.monotonic()
         store = open_store(spec.store)
         cache = Cache(spec.cache_dir, spec.cache_size)
         view = View(store, cache, spec.dataset_id)
+        meta = view.index.meta
+        assert meta is not None, "View makes the view current (ensure_view)"
         log.info("view of %s (%s) ready in %.2f s: %d files, %d folders", spec.ref, spec.dataset_id,
-                 time.monotonic() - started, view.index.meta["files"], view.index.meta["dirs"])
+                 time.monotonic() - started, meta["files"], meta["dirs"])
         ops = fuse_ops.Operations(view)
         try:
             pyfuse3.init(ops, spec.mountpoint, fuse_ops.mount_options(spec.allow_other))

@@ -29,6 +29,7 @@ then take its packs. Every problem is confirmed by reading the version's record 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -37,11 +38,13 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 from dsfs.errors import CorruptChunk, CorruptData, DatasetNotFound, UsageError
-from dsfs.store.fetch import fetch_each
 from dsfs.lineage.merge import changes_match
 from dsfs.model import ChunkRef, VersionInfo, decode_changeset
 from dsfs.progress import transfer
+from dsfs.store.fetch import fetch_each
 from dsfs.store.layout import PackStat, Store
+
+log = logging.getLogger(__name__)
 
 WORKERS = 16
 DATA_WORKERS = 8  # the download's default; ranges in flight (2 per worker, 8 MiB each) bound memory
@@ -176,6 +179,7 @@ def check_store(store: Store, read_data: bool | float | str = False, progress: b
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     report.problems.sort(key=lambda p: (p.ref, p.version, p.path, p.kind))
+    log.info("check %s: %d version(s) read, %d problem(s)", store.display_url, len(records), len(report.problems))
     return report
 
 
@@ -340,7 +344,7 @@ def _read_data(store: Store, scans: list[_Scan], packs: dict[bytes, PackStat], r
 
 
 def _tally(scans: list[_Scan], packs: dict[bytes, PackStat], report: Report) -> None:
-    referenced = set()
+    referenced: set[bytes] = set()
     for scan in scans:
         referenced.update(scan.extent)
         report.files += scan.files
@@ -355,6 +359,7 @@ def _damaged_files(store: Store, info: VersionInfo, packs: dict[bytes, PackStat]
     """Decode a suspect version's change-set again and name each file it cannot read."""
     data, problem = _changes(store, info)
     if data is None:
+        assert problem is not None, "_changes returns the bytes or the problem"
         return [problem]
     found = []
     for entry in decode_changeset(data, f"change-set of dataset {info.id}"):
@@ -390,7 +395,8 @@ def _drop_deleted(store: Store, pool: ThreadPoolExecutor, report: Report) -> Non
             pass
         return False
 
-    deleted = {i for i, is_gone in zip(report.damaged, pool.map(gone, report.damaged)) if is_gone}
+    damaged = report.damaged
+    deleted = {i for i, is_gone in zip(damaged, pool.map(gone, damaged), strict=True) if is_gone}
     report.problems = [p for p in report.problems if p.version not in deleted]
 
 

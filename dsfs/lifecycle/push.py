@@ -24,18 +24,20 @@ against their digests before they are sent, so a corrupt source is not replicate
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from dsfs.store import datastores
 from dsfs.errors import Conflict, CorruptData, DatasetNotFound, InvalidState, StoreUnavailable, UsageError
 from dsfs.lineage.merge import Lineage, read_changes_checked
 from dsfs.model import VersionInfo, decode_changeset
-from dsfs.store.packs import digest
 from dsfs.progress import transfer
-from dsfs.store.sessions import WriterSession
+from dsfs.store import datastores
 from dsfs.store.layout import Store
+from dsfs.store.packs import digest
+from dsfs.store.sessions import WriterSession
 
 DEFAULT_WORKERS = 4
+log = logging.getLogger(__name__)
 
 
 def open_target(to: Store | str) -> Store:
@@ -71,12 +73,14 @@ def push(source: Store, info: VersionInfo, to: Store | str, max_workers: int | N
             WriterSession(target, f"push {info.ref} ({info.id})") as session:
         all_packs = sorted({p for packs in wanted.values() for p in packs})
         session.announce(all_packs, verified=False)
-        present = dict(zip(all_packs, pool.map(target.has_pack, all_packs)))
+        present = dict(zip(all_packs, pool.map(target.has_pack, all_packs), strict=True))
         for pack, found in present.items():
             if found:
                 session.seen(pack)
         to_send = [p for p in all_packs if not present[p]]
         result["packs_present"] = len(all_packs) - len(to_send)
+        log.info("push %s to %s: %d version(s), %d of %d pack(s) to send", info.ref, target.display_url,
+                 len(missing), len(to_send), len(all_packs))
         with transfer(f"push {info.ref}", sum(estimate.get(p, 0) for p in to_send), show_progress) as progress:
             sent: set[bytes] = set()
             for dataset_id in missing:  # ancestors first: each version only after all it needs

@@ -24,18 +24,21 @@ host takes over the dead process's lease at once).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from dsfs.store import datastores
 from dsfs.errors import Conflict, CorruptData, DatasetNotFound, UsageError
 from dsfs.lineage.merge import read_changes_checked
 from dsfs.model import decode_changeset
 from dsfs.progress import transfer
-from dsfs.store.sessions import TIMING, GcLease, Timing, read_sessions, session_packs
+from dsfs.store import datastores
 from dsfs.store.layout import Store
+from dsfs.store.sessions import TIMING, GcLease, Timing, read_sessions, session_packs
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 24 * 3600.0
 WORKERS = 16
@@ -94,7 +97,7 @@ def _mark(store: Store, progress) -> tuple[dict[bytes, int], int, int]:
         except CorruptData as exc:
             raise CorruptData(f"{exc}; gc deleted nothing (run `dsfs check`, then repair or delete "
                               f"that version)") from None
-        chunks = set()
+        chunks: set[tuple[bytes, int, int]] = set()
         if info.is_final:
             try:
                 data = read_changes_checked(store, info)
@@ -120,8 +123,8 @@ def _mark(store: Store, progress) -> tuple[dict[bytes, int], int, int]:
     return referenced, finals, drafts
 
 
-def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: bool = False, show_progress: bool | None = None,
-       timing: Timing | None = None) -> GcReport:
+def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: bool = False,
+       show_progress: bool | None = None, timing: Timing | None = None) -> GcReport:
     """Delete the packs no final version references (see the module docstring). With dry_run,
     take no lease, delete nothing, and report what would be deleted. `store`: a Store, a URL,
     `datastore:NAME`, or None for the default store."""
@@ -155,14 +158,19 @@ def gc(store: Store | str | None = None, grace: float = DEFAULT_GRACE, dry_run: 
                 report.kept_young_bytes += stat.size
             else:
                 doomed.append((pack_id, stat.size))
+        log.info("gc %s: %d pack(s), %d referenced, %d kept for writers, %d too young, %d to delete%s",
+                 store.display_url, report.packs, report.referenced_packs, report.kept_session_packs,
+                 report.kept_young_packs, len(doomed), " (dry run)" if dry_run else "")
         if dry_run:
             report.deleted_packs = len(doomed)
             report.deleted_bytes = sum(size for _, size in doomed)
             report.deleted = [p.hex() for p, _ in doomed]
             return report
         for session_id in stale:
+            log.debug("gc %s: removing stale session %s", store.display_url, session_id)
             store.delete_session(session_id)
             report.stale_sessions_removed += 1
+        assert lease is not None, "taken unless dry_run"
         _sweep(store, lease, doomed, report, show_progress)
         _sweep_temp_files(store, temp_files, max(grace, TEMP_AGE), report)
         return report
@@ -194,6 +202,7 @@ def _sweep_temp_files(store: Store, temp_files: dict, older_than: float, report:
     now = time.time()
     for key, stat in temp_files.items():
         if stat.modified and stat.modified < now - older_than:
+            log.debug("gc %s: removing %s, left by a killed write", store.display_url, key)
             store.delete_temp_file(key)
             report.temp_files_removed += 1
             report.temp_bytes_removed += stat.size

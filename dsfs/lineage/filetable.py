@@ -52,7 +52,7 @@ def tables_dir() -> str:
 class FileTable:
     """A merged view in columns, and the chunks of its lineage."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.paths: list[str] = []
         self.sizes = array("q")
         self.mtimes = array("q")
@@ -67,7 +67,7 @@ class FileTable:
         self._chunk_index: dict[bytes, int] | None = None
 
     @classmethod
-    def from_view(cls, view: dict[str, Entry], known: dict[bytes, ChunkRef]) -> "FileTable":
+    def from_view(cls, view: dict[str, Entry], known: dict[bytes, ChunkRef]) -> FileTable:
         table = cls()
         for path in sorted(view):
             table._append(view[path])
@@ -95,7 +95,7 @@ class FileTable:
     def find(self, path: str) -> int | None:
         """The row of a path, or None."""
         if self._index is None:
-            self._index = dict(zip(self.paths, range(len(self.paths))))  # str -> int: untracked by the GC
+            self._index = dict(zip(self.paths, range(len(self.paths)), strict=True))  # str -> int: untracked by the GC
         return self._index.get(path)
 
     def digest(self, row: int) -> bytes:
@@ -130,7 +130,7 @@ class FileTable:
 
     # -- a child's table -----------------------------------------------------------------------
 
-    def child(self, changes: list[Entry], where: str) -> "FileTable":
+    def child(self, changes: list[Entry], where: str) -> FileTable:
         """The table of a version with this one as parent and these changes: this table's columns
         sliced around them. Raises Conflict if an added path is a file and a folder at once (this
         table's own paths were checked when it was made, so only added paths can conflict)."""
@@ -163,7 +163,7 @@ class FileTable:
                     appended.add(ref.digest)
         return child
 
-    def _copy_rows(self, other: "FileTable", start: int, stop: int) -> None:
+    def _copy_rows(self, other: FileTable, start: int, stop: int) -> None:
         if start >= stop:
             return
         self.paths += other.paths[start:stop]
@@ -205,7 +205,7 @@ class FileTable:
                 pass
 
     @classmethod
-    def load(cls, info: VersionInfo, folder: str | None = None) -> "FileTable | None":
+    def load(cls, info: VersionInfo, folder: str | None = None) -> FileTable | None:
         """Final version `info`'s saved table, or None if there is none it can trust."""
         if not info.is_final:
             return None
@@ -227,8 +227,10 @@ class FileTable:
         if (fmt, byteorder, dataset_id, changes_digest) != (FORMAT, sys.byteorder, info.id, info.changes.get("digest")):
             return None
         n, m = len(paths), len(chunk_digests) // 32
-        if (len(sizes), len(mtimes), len(flags), len(digests)) != (8 * n, 8 * n, n, 32 * n) or (
-                len(chunk_digests), len(chunk_packs), len(chunk_ints), len(chunk_compression)) != (32 * m, 16 * m, 24 * m, m):
+        files_ok = (len(sizes), len(mtimes), len(flags), len(digests)) == (8 * n, 8 * n, n, 32 * n)
+        chunks_ok = (len(chunk_digests), len(chunk_packs), len(chunk_ints), len(chunk_compression)) == (
+            32 * m, 16 * m, 24 * m, m)
+        if not (files_ok and chunks_ok):
             return None
         table = cls()
         table.paths, table.flags, table.digests, table.links = paths, bytearray(flags), bytearray(digests), links

@@ -6,7 +6,8 @@ result and also a folder of another file is a conflict and is rejected.
 
 Lineages are walked and merged without recursion: a dataset synced daily for years is a chain of
 thousands of versions (a chain of 10,000 is tested), and a record whose parents lead back to itself
-(crafted or damaged) is CorruptData, never a RecursionError. `merge_views` is the one implementation of the merge rule, for both callers:
+(crafted or damaged) is CorruptData, never a RecursionError. `merge_views` is the one implementation
+of the merge rule, for both callers:
 
 - authoring (`Lineage`) merges in memory, since it diffs against the parents anyway, and a
   parent's saved file table (dsfs.lineage.filetable) spares decoding its lineage;
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import heapq
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator
 
 import blake3
 
@@ -138,7 +139,8 @@ def merge_views(order: list[VersionInfo], top_ids: list[str], open_changes: Call
         return
     below = [[number[h] for h in heads] for _, heads in segments]
     keyed = [_ranked(topmost([o() for o in openers]), n) for n, (openers, _) in enumerate(segments)]
-    path, mentions = None, {}
+    path: str | None = None
+    mentions: dict[int, Entry] = {}
     for next_path, n, entry in heapq.merge(*keyed):
         if next_path != path:
             if mentions and (found := _resolve(mentions, below)) is not None:
@@ -214,10 +216,10 @@ class Lineage:
     look at the same ancestors (create, sync, finalize) decode each change-set once. Only immutable
     things are kept: change-sets and parents of final versions."""
 
-    _shared: "weakref.WeakKeyDictionary[Store, Lineage]" = weakref.WeakKeyDictionary()
+    _shared: weakref.WeakKeyDictionary[Store, Lineage] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def of(cls, store: Store) -> "Lineage":
+    def of(cls, store: Store) -> Lineage:
         lineage = cls._shared.get(store)
         if lineage is None:
             lineage = cls._shared[store] = cls(store)
@@ -248,7 +250,7 @@ class Lineage:
         """Decode the change-sets of these versions that are not yet: read READERS at a time (GETs
         overlap), decoded one after another (decoding in threads only fights over the GIL)."""
         todo = [i for i in ids if i not in self._changes]
-        for dataset_id, data in zip(todo, read_each(self.store, self._read_checked, todo)):
+        for dataset_id, data in zip(todo, read_each(self.store, self._read_checked, todo), strict=True):
             self._changes[dataset_id] = load_changes(self.store, self.info(dataset_id), data)
 
     def _read_checked(self, dataset_id: str) -> bytes:

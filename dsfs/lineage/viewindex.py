@@ -103,7 +103,7 @@ class NodeDb(Protocol):
     def space_checked(self) -> AbstractContextManager: ...
     def changeset_path(self, dataset_id: str) -> str: ...
     def put_changeset(self, dataset_id: str, data: bytes) -> str: ...
-    def open_changeset(self, dataset_id: str, size: int, digest: str) -> Any: ...
+    def open_changeset(self, dataset_id: str, size: int | None, digest: str | None) -> Any: ...
 
 
 def checks_space(fn):
@@ -111,7 +111,8 @@ def checks_space(fn):
     (a full disk becomes DiskFull, dsfs.node.cache)."""
     @functools.wraps(fn)
     def checked(*args, **kwargs):
-        cache = next(arg for arg in (*args, *kwargs.values()) if hasattr(arg, "space_checked") and hasattr(arg, "view_dbs"))
+        cache = next(arg for arg in (*args, *kwargs.values())
+                     if hasattr(arg, "space_checked") and hasattr(arg, "view_dbs"))
         with cache.space_checked():
             return fn(*args, **kwargs)
     return checked
@@ -122,7 +123,9 @@ def _dbs(cache: NodeDb) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Node:
+class Inode:
+    """One file or folder of a version as the view index holds it (numbered in path order)."""
+
     ino: int
     kind: int
     size: int
@@ -190,10 +193,15 @@ class ViewIndex:
         meta = self._current()
         return meta is not None and meta["key"] == seen
 
+    def _seen(self) -> int:
+        """The number of the view being read."""
+        assert self.meta is not None, "ensure_view makes the view current before it is read"
+        return self.meta["key"]
+
     def _read(self, find):
         """find(txn), checked: after a damaged record, or a miss (None) while the view is not
         current, the view is made current and find tried once more."""
-        seen = self.meta["key"]
+        seen = self._seen()
         try:
             with self.cache.env.begin() as txn:
                 found = find(txn)
@@ -212,22 +220,22 @@ class ViewIndex:
         return CorruptData(f"the view index of dataset {self.dataset_id} in the node cache {self.cache.root} "
                            f"is damaged and rebuilding it did not help; check that disk, or run `dsfs cache clear`")
 
-    def _node(self, txn, ino: int) -> Node | None:
+    def _node(self, txn, ino: int) -> Inode | None:
         key = self.vid + _INO.pack(ino)
         stored = txn.get(key, db=self.dbs["inodes"])
-        return None if stored is None else Node(ino, *msgpack.unpackb(_unseal(key, stored)))
+        return None if stored is None else Inode(ino, *msgpack.unpackb(_unseal(key, stored)))
 
-    def _linked(self, txn, key: bytes, ino: bytes) -> Node:
+    def _linked(self, txn, key: bytes, ino: bytes) -> Inode:
         """The node a folder entry points to: an entry without one is damage."""
         node = self._node(txn, _INO.unpack(ino)[0])
         if node is None:
             raise _Damaged(key)
         return node
 
-    def getattr(self, ino: int) -> Node | None:
+    def getattr(self, ino: int) -> Inode | None:
         return self._read(lambda txn: self._node(txn, ino))
 
-    def lookup(self, parent: int, name: str) -> Node | None:
+    def lookup(self, parent: int, name: str) -> Inode | None:
         raw_name = name.encode()
         if len(raw_name) > NAME_MAX:  # no view holds one (dsfs.model), and LMDB keys are short
             return None
@@ -240,9 +248,9 @@ class ViewIndex:
         return self._read(find)
 
     def readdir(self, parent: int, start: int = 0):
-        """Yield (seq, name, Node) of a folder's children from position `start` (0 = first)."""
+        """Yield (seq, name, Inode) of a folder's children from position `start` (0 = first)."""
         for attempt in range(2):
-            seen, found = self.meta["key"], False
+            seen, found = self._seen(), False
             try:
                 with self.cache.env.begin() as txn:
                     for seq, name, node in self._listing(txn, parent, start):
@@ -268,7 +276,7 @@ class ViewIndex:
             yield _SEQ.unpack(key[len(prefix):])[0], value[8:].decode(), self._linked(txn, key, value[:8])
 
     def walk_files(self, parent: int = ROOT, prefix: str = ""):
-        """Yield (path, Node) of every file under a folder, in path order of folders (a stack of
+        """Yield (path, Inode) of every file under a folder, in path order of folders (a stack of
         listings, not recursion: folders may nest deeper than Python recurses)."""
         stack = [(iter(list(self.readdir(parent))), prefix)]
         while stack:
@@ -281,7 +289,7 @@ class ViewIndex:
             else:
                 yield f"{at}{item[1]}", item[2]
 
-    def resolve(self, path: str) -> Node | None:
+    def resolve(self, path: str) -> Inode | None:
         node = self.getattr(ROOT)
         for part in filter(None, path.split("/")):
             if node is None or not node.is_dir:
@@ -360,7 +368,7 @@ class _Builder:
         self.txn.put(dataset_key, _INO.pack(number), db=self.dbs["building"])
         self.number = number
         self.vid = _INO.pack(number)
-        self.last = {}  # db name -> last key written, for append mode
+        self.last: dict[str, bytes] = {}  # db name -> last key written, for append mode
         self.pending = 0
         self.next_ino = ROOT + 1
         self.files = self.dirs = self.bytes = 0
@@ -398,7 +406,7 @@ class _Builder:
 
     def build(self, entries, where: str) -> dict:
         # stack items: [name, ino, next seq, subdir count]
-        stack = [["", ROOT, 0, 0]]
+        stack: list[list[Any]] = [["", ROOT, 0, 0]]
         for entry in entries:
             *dirs, name = entry.path.split("/")
             common = 0

@@ -40,14 +40,15 @@ import shutil
 import struct
 import threading
 import time
+import weakref
 
 import blake3
 import lmdb
 
 from dsfs import settings
-from dsfs.lineage import viewindex
 from dsfs.errors import DiskFull, UsageError
 from dsfs.fsutil import NO_SPACE
+from dsfs.lineage import viewindex
 
 LOW_WATERMARK = 0.9
 TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a minute...
@@ -395,7 +396,7 @@ class Cache:
             raise
         return path
 
-    def open_changeset(self, dataset_id: str, size: int, digest: str):
+    def open_changeset(self, dataset_id: str, size: int | None, digest: str | None):
         """The node's copy of a change-set, open at its start, if it is the one a version record
         names (its size and blake3 digest, hashed from the open file: what is checked is what is
         read); None if there is none or it is damaged (the caller fetches it again)."""
@@ -418,7 +419,9 @@ class Cache:
         return None
 
 
-_ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+# Held weakly: an environment maps 1 TiB of address space and a process can map about 126, so one
+# is closed (unmapped) once no Cache, transaction or view holds it; a later Cache opens it again.
+_ENVS: weakref.WeakValueDictionary[tuple[int, str], lmdb.Environment] = weakref.WeakValueDictionary()
 _ENVS_LOCK = threading.Lock()
 
 

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from dsfs.node.cache import Cache
 from dsfs.errors import InvalidState
 from dsfs.fsutil import atomic_write, temp_name
+from dsfs.node.cache import Cache
 
 MANIFEST_SUFFIX = ".manifest"
 _RECORD = struct.Struct(">QQqI")  # inode, size, mtime_ns, mode

@@ -58,7 +58,9 @@ class _FileReader(io.RawIOBase):
 
 
 def export(view: View, out, fmt: str, include=None) -> int:
-    """Write the archive to the binary stream `out`. Returns the number of files."""
+    """Write the archive to the binary stream `out`. Returns the number of files. The caller builds
+    `view` over the node cache it chose (the CLI: --cache-dir), so cached chunks are used and fetched
+    ones kept there."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     files = select(view.index, include)
@@ -75,17 +77,18 @@ def export(view: View, out, fmt: str, include=None) -> int:
     if fmt == "tar":
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for path, node in files:
-                info = tarfile.TarInfo(path)
-                info.size, info.mode, info.mtime = node.size, node.mode, node.mtime_ns / 1e9
+                tar_info = tarfile.TarInfo(path)
+                tar_info.size, tar_info.mode, tar_info.mtime = node.size, node.mode, node.mtime_ns / 1e9
                 with _FileReader(view, node, path) as reader:
-                    tar.addfile(info, io.BufferedReader(reader, BLOCK))
+                    tar.addfile(tar_info, io.BufferedReader(reader, BLOCK))
                 count += 1
         return count
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for path, node in files:
-            info = zipfile.ZipInfo(path, date_time=zip_date(node.mtime_ns))
-            info.external_attr = (0o100000 | node.mode) << 16
-            with _FileReader(view, node, path) as reader, archive.open(info, "w", force_zip64=node.size > 2**31) as dst:
+            zip_info = zipfile.ZipInfo(path, date_time=zip_date(node.mtime_ns))
+            zip_info.external_attr = (0o100000 | node.mode) << 16
+            with _FileReader(view, node, path) as reader, \
+                    archive.open(zip_info, "w", force_zip64=node.size > 2**31) as dst:
                 while chunk := reader.read(BLOCK):
                     dst.write(chunk)
             count += 1

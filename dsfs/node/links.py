@@ -24,34 +24,34 @@ checked for changes: it is refused too (at add time, an object with no tag is no
 
 from __future__ import annotations
 
-import errno
 import fnmatch
+import logging
 import os
-import time
 import urllib.parse
 
 import fsspec
 
-from dsfs.store import datastores
-
-from dsfs import settings
-from dsfs.errors import CorruptData, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
+from dsfs import retry, settings
+from dsfs.errors import (
+    AccessDenied,
+    CorruptData,
+    LinkRefused,
+    LocalFileNotFound,
+    StaleLink,
+    StoreUnavailable,
+    UsageError,
+)
 from dsfs.fsutil import atomic_write
 from dsfs.model import LINK_SCHEMES
+from dsfs.store import backends, datastores
 from dsfs.store.layout import redact
 
 TAG_KEYS = ("VersionId", "version_id", "generation", "ETag", "etag", "mtime", "LastModified", "last_modified",
             "Last-Modified")  # the last: an HTTP server's, when it gives no ETag
-RETRY_DELAYS = (0.2, 0.5, 1.0)
 ALLOW_ENV = "DSFS_ALLOW_LINKS"
 
+log = logging.getLogger(__name__)
 _stores: set[str] = set()  # URLs of the stores this process opened: their own links are allowed
-
-
-class LinkRefused(UsageError):
-    """An external link points where this consumer has not allowed links to be read."""
-
-    errno = errno.EACCES
 
 
 def allow_store(url: str) -> None:
@@ -73,10 +73,10 @@ def _own_roots() -> list[str]:
 
 def trust(url: str) -> None:
     """Record `url` (an object or a prefix this user added as links) as allowed on this machine."""
-    url = _plain(url)
+    plain = _plain(url)
     roots = _own_roots()
-    if url is not None and url not in roots:
-        atomic_write(_own_roots_path(), "\n".join(roots + [url]).encode() + b"\n")
+    if plain is not None and plain not in roots:
+        atomic_write(_own_roots_path(), "\n".join(roots + [plain]).encode() + b"\n")
 
 
 def _plain(url: str) -> str | None:
@@ -93,14 +93,14 @@ def _plain(url: str) -> str | None:
 
 def allowed(url: str) -> bool:
     """True if a link to `url` may be read here (module docstring)."""
-    url = _plain(url)
-    if url is None:
+    plain = _plain(url)
+    if plain is None:
         return False
     roots = list(_stores) + [d.url for d in datastores.all_datastores()] + _own_roots()
     roots += settings.allowed_link_roots()
     for root in filter(None, roots):
         root = root.rstrip("/")
-        if url == root or url.startswith(root + "/"):
+        if plain == root or plain.startswith(root + "/"):
             return True
     return False
 
@@ -133,10 +133,11 @@ def _info(fs, path: str, url: str) -> dict:
         return fs.info(path)
     except FileNotFoundError:
         raise LocalFileNotFound(f"no object at {redact(url)}") from None
-    except (OSError, Exception) as exc:  # backends raise their own errors for an unreachable endpoint
-        if isinstance(exc, PermissionError):
-            raise StoreUnavailable(f"access denied to {redact(url)}") from None
-        raise StoreUnavailable(f"cannot reach {redact(url)}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except Exception as exc:  # backends raise their own errors for an unreachable endpoint
+        if backends.denied(exc):
+            raise backends.caused(AccessDenied(f"access denied to {redact(url)}"), exc, []) from None
+        why = backends.scrub(f"{type(exc).__name__}: {str(exc)[:200]}", [])
+        raise backends.caused(StoreUnavailable(f"cannot reach {redact(url)}: {why}"), exc, []) from None
 
 
 def list_objects(url: str, wildcard=None, recursive: bool = True):
@@ -157,7 +158,8 @@ def list_objects(url: str, wildcard=None, recursive: bool = True):
     try:
         found = fs.find(path, detail=True, maxdepth=None if recursive else 1)
     except Exception as exc:
-        raise StoreUnavailable(f"cannot list {redact(url)}: {type(exc).__name__}") from None
+        kind = AccessDenied if backends.denied(exc) else StoreUnavailable
+        raise backends.caused(kind(f"cannot list {redact(url)}: {type(exc).__name__}"), exc, []) from None
     root = path.rstrip("/") + "/"
     for full, item in sorted(found.items()):
         if item.get("type") == "directory":
@@ -211,17 +213,25 @@ def checked(url: str, etag: str, size: int, label: str):
     return fs, path
 
 
-def read_range(fs, path: str, start: int, end: int, url: str) -> bytes:
-    for attempt in range(len(RETRY_DELAYS) + 1):
+def read_range(fs, path: str, start: int, end: int, url: str, delays=None) -> bytes:
+    """Bytes [start, end) of an external object, retried by dsfs.retry's policy (a refusal is not)."""
+    def attempt() -> bytes:
         try:
             data = fs.cat_file(path, start=start, end=end)
-            if len(data) == end - start:
-                return data
-            error = f"short read ({len(data)} of {end - start} bytes)"
         except FileNotFoundError:
             raise StaleLink(f"external object {redact(url)} is gone") from None
         except Exception as exc:
-            error = f"{type(exc).__name__}: {str(exc)[:200]}"
-        if attempt < len(RETRY_DELAYS):
-            time.sleep(RETRY_DELAYS[attempt])
-    raise StoreUnavailable(f"cannot read {redact(url)}: {error}")
+            if backends.denied(exc):
+                raise backends.caused(AccessDenied(f"access denied to {redact(url)}"), exc, []) from None
+            why = backends.scrub(f"{type(exc).__name__}: {str(exc)[:200]}", [])
+            raise backends.caused(StoreUnavailable(f"cannot read {redact(url)}: {why}"), exc, []) from None
+        if len(data) != end - start:
+            raise StoreUnavailable(f"cannot read {redact(url)}: short read ({len(data)} of {end - start} bytes)")
+        return data
+
+    def still_listening() -> None:  # a refused connection is an answer: no use retrying
+        backends.probe(backends.endpoint(url.split("://", 1)[0], fs), redact(url), remember=False)
+
+    what = f"read of {redact(url)} [{start}, {end})"
+    log.debug("fetch %s", what)
+    return retry.call(attempt, what, delays=delays, between=still_listening)

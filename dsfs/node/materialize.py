@@ -3,8 +3,10 @@
 Every file is written to a temp name beside its target and renamed only when all its bytes are
 there, with its mode and mtime from the manifest; so a killed download never leaves a truncated
 file that looks complete, and a rerun skips files whose size and mtime already match (no re-hashing:
-`verify` is the command that hashes). Chunks come from the node cache when present, otherwise from
-coalesced ranged GETs (dsfs.store.fetch); a chunk used by several files is fetched once.
+`verify` is the command that hashes). Chunks come through the node's chunk reader (dsfs.node.chunks):
+from the node cache when present, otherwise from coalesced ranged GETs, each delivered to its files
+as it arrives; a chunk used by several files is fetched once. The files are the copy: fetched chunks
+are not also put in the node cache.
 
 Paths are validated when the manifest is decoded (no '..', no absolute paths); here, before anything
 is written, every folder on the way to a target is checked not to be a symlink, so a link planted
@@ -30,19 +32,25 @@ from dataclasses import dataclass, field, replace
 
 import blake3
 
-from dsfs.node import copies
-
-from dsfs.node import links
-
 from dsfs import paths
-from dsfs.lineage.viewindex import checks_space
-from dsfs.node.cache import Cache
-from dsfs.errors import CorruptData, DiskFull, InvalidPath, LocalFileNotFound, StaleLink, StoreUnavailable, UsageError
-from dsfs.store.fetch import fetch_into
+from dsfs.errors import (
+    AccessDenied,
+    CorruptData,
+    DiskFull,
+    InvalidPath,
+    LocalFileNotFound,
+    StaleLink,
+    StoreUnavailable,
+    UsageError,
+)
 from dsfs.fsutil import NO_SPACE, atomic_write, space_for, temp_name
+from dsfs.lineage.viewindex import Inode, ViewIndex, checks_space
+from dsfs.model import ChunkRef
+from dsfs.node import copies, links
+from dsfs.node.cache import Cache
+from dsfs.node.chunks import ChunkReader
 from dsfs.progress import Tracker
 from dsfs.store.layout import Store
-from dsfs.lineage.viewindex import Node, ViewIndex
 
 PARTIAL_MARKER = ".dsfs-partial"
 LINK_PIECE = 8 << 20
@@ -53,7 +61,7 @@ FICLONE = 0x40049409
 class _Job:
     label: str  # dataset path, for messages
     target: str
-    node: Node
+    node: Inode
     remaining: int = 0
     tmp: str = ""
     created: bool = False
@@ -69,7 +77,7 @@ class Result:
     failed: list = field(default_factory=list)
 
 
-def _complete(target: str, node: Node) -> bool:
+def _complete(target: str, node: Inode) -> bool:
     try:
         st = os.lstat(target)
     except FileNotFoundError:
@@ -94,7 +102,7 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     progress.set_total(sum(job.node.size for job in jobs), len(jobs))
     writer = _Writer(Result(), progress)
     users: dict[bytes, list[tuple[_Job, int]]] = {}
-    refs = {}
+    refs: dict[bytes, ChunkRef] = {}
     todo = []
     for job in jobs:
         if is_complete(job.target, job.node):
@@ -116,16 +124,12 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
             if not job.node.chunks and not job.node.url:
                 _create(job.tmp)
                 writer.finish(job)
-        missing = []
-        for digest, ref in refs.items():
-            data = cache.get_chunk(digest, ref.raw) if cache.has_chunk(digest) else None
-            if data is None:
-                missing.append(ref)
-            else:
-                writer.deliver(users[digest], ref, data, None)
-        where = lambda ref: users[ref.digest][0][0].label  # noqa: E731 - names the file in errors
-        fetch_into(store, missing, lambda ref, data, error: writer.deliver(users[ref.digest], ref, data, error),
-                   max_workers, where)
+        reader = ChunkReader(store, cache, max_workers)
+        try:
+            reader.each(refs.values(), lambda ref, data, error: writer.deliver(users[ref.digest], ref, data, error),
+                        lambda ref: users[ref.digest][0][0].label)  # names the file in errors
+        finally:
+            reader.close()
         for job in todo:
             if job.node.url:
                 _copy_link(job, writer)
@@ -143,9 +147,11 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     failed = [job for job in todo if job.failed is not None]
     _cleanup(failed)
     if failed:
+        first = failed[0].failed
+        assert first is not None, "failed holds the jobs that failed"
         names = ", ".join(j.label for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
-        raise type(failed[0].failed)(f"{len(failed)} file(s) could not be read ({failed[0].failed}): {names}; "
-                                     f"all other files are complete")
+        raise type(first)(f"{len(failed)} file(s) could not be read ({first}): {names}; "
+                          f"all other files are complete")
     return writer.result
 
 
@@ -166,6 +172,7 @@ class _Writer:
                 job.failed = error
                 self.progress.advance(ref.raw)
                 continue
+            assert data is not None, "a chunk delivered without an error has its bytes"
             if len(job.node.chunks) == 1:
                 fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 try:
@@ -227,7 +234,7 @@ def _copy_link(job: _Job, writer: _Writer) -> None:
         finally:
             os.close(fd)
         links.checked(node.url, node.etag, node.size, job.label)
-    except (StaleLink, StoreUnavailable, LocalFileNotFound, links.LinkRefused, CorruptData) as exc:
+    except (StaleLink, StoreUnavailable, AccessDenied, LocalFileNotFound, links.LinkRefused, CorruptData) as exc:
         job.failed = exc  # this file only: the others are still written
         return
     writer.finish(job)
@@ -250,7 +257,7 @@ def _cleanup(jobs) -> None:
 # -- download ------------------------------------------------------------------------------------
 
 def select(view: ViewIndex, include=None, exclude=None):
-    """(path, Node) of the view's files matching include globs (all if none) and no exclude glob."""
+    """(path, Inode) of the view's files matching include globs (all if none) and no exclude glob."""
     for path, node in view.walk_files():
         if include and not paths.matches(path, include):
             continue
@@ -355,7 +362,7 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
     return final
 
 
-def content_key(node: Node) -> str:
+def content_key(node: Inode) -> str:
     """The file store name of a file's content: its digest (or, for an external file, its URL and
     tag), plus the exec bit, which hardlinks share."""
     digest = node.digest if not node.url else blake3.blake3(f"{node.url}\0{node.etag}".encode()).digest()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dsfs.node import links
-from dsfs.errors import StaleLink, StoreUnavailable
-from dsfs.store.packs import file_digest
+from dsfs.errors import AccessDenied, StaleLink, StoreUnavailable
 from dsfs.lineage.viewindex import ViewIndex
+from dsfs.node import links
+from dsfs.store.packs import file_digest
 
 
 @dataclass
@@ -53,6 +53,6 @@ def verify_folder(view: ViewIndex, folder: str, size_only: bool = False) -> Repo
         if node.url:  # no digest was taken of an external file: check its source instead
             try:
                 links.checked(node.url, node.etag, node.size, path)
-            except (StaleLink, StoreUnavailable):
+            except (StaleLink, StoreUnavailable, AccessDenied):
                 report.stale.append(path)
     return report

@@ -18,8 +18,10 @@ whole call, their retries included, and cancels it when the limit passes. A stor
 after it was opened: while a call has not answered for `WATCH_INTERVAL` seconds its endpoint is
 probed again, and a refused connect ends the call at once instead of after the SDK's retry schedule.
 
-Secrets: messages are built from the exception's first line, with every secret option value
-scrubbed out, and exceptions are never chained, so no traceback or message carries a key.
+Secrets: messages are built from the exception's first line, with every secret option value and
+any password in a URL scrubbed out, and exceptions are never chained, so no traceback or message
+carries a key. The scrubbed text of the original exception is kept on the error (`cause`, which
+`cause_of` makes) and logged at debug where the error is made.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
 import os
 import re
 import socket
@@ -35,6 +38,7 @@ import time
 import types
 import urllib.parse
 import urllib.request
+from typing import TypeVar
 
 from dsfs.errors import AccessDenied, DsfsError, StoreReadOnly, StoreUnavailable, UsageError
 
@@ -51,6 +55,11 @@ WATCH_INTERVAL = 3.0  # a call unanswered this long has its endpoint probed agai
 SDK_ATTEMPTS = 3  # botocore's attempts per request (its default is 5 with backoff: ~13 s on a refused port)
 
 SECRET_KEY_RE = re.compile(r"secret|key|token|passw|connection_string|sas|credential|auth", re.I)
+URL_USERINFO_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*)://([^/\s@'\"]+)@")
+QUERY_SECRET_RE = re.compile(r"([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
+                             r"access_token|token|key|code)=)[^&\s'\"]+", re.I)
+
+log = logging.getLogger(__name__)
 
 # What to set when a backend finds no credentials at all.
 CREDENTIAL_HELP = {
@@ -91,9 +100,31 @@ def secret_values(options: dict) -> list[str]:
 
 
 def scrub(text: str, secrets: list[str]) -> str:
+    """`text` without the secret values, URL passwords (user:password@; adlfs's az://container@account
+    is kept) and signature or token query parameters."""
     for value in secrets:
         text = text.replace(value, "***")
-    return text
+    text = URL_USERINFO_RE.sub(lambda m: m[0] if family(m[1]) == "az" else f"{m[1]}://***@", text)
+    return QUERY_SECRET_RE.sub(r"\1***", text)
+
+
+def cause_of(exc: BaseException, secrets: list[str]) -> str:
+    """A scrubbed text of `exc` and what it wraps (first lines), for the debug log: DsfsError.cause."""
+    parts = []
+    for e in _causes(exc)[:4]:
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        parts.append(f"{type(e).__name__}: {first}" if first else type(e).__name__)
+    return scrub(" <- ".join(parts), secrets)
+
+
+E = TypeVar("E", bound=DsfsError)
+
+
+def caused(error: E, exc: BaseException, secrets: list[str]) -> E:
+    """`error` with the scrubbed text of `exc` as its cause, logged at debug; raise it `from None`."""
+    error.cause = cause_of(exc, secrets)
+    log.debug("%s: %s (cause: %s)", type(error).__name__, error, error.cause)
+    return error
 
 
 def check_url(url: str) -> tuple[str, str]:
@@ -244,8 +275,8 @@ def probe(url: str | None, display_url: str, remember: bool = True) -> None:
             pass
     except OSError as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
-        raise StoreUnavailable(f"store {display_url} unreachable: cannot connect to "
-                               f"{parts.hostname}:{port} ({reason})") from None
+        raise caused(StoreUnavailable(f"store {display_url} unreachable: cannot connect to "
+                                      f"{parts.hostname}:{port} ({reason})"), exc, []) from None
     with _reachable_lock:
         _reachable.add(key)
 
@@ -254,14 +285,16 @@ def _proxied(parts: urllib.parse.SplitResult) -> bool:
     proxies = urllib.request.getproxies()
     if parts.scheme not in proxies and "all" not in proxies:
         return False
+    if not parts.hostname:  # nothing to connect to (probe() returns before asking)
+        return True
     return not urllib.request.proxy_bypass(parts.hostname)
 
 
 def _causes(exc: BaseException):
     """The exception, what it wraps (cause, context, and exceptions among its args: adlfs's rm wraps
     the azure error in a RuntimeError's args)."""
-    seen = []
-    stack = [exc]
+    seen: list[BaseException] = []
+    stack: list[BaseException | None] = [exc]
     while stack and len(seen) < 10:
         e = stack.pop()
         if e is None or any(e is s for s in seen):
@@ -304,9 +337,7 @@ def translate(exc: BaseException, what: str, protocol: str, display_url: str, bu
                             f"{CREDENTIAL_HELP.get(kind, 'set the datastore credentials')}")
     if any(s in text for s in BUCKET_MISSING):
         return bucket_missing(protocol, bucket, display_url)
-    statuses = {_status(e) for e in chain}
-    if (403 in statuses or 401 in statuses or isinstance(exc, PermissionError)
-            or names & set(DENIED) or any(s in text for s in DENIED)):
+    if denied(exc):
         if what in WRITES:
             return StoreReadOnly(f"store {display_url} refused to {what}: access denied "
                                  f"(the credentials may be wrong or only allow reading)")
@@ -314,6 +345,17 @@ def translate(exc: BaseException, what: str, protocol: str, display_url: str, bu
                             f"(check the datastore's credentials)")
     why = scrub(reason(exc), secrets)
     return StoreUnavailable(f"store {display_url} unreachable ({what}): {type(exc).__name__}: {why}")
+
+
+def denied(exc: BaseException) -> bool:
+    """Did the backend refuse (401/403, a permission error, missing or wrong credentials)? Such an
+    answer is not retried (dsfs.retry): the same request would be refused again."""
+    chain = _causes(exc)
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain)
+    statuses = {_status(e) for e in chain}
+    return bool(403 in statuses or 401 in statuses or isinstance(exc, PermissionError)
+                or names & set(DENIED + MISSING_CREDENTIALS) or any(s in text for s in DENIED))
 
 
 def range_not_satisfiable(exc: BaseException) -> bool:

@@ -29,6 +29,7 @@ datastore. A store opened through a datastore remembers `datastore:NAME` as its 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -37,11 +38,13 @@ from dataclasses import dataclass, field
 
 import tomli_w
 
-from dsfs.store import backends
 from dsfs import settings
 from dsfs.errors import Conflict, DatastoreError, UsageError
 from dsfs.fsutil import atomic_write
+from dsfs.store import backends
 from dsfs.store.layout import Store, default_store_url, redact
+
+log = logging.getLogger(__name__)
 
 LOCAL = "local"
 PREFIX = "datastore:"
@@ -108,7 +111,7 @@ def _resolve(options: dict, name: str) -> dict:
 
 def mask(options: dict) -> dict:
     """Options with literal secret values replaced by ***; env:VAR references kept."""
-    out = {}
+    out: dict = {}
     for key, value in options.items():
         if isinstance(value, dict):
             out[key] = mask(value)
@@ -243,7 +246,10 @@ def open_store(ref: str | None = None, create: bool = False) -> Store:
             raise UsageError("both DSFS_STORE and DSFS_DATASTORE are set; unset one")
         ref = env_store or (PREFIX + env_datastore if env_datastore else PREFIX + default_name())
     if ref.startswith(PREFIX):
-        return get(ref[len(PREFIX):]).open(create=create)
+        datastore = get(ref[len(PREFIX):])
+        log.debug("opening datastore %s at %s", datastore.name, redact(datastore.url))
+        return datastore.open(create=create)
+    log.debug("opening store %s", redact(ref))
     return Store.open(ref, create=create)
 
 

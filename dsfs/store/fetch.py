@@ -7,12 +7,13 @@ is verified against its digest; a range with a corrupt chunk is fetched once mor
 corrupt fails only the files that use it. A chunk beyond its pack's end is corrupt too (the store is
 damaged), never a store failure.
 
-A store that fails a read is retried with exponential backoff (`RETRY_DELAYS`, about 8 s in all; the
-environment variable `DSFS_RETRY_DELAYS`, comma-separated seconds such as "0.05,0.05", replaces
-them), within one time limit for the read and all its retries (`Store.time_limit`: the store's
-timeout plus a second per MiB), and only while something listens at the store's endpoint: a refused
-connection ends the retries at once. So a store that refuses is reported in seconds and a silent one
-in about its timeout, and a mount's read gets EIO then, while the next read tries the store again.
+A store that fails a read is retried by the one policy of `dsfs.retry` (only StoreUnavailable, never
+a refusal; backoff with jitter, about 8 s in all; the environment variable `DSFS_RETRY_DELAYS`,
+comma-separated seconds such as "0.05,0.05", replaces the delays), within one time limit for the
+read and all its retries (`Store.time_limit`: the store's timeout plus a second per MiB), and only
+while something listens at the store's endpoint: a refused connection ends the retries at once. So
+a store that refuses is reported in seconds and a silent one in about its timeout, and a mount's
+read gets EIO then, while the next read tries the store again.
 Once a range failed, the ranges not yet started are given up, so a fetch of many ranges fails in
 one time limit, not one per wave of workers.
 """
@@ -20,21 +21,22 @@ one time limit, not one per wave of workers.
 from __future__ import annotations
 
 import functools
-import os
+import logging
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
-from dsfs.errors import AccessDenied, CorruptChunk, StoreUnavailable
+from dsfs import retry
+from dsfs.errors import CorruptChunk
 from dsfs.model import ChunkRef
-from dsfs.store.packs import decode_chunk
 from dsfs.store.layout import Store, deadline
+from dsfs.store.packs import decode_chunk
 
 GAP = 1 << 20
 MAX_RANGE = 8 << 20  # measured against s3rver: 8, 16 and 32 MiB ranges give the same rate; 8 bounds memory
-RETRY_DELAYS = tuple(float(d) for d in os.environ.get("DSFS_RETRY_DELAYS", "0.2,0.5,1,2,4").split(",") if d.strip())
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +52,7 @@ def plan_ranges(refs: Iterable[ChunkRef], gap: int = GAP, max_range: int = MAX_R
     """Group unique chunk refs into coalesced ranges, in (pack, offset) order. A chunk stored in
     several packs (unrelated uploads of the same bytes) is fetched once, or with every_copy from each
     of those packs (`dsfs check` proves every pack, not every chunk digest)."""
-    unique = {}
+    unique: dict[bytes | tuple[bytes, bytes], ChunkRef] = {}
     for ref in refs:
         unique.setdefault((ref.pack, ref.digest) if every_copy else ref.digest, ref)
     ranges: list[Range] = []
@@ -66,29 +68,20 @@ def plan_ranges(refs: Iterable[ChunkRef], gap: int = GAP, max_range: int = MAX_R
 
 
 def read_with_retries(store: Store, pack: bytes, start: int, length: int, delays=None) -> bytes:
-    """Bytes [start, start + length) of a pack (fewer if the pack ends sooner), retried after each of
-    `delays` while the read's time limit lasts and the store's endpoint accepts connections."""
-    delays = RETRY_DELAYS if delays is None else delays
+    """Bytes [start, start + length) of a pack (fewer if the pack ends sooner), retried (dsfs.retry;
+    `delays` default to settings.retry_delays()) while the read's time limit lasts and the store's
+    endpoint accepts connections: a refused connection is an answer, no use waiting for the limit."""
     limit = store.time_limit(length)
-    ends = time.monotonic() + limit
+    what = f"read of pack {pack.hex()} [{start}, {start + length}) from {store.display_url}"
+    log.debug("fetch %s", what)
     with deadline(limit):
-        for attempt in range(len(delays) + 1):
-            try:
-                return store.read_pack_range(pack, start, length)
-            except AccessDenied:
-                raise  # the same credentials will be refused again
-            except StoreUnavailable as exc:
-                error = exc
-            if attempt == len(delays) or time.monotonic() + delays[attempt] >= ends:
-                break
-            store.reachable()  # a refused connection is an answer: no use waiting for the limit
-            time.sleep(delays[attempt])
-    raise error
+        return retry.call(lambda: store.read_pack_range(pack, start, length), what, delays=delays,
+                          ends=time.monotonic() + limit, between=store.reachable)
 
 
 def fetch_range(store: Store, rng: Range, where: Callable[[ChunkRef], str]) -> tuple[dict, dict]:
     """Fetch one range; returns ({digest: raw bytes}, {digest: CorruptChunk}) for its chunks."""
-    good: dict[bytes, bytes] = {}
+    good: dict[bytes, bytes | memoryview] = {}  # an uncompressed chunk: a view into the range's bytes
     bad: dict[bytes, CorruptChunk] = {}
     todo = list(rng.refs)
     for attempt in range(2):  # a corrupt chunk is fetched once more before it counts as corrupt
@@ -133,7 +126,7 @@ def _bounded(ranges: list[Range], task, max_workers: int):
             raise
 
     with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="dsfs-fetch") as pool:
-        pending = {}
+        pending: dict[Future, Range] = {}
         it = iter(ranges)
         try:
             while True:
@@ -166,7 +159,8 @@ def fetch_each(store: Store, refs: Iterable[ChunkRef], on_range: Callable[[Range
         pass
 
 
-def fetch_into(store: Store, refs: Iterable[ChunkRef], deliver: Callable[[ChunkRef, bytes | None, Exception | None], None],
+def fetch_into(store: Store, refs: Iterable[ChunkRef],
+               deliver: Callable[[ChunkRef, bytes | None, Exception | None], None],
                max_workers: int = 8, where: Callable[[ChunkRef], str] = lambda ref: "") -> None:
     """Fetch every ref and call deliver(ref, raw bytes or None, error or None) in the fetching
     thread, so writing overlaps the network (see fetch_each)."""

@@ -61,6 +61,7 @@ import contextvars
 import datetime as _dt
 import errno
 import json
+import logging
 import os
 import threading
 import time
@@ -69,16 +70,25 @@ from typing import NamedTuple
 
 import fsspec
 
-from dsfs.store import backends
-from dsfs.store.backends import redact_url as redact
 from dsfs import settings
-from dsfs.errors import (AccessDenied, CorruptData, DatasetNotFound, DiskFull, DsfsError, StoreReadOnly, StoreUnavailable,
-                     UsageError)
+from dsfs.errors import (
+    AccessDenied,
+    CorruptData,
+    DatasetNotFound,
+    DiskFull,
+    DsfsError,
+    StoreReadOnly,
+    StoreUnavailable,
+    UsageError,
+)
 from dsfs.fsutil import NO_SPACE, TMP_PREFIX, atomic_write
 from dsfs.model import ID_RE, VersionInfo
+from dsfs.store import backends
+from dsfs.store.backends import redact_url as redact
 
 STORE_FORMAT = 1
 MARKER = "dsfs-store.json"
+log = logging.getLogger(__name__)
 
 
 def pack_id(text) -> bytes | None:
@@ -110,7 +120,7 @@ def _modified(info: dict) -> float:
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, _dt.datetime):
-            return (value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)).timestamp()
+            return (value if value.tzinfo else value.replace(tzinfo=_dt.UTC)).timestamp()
         if isinstance(value, str) and value:
             try:
                 return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -163,7 +173,8 @@ class Store:
             self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options, self.timeout))
         except (ImportError, ValueError, TypeError) as exc:
             reason = backends.scrub(backends.reason(exc), self._secrets)
-            raise StoreUnavailable(f"cannot open store {self.display_url}: {reason}") from None
+            raise backends.caused(StoreUnavailable(f"cannot open store {self.display_url}: {reason}"), exc,
+                                  self._secrets) from None
         self.protocol = protocol
         self._whole_read = backends.whole_read_options(protocol)
         self.root = self.fs._strip_protocol(root).rstrip("/") if protocol != "file" else root
@@ -173,7 +184,7 @@ class Store:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | None = None, create: bool = False, **options) -> "Store":
+    def open(cls, url: str | None = None, create: bool = False, **options) -> Store:
         """Open the store at `url` (default: the embedded local store, created on first use).
 
         Raises StoreUnavailable when no dsfs store is there and `create` is false, or when the
@@ -237,7 +248,7 @@ class Store:
             if backends.range_not_satisfiable(exc):
                 raise EOFError(f"{what} past the end of an object in {self.display_url}") from None
             self.reachable()  # an endpoint that refuses is the reason to give, whatever the SDK said
-            raise self._error(what, exc) from None
+            raise backends.caused(self._error(what, exc), exc, self._secrets) from None
 
     def _error(self, what: str, exc: Exception) -> DsfsError:
         """The typed error for a failed call doing `what` (read, write, list, delete)."""
@@ -293,6 +304,7 @@ class Store:
         is not known: records and change-sets are small)."""
         if start is None and end is None:
             return self._call("read", self.fs.cat_file, self._p(key), **self._whole_read)
+        assert start is not None and end is not None, "a range has both ends"
         try:
             return self._call("read", self.fs.cat_file, self._p(key), start=start, end=end,
                               limit=self.time_limit(end - start))
@@ -403,6 +415,7 @@ class Store:
         if isinstance(data, list) and not self.is_local:
             data = b"".join(data)
         self._put(self._pack_key(pack_id), data)
+        log.debug("wrote pack %s to %s", pack_id.hex(), self.display_url)
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length) of a pack; fewer if the pack ends sooner (the caller
@@ -417,7 +430,8 @@ class Store:
         """A whole pack (for copying it to another store; big: the backend may split the read)."""
         path = self._p(self._pack_key(pack_id))
         try:  # its size first: the read's time limit grows with it
-            return self._call("read", self.fs.cat_file, path, limit=self.time_limit(self._call("read", self.fs.size, path)))
+            size = self._call("read", self.fs.size, path)
+            return self._call("read", self.fs.cat_file, path, limit=self.time_limit(size))
         except FileNotFoundError:
             raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
 

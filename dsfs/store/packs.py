@@ -15,7 +15,7 @@ about 1% of a full attempt), and the compressed form is kept only if it is at le
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import blake3
 import zstandard
@@ -73,6 +73,12 @@ class Pack:
 
     def seal(self) -> bytes:
         self.id = self.hasher.digest()[:16]
+        return self.id
+
+    @property
+    def sealed_id(self) -> bytes:
+        """The id of a sealed pack (PackBuilder.take seals every pack it hands out)."""
+        assert self.id is not None, "pack not sealed"
         return self.id
 
     def release(self) -> None:
@@ -142,10 +148,13 @@ class PackBuilder:
         return data, COMPRESSION_NONE
 
 
-def decode_chunk(ref: ChunkRef, stored: bytes, where: str | Callable[[], str]) -> bytes:
+def decode_chunk(ref: ChunkRef, stored: bytes | memoryview,
+                 where: str | Callable[[], str]) -> bytes | memoryview:
     """Turn a chunk's stored bytes back into its raw bytes, verifying the digest. `where` names the
     file for the error message; a callable is asked only on error (a mount's file paths are computed,
-    not stored: a label per chunk fetched was a third of a cold read's CPU)."""
+    not stored: a label per chunk fetched was a third of a cold read's CPU). An uncompressed chunk
+    is returned as it was given (a memoryview stays one: no copy)."""
+    data: bytes | memoryview
     try:
         if ref.compression == COMPRESSION_ZSTD:
             # a frame that states its size is given a buffer of that size, whatever max_output_size

@@ -31,6 +31,7 @@ once, so a killed gc can be rerun right away.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -38,9 +39,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeGuard
 
-from dsfs.errors import Conflict, StoreUnavailable
+from dsfs.errors import AccessDenied, Conflict, StoreReadOnly, StoreUnavailable
 from dsfs.store.layout import Store, pack_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def _parse(data: bytes | None) -> dict | None:
 # -- the gc lease ---------------------------------------------------------------------------------
 
 
-def lease_live(record: dict | None, now: float, timing: Timing) -> bool:
+def lease_live(record: dict | None, now: float, timing: Timing) -> TypeGuard[dict]:
     """Whether a lease record still holds the store, judged from another machine (safe side: live
     until clock_margin after its expiry). dsfs writes leases whole (one atomic PUT), so a record
     that does not parse or has no expiry was not written by a gc: it holds nothing."""
@@ -152,7 +156,7 @@ class GcLease:
         self.timing = timing
 
     @classmethod
-    def acquire(cls, store: Store, what: str = "gc", timing: Timing | None = None) -> "GcLease":
+    def acquire(cls, store: Store, what: str = "gc", timing: Timing | None = None) -> GcLease:
         """Take the lease, or raise Conflict naming the gc that holds it."""
         timing = timing or TIMING
         top, record = current_lease(store)
@@ -207,8 +211,10 @@ def wait_for_gc(store: Store, timing: Timing | None = None, notify=None) -> None
         if time.monotonic() >= deadline:
             raise StoreUnavailable(f"{_holder(record)} has held {store.display_url} for more than "
                                    f"{timing.wait_limit:.0f} s; try again when it has finished")
-        if not told and notify is not None:
-            notify(f"waiting for {_holder(record)} to finish on {store.display_url}")
+        if not told:
+            log.debug("waiting for %s to finish on %s", _holder(record), store.display_url)
+            if notify is not None:
+                notify(f"waiting for {_holder(record)} to finish on {store.display_url}")
             told = True
         time.sleep(timing.poll)
 
@@ -216,7 +222,7 @@ def wait_for_gc(store: Store, timing: Timing | None = None, notify=None) -> None
 # -- writer sessions ------------------------------------------------------------------------------
 
 
-def session_live(record: dict | None, now: float, timing: Timing) -> bool:
+def session_live(record: dict | None, now: float, timing: Timing) -> TypeGuard[dict]:
     """Whether gc must keep a session's packs (safe side: clock_margin beyond its expiry). dsfs
     writes sessions whole, so one that does not parse or names no refresh time is not a writer's."""
     if record is None or _dead_here(record):
@@ -237,7 +243,8 @@ def read_sessions(store: Store, timing: Timing | None = None) -> tuple[dict[str,
     """({id: record} of live sessions, [ids of stale ones, to remove])."""
     timing = timing or TIMING
     now = time.time()
-    live, stale = {}, []
+    live: dict[str, dict] = {}
+    stale: list[str] = []
     for session_id, data in store.read_sessions().items():
         record = _parse(data)
         if session_live(record, now, timing):
@@ -271,7 +278,7 @@ class WriterSession:
         self._thread: threading.Thread | None = None
         self._record = {"format": 1, "what": what, **_owner(), "started": time.time()}
 
-    def __enter__(self) -> "WriterSession":
+    def __enter__(self) -> WriterSession:
         self._write()
         try:
             wait_for_gc(self.store, self.timing, self.notify)
@@ -288,10 +295,11 @@ class WriterSession:
             self._thread.join()
         try:
             self.store.delete_session(self.id)
-        except StoreUnavailable:
+        except (StoreUnavailable, StoreReadOnly, AccessDenied) as error:
             if exc[0] is None:
                 raise
             # a failing writer keeps its own error; the stale session expires by itself
+            log.debug("session %s left in %s: %s", self.id, self.store.display_url, error)
 
     def _write(self) -> None:
         with self._lock:
@@ -308,7 +316,8 @@ class WriterSession:
         while not self._stop.wait(self.timing.refresh):
             try:
                 self._write()
-            except Exception:  # a failed refresh is caught up by the next, and by confirm()
+            except Exception as error:  # a failed refresh is caught up by the next, and by confirm()
+                log.debug("refresh of session %s failed: %s", self.id, error)
                 continue
 
     def announce(self, pack_ids, verified: bool = True) -> None:
@@ -339,7 +348,7 @@ class WriterSession:
         check = sorted(self.unverified if packs is None else self.unverified & set(packs))
         with ThreadPoolExecutor(max(1, min(workers, len(check) or 1)), thread_name_prefix="dsfs-confirm") as pool:
             present = list(pool.map(self.store.has_pack, check))
-        missing = [p for p, ok in zip(check, present) if not ok]
+        missing = [p for p, ok in zip(check, present, strict=True) if not ok]
         for pack in check:
             if pack not in missing:
                 self.seen(pack)

@@ -1,0 +1,191 @@
+"""The one read path for chunk bytes (dsfs.node.chunks.ChunkReader) as its users see it: `read_file`
+and `cat` through the node cache, export through the cache the user chose, single flight across the
+mount's and the download's forms; and the prefetch policy (dsfs.node.prefetch) as a config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from dsfs.errors import CorruptChunk
+from dsfs.node.cache import Cache
+from dsfs.node.chunks import ChunkReader
+from dsfs.node.prefetch import FilesAhead, PagePush, PrefetchConfig, SequentialWindow
+from dsfs.node.view import View
+from conftest import final_version, make_tree
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01,0.01")
+
+
+class CountingStore:
+    """Wraps a store: counts ranged reads, each of which takes `delay` seconds; the first `failures`
+    of them fail as an unreachable store would."""
+
+    def __init__(self, store, delay: float = 0.0, failures: int = 0):
+        self.store = store
+        self.delay = delay
+        self.failures = failures
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def read_pack_range(self, pack, offset, length):
+        from dsfs.errors import StoreUnavailable
+
+        with self.lock:
+            self.calls += 1
+            fail = self.calls <= self.failures
+        if fail:
+            raise StoreUnavailable("store unreachable (test)")
+        threading.Event().wait(self.delay)
+        return self.store.read_pack_range(pack, offset, length)
+
+
+def _corrupt(cache: Cache, digest: bytes) -> None:
+    path = cache._chunk_path(digest)
+    raw = bytearray(open(path, "rb").read())
+    raw[10] ^= 1
+    open(path, "wb").write(bytes(raw))
+
+
+def test_read_file_reads_through_the_node_cache_and_verifies(tmp_path, file_store):
+    data = os.urandom(3 << 20)
+    make_tree(tmp_path / "d", {"f": data})
+    ds = final_version(file_store, tmp_path / "d")
+    refs = ds.file_entries()[0].chunks
+    assert len(refs) > 1
+    cache = Cache(str(tmp_path / "cache"))
+    ds.use_cache(cache)
+    store = ds.store = CountingStore(ds.store, failures=1)
+    assert ds.read_file("f") == data  # a failed read is retried
+    assert store.calls == 2  # and the chunks come in one coalesced GET, not one per chunk
+    assert all(cache.has_chunk(ref.digest) for ref in refs)  # kept in the node cache
+    assert ds.read_file("f") == data and store.calls == 2  # served from the node cache
+    _corrupt(cache, refs[1].digest)
+    assert ds.read_file("f") == data  # a corrupt cached chunk is never handed out: fetched again
+    assert store.calls == 3 and cache.get_chunk(refs[1].digest) is not None
+
+
+def test_read_file_refuses_a_corrupt_chunk_of_the_store(tmp_path, file_store):
+    make_tree(tmp_path / "d", {"f": os.urandom(100_000)})
+    ds = final_version(file_store, tmp_path / "d")
+    ref = ds.file_entries()[0].chunks[0]
+    hexid = ref.pack.hex()
+    path = f"{file_store[len('file://'):]}/packs/{hexid[:2]}/{hexid}"
+    raw = bytearray(open(path, "rb").read())
+    raw[ref.offset + 7] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(CorruptChunk, match="f of dataset"):
+        ds.read_file("f")
+    assert not ds.cache.has_chunk(ref.digest)  # never stored
+
+
+def test_export_reads_through_the_cache_the_user_chose(tmp_path, file_store, dsfs):
+    files = {"a": os.urandom(200_000), "b/c": os.urandom(50_000)}
+    make_tree(tmp_path / "d", files)
+    ds = final_version(file_store, tmp_path / "d")
+    mine = Cache(str(tmp_path / "mine"))
+    View(ds.store, mine, ds.id).warm()
+    shutil.rmtree(file_store[len("file://"):] + "/packs")  # from now on only a cache can serve the bytes
+    out = tmp_path / "x.tar"
+    result = dsfs("--store", file_store, "export", ds.id, "-o", out, "--cache-dir", tmp_path / "mine")
+    assert result.code == 0, result.err
+    with tarfile.open(out) as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == files
+    result = dsfs("--store", file_store, "export", ds.id, "-o", tmp_path / "y.tar")  # the default cache is empty
+    assert result.code != 0 and not (tmp_path / "y.tar").exists()
+
+
+def test_one_chunk_wanted_by_readers_and_a_download_is_fetched_once(tmp_path, memory_store):
+    data = os.urandom(200_000)
+    make_tree(tmp_path / "d", {"f": data})
+    ds = final_version(memory_store, tmp_path / "d")
+    ref = ds.file_entries()[0].chunks[0]
+    store = CountingStore(ds.store, delay=0.2)
+    reader = ChunkReader(store, Cache(), max_workers=4)  # one reader, as a mount and a download may share
+    delivered = []
+    with ThreadPoolExecutor(8) as pool:
+        gets = [pool.submit(reader.get, [ref], lambda r: "f") for _ in range(6)]
+        streamed = pool.submit(reader.each, [ref], lambda r, d, e: delivered.append((d, e)), lambda r: "f")
+        assert [g.result() for g in gets] == [[data]] * 6
+        streamed.result()
+    assert delivered == [(data, None)] and store.calls == 1
+    reader.close()
+
+
+def test_streaming_keeps_nothing(tmp_path, memory_store):
+    """A download's form delivers each chunk once and keeps no copy: neither in memory nor in the
+    node cache (the downloaded files are the copy)."""
+    files = {f"f{i}": os.urandom(30_000 + i) for i in range(5)}
+    make_tree(tmp_path / "d", files)
+    ds = final_version(memory_store, tmp_path / "d")
+    refs = [ref for entry in ds.file_entries() for ref in entry.chunks]
+    cache = Cache()
+    reader = ChunkReader(ds.store, cache)
+    got = {}
+    reader.each(refs, lambda ref, data, error: got.setdefault(ref.digest, bytes(data)), lambda ref: "")
+    assert sorted(got.values()) == sorted(files.values())
+    assert not any(cache.has_chunk(ref.digest) for ref in refs) and reader.memo.used == 0
+    reader.close()
+
+
+def test_a_view_takes_its_prefetch_tuning_from_its_config(tmp_path, memory_store):
+    data = os.urandom(12 << 20)
+    make_tree(tmp_path / "d", {"f": data})
+    ds = final_version(memory_store, tmp_path / "d")
+    config = PrefetchConfig(min_prefetch=1 << 20, max_prefetch=2 << 20)
+    view = View(ds.store, Cache(), ds.id, config)
+    handle = view.open(view.resolve("f").ino)
+    out = bytearray()
+    while len(out) < len(data):
+        out += view.read(handle, len(out), 1 << 20)
+    assert out == data and handle.ahead.window == 2 << 20  # grew, up to the config's maximum
+    view.release(handle)
+    view.close()
+
+
+def test_sequential_window_grows_resets_and_steps():
+    config = PrefetchConfig(min_prefetch=1 << 20, max_prefetch=16 << 20, prefetch_step=4 << 20)
+    window = SequentialWindow(config)
+    size = 100 << 20
+    assert window.advance(0, 1 << 20, size) == (1 << 20, 3 << 20)  # sequential from 0: doubled to 2 MiB
+    assert window.advance(1 << 20, 2 << 20, size) == (3 << 20, 6 << 20)
+    spans = [window.advance(n << 20, (n + 1) << 20, size) for n in range(2, 12)]
+    assert window.window == 16 << 20
+    assert all(span is None or span[1] - span[0] >= 4 << 20 for span in spans)  # topped up in steps
+    assert window.advance(50 << 20, 51 << 20, size) == (51 << 20, 52 << 20)  # a seek resets the window
+    assert window.window == 1 << 20
+    assert window.advance(size - 10, size, size) is None  # nothing past the end
+
+
+def test_files_ahead_and_page_push_follow_files_opened_in_order():
+    config = PrefetchConfig(files_ahead=100, files_step=10, files_in_order=3, files_gap=2,
+                            push_ahead=20, push_low=5)
+    files = FilesAhead(config)
+    for ino in (10, 11, 12):
+        files.opened(ino)
+        assert files.due(ino) is None  # not yet in order
+    files.opened(13)
+    assert files.reading_in_order() and files.due(13) == (14, 114)
+    assert files.due(14) is None  # the batch ahead is still far
+    assert files.due(25) == (114, 126)  # within files_step of its end: topped up
+    files.opened(40)  # a jump: out of order
+    assert not files.reading_in_order() and files.due(40) is None
+
+    push = PagePush(config)
+    assert push.opened(5, in_order=False) is None
+    assert push.opened(6, in_order=True) == (7, 27)
+    assert push.opened(7, in_order=True) is None
+    assert push.opened(22, in_order=True) == (27, 43)
+    push.pushed(30)
+    assert push.take(30) and not push.take(30)
