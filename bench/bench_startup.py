@@ -5,7 +5,9 @@
 
 Prints, from one run:
 - the median (and min-max) wall time of `python -c pass` (the floor: the interpreter alone),
-  `python -c "import dsfs"`, `dsfs --version` and `dsfs --help`, each run --repeat times,
+  `python -c "import dsfs"`, `python -c "import click"` (what any click command line pays before its
+  first line of its own: the bound under `dsfs --help`), `dsfs --version` and `dsfs --help`, each run
+  --repeat times,
   interleaved (one of each in turn, so a burst of load on the machine hits all of them alike);
   every figure also as its cost over the floor and as a multiple of it, and the median CPU time
   (user+sys, from wait4), which a busy machine inflates less than the wall time;
@@ -101,6 +103,7 @@ def main(argv=None) -> int:
     commands = {
         "python -c pass (floor)": [py, "-c", "pass"],
         "python -c 'import dsfs'": [py, "-c", "import dsfs"],
+        "python -c 'import click'": [py, "-c", "import click"],  # the bound under `dsfs --help`
         "dsfs --version": [dsfs, "--version"],
         "dsfs --help": [dsfs, "--help"],
     }

@@ -139,6 +139,28 @@ def test_streaming_keeps_nothing(tmp_path, memory_store):
     reader.close()
 
 
+def test_streaming_holds_no_chunk_once_delivered(tmp_path, file_store):
+    """Memory of a download is bounded by the ranges in flight, not by the version: a chunk the
+    callback let go of is freed (the single-flight records of a download's own loads kept every
+    chunk of it alive until the end: 651 MB of RSS for a 512 MiB download)."""
+    import tracemalloc
+
+    make_tree(tmp_path / "d", {f"f{i:03}": os.urandom(100_000) for i in range(320)})  # 32 MB, one chunk each
+    ds = final_version(file_store, tmp_path / "d")
+    refs = [ref for entry in ds.file_entries() for ref in entry.chunks]
+    reader = ChunkReader(ds.store, Cache(str(tmp_path / "cache")), max_workers=1)
+    delivered = []
+    tracemalloc.start()
+    try:
+        reader.each(refs, lambda ref, data, error: delivered.append(len(data)), lambda ref: "")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        reader.close()
+    assert sum(delivered) == 32_000_000
+    assert peak < 12_000_000, peak  # about one coalesced range (8 MiB at most) at a time, not all 32 MB
+
+
 def test_a_view_takes_its_prefetch_tuning_from_its_config(tmp_path, memory_store):
     data = os.urandom(12 << 20)
     make_tree(tmp_path / "d", {"f": data})

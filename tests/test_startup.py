@@ -89,8 +89,19 @@ def test_version_is_the_installed_distributions():
     """`dsfs --version` reads the dist-info folder's name rather than importing importlib.metadata."""
     import importlib.metadata
 
-    from dsfs.cli.main import installed_version
+    from dsfs.cli import installed_version
 
     assert installed_version() == importlib.metadata.version("dsfs")
     proc = subprocess.run([sys.executable, "-m", "dsfs", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.stdout == f"dsfs, version {importlib.metadata.version('dsfs')}\n"
+
+
+def test_version_is_answered_before_click_loads():
+    """The entry point answers `dsfs --version` alone (scripts probe installs with it); any other
+    argument list goes to the click command line."""
+    code = ("import sys\nfrom dsfs.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('click' in sys.modules, 'dsfs.cli.main' in sys.modules)")
+    for args, loads in ((["--version"], "False False"), (["-v", "--version"], "True True")):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("dsfs, version "), proc.stderr
+        assert proc.stdout.splitlines()[-1] == loads

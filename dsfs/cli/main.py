@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from dsfs.cli import installed_version
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.cli.output import emit_json as _emit_json
 from dsfs.cli.output import human as _human
@@ -73,25 +74,6 @@ class _Deferred:
 
 if not TYPE_CHECKING:
     Dataset = _Deferred("dsfs.dataset", "Dataset")
-
-
-def installed_version() -> str:
-    """dsfs's installed version: from the name of its dist-info folder (`dsfs-0.1.0.dist-info`), which
-    is where importlib.metadata reads it; importing that (email, zipfile, csv) would cost ~40 ms, a
-    third of `dsfs --version`. importlib.metadata answers when no such folder is on sys.path."""
-    for folder in sys.path:
-        try:
-            names = os.listdir(folder or ".")
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith("dsfs-") and name.endswith(".dist-info"):
-                version = name.removeprefix("dsfs-").removesuffix(".dist-info")
-                if version and "-" not in version:  # not another project's dsfs-other-1.0.dist-info
-                    return version
-    import importlib.metadata
-
-    return importlib.metadata.version("dsfs")
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -654,7 +636,6 @@ def download(ctx, ref, target, include, exclude, max_workers, overwrite, cache_d
 @click.pass_context
 def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_size):
     """Print the path of a read-only cached copy of a version (materialized once)."""
-    import os
 
     from dsfs import settings
     from dsfs.model import ID_RE

@@ -174,6 +174,11 @@ class ChunkReader:
             else:
                 deliver(ref, data, None)
         pendings, mine = self._claim(missing)
+        mine_digests = {ref.digest for ref in mine}
+        # Only the loads of other readers are waited on below: holding this call's own pendings
+        # (each keeps its chunk's bytes once set) would keep the whole download in memory.
+        others = [(ref, pendings[ref.digest]) for ref in missing if ref.digest not in mine_digests]
+        del pendings
         settled: set[bytes] = set()
 
         def arrived(ref: ChunkRef, data: bytes | None, error: Exception | None) -> None:
@@ -188,10 +193,8 @@ class ChunkReader:
                 if ref.digest not in settled:
                     self._done(ref, None, exc, keep=False)
             raise
-        mine_digests = {ref.digest for ref in mine}
-        for ref in missing:  # loaded by another reader of this one (single flight)
-            if ref.digest not in mine_digests:
-                deliver(ref, *pendings[ref.digest].outcome())
+        for ref, pending in others:  # loaded by another reader of this one (single flight)
+            deliver(ref, *pending.outcome())
 
     def fill_cache(self, refs: Iterable[ChunkRef], where: Where) -> tuple[int, int, int]:
         """Fetch these chunks into the node cache (not into memory). A corrupt chunk is skipped;
