@@ -10,6 +10,7 @@ Then one end-to-end run per cloud through the Python API and through the CLI wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -276,7 +277,7 @@ def test_permission_errors(backend, request):
         limited = Store(url, **_moto_read_only_user(backend.cloud))
     else:
         limited = Store(url, connection_string=_azurite_read_only_sas(backend.cloud, url))
-    try:
+    with _moto_auth(backend.name == "s3"):
         assert limited.read_version(info.id).id == info.id
         with pytest.raises(StoreReadOnly, match="refused to write"):
             limited.write_version(_info())
@@ -285,28 +286,30 @@ def test_permission_errors(backend, request):
         if backend.name != "file":
             with pytest.raises(StoreReadOnly, match="refused to delete"):
                 limited.delete_version(info.id)
-    finally:
-        _moto_auth(False)
     if backend.name == "file":
         return
     if backend.name == "s3":
-        _moto_auth(True)
         wrong = Store(url, endpoint_url=backend.cloud.endpoint, key="AKIAWRONGWRONGWRONG", secret="wrong-secret")
     else:
         wrong = Store(url, connection_string=azurite_connection_string(backend.cloud.endpoint, key="d3Jvbmc=" * 11))
-    try:
+    with _moto_auth(backend.name == "s3"):
         with pytest.raises(AccessDenied, match="refused to read: access denied") as caught:
             wrong.read_version(info.id)
         assert "wrong-secret" not in str(caught.value) and "d3Jvbmc" not in str(caught.value)
-    finally:
-        _moto_auth(False)
 
 
-def _moto_auth(on: bool) -> None:
-    """moto checks credentials and IAM policies only when told to; the server runs in this process."""
+@contextlib.contextmanager
+def _moto_auth(on: bool = True):
+    """moto checks credentials and IAM policies only when told to, for the whole server (it runs in
+    this process): on for the body of the `with` only, and off again whatever happens in it."""
     import moto.settings
 
-    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if on else float("inf")
+    if on:
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    try:
+        yield
+    finally:
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
 
 
 @pytest.mark.parametrize("cloud_name", ["s3", "azure"])
@@ -322,7 +325,6 @@ def test_a_refused_read_fails_at_once_without_retries(cloud_name, request, monke
     Store(url, **cloud.options).check(create=True)
     if cloud_name == "s3":
         secret = "wrong-secret"
-        _moto_auth(True)
         wrong = Store(url, endpoint_url=cloud.endpoint, key="AKIAWRONGWRONGWRONG", secret=secret)
     else:
         secret = "d3Jvbmc=" * 11
@@ -336,11 +338,9 @@ def test_a_refused_read_fails_at_once_without_retries(cloud_name, request, monke
 
     monkeypatch.setattr(wrong, "read_pack_range", counted)
     monkeypatch.setenv("DSFS_RETRY_DELAYS", "0.01,0.01,0.01")
-    try:
-        with caplog.at_level(logging.DEBUG, logger="dsfs"), pytest.raises(AccessDenied) as caught:
-            fetch.read_with_retries(wrong, bytes(16), 0, 100)
-    finally:
-        _moto_auth(False)
+    with _moto_auth(cloud_name == "s3"), caplog.at_level(logging.DEBUG, logger="dsfs"), \
+            pytest.raises(AccessDenied) as caught:
+        fetch.read_with_retries(wrong, bytes(16), 0, 100)
     assert len(attempts) == 1
     assert "retrying" not in caplog.text
     assert caught.value.cause and caught.value.cause in caplog.text
@@ -359,7 +359,6 @@ def _moto_read_only_user(cloud: Cloud) -> dict:
         "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}))
     iam.attach_user_policy(UserName=user, PolicyArn=policy["Policy"]["Arn"])
     key = iam.create_access_key(UserName=user)["AccessKey"]
-    _moto_auth(True)
     return {"endpoint_url": cloud.endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
 
