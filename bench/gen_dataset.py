@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Deterministic benchmark datasets for dsfs (and its peers).
 
-    python bench/gen_dataset.py DIR --kind large|small|append [--scale F] [--seed S]
+    python bench/gen_dataset.py DIR --kind large|small|append|shuffle|span [--scale F] [--seed S]
 
 Kinds (sizes and counts at --scale 1):
 
     large   4 files x 512 MiB of random bytes                  DIR/part-00.bin ... part-03.bin
     small   10,000 files of 4-64 KiB in 100 folders            DIR/d000/f00000.bin ...
     append  one 100 MiB file of random bytes (the append case)  DIR/base.bin
+    shuffle 20,000 files of 1-64 KiB in 100 folders            DIR/d000/f00000.bin ...
+    span    one 1 GiB file of random bytes (random reads)      DIR/span.bin
 
---scale shrinks file sizes (large, append) or the file count (small) for quick runs.
+--scale shrinks file sizes (large, append, span) or the file count (small, shuffle) for quick runs.
 
 Content is a blake3 XOF stream keyed by (seed, kind, relative path), so a given (kind, scale, seed)
 always produces the same bytes, on any machine, at ~1.5 GB/s per core. Random bytes do not compress,
@@ -74,6 +76,14 @@ def plan(kind: str, scale: float, seed: int) -> list[tuple[str, int]]:
         for i in range(count):
             out.append((f"d{i % folders:03d}/f{i:05d}.bin", rng.randint(4 * KiB, 64 * KiB)))
         return sorted(out)
+    if kind == "shuffle":
+        count = max(200, int(20_000 * scale))
+        folders = min(100, count)
+        rng = random.Random(f"{seed}/shuffle")
+        out = [(f"d{i % folders:03d}/f{i:05d}.bin", rng.randint(1 * KiB, 64 * KiB)) for i in range(count)]
+        return sorted(out)
+    if kind == "span":
+        return [("span.bin", max(16 * MiB, int(1024 * MiB * scale)))]
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -133,7 +143,7 @@ def data_files(folder: str) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="folder to generate into (created; replaced if it holds other parameters)")
-    ap.add_argument("--kind", choices=["large", "small", "append"], required=True)
+    ap.add_argument("--kind", choices=["large", "small", "append", "shuffle", "span"], required=True)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink sizes/counts (default 1.0 = full size)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
