@@ -211,3 +211,32 @@ def test_files_ahead_and_page_push_follow_files_opened_in_order():
     assert push.opened(22, in_order=True) == (27, 43)
     push.pushed(30)
     assert push.take(30) and not push.take(30)
+
+
+def test_fetches_share_one_pool_and_one_range_stays_in_its_thread(tmp_path, file_store):
+    """Range fetches run on one long-lived pool per process (a pool per call started a thread per
+    small file), a single range in the calling thread, and a forked child gets a pool of its own."""
+    from dsfs.store import fetch
+
+    make_tree(tmp_path / "d", {f"f{i:03}": os.urandom(100_000) for i in range(100)})  # 10 MB: 2 ranges
+    ds = final_version(file_store, tmp_path / "d")
+    refs = [ref for entry in ds.file_entries() for ref in entry.chunks]
+    assert len(fetch.plan_ranges(refs)) == 2
+    threads = []
+    fetch.fetch_each(ds.store, refs[:1], lambda rng, good, bad: threads.append(threading.current_thread()))
+    assert threads == [threading.current_thread()]
+    threads.clear()
+    for _ in range(5):
+        fetch.fetch_each(ds.store, refs, lambda rng, good, bad: threads.append(threading.current_thread()))
+    assert len(threads) == 10 and all(t.name.startswith("dsfs-fetch") for t in threads)
+    assert len(set(threads)) <= 4  # reused across calls (a pool per call: 10 threads)
+    pid = os.fork()
+    if pid == 0:  # the parent's pool threads do not exist here
+        try:
+            got = []
+            fetch.fetch_each(ds.store, refs, lambda rng, good, bad: got.append(len(good)))
+            os._exit(0 if sum(got) == len(refs) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

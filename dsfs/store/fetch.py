@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -109,11 +110,31 @@ def fetch_range(store: Store, rng: Range, where: Callable[[ChunkRef], str]) -> t
     return good, bad
 
 
+POOL_THREADS = 32  # range fetches under way in one process at most, whatever the callers ask
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    """The process's one pool for range fetches. A pool per call started and joined a thread per
+    fetch: on a cold shuffled epoch (one small file, one range each) that was a tenth of the reader
+    threads' time. Tasks on it never wait for other tasks on it, so sharing cannot deadlock."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="dsfs-fetch"))
+        return _pool[1]
+
+
 def _bounded(ranges: list[Range], task, max_workers: int):
-    """Run task(range) on a pool with at most 2 x max_workers ranges in flight (memory stays about
-    2 x max_workers x MAX_RANGE whatever the number of chunks); yield (range, result) as each ends.
-    The first exception is raised and the ranges not started are cancelled."""
-    limit = max(1, max_workers) * 2
+    """Run task(range) with at most max_workers ranges of this call in flight (memory stays about
+    max_workers x MAX_RANGE whatever the number of chunks), on the process's shared pool; yield
+    (range, result) as each ends. A single range runs in the calling thread (no thread hop for a
+    small file's one read). The first exception is raised and the ranges not started are cancelled."""
+    if len(ranges) == 1:
+        yield ranges[0], task(ranges[0])
+        return
+    limit = max(1, max_workers)
     failed = threading.Event()
 
     def guarded(rng):
@@ -125,24 +146,33 @@ def _bounded(ranges: list[Range], task, max_workers: int):
             failed.set()
             raise
 
-    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="dsfs-fetch") as pool:
-        pending: dict[Future, Range] = {}
-        it = iter(ranges)
-        try:
-            while True:
-                while len(pending) < limit:
-                    rng = next(it, None)
-                    if rng is None:
-                        break
-                    pending[pool.submit(guarded, rng)] = rng
-                if not pending:
-                    return
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield pending.pop(future), future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+    pool = _shared_pool()
+    pending: dict[Future, Range] = {}
+    it = iter(ranges)
+    try:
+        while True:
+            while len(pending) < limit:
+                rng = next(it, None)
+                if rng is None:
+                    break
+                pending[pool.submit(guarded, rng)] = rng
+            if not pending:
+                return
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+        # a range still running when this call fails or is abandoned finishes on its own (its
+        # handler runs, its result is dropped): wait, so the caller never sees a late handler
+        failed.set()
+        for future in pending:
+            if not future.cancelled():
+                try:
+                    future.result()
+                except BaseException:  # noqa: BLE001 - the first error was raised already
+                    pass
 
 
 def fetch_each(store: Store, refs: Iterable[ChunkRef], on_range: Callable[[Range, dict, dict], None],
