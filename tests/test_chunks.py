@@ -229,7 +229,7 @@ def test_fetches_share_one_pool_and_one_range_stays_in_its_thread(tmp_path, file
     for _ in range(5):
         fetch.fetch_each(ds.store, refs, lambda rng, good, bad: threads.append(threading.current_thread()))
     assert len(threads) == 10 and all(t.name.startswith("dsfs-fetch") for t in threads)
-    assert len(set(threads)) <= 4  # reused across calls (a pool per call: 10 threads)
+    assert all(t.is_alive() for t in threads)  # the pool outlives the calls (one per call was joined after it)
     pid = os.fork()
     if pid == 0:  # the parent's pool threads do not exist here
         try:
