@@ -79,6 +79,19 @@ def wait_mounted(mountpoint: str, what: str, proc: subprocess.Popen | None = Non
         time.sleep(0.05)
 
 
+def isolate(run_dir: str) -> None:
+    """Start run_dir afresh and point this process (and so every dsfs it starts) at XDG dirs inside
+    it, with no DSFS_* setting of the caller's: the user's dsfs state and default store are never
+    touched."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    for var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
+        os.environ[var] = os.path.join(run_dir, var.lower())
+        os.makedirs(os.environ[var])
+    for var in ("DSFS_STORE", "DSFS_DATASTORE", "DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "DSFS_RUNTIME_DIR"):
+        os.environ.pop(var, None)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -86,13 +99,7 @@ class Bench:
         self.run_dir = os.path.join(self.workdir, "run")
         self.results: list[tuple] = []
         self.failed = False
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        os.makedirs(self.run_dir)
-        for var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
-            os.environ[var] = os.path.join(self.run_dir, var.lower())
-            os.makedirs(os.environ[var])
-        for var in ("DSFS_STORE", "DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "DSFS_RUNTIME_DIR"):
-            os.environ.pop(var, None)
+        isolate(self.run_dir)
         self.store = f"file://{self.run_dir}/store"
         self.cache_dir = os.path.join(self.run_dir, "cache")
         self.dsfs = [os.path.join(os.path.dirname(sys.executable), "dsfs"), "--store", self.store]

@@ -56,20 +56,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import gen_dataset  # noqa: E402
+from bench_mount import isolate, wait_mounted  # noqa: E402  (one isolation, one mount wait)
 
 MB = 1e6
 MiB = 1 << 20
 KiB = 1 << 10
 READERS = 8
 FIO_JOBS = 4
-
-
-def wait_mounted(mountpoint: str, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(mountpoint):
-        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not mount {mountpoint}")
-        time.sleep(0.05)
 
 
 def evict(paths) -> None:
@@ -181,13 +174,7 @@ class Bench:
         self.run_dir = os.path.join(self.workdir, "run")
         self.results: list[tuple] = []
         self.failed = False
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        os.makedirs(self.run_dir)
-        for var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
-            os.environ[var] = os.path.join(self.run_dir, var.lower())
-            os.makedirs(os.environ[var])
-        for var in ("DSFS_STORE", "DSFS_DATASTORE", "DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "DSFS_RUNTIME_DIR"):
-            os.environ.pop(var, None)
+        isolate(self.run_dir)
         self.store = f"file://{self.run_dir}/store"
         self.dsfs = [os.path.join(os.path.dirname(sys.executable), "dsfs"), "--store", self.store]
         self.serial = iter(range(10**6))
