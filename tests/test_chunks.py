@@ -185,9 +185,48 @@ def test_sequential_window_grows_resets_and_steps():
     spans = [window.advance(n << 20, (n + 1) << 20, size) for n in range(2, 12)]
     assert window.window == 16 << 20
     assert all(span is None or span[1] - span[0] >= 4 << 20 for span in spans)  # topped up in steps
-    assert window.advance(50 << 20, 51 << 20, size) == (51 << 20, 52 << 20)  # a seek resets the window
+    assert window.advance(50 << 20, 51 << 20, size) is None  # a seek resets the window, fetching nothing...
     assert window.window == 1 << 20
+    assert window.advance(51 << 20, 52 << 20, size) == (52 << 20, 54 << 20)  # ... until a read follows in order
     assert window.advance(size - 10, size, size) is None  # nothing past the end
+
+
+def test_sequential_window_tolerates_reordered_reads_but_not_seeks():
+    """The kernel's readahead and a reader's threads reorder the reads of a file read in order: a
+    small jump keeps the window growing and what was fetched ahead; a big one is a seek."""
+    config = PrefetchConfig(min_prefetch=1 << 20, max_prefetch=16 << 20, prefetch_step=4 << 20)
+    assert (config.seek_forward, config.seek_back) == (16 << 20, 1 << 20)  # mountpoint-s3's tolerances
+    size = 200 << 20
+    window = SequentialWindow(config)
+    reached = 0
+    for n in (0, 2, 1, 3, 5, 4, 7, 6):  # 1 MiB reads, neighbours swapped
+        span = window.advance(n << 20, (n + 1) << 20, size)
+        if span is not None:
+            assert span[0] >= reached and span[0] >= window.next_offset  # never fetches behind what it did
+            reached = span[1]
+        assert window.prefetched_to == reached
+    assert window.window == 16 << 20 and window.next_offset == 8 << 20  # grew on every read; not moved back
+    assert reached > 16 << 20
+
+    # Exactly at the tolerances: a read 1 MiB behind, and one 16 MiB ahead within what was fetched ahead.
+    kept = window.prefetched_to
+    assert window.advance(6 << 20, 7 << 20, size) is None  # ends 1 MiB behind: in order, nothing new due
+    assert window.window == 16 << 20 and window.next_offset == 8 << 20 and window.prefetched_to == kept
+    assert window.advance((8 << 20) + config.seek_forward, (9 << 20) + config.seek_forward, size) is not None
+    assert window.window == 16 << 20 and window.next_offset == 25 << 20  # 16 MiB ahead: still in order
+
+    # One byte further back is a seek: the window starts again, nothing fetched until reads are in order.
+    assert window.advance((22 << 20) - 1, (24 << 20) - 1, size) is None
+    assert window.window == 1 << 20 and window.next_offset == (24 << 20) - 1 and window.prefetched_to == 0
+
+    # Ahead: past what was fetched ahead (a random reader has nothing fetched ahead) is a seek too.
+    window = SequentialWindow(config)
+    assert window.advance(0, 1 << 20, size) == (1 << 20, 3 << 20)
+    assert window.advance((3 << 20) + 1, (4 << 20) + 1, size) is None  # 2 MiB past, beyond the 3 MiB fetched
+    assert window.window == 1 << 20 and window.prefetched_to == 0
+    random_reader = SequentialWindow(config)
+    spans = [random_reader.advance(off << 12, (off + 1) << 12, size) for off in (9000, 9100, 8800, 12000, 3)]
+    assert spans == [None] * 5  # 4 KiB reads near each other, never in order: nothing fetched ahead
 
 
 def test_files_ahead_and_page_push_follow_files_opened_in_order():

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import blake3
 import pytest
 
 from dsfs import Dataset, Store
@@ -338,6 +339,7 @@ def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store):
     try:
         for i in range(1, 10):
             view.read_path(f"f{i}")
+        cache.flush()  # records are committed (and the budget enforced) in the background: now
     finally:
         dsfs.node.cache.RECENT_NS = orig
     assert cache.used_bytes() <= 450_000
@@ -345,6 +347,23 @@ def test_cache_budget_evicts_lru_but_not_pinned(tmp_path, file_store):
     assert cache.has_chunk(view.resolve("f9").chunks_wire[0][0])  # most recent kept
     assert not cache.has_chunk(view.resolve("f1").chunks_wire[0][0])  # least recent gone
     view.release(handle)
+
+
+def test_evict_drops_the_oldest_chunks_first(tmp_path, monkeypatch):
+    """Eviction goes down the LRU order without skipping: deleting a key moved LMDB's cursor to the
+    next one, and a `for` over the cursor then stepped past it, so every other old chunk was kept and
+    newer ones evicted in their place."""
+    import dsfs.node.cache
+
+    monkeypatch.setattr(dsfs.node.cache, "RECENT_NS", 0)
+    cache = Cache(str(tmp_path / "cache"), size=1 << 30)
+    chunks = [os.urandom(1000) for _ in range(10)]
+    digests = [blake3.blake3(c).digest() for c in chunks]
+    for digest, data in zip(digests, chunks, strict=True):  # one at a time: each its own last use
+        cache.put_chunks([(digest, data)])
+        cache.flush()
+    assert cache.evict(4000) == 6000
+    assert [cache.has_chunk(d) for d in digests] == [False] * 6 + [True] * 4
 
 
 def test_cache_cli(tmp_path, file_store, dsfs):

@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import blake3
 import pytest
 
 from dsfs import Dataset
@@ -419,3 +420,93 @@ def test_cached_file_gives_only_verified_bytes_from_the_node_cache(tmp_path, fil
     open(path, "wb").write(bytes(data))
     assert fresh.cached_file(ino["b"], 1 << 20) is None  # corrupt: never handed out, and dropped
     assert not fresh.cache.has_chunk(ref.digest)
+
+
+# -- random reads: blocks, not whole chunks ---------------------------------------------------------
+
+@pytest.fixture
+def random_file(tmp_path, file_store):
+    """A 6 MiB file (several ~1.25 MiB chunks) read at random offsets through a View that keeps no
+    chunk in memory, so every read goes to the node cache; its chunks are in the node cache."""
+    data = random.Random(7).randbytes(6 << 20)
+    ds = _final(file_store, {"big.bin": data}, folder=tmp_path / "src")
+    view = _view(ds, config=PrefetchConfig(memo_bytes=0))
+    view.read_path("big.bin")  # fetched whole, in order: into the node cache, no block hashes yet
+    view.cache.flush()
+    yield view, data
+    view.close()
+
+
+def _random_reads(view: View, data: bytes, count: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    handle = view.open(view.resolve("big.bin").ino)
+    try:
+        for _ in range(count):
+            offset, size = rng.randrange(1 << 20, len(data)), rng.choice((1, 4096, 70_000, 300_000))
+            assert bytes(view.read(handle, offset, size)) == data[offset:offset + size]
+    finally:
+        view.release(handle)
+
+
+def test_random_reads_check_only_the_blocks_they_touch(random_file, monkeypatch):
+    import dsfs.node.cache as node_cache
+
+    view, data = random_file
+    _random_reads(view, data, 200)  # first touch of a chunk: read whole, its block hashes recorded
+    view.cache.flush()
+    chunks = view.resolve("big.bin").chunks
+    with view.cache.env.begin(db=view.cache.db_blocks) as txn:
+        assert sum(txn.get(ref.digest) is not None for ref in chunks) >= len(chunks) - 1  # all but maybe the first
+    read: list[int] = []
+    real_pread, real_read = os.pread, os.read
+    monkeypatch.setattr(node_cache.os, "pread", lambda fd, n, off: read.append(n) or real_pread(fd, n, off))
+    monkeypatch.setattr(node_cache.os, "read", lambda fd, n: read.append(n) or real_read(fd, n))
+    handle = view.open(view.resolve("big.bin").ino)  # (open loads the first chunk whole, for the first read)
+    read.clear()
+    try:
+        for offset in (5_000_000, 3_333_333, 2_000_000 + node_cache.BLOCK - 100):  # 4 KiB: one or two blocks
+            assert bytes(view.read(handle, offset, 4096)) == data[offset:offset + 4096]
+    finally:
+        view.release(handle)
+    assert read and max(read) <= 2 * node_cache.BLOCK and sum(read) <= 4 * node_cache.BLOCK
+
+
+def test_a_flipped_byte_in_a_cached_chunk_is_caught_by_its_block(random_file):
+    view, data = random_file
+    _random_reads(view, data, 100)
+    view.cache.flush()
+    handle = view.open(view.resolve("big.bin").ino)
+    index = handle.chunk_range(4 << 20, (4 << 20) + 1)[0]
+    ref, start = handle.chunks[index], handle.starts[index]
+    path = view.cache._chunk_path(ref.digest)
+    with open(path, "r+b") as f:  # one byte in the chunk's third block
+        f.seek(2 * (64 << 10) + 5)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+    offset = start + 2 * (64 << 10)
+    try:
+        assert bytes(view.read(handle, offset + 1000, 4096)) == data[offset + 1000:offset + 5096]  # caught: fetched again
+    finally:
+        view.release(handle)
+    with open(path, "rb") as f:
+        assert blake3.blake3(f.read()).digest() == ref.digest  # the chunk file was replaced by a good one
+
+
+def test_a_damaged_list_of_block_hashes_is_made_again(random_file):
+    view, data = random_file
+    _random_reads(view, data, 100)
+    cache = view.cache
+    cache.flush()
+    with cache.env.begin(write=True, db=cache.db_blocks) as txn:
+        damaged = [bytes(key) for key, _ in txn.cursor()]
+        for key in damaged:
+            txn.put(key, b"\0" * 16 + b"\1" * 32 * 20)
+    _random_reads(view, data, 100, seed=2)  # right bytes, and the lists remade
+    cache.flush()
+    from dsfs.node.cache import _CHUNK, _unseal
+
+    with cache.env.begin() as txn:
+        sizes = {key: _CHUNK.unpack(txn.get(key, db=cache.db_chunks))[0] for key in damaged}
+        remade = [key for key in damaged if _unseal(key, bytes(txn.get(key, db=cache.db_blocks)), sizes[key])]
+    assert len(remade) == len(damaged)

@@ -10,8 +10,14 @@ Layout under `$DSFS_CACHE_DIR` (default `$XDG_CACHE_HOME/dsfs`):
     links                was when written and the `get --link` symlinks into them (see dsfs.node.copies)
 
 A chunk file is written to a temp name and renamed, and only then recorded in LMDB, so a record
-always names a complete file while the machine stays up (a killed process included). Chunk files are
-not fsynced: every chunk is verified against its digest when it is fetched (before it is stored)
+always names a complete file while the machine stays up (a killed process included). Records are
+group-committed (`_commit_records`): the caller of `put_chunks` returns once its files are in place,
+and a committer thread writes the records of every fetch that arrived meanwhile in one durable
+transaction (a commit costs two fsyncs, 1-3 ms: one per fetched chunk capped a cold shuffled epoch
+through a mount at ~350 files/s). Until then this process finds the chunks in `_PendingRecords`; another
+process does not, and fetches them again. A process killed before the commit loses only records: the
+chunks are fetched again, never served wrong (tests/test_resources.py kills one mid-commit). Chunk
+files are not fsynced: every chunk is verified against its digest when it is fetched (before it is stored)
 and again when it is served, and one that fails (a file torn by a power loss, a bad disk) is
 dropped (file and record) and fetched again by the caller. An fsync per chunk cost 0.7-1.6 ms and
 dominated cold reads of small files through a mount (docs/mount.md). LMDB runs with its default,
@@ -24,6 +30,16 @@ never a traceback or a signal. LMDB's lock file is given its blocks before LMDB 
 the index as it was, and chunk files that could not be recorded are removed. A mount's read whose
 chunks cannot be stored is served from memory; last uses that cannot be written are dropped.
 
+Random reads (`read_blocks`) do not re-read and re-hash a whole chunk (~1.25 MiB) for a 4 KiB
+read: the first one of a chunk reads and verifies it whole and records (`note_blocks`) the hashes of its
+BLOCK-sized blocks (an outboard list, as Bao or mountpoint-s3's checksummed blocks do: here a flat
+list, as Python's blake3 does not expose its tree's chaining values) in LMDB's `blocks` table;
+later ones read and check only the blocks they touch. The list is made only from bytes verified
+against the chunk's digest, and is sealed by a hash keyed with that digest, so a damaged list is
+made again and a damaged block fails its check (the chunk is then dropped and fetched again).
+The chunk reader (`ChunkReader.read_part`) keeps a chunk read whole in memory as well, so random
+reads over a span that fits in its memory are served from there.
+
 Budget: `size` bytes (`--cache-size`, `$DSFS_CACHE_SIZE`, default half of what the cache and the
 free space of its disk add up to). Going over the budget (high watermark) evicts least recently used
 chunks down to 90% of it (low watermark). Chunks pinned by this process (open files of a mount) are
@@ -32,8 +48,10 @@ never evicted, nor are chunks used in the last minute by any process.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -50,15 +68,20 @@ from dsfs.errors import DiskFull, UsageError
 from dsfs.fsutil import NO_SPACE
 from dsfs.lineage import viewindex
 
+log = logging.getLogger(__name__)
+
 LOW_WATERMARK = 0.9
 TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a minute...
 TOUCH_BATCH = 1024  # ...and recorded uses are written together, one write txn per batch or per
 TOUCH_FLUSH_NS = 5 * 10**9  # 5 s: a durable write txn per read (1 ms, serialized) would cap reads
 RECENT_NS = 60 * 10**9
+COMMITTER_IDLE_S = 2.0  # the committer thread ends after this long with nothing to record (one per Cache)
 TEMP_AGE_S = 3600  # a temp file this old in tmp/ was left by a killed process (writes take milliseconds)
 CACHE_FORMAT = b"2"  # 2: view records keyed by a view number (dsfs.lineage.viewindex)
 
 _CHUNK = struct.Struct(">QQ")  # stored size, last use (ns)
+BLOCK = 64 << 10  # random reads check blocks of this size: a 4 KiB read costs a 64 KiB read and hash (~30 us)
+_SEAL = 16  # bytes of the keyed hash that seals a chunk's list of block hashes
 MAX_READERS = 1024
 LOCK_FILE_BYTES = 128 + 64 * MAX_READERS  # LMDB's lock file: a header, then a cache line per reader slot
 
@@ -83,10 +106,11 @@ class Cache:
             for sub in ("chunks", "changesets", "tmp"):
                 os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
             self.env = _open_env(os.path.join(self.root, "index.lmdb"))
-            self.db_chunks = self.env.open_db(b"chunks")
-            self.db_lru = self.env.open_db(b"lru")
-            self.db_meta = self.env.open_db(b"meta")
-            self.view_dbs = {name: self.env.open_db(name.encode()) for name in viewindex.TABLES}
+            self.db_chunks = open_db(self.env, b"chunks")
+            self.db_lru = open_db(self.env, b"lru")
+            self.db_meta = open_db(self.env, b"meta")
+            self.db_blocks = open_db(self.env, b"blocks")
+            self.view_dbs = {name: open_db(self.env, name.encode()) for name in viewindex.TABLES}
             with self.env.begin(db=self.db_meta) as txn:
                 stored = txn.get(b"format")
             if stored != CACHE_FORMAT:
@@ -101,12 +125,14 @@ class Cache:
         self._uses: dict[bytes, int] = {}  # last uses not yet written (see TOUCH_BATCH)
         self._uses_lock = threading.Lock()
         self._uses_flushed = time.monotonic_ns()
+        self._pending = _pending_records(self.env)  # shared by every Cache of this folder in this process
+        _LIVE.add(self)
         size = parse_size(size if size is not None else settings.cache_size())
         self.budget = size if size is not None else self._default_budget()
 
     def _default_budget(self) -> int:
         free = shutil.disk_usage(self.root).free
-        return (free + self.used_bytes()) // 2
+        return (free + self._used()) // 2
 
     @contextlib.contextmanager
     def space_checked(self):
@@ -138,6 +164,8 @@ class Cache:
         return os.path.join(self.root, "chunks", hexd[:2], hexd)
 
     def has_chunk(self, digest: bytes) -> bool:
+        if digest in self._pending.chunks:
+            return True
         with self.env.begin(db=self.db_chunks) as txn:
             return txn.get(digest) is not None
 
@@ -147,9 +175,13 @@ class Cache:
         an event loop may call it) and answer None, keeping the chunk, if any of it is not there."""
         with self.env.begin(db=self.db_chunks, buffers=True) as txn:
             record = txn.get(digest)
-            if record is None:
+            if record is not None:
+                size, last_use = _CHUNK.unpack(record)
+        if record is None:
+            unrecorded = self._pending.chunks.get(digest)
+            if unrecorded is None:
                 return None
-            size, last_use = _CHUNK.unpack(record)
+            size, last_use = unrecorded
         try:
             fd = os.open(self._chunk_path(digest), os.O_RDONLY)
         except FileNotFoundError:
@@ -172,35 +204,129 @@ class Cache:
             self._note_use(digest, now, background=in_ram_only)
         return data
 
+    def read_blocks(self, digest: bytes, raw: int, lo: int, hi: int) -> bytes | None:
+        """Verified bytes [lo, hi) of a chunk of `raw` bytes, reading and checking only the BLOCKs
+        they touch (see the module doc). None if the node cache lacks the chunk or its block hashes
+        (the caller reads it whole, then `note_blocks`), or if a block is damaged (the chunk is then
+        dropped, and the caller fetches it again)."""
+        with self.env.begin(buffers=True) as txn:
+            record = txn.get(digest, db=self.db_chunks)
+            if record is not None:
+                size, last_use = _CHUNK.unpack(record)
+            in_db = txn.get(digest, db=self.db_blocks)
+            sealed = bytes(in_db) if in_db is not None else self._pending.blocks.get(digest)
+        if record is None:
+            unrecorded = self._pending.chunks.get(digest)
+            if unrecorded is None:
+                return None
+            size, last_use = unrecorded
+        hashes = _unseal(digest, sealed, size) if sealed is not None and size == raw else None
+        if hashes is None:
+            return None
+        try:
+            fd = os.open(self._chunk_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            self._drop(digest)
+            return None
+        try:
+            first, stop = lo // BLOCK, min((hi + BLOCK - 1) // BLOCK, len(hashes))
+            span = os.pread(fd, min(stop * BLOCK, size) - first * BLOCK, first * BLOCK)
+        finally:
+            os.close(fd)
+        view = memoryview(span)
+        for n in range(first, stop):
+            if blake3.blake3(view[(n - first) * BLOCK:(n - first + 1) * BLOCK]).digest() != hashes[n]:
+                self._drop(digest)
+                return None
+        now = time.time_ns()
+        if now - last_use > TOUCH_INTERVAL_NS:
+            self._note_use(digest, now)
+        return span[lo - first * BLOCK:hi - first * BLOCK]
+
+    def note_blocks(self, digest: bytes, data: bytes) -> None:
+        """Record the block hashes of a chunk whose bytes the caller verified (with the next commit),
+        unless they are recorded (and intact)."""
+        with self.env.begin(db=self.db_blocks) as txn:
+            sealed = txn.get(digest)
+            if digest in self._pending.blocks or sealed is not None and _unseal(digest, bytes(sealed), len(data)):
+                return
+        view = memoryview(data)
+        hashes = b"".join(blake3.blake3(view[i:i + BLOCK]).digest() for i in range(0, len(data), BLOCK))
+        with self._pending.lock:
+            self._pending.blocks[digest] = blake3.blake3(hashes, key=digest).digest()[:_SEAL] + hashes
+        _COMMITTER.due(self)
+
     def put_chunks(self, items) -> None:
         """Store (digest, bytes) chunks that the caller verified (dsfs.store.fetch: decode_chunk checks
         each against its digest; hashing them again here was 4% of a cold read's CPU): each file
-        written, then all recorded in one LMDB transaction (a durable commit costs two fsyncs: one
-        per chunk made a cold read of a range of small files pay them per file). A full disk raises
-        DiskFull and leaves no file that is not recorded."""
+        written and renamed into place here, their records committed soon after by the committer
+        thread together with those of concurrent callers (see the module doc; `flush` waits for
+        them). A full disk raises DiskFull and leaves no file of this call that is not recorded."""
         with self.env.begin(db=self.db_chunks) as txn:
-            new = [(d, b) for d, b in items if txn.get(d) is None]
+            new = [(d, b) for d, b in items if d not in self._pending.chunks and txn.get(d) is None]
         if not new:
             return
         now = time.time_ns()
+        written: list[bytes] = []
         try:
             with self.space_checked():
                 for digest, data in new:
                     self._write_chunk(digest, data)
-                with self.env.begin(write=True) as txn:
-                    for digest, data in new:
-                        if txn.get(digest, db=self.db_chunks) is None:
-                            txn.put(digest, _CHUNK.pack(len(data), now), db=self.db_chunks)
-                            txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
-                            self._add_used(txn, len(data))
+                    written.append(digest)
         except DiskFull:
-            with self.env.begin(db=self.db_chunks) as txn:
-                unrecorded = [d for d, _ in new if txn.get(d) is None]
-            for digest in unrecorded:
+            for digest in written:
                 _unlink(self._chunk_path(digest))
             raise
-        if self.used_bytes() > self.budget:
-            self.evict(int(self.budget * LOW_WATERMARK))
+        with self._pending.lock:
+            for digest, data in new:
+                if digest not in self._pending.chunks:
+                    self._pending.chunks[digest] = (len(data), now)
+                    self._pending.order.append(digest)
+        _COMMITTER.due(self)
+
+    def _commit_records(self) -> None:
+        """Record the chunk files in place not yet recorded, in one durable transaction. A full disk
+        removes their files (nothing unrecorded stays) and is raised by the next `flush`."""
+        with self._pending.commit_lock:
+            with self._pending.lock:
+                batch, self._pending.order = self._pending.order, []
+                items = [(d, self._pending.chunks[d]) for d in batch if d in self._pending.chunks]
+                blocks = dict(self._pending.blocks)
+            if not items and not blocks:
+                return
+            try:
+                with self.space_checked(), self.env.begin(write=True) as txn:
+                    for digest, (size, now) in items:
+                        if txn.get(digest, db=self.db_chunks) is None:
+                            txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
+                            txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
+                            self._add_used(txn, size)
+                    for digest, sealed in blocks.items():
+                        if txn.get(digest, db=self.db_chunks) is not None:  # (not evicted meanwhile)
+                            txn.put(digest, sealed, db=self.db_blocks)
+                with self._pending.lock:
+                    for digest in blocks:
+                        self._pending.blocks.pop(digest, None)
+            except DiskFull as exc:
+                for digest, _ in items:
+                    _unlink(self._chunk_path(digest))
+                self._pending.error = exc
+            finally:
+                with self._pending.lock:
+                    for digest, _ in items:
+                        self._pending.chunks.pop(digest, None)
+            if self._used() > self.budget:  # under the lock: a flush returns with the budget kept
+                self.evict(int(self.budget * LOW_WATERMARK))
+
+    def flush(self) -> None:
+        """Commit the records of chunks stored so far and the last uses noted (what a process that
+        stored chunks does before it reports success or exits). Raises DiskFull if a commit failed
+        for lack of space since the last flush."""
+        self._commit_records()
+        self.flush_uses()
+        error, self._pending.error = self._pending.error, None
+        if error is not None:
+            raise error
 
     def _write_chunk(self, digest: bytes, data) -> None:
         """Put a chunk file in place: a temp name of this process and thread (no random name to
@@ -267,6 +393,9 @@ class Cache:
             # last uses only order evictions: on a full disk they are dropped, and the read goes on
 
     def _drop(self, digest: bytes) -> None:
+        with self._pending.lock:
+            self._pending.chunks.pop(digest, None)
+            self._pending.blocks.pop(digest, None)
         with self.space_checked(), self.env.begin(write=True) as txn:
             record = txn.get(digest, db=self.db_chunks)
             if record is not None:
@@ -274,6 +403,7 @@ class Cache:
                 txn.delete(digest, db=self.db_chunks)
                 txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
                 self._add_used(txn, -size)
+            txn.delete(digest, db=self.db_blocks)
         _unlink(self._chunk_path(digest))
 
     # -- pins ----------------------------------------------------------------------------------
@@ -299,15 +429,22 @@ class Cache:
         txn.put(b"used", str(max(used, 0)).encode(), db=self.db_meta)
 
     def used_bytes(self) -> int:
+        """Bytes of the chunks recorded, once those stored so far are (`flush`)."""
+        self._commit_records()
+        return self._used()
+
+    def _used(self) -> int:
         with self.env.begin(db=self.db_meta) as txn:
             return int(txn.get(b"used", b"0"))
 
     def chunk_count(self) -> int:
+        self._commit_records()
         with self.env.begin() as txn:
             return txn.stat(self.db_chunks)["entries"]
 
     def evict(self, target: int, keep_recent: bool = True) -> int:
         """Drop least recently used chunks until at most `target` bytes remain. Returns bytes freed."""
+        self._commit_records()
         self.flush_uses()
         freed = 0
         now = time.time_ns()
@@ -315,18 +452,22 @@ class Cache:
         with self.space_checked(), self.env.begin(write=True) as txn:
             used = int(txn.get(b"used", b"0", db=self.db_meta))
             cursor = txn.cursor(db=self.db_lru)
-            for key, _ in cursor:
-                if used - freed <= target:
-                    break
-                last_use, digest = struct.unpack(">Q", key[:8])[0], bytes(key[8:])
+            cursor.first()
+            # by hand, not `for key in cursor`: a delete moves the cursor to the next key, and the
+            # loop's own step then skipped it (an older chunk kept, a newer one evicted in its place)
+            while (key := bytes(cursor.key())) and used - freed > target:
+                last_use, digest = struct.unpack(">Q", key[:8])[0], key[8:]
                 if keep_recent and now - last_use < RECENT_NS:
                     break  # LRU order: everything after this is recent too
                 with self._pin_lock:
-                    if digest in self._pins:
-                        continue
+                    pinned = digest in self._pins
+                if pinned:
+                    cursor.next()
+                    continue
                 record = txn.get(digest, db=self.db_chunks)
                 size = _CHUNK.unpack(record)[0] if record else 0
                 txn.delete(digest, db=self.db_chunks)
+                txn.delete(digest, db=self.db_blocks)
                 cursor.delete()
                 freed += size
                 victims.append(digest)
@@ -419,6 +560,89 @@ class Cache:
         return None
 
 
+class _PendingRecords:
+    """What the chunks of one cache folder stored by this process wait for: their records (and the
+    block hashes of chunks read at random), until the committer or a flush commits them. One per
+    LMDB environment, shared by every Cache of that folder in this process (a second Cache, such as
+    an in-process `cache stats`, must see the chunks the first one stored)."""
+
+    def __init__(self):
+        self.chunks: dict[bytes, tuple[int, int]] = {}  # digest -> (size, stored at): files in place, not recorded
+        self.order: list[bytes] = []  # ... in the order they came, for the committer
+        self.blocks: dict[bytes, bytes] = {}  # digest -> sealed block hashes, not recorded
+        self.lock = threading.Lock()  # guards the three above
+        self.commit_lock = threading.RLock()  # one commit at a time (the committer or a flush; reentrant:
+        # a commit over the budget evicts, and evict commits what is due first)
+        self.error: DiskFull | None = None  # a failed background commit, raised by the next flush
+
+
+_PENDING: weakref.WeakKeyDictionary[lmdb.Environment, _PendingRecords] = weakref.WeakKeyDictionary()
+
+
+def _pending_records(env: lmdb.Environment) -> _PendingRecords:
+    with _ENVS_LOCK:
+        pending = _PENDING.get(env)
+        if pending is None:
+            pending = _PENDING[env] = _PendingRecords()
+        return pending
+
+
+class _Committer:
+    """The process's one thread that commits chunk records (`Cache._commit_records`) for every Cache
+    with records due, the records that came while the last commit ran together. It holds a Cache
+    only while its records are due, so a Cache no one uses closes its LMDB environment (see _ENVS),
+    and ends after COMMITTER_IDLE_S with nothing to do."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.caches: dict[int, Cache] = {}  # id -> Cache with records due
+        self.thread: threading.Thread | None = None
+
+    def due(self, cache: Cache) -> None:
+        with self.lock:
+            self.caches[id(cache)] = cache
+            if self.thread is None or not self.thread.is_alive():  # (a forked child's copy is not alive)
+                self.thread = threading.Thread(target=self._run, name="dsfs-records", daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            if not self.wake.wait(COMMITTER_IDLE_S):
+                with self.lock:
+                    if not self.caches:
+                        self.thread = None
+                        return
+            self.wake.clear()
+            with self.lock:
+                caches, self.caches = list(self.caches.values()), {}
+            for cache in caches:
+                try:
+                    cache._commit_records()
+                except Exception:  # noqa: BLE001 - records are a shortcut: their chunks are fetched again
+                    log.warning("recording chunks in the node cache %s failed; they will be fetched again",
+                                cache.root, exc_info=True)
+            del caches
+
+
+_COMMITTER = _Committer()
+
+
+# Caches of this process, so that records not yet committed are committed at exit (a process that
+# ends normally loses none; a killed one loses only records, see the module doc).
+_LIVE: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+@atexit.register
+def _commit_at_exit() -> None:
+    for cache in list(_LIVE):
+        try:
+            cache._commit_records()
+        except Exception:  # noqa: BLE001 - at exit, a record lost costs a fetch, never a wrong byte
+            pass
+
+
 # Held weakly: an environment maps 1 TiB of address space and a process can map about 126, so one
 # is closed (unmapped) once no Cache, transaction or view holds it; a later Cache opens it again.
 _ENVS: weakref.WeakValueDictionary[tuple[int, str], lmdb.Environment] = weakref.WeakValueDictionary()
@@ -437,6 +661,14 @@ def _open_env(path: str) -> lmdb.Environment:
             env.reader_check()  # clear reader slots of killed processes
             _ENVS[key] = env
         return env
+
+
+def open_db(env: lmdb.Environment, name: bytes):
+    """A named table of the environment, opened in a write transaction of our own: `env.open_db`
+    without one waits for LMDB's write lock holding the GIL, so a thread of this process in a write
+    transaction (the record committer) could never finish it, and both hung."""
+    with env.begin(write=True) as txn:
+        return env.open_db(name, txn=txn)
 
 
 def _reserve_lock_file(path: str) -> None:
@@ -464,6 +696,15 @@ def _reserve_lock_file(path: str) -> None:
     finally:
         os.close(fd)
         _unlink(tmp)
+
+
+def _unseal(digest: bytes, sealed: bytes, size: int) -> list[bytes] | None:
+    """The block hashes of a chunk of `size` bytes from their sealed record, or None if the record is
+    damaged (its seal, a hash keyed with the chunk's digest, does not match, or its length is off)."""
+    hashes = sealed[_SEAL:]
+    if len(hashes) != 32 * -(-size // BLOCK) or blake3.blake3(hashes, key=digest).digest()[:_SEAL] != sealed[:_SEAL]:
+        return None
+    return [hashes[i:i + 32] for i in range(0, len(hashes), 32)]
 
 
 def _lmdb_out_of_space(exc: lmdb.Error) -> bool:

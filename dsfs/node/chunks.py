@@ -8,7 +8,7 @@ from the store through `dsfs.store.fetch` (coalesced ranged GETs, retried, each 
 against its digest), after which it is put in the node cache. Concurrent readers of the same chunk
 wait on one load (single flight); readers of different chunks do not wait on each other.
 
-Three forms:
+Three forms, and a fourth for random reads:
 - `get`: the bytes of some chunks, waiting for them (a mount's read, `read_file`);
 - `load`: start loading chunks in the background (a prefetch): chunks the node's cache holds are
   read by several pool tasks at once, the rest come from the store together, so that adjacent
@@ -16,6 +16,8 @@ Three forms:
 - `each`: deliver every chunk to a callback as it arrives, in the thread that fetched it, so that
   writing overlaps the network (a download). It keeps nothing: neither in memory nor in the node
   cache, as a download's files are the copy.
+- `read_part`: part of a chunk from memory or the node's cache, reading only the blocks it touches
+  (a random read; None sends the reader to `get`).
 `fill_cache` (a mount's `--prefetch`) fetches into the node cache only, bypassing the in-memory LRU
 so that it does not evict what readers are using.
 
@@ -35,6 +37,7 @@ from dsfs.node.cache import Cache
 from dsfs.store.fetch import fetch_each, fetch_into
 from dsfs.store.layout import Store
 
+READ_WHOLE_MAX = 1 << 20  # chunks remembered as read whole by read_part (32 MiB of digests at most)
 Where = Callable[[ChunkRef], str]
 Deliver = Callable[[ChunkRef, "bytes | None", "Exception | None"], None]
 
@@ -106,6 +109,7 @@ class ChunkReader:
         self.spread_bytes = spread_bytes  # a background load reads cached chunks in tasks of about this much
         self.inline_bytes = inline_bytes  # a chunk this small may be read on an event loop's thread
         self.memo = _Memo(memo_bytes)
+        self.read_whole: set[bytes] = set()  # chunks read_part read whole (their block hashes are made if again)
         self.inflight: dict[bytes, _Pending] = {}
         self.inflight_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers, thread_name_prefix="dsfs-read")
@@ -132,6 +136,30 @@ class ChunkReader:
             return False
         self.memo.put(ref.digest, data)
         return True
+
+    def read_part(self, ref: ChunkRef, lo: int, hi: int) -> bytes | memoryview | None:
+        """Bytes [lo, hi) of a chunk (a random read) from memory, or from the node's cache reading
+        and checking only the blocks they touch (Cache.read_blocks), or else read whole from the
+        node's cache and kept in memory. A chunk read whole a second time has fallen out of memory:
+        its block hashes are recorded then (hashing every chunk's blocks on its first read cost
+        random readers whose span fits in memory a third of their rate while it filled). None if
+        the node's cache lacks it; never asks the store."""
+        data = self.memo.get(ref.digest)
+        if data is None:
+            part = self.cache.read_blocks(ref.digest, ref.raw, lo, hi)
+            if part is not None:
+                return part
+            data = self.cache.get_chunk(ref.digest, ref.raw)  # whole, into memory
+            if data is None:
+                return None
+            if ref.digest in self.read_whole:  # read whole before, and out of memory since: the span read
+                self.cache.note_blocks(ref.digest, data)  # at random outgrows memory, so blocks from now on
+            elif len(self.read_whole) < READ_WHOLE_MAX:
+                self.read_whole.add(ref.digest)
+            else:
+                self.read_whole = {ref.digest}
+            self.memo.put(ref.digest, data)
+        return memoryview(data)[lo:hi]
 
     def cached(self, ref: ChunkRef) -> bytes | None:
         """The chunk from memory or the node's cache (verified), else None; never asks the store."""
@@ -210,6 +238,7 @@ class ChunkReader:
                 counts[2] += len(bad)
 
         fetch_each(self.store, refs, store_range, self.max_workers, where)
+        self.cache.flush()  # recorded before the counts are reported (a full disk raises DiskFull here)
         return counts[0], counts[1], counts[2]
 
     # -- single flight -------------------------------------------------------------------------

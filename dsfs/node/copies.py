@@ -43,7 +43,7 @@ import msgpack
 
 from dsfs.errors import InvalidState
 from dsfs.fsutil import atomic_write, temp_name
-from dsfs.node.cache import Cache
+from dsfs.node.cache import Cache, open_db
 
 MANIFEST_SUFFIX = ".manifest"
 _RECORD = struct.Struct(">QQqI")  # inode, size, mtime_ns, mode
@@ -112,7 +112,7 @@ class ContentFiles:
 
     def __init__(self, cache: Cache):
         self.cache = cache
-        self.db = cache.env.open_db(b"files")
+        self.db = open_db(cache.env, b"files")
 
     def path(self, key: str) -> str:
         return os.path.join(self.cache.root, "files", key[:2], key)

@@ -6,8 +6,9 @@ their own instead of patching module globals.
 
 - `SequentialWindow`, one per open file (mountpoint-s3's idea): a sequential reader gets a window
   past its read that starts at `min_prefetch`, doubles on every sequential read up to
-  `max_prefetch` and resets on a seek; once wide, it is topped up in `prefetch_step`s, so that a
-  store gets a few coalesced GETs rather than one per chunk.
+  `max_prefetch` and resets on a seek (not on the small reorderings of the kernel's readahead and of
+  several reader threads; a random reader gets nothing fetched ahead); once wide, it is
+  topped up in `prefetch_step`s, so that a store gets a few coalesced GETs rather than one per chunk.
 - `FilesAhead`, one per view: files opened in inode order (= path order: `find | xargs cat`,
   `cp -r`, `tar`, a loader going through a listing) get the next files' chunks fetched ahead, as a
   file's reader gets its next chunks: a small file is otherwise one round trip to the store per
@@ -30,6 +31,8 @@ class PrefetchConfig:
     min_prefetch: int = 1 << 20  # a sequential reader's window starts this far past its read...
     max_prefetch: int = 64 << 20  # ... and doubles on each sequential read up to this
     prefetch_step: int = 8 << 20  # once wide, it is topped up in steps of this much (coalesced GETs)
+    seek_forward: int = 16 << 20  # a read starting at most this far past where the reader got to, within what
+    seek_back: int = 1 << 20  # was fetched ahead, or ending at most this far behind it, is in order (mountpoint-s3)
     files_ahead: int = 1024  # a reader reading files in order gets the next files' chunks fetched ahead: so many inodes
     files_ahead_bytes: int = 64 << 20  # ... or so many bytes of chunks, whichever comes first
     files_step: int = 128  # ... topped up whenever this many inodes were read (several batches in flight)
@@ -46,12 +49,24 @@ class PrefetchConfig:
 
 
 class SequentialWindow:
-    """The read-ahead window of one open file."""
+    """The read-ahead window of one open file.
 
-    __slots__ = ("config", "next_offset", "window", "prefetched_to", "lock")
+    Reads of a file read in order do not arrive in order: the kernel's readahead has several
+    requests in flight and the mount's threads answer them in any order, and a reader's own threads
+    race. So a read counts as in order (the window doubles, what was fetched ahead is kept) when it
+    ends at most `seek_back` before where the reader got to (`next_offset`, the furthest end read:
+    measured on the end, so two neighbouring reads of any size swapped still count), or starts at
+    most `seek_forward` past it but within what was fetched ahead already (mountpoint-s3's rule: a
+    random reader, who has nothing fetched ahead, is not taken for a sequential one by reads that
+    happen to land near each other). Anything else is a seek: the window starts again, and nothing
+    is fetched ahead until the next read follows in order (a random 4 KiB read must not cost a
+    chunk's load beside its own). A read behind never moves `next_offset` back."""
+
+    __slots__ = ("config", "next_offset", "window", "prefetched_to", "in_order", "lock")
 
     def __init__(self, config: PrefetchConfig):
         self.config = config
+        self.in_order = True  # was the last read in order? (a random read is served by blocks: View.read)
         self.next_offset = 0
         self.window = config.min_prefetch
         self.prefetched_to = 0
@@ -62,14 +77,18 @@ class SequentialWindow:
         or None."""
         config = self.config
         with self.lock:
-            if offset == self.next_offset:
+            reach = max(self.next_offset, min(self.prefetched_to, self.next_offset + config.seek_forward))
+            self.in_order = self.next_offset - config.seek_back <= end and offset <= reach
+            if self.in_order:
                 self.window = min(self.window * 2, config.max_prefetch)
-            else:
+                self.next_offset = max(self.next_offset, end)
+            else:  # a seek
                 self.window = config.min_prefetch
                 self.prefetched_to = 0
-            self.next_offset = end
-            ahead_from = max(end, self.prefetched_to)
-            ahead_to = min(end + self.window, size)
+                self.next_offset = end
+                return None
+            ahead_from = max(self.next_offset, self.prefetched_to)
+            ahead_to = min(self.next_offset + self.window, size)
             if ahead_to <= ahead_from:
                 return None
             if ahead_to - ahead_from < min(self.window // 2, config.prefetch_step) and ahead_to < size:

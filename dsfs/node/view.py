@@ -27,7 +27,7 @@ import threading
 from typing import Any, Literal, overload
 
 from dsfs import paths
-from dsfs.errors import PathNotFound
+from dsfs.errors import DiskFull, PathNotFound
 from dsfs.lineage.viewindex import ROOT, Inode, ViewIndex, ensure_view
 from dsfs.model import ChunkRef
 from dsfs.node import links
@@ -83,7 +83,10 @@ class View:
 
     def close(self) -> None:
         self.reader.close()
-        self.cache.flush_uses()
+        try:
+            self.cache.flush()
+        except DiskFull:
+            pass  # the reads were served: the chunks not recorded for lack of space are fetched again
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -213,6 +216,10 @@ class View:
         refs = [handle.chunks[i] for i in indexes]
         if wait:
             self._prefetch(handle, offset, end)
+            if not handle.ahead.in_order:
+                part = self._read_blocks(handle, indexes, offset, end)
+                if part is not None:
+                    return part
             pieces = self.reader.get(refs, lambda ref: self._label(node))
         else:
             found = [self.reader.in_memory(ref) for ref in refs]
@@ -228,6 +235,20 @@ class View:
             views.append(memoryview(data)[lo:hi])
         # a read inside one chunk (the common case) is served without copying the chunk's bytes
         return views[0] if len(views) == 1 else b"".join(views)
+
+    def _read_blocks(self, handle: OpenFile, indexes: range, offset: int, end: int) -> bytes | memoryview | None:
+        """A random read: [offset, end) from memory or from the blocks of the node's cache it touches
+        (ChunkReader.read_part), never loading whole chunks into memory (a random reader over more
+        than the memo holds re-read and re-hashed a ~1.25 MiB chunk per 4 KiB read); None if a
+        chunk is not there (the caller loads it the usual way)."""
+        parts = []
+        for i in indexes:
+            ref, start = handle.chunks[i], handle.starts[i]
+            part = self.reader.read_part(ref, max(offset, start) - start, min(end, start + ref.raw) - start)
+            if part is None:
+                return None
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_path(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         node = self.resolve(path)

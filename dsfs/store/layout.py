@@ -152,6 +152,18 @@ def _quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
 
+def _pread_file(path: str, offset: int, length: int) -> bytes:
+    """Bytes [offset, offset + length) of a local file (fewer if it ends sooner): three system calls.
+    fsspec's LocalFileOpener took a sixth of a cold shuffled epoch's time (one small file, one
+    range, one open). The file is opened for each read, not kept open: a pack that gc removed must
+    stop being readable (and its disk space be freed), as with every other backend."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """A dsfs store at one URL. Methods speak of versions, change-sets and packs, never of paths."""
 
@@ -421,7 +433,10 @@ class Store:
         """Bytes [offset, offset + length) of a pack; fewer if the pack ends sooner (the caller
         judges: a chunk beyond a pack's end is corrupt data, not a store failure)."""
         try:
-            data = self._get(self._pack_key(pack_id), offset, offset + length)
+            if self.is_local:
+                data = self._call("read", _pread_file, self._p(self._pack_key(pack_id)), offset, length)
+            else:
+                data = self._get(self._pack_key(pack_id), offset, offset + length)
         except FileNotFoundError:
             raise CorruptData(f"pack {pack_id.hex()} is missing from {self.display_url}") from None
         return data
