@@ -5,7 +5,9 @@ mount's Operations class only translates to it.
 
 Reads map a byte range to chunks and ask the chunk reader for them. Sequential readers of a file
 get the chunks past their read loaded in the background (`SequentialWindow`); files read in inode
-order (= path order) get the next files' chunks loaded ahead the same way (`FilesAhead`).
+order (= path order) get the next files' chunks loaded ahead the same way (`FilesAhead`). A read
+that is not in order is served from memory or from the blocks of the node's cache it touches
+(`ChunkReader.read_part`), so random readers of big files do not re-read whole chunks.
 
 Paths are not stored per inode (a 1M-file view must not hold 1M strings): `path(ino)` and
 `parent(ino)` descend from the root instead, relying on how the index numbers inodes (in path
