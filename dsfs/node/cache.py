@@ -629,6 +629,16 @@ class _Committer:
 _COMMITTER = _Committer()
 
 
+def _new_committer_after_fork() -> None:
+    """A forked child (a DataLoader's worker) starts with a committer of its own: the parent's thread
+    is not there, and its lock may have been held by another thread at the fork."""
+    global _COMMITTER
+    _COMMITTER = _Committer()
+
+
+os.register_at_fork(after_in_child=_new_committer_after_fork)
+
+
 # Caches of this process, so that records not yet committed are committed at exit (a process that
 # ends normally loses none; a killed one loses only records, see the module doc).
 _LIVE: weakref.WeakSet[Cache] = weakref.WeakSet()
