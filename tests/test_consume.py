@@ -390,8 +390,22 @@ def test_cache_prune_and_clear_sweep_temp_files_of_killed_processes(tmp_path, ds
     two_hours_ago = time.time() - 7200
     os.utime(old, (two_hours_ago, two_hours_ago))
     os.utime(lock, (two_hours_ago, two_hours_ago))
-    assert dsfs("cache", "prune", "--to", "0").code == 0
+    # chunk files renamed into place whose records a killed process never committed
+    cache = Cache()
+    recorded_data = b"r" * 1000
+    cache.put_chunks([(blake3.blake3(recorded_data).digest(), recorded_data)])
+    cache.flush()
+    recorded = cache._chunk_path(blake3.blake3(recorded_data).digest())
+    orphans = [cache._chunk_path(blake3.blake3(bytes([n]) * 1000).digest()) for n in range(2)]
+    for path in orphans:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"x" * 1000)
+    for path in (recorded, orphans[0]):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert dsfs("cache", "prune", "--to", "1G").code == 0  # (a budget that evicts nothing)
     assert not os.path.exists(old) and os.path.exists(fresh) and os.path.exists(lock)
+    assert os.path.exists(recorded) and not os.path.exists(orphans[0]) and os.path.exists(orphans[1])
     os.utime(fresh, (two_hours_ago, two_hours_ago))
     assert dsfs("cache", "clear").code == 0
     assert not os.path.exists(fresh) and os.path.exists(lock)

@@ -477,22 +477,44 @@ class Cache:
         return freed
 
     def sweep_temp(self) -> int:
-        """Remove temp files left by killed processes (a chunk or change-set being written; locks
-        stay): any older than TEMP_AGE_S, which no live write takes. Returns bytes freed."""
+        """Remove what killed processes left (locks stay): temp files (a chunk or change-set being
+        written), and chunk files in place whose records were never committed (a process killed
+        between a chunk's rename and its group commit); any older than TEMP_AGE_S, which no live
+        write takes. Returns bytes freed."""
         freed = 0
         cutoff = time.time() - TEMP_AGE_S
-        with os.scandir(os.path.join(self.root, "tmp")) as it:
+        for entry in self._old_files(os.path.join(self.root, "tmp"), cutoff):
+            if not entry.name.endswith(".lock"):
+                freed += self._remove(entry)
+        chunks = os.path.join(self.root, "chunks")
+        with os.scandir(chunks) as folders:
+            names = [entry.name for entry in folders if entry.is_dir(follow_symlinks=False)]
+        for name in names:
+            old = list(self._old_files(os.path.join(chunks, name), cutoff))
+            with self.env.begin(db=self.db_chunks) as txn:
+                unrecorded = [e for e in old if _is_digest(e.name) and txn.get(bytes.fromhex(e.name)) is None
+                              and bytes.fromhex(e.name) not in self._pending.chunks]
+            freed += sum(self._remove(entry) for entry in unrecorded)
+        return freed
+
+    @staticmethod
+    def _old_files(folder: str, cutoff: float):
+        """(entry, with its stat) of the plain files in `folder` last changed before `cutoff`."""
+        with os.scandir(folder) as it:
             for entry in it:
-                if entry.name.endswith(".lock") or not entry.is_file(follow_symlinks=False):
+                if not entry.is_file(follow_symlinks=False):
                     continue
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        yield entry
                 except FileNotFoundError:
-                    continue  # a live write renamed its temp file into place since the listing
-                if st.st_mtime < cutoff:
-                    _unlink(entry.path)
-                    freed += st.st_size
-        return freed
+                    continue  # a live write renamed it since the listing
+
+    @staticmethod
+    def _remove(entry: os.DirEntry) -> int:
+        size = entry.stat(follow_symlinks=False).st_size
+        _unlink(entry.path)
+        return size
 
     def clear(self) -> int:
         """Drop every chunk, view, file table and change-set copy: all the cache derived from stores
@@ -715,6 +737,10 @@ def _unseal(digest: bytes, sealed: bytes, size: int) -> list[bytes] | None:
     if len(hashes) != 32 * -(-size // BLOCK) or blake3.blake3(hashes, key=digest).digest()[:_SEAL] != sealed[:_SEAL]:
         return None
     return [hashes[i:i + 32] for i in range(0, len(hashes), 32)]
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _lmdb_out_of_space(exc: lmdb.Error) -> bool:
