@@ -75,7 +75,7 @@ TOUCH_INTERVAL_NS = 60 * 10**9  # a chunk's last use is recorded at most once a 
 TOUCH_BATCH = 1024  # ...and recorded uses are written together, one write txn per batch or per
 TOUCH_FLUSH_NS = 5 * 10**9  # 5 s: a durable write txn per read (1 ms, serialized) would cap reads
 RECENT_NS = 60 * 10**9
-COMMITTER_IDLE_S = 2.0  # the committer thread ends after this long with nothing to record (one per Cache)
+COMMITTER_IDLE_S = 2.0  # the committer thread (one per process) ends after this long with nothing to record
 TEMP_AGE_S = 3600  # a temp file this old in tmp/ was left by a killed process (writes take milliseconds)
 CACHE_FORMAT = b"2"  # 2: view records keyed by a view number (dsfs.lineage.viewindex)
 
@@ -164,24 +164,23 @@ class Cache:
         return os.path.join(self.root, "chunks", hexd[:2], hexd)
 
     def has_chunk(self, digest: bytes) -> bool:
-        if digest in self._pending.chunks:
-            return True
-        with self.env.begin(db=self.db_chunks) as txn:
-            return txn.get(digest) is not None
+        with self.env.begin(db=self.db_chunks, buffers=True) as txn:
+            return self._size_and_use(txn, digest) is not None
+
+    def _size_and_use(self, txn, digest: bytes) -> tuple[int, int] | None:
+        """(size, last use) of a chunk the cache holds: recorded, or in place and its record pending."""
+        record = txn.get(digest, db=self.db_chunks)
+        return _CHUNK.unpack(record) if record is not None else self._pending.chunks.get(digest)
 
     def get_chunk(self, digest: bytes, raw: int | None = None, in_ram_only: bool = False) -> bytes | None:
         """The verified bytes of a chunk, or None if absent or corrupt (a corrupt one is dropped).
         in_ram_only: read only what the page cache holds (RWF_NOWAIT: never waits for the disk, so
         an event loop may call it) and answer None, keeping the chunk, if any of it is not there."""
         with self.env.begin(db=self.db_chunks, buffers=True) as txn:
-            record = txn.get(digest)
-            if record is not None:
-                size, last_use = _CHUNK.unpack(record)
-        if record is None:
-            unrecorded = self._pending.chunks.get(digest)
-            if unrecorded is None:
-                return None
-            size, last_use = unrecorded
+            held = self._size_and_use(txn, digest)
+        if held is None:
+            return None
+        size, last_use = held
         try:
             fd = os.open(self._chunk_path(digest), os.O_RDONLY)
         except FileNotFoundError:
@@ -210,16 +209,12 @@ class Cache:
         (the caller reads it whole, then `note_blocks`), or if a block is damaged (the chunk is then
         dropped, and the caller fetches it again)."""
         with self.env.begin(buffers=True) as txn:
-            record = txn.get(digest, db=self.db_chunks)
-            if record is not None:
-                size, last_use = _CHUNK.unpack(record)
+            held = self._size_and_use(txn, digest)
             in_db = txn.get(digest, db=self.db_blocks)
             sealed = bytes(in_db) if in_db is not None else self._pending.blocks.get(digest)
-        if record is None:
-            unrecorded = self._pending.chunks.get(digest)
-            if unrecorded is None:
-                return None
-            size, last_use = unrecorded
+        if held is None:
+            return None
+        size, last_use = held
         hashes = _unseal(digest, sealed, size) if sealed is not None and size == raw else None
         if hashes is None:
             return None
@@ -262,8 +257,8 @@ class Cache:
         written and renamed into place here, their records committed soon after by the committer
         thread together with those of concurrent callers (see the module doc; `flush` waits for
         them). A full disk raises DiskFull and leaves no file of this call that is not recorded."""
-        with self.env.begin(db=self.db_chunks) as txn:
-            new = [(d, b) for d, b in items if d not in self._pending.chunks and txn.get(d) is None]
+        with self.env.begin(db=self.db_chunks, buffers=True) as txn:
+            new = [(d, b) for d, b in items if self._size_and_use(txn, d) is None]
         if not new:
             return
         now = time.time_ns()
@@ -279,18 +274,15 @@ class Cache:
             raise
         with self._pending.lock:
             for digest, data in new:
-                if digest not in self._pending.chunks:
-                    self._pending.chunks[digest] = (len(data), now)
-                    self._pending.order.append(digest)
+                self._pending.chunks.setdefault(digest, (len(data), now))
         _COMMITTER.due(self)
 
     def _commit_records(self) -> None:
         """Record the chunk files in place not yet recorded, in one durable transaction. A full disk
         removes their files (nothing unrecorded stays) and is raised by the next `flush`."""
         with self._pending.commit_lock:
-            with self._pending.lock:
-                batch, self._pending.order = self._pending.order, []
-                items = [(d, self._pending.chunks[d]) for d in batch if d in self._pending.chunks]
+            with self._pending.lock:  # (what a commit took leaves `chunks` when it ends, under commit_lock)
+                items = list(self._pending.chunks.items())
                 blocks = dict(self._pending.blocks)
             if not items and not blocks:
                 return
@@ -491,9 +483,9 @@ class Cache:
             names = [entry.name for entry in folders if entry.is_dir(follow_symlinks=False)]
         for name in names:
             old = list(self._old_files(os.path.join(chunks, name), cutoff))
-            with self.env.begin(db=self.db_chunks) as txn:
-                unrecorded = [e for e in old if _is_digest(e.name) and txn.get(bytes.fromhex(e.name)) is None
-                              and bytes.fromhex(e.name) not in self._pending.chunks]
+            with self.env.begin(db=self.db_chunks, buffers=True) as txn:
+                unrecorded = [e for e in old if _is_digest(e.name)
+                              and self._size_and_use(txn, bytes.fromhex(e.name)) is None]
             freed += sum(self._remove(entry) for entry in unrecorded)
         return freed
 
@@ -590,9 +582,8 @@ class _PendingRecords:
 
     def __init__(self):
         self.chunks: dict[bytes, tuple[int, int]] = {}  # digest -> (size, stored at): files in place, not recorded
-        self.order: list[bytes] = []  # ... in the order they came, for the committer
         self.blocks: dict[bytes, bytes] = {}  # digest -> sealed block hashes, not recorded
-        self.lock = threading.Lock()  # guards the three above
+        self.lock = threading.Lock()  # guards the two above
         self.commit_lock = threading.RLock()  # one commit at a time (the committer or a flush; reentrant:
         # a commit over the budget evicts, and evict commits what is due first)
         self.error: DiskFull | None = None  # a failed background commit, raised by the next flush

@@ -37,7 +37,8 @@ from dsfs.node.cache import Cache
 from dsfs.store.fetch import fetch_each, fetch_into
 from dsfs.store.layout import Store
 
-READ_WHOLE_MAX = 1 << 20  # chunks remembered as read whole by read_part (32 MiB of digests at most)
+READ_WHOLE_MAX = 1 << 16  # chunks remembered as read whole by read_part (~6 MiB of digests in a set; 80 GiB
+# of chunks: a random reader's span past that gets its block hashes one whole read later)
 Where = Callable[[ChunkRef], str]
 Deliver = Callable[[ChunkRef, "bytes | None", "Exception | None"], None]
 
