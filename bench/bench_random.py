@@ -272,6 +272,7 @@ class Bench:
             n = next(self.serial)
             target = os.path.join(self.run_dir, f"download-{n}")
             cache = os.path.join(self.run_dir, f"cache-download-{n}")
+            os.sync()  # no writeback of an earlier step's files during the timed run (download and mount alike)
             start = time.perf_counter()
             self.cli("download", dataset_id, target, "--cache-dir", cache)
             took = time.perf_counter() - start
@@ -285,6 +286,7 @@ class Bench:
         def mounted() -> tuple[float, float, float]:
             n = next(self.serial)
             cache = os.path.join(self.run_dir, f"cache-shuffle-{n}")  # empty: a fresh node cache
+            os.sync()
             start = time.perf_counter()
             mountpoint, pid = self.mount(dataset_id, "shuffle", cache)
             mounting = time.perf_counter() - start

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import struct
 import time
 
 import blake3
@@ -366,6 +367,41 @@ def test_evict_drops_the_oldest_chunks_first(tmp_path, monkeypatch):
     assert [cache.has_chunk(d) for d in digests] == [False] * 6 + [True] * 4
 
 
+def test_small_chunks_live_in_lmdb_and_older_caches_small_chunk_files_still_serve(tmp_path):
+    """A chunk of at most cache.SMALL bytes is kept in LMDB, not in a file of its own (a file per
+    small chunk was a third of a cold shuffled epoch's time); another process reads it; evicting it
+    frees it. A cache written before that, whose small chunks are files, still serves and evicts them."""
+    from dsfs.node.cache import SMALL
+
+    root = str(tmp_path / "cache")
+    cache = Cache(root, size=1 << 30)
+    small, big = os.urandom(SMALL), os.urandom(SMALL + 1)
+    small_digest, big_digest = blake3.blake3(small).digest(), blake3.blake3(big).digest()
+    cache.put_chunks([(small_digest, memoryview(small)), (big_digest, big)])
+    assert cache.get_chunk(small_digest) == small  # before its commit, from memory
+    cache.flush()
+    assert not os.path.exists(cache._chunk_path(small_digest)) and os.path.exists(cache._chunk_path(big_digest))
+    read_back = subprocess.run([sys.executable, "-c", "import sys; from dsfs.node.cache import Cache; "
+                                "sys.stdout.buffer.write(Cache(sys.argv[1]).get_chunk(bytes.fromhex(sys.argv[2])))",
+                                root, small_digest.hex()], capture_output=True, check=True)
+    assert read_back.stdout == small
+    # a small chunk as a cache of the previous release stored it: a file, and a record only
+    old = os.urandom(5000)
+    old_digest = blake3.blake3(old).digest()
+    cache._write_chunk(old_digest, old)
+    now = time.time_ns() - 10**12
+    with cache.env.begin(write=True) as txn:
+        txn.put(old_digest, struct.pack(">QQ", len(old), now), db=cache.db_chunks)
+        txn.put(struct.pack(">Q", now) + old_digest, b"", db=cache.db_lru)
+        cache._add_used(txn, len(old))
+    assert cache.get_chunk(old_digest) == old and cache.used_bytes() == len(small) + len(big) + len(old)
+    assert cache.evict(0, keep_recent=False) == len(small) + len(big) + len(old)
+    assert not any(cache.has_chunk(d) for d in (small_digest, big_digest, old_digest))
+    assert not os.path.exists(cache._chunk_path(old_digest)) and not os.path.exists(cache._chunk_path(big_digest))
+    with cache.env.begin(db=cache.db_small) as txn:
+        assert txn.stat(cache.db_small)["entries"] == 0
+
+
 def test_cache_cli(tmp_path, file_store, dsfs):
     make_tree(tmp_path / "d", {"f": os.urandom(200_000)})  # under the 256 KiB minimum chunk: one chunk
     ds = final_version(file_store, tmp_path / "d")
@@ -392,7 +428,7 @@ def test_cache_prune_and_clear_sweep_temp_files_of_killed_processes(tmp_path, ds
     os.utime(lock, (two_hours_ago, two_hours_ago))
     # chunk files renamed into place whose records a killed process never committed
     cache = Cache()
-    recorded_data = b"r" * 1000
+    recorded_data = b"r" * 100_000  # a chunk file (a small chunk would be kept in LMDB)
     cache.put_chunks([(blake3.blake3(recorded_data).digest(), recorded_data)])
     cache.flush()
     recorded = cache._chunk_path(blake3.blake3(recorded_data).digest())

@@ -216,7 +216,8 @@ def test_store_errors(node):
         from dsfs.store.layout import Store
 
         store = Store.open("s3://bucket/dsfs", create=True, endpoint_url=endpoint, key="k", secret="s")
-        files = {"a": rng.randbytes(50_000), "b": rng.randbytes(60_000)}
+        # a big file between them in path (= pack) order: reading "a" must not bring "b" ([lazy])
+        files = {"a": rng.randbytes(50_000), "b": rng.randbytes(60_000), "ab": rng.randbytes((4 << 20) + 1)}
         src = os.path.join(node.base, "s3-src")
         os.makedirs(src)
         for name, data in files.items():
@@ -234,7 +235,7 @@ def test_store_errors(node):
             assert open(f"{mountpoint}/a", "rb").read() == files["a"]
             server.stop()
             assert _errno_of(lambda: open(f"{mountpoint}/b", "rb").read()) == errno.EIO
-            assert sorted(os.listdir(mountpoint)) == ["a", "b"]  # still up
+            assert sorted(os.listdir(mountpoint)) == ["a", "ab", "b"]  # still up
             with open(f"{mountpoint}/a", "rb") as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # not from the page cache
                 assert f.read() == files["a"]
@@ -251,6 +252,9 @@ def test_store_errors(node):
 @pytest.mark.expect_log(r"ERROR dsfs\S*: read /never: pack \w+ is missing")
 def test_snapshot(node):
     files = {"kept": rng.randbytes(20_000), "uncached": rng.randbytes(20_000), "never": rng.randbytes(20_000)}
+    # big files between them in path (= pack) order: a small file read out of order brings the small
+    # files packed next to it ([lazy]), and these three must each be fetched on its own
+    files |= {"l-spacer": rng.randbytes((4 << 20) + 1), "o-spacer": rng.randbytes((4 << 20) + 1)}
     dataset = node.dataset(files, name="snap")
     with node.mounted(dataset, "snap") as mountpoint:
         assert open(f"{mountpoint}/kept", "rb").read() == files["kept"]

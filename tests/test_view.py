@@ -197,8 +197,8 @@ class SlowStore:
 def test_readers_of_different_files_do_not_wait_on_each_other(tmp_path, memory_store):
     files = {f"f{i}": os.urandom(100_000) for i in range(4)}
     ds = _final(memory_store, files, folder=tmp_path / "d")
-    # no fetching ahead: the barrier counts the readers' own fetches
-    view = View(SlowStore(ds.store, parties=4), Cache(), ds.id, PrefetchConfig(files_ahead=0))
+    # no fetching ahead, nor of the files packed near: the barrier counts the readers' own fetches
+    view = View(SlowStore(ds.store, parties=4), Cache(), ds.id, PrefetchConfig(files_ahead=0, near_bytes=0))
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(view.read_path, files)) == list(files.values())
 
@@ -238,7 +238,7 @@ def test_corrupt_chunk_fails_only_its_file(tmp_path, file_store):
 def test_store_down_mid_read_fails_that_read_only(tmp_path, file_store):
     files = {"a": os.urandom(40_000), "b": os.urandom(40_000)}
     ds = _final(file_store, files, folder=tmp_path / "d")
-    view = _view(ds)
+    view = _view(ds, config=PrefetchConfig(near_bytes=0))  # reading "b" would also fetch "a", packed beside it
     # "b" first: reading "a" first would fetch "b" ahead (files read in path order, see the next test)
     assert view.read_path("b") == files["b"]
     real = ds.store.read_pack_range
@@ -258,7 +258,7 @@ def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_sto
     files = {f"d/{i:03d}": os.urandom(5_000 + i) for i in range(40)}
     files["z/big"] = os.urandom(100_000)
     ds = _final(file_store, files, folder=tmp_path / "d")
-    view = _view(ds)
+    view = _view(ds, config=PrefetchConfig(near_bytes=0))  # (the first read would fetch the files packed near)
     reads = []
     real = ds.store.read_pack_range
 
@@ -280,13 +280,72 @@ def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_sto
     assert all(view.cache.has_chunk(r.digest) for name in files for r in view.resolve(name).chunks)
     assert spans_in_order  # the spy sees fetches ahead, so its silence below means something
     # out of order: nothing is fetched ahead
-    other = _view(ds, Cache(str(tmp_path / "cache2")))
+    other = _view(ds, Cache(str(tmp_path / "cache2")), PrefetchConfig(near_bytes=0))  # (nor the files packed near)
     spans = []  # a spy where the fetches ahead start (the pool calls it)
     other._fetch_files = lambda start, stop: spans.append((start, stop))
     assert other.read_path("d/030") == files["d/030"]
     assert other.read_path("d/002") == files["d/002"]
     other.pool.shutdown(wait=True)  # whatever was handed to the pool has run
     assert spans == [] and not other.cache.has_chunk(other.resolve("d/010").chunks[0].digest)
+
+
+def test_files_read_in_order_after_a_cold_first_read_are_still_fetched_ahead(tmp_path, file_store):
+    """The first read of a scan is out of order (nothing before it), so it brings the files packed
+    near it; that must not pass for "the files ahead are in memory" and stop the fetch ahead (a cold
+    `find | xargs cat` from S3 then fetched one file per GET: 341 instead of 1,034 files/s)."""
+    files = {f"d/{i:03d}": os.urandom(5_000) for i in range(400)}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    reads = []
+    real = ds.store.read_pack_range
+    ds.store.read_pack_range = lambda *args: (reads.append(args), real(*args))[1]
+    view = _view(ds)
+    assert all(view.read_path(name) == files[name] for name in sorted(files))
+    assert len(reads) < 15  # a few coalesced ranges, not one GET per file past the first ones
+
+
+def test_a_cold_small_file_read_out_of_order_brings_the_files_packed_near_it(tmp_path, file_store):
+    """A shuffled epoch: the first read of a small file the cache lacks loads, in the background and
+    with one ranged read, the files packed within `near_bytes` of it, so that their opens are hits."""
+    files = {f"d/{i:03d}": os.urandom(5_000 + i) for i in range(40)}
+    ds = _final(file_store, files, folder=tmp_path / "d")
+    reads = []
+    real = ds.store.read_pack_range
+    ds.store.read_pack_range = lambda *args: (reads.append(args), real(*args))[1]
+
+    def cached(view):
+        return {name for name in files if view.cache.has_chunk(view.resolve(name).chunks[0].digest)}
+
+    view = _view(ds, Cache(str(tmp_path / "c1")))
+    assert view.read_path("d/020") == files["d/020"]
+    view.pool.shutdown(wait=True)  # the background load has run
+    assert cached(view) == set(files) and len(reads) == 2  # its own read, and one for the 39 near it
+    assert all(view.read_path(name) == files[name] for name in files) and len(reads) == 2
+    # only within near_bytes (half of it each way): files of ~5,000 bytes, two on each side
+    narrow = _view(ds, Cache(str(tmp_path / "c2")), PrefetchConfig(near_bytes=24_000))
+    assert narrow.read_path("d/020") == files["d/020"]
+    narrow.pool.shutdown(wait=True)
+    assert cached(narrow) == {f"d/{i:03d}" for i in range(18, 23)}
+    # a neighbour the cache holds ends the search that way (what lies past it was loaded with it)
+    wide = _view(ds, Cache(str(tmp_path / "c2")))
+    assert wide.read_path("d/024") == files["d/024"]
+    wide.pool.shutdown(wait=True)
+    assert cached(wide) == {f"d/{i:03d}" for i in range(18, 40)}
+
+
+def _flip_cached_byte(cache: Cache, digest: bytes, at: int) -> None:
+    """Damage the node cache's copy of a chunk: its file, or a small chunk's value in LMDB."""
+    cache.flush()
+    with cache.env.begin(write=True) as txn:
+        value = txn.get(digest, db=cache.db_small)
+        if value is not None:
+            data = bytearray(value)
+            data[at] ^= 1
+            txn.put(digest, bytes(data), db=cache.db_small)
+            return
+    path = cache._chunk_path(digest)
+    data = bytearray(open(path, "rb").read())
+    data[at] ^= 1
+    open(path, "wb").write(bytes(data))
 
 
 def _evict(path: str) -> None:
@@ -314,7 +373,7 @@ def _in_ram(path: str) -> bool:
 
 
 def test_open_without_waiting_reads_a_small_first_chunk_only_from_ram(tmp_path, file_store):
-    files = {"small": os.urandom(20_000), "big": os.urandom(3 << 20)}
+    files = {"small": os.urandom(200_000), "big": os.urandom(3 << 20)}  # small: a file in the cache (> cache.SMALL)
     ds = _final(file_store, files, folder=tmp_path / "d")
     cache = Cache()
     for name in files:
@@ -433,11 +492,8 @@ def test_cached_file_gives_only_verified_bytes_from_the_node_cache(tmp_path, fil
     assert view.cached_file(ino["big"], 1 << 20) is None and view.cached_file(ino["empty"], 1 << 20) is None
     assert view.cached_file(view.resolve("").ino, 1 << 20) is None  # a folder
     ref = view.resolve("b").chunks[0]
-    fresh = _view(ds)  # no chunk in its memory: the cache's file is what it reads
-    path = fresh.cache._chunk_path(ref.digest)
-    data = bytearray(open(path, "rb").read())
-    data[100] ^= 1
-    open(path, "wb").write(bytes(data))
+    fresh = _view(ds)  # no chunk in its memory: the cache's copy is what it reads
+    _flip_cached_byte(fresh.cache, ref.digest, 100)
     assert fresh.cached_file(ino["b"], 1 << 20) is None  # corrupt: never handed out, and dropped
     assert not fresh.cache.has_chunk(ref.digest)
 

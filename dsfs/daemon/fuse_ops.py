@@ -237,8 +237,8 @@ class Operations(pyfuse3.Operations):
             return self.attrs(await self._meta(self.view.getattr, parent_inode))
         if name == b"..":
             return self.attrs(await self._meta(self._parent_node, parent_inode))
-        try:
-            node = await self._meta(self.view.lookup, parent_inode, name.decode("utf-8"))
+        try:  # on the loop's thread, as open's: the view index is read from LMDB's map (a hop cost more)
+            node = self.view.lookup(parent_inode, name.decode("utf-8"))
         except (PathNotFound, UnicodeDecodeError):
             missing = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the negative entry
             missing.entry_timeout = TIMEOUT

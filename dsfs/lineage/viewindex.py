@@ -162,6 +162,11 @@ class ViewIndex:
         self.meta = self._current()
         self.vid = _INO.pack(self.meta["key"]) if self.meta else b""  # the key prefix of its records
 
+    @property
+    def last_ino(self) -> int:
+        """The highest inode number (inodes are 1, the root, to this: every file and folder)."""
+        return int(self.meta["files"]) + int(self.meta["dirs"]) if self.meta else ROOT
+
     def _current(self) -> dict | None:
         """The view's own record, if the view is built, whole and of this version's change-set."""
         with self.cache.env.begin(db=self.dbs["views"]) as txn:

@@ -1,9 +1,11 @@
-"""The node cache: chunk bytes in files, indexed by one LMDB environment shared by every process.
+"""The node cache: chunk bytes in files (small chunks in LMDB), indexed by one LMDB environment shared by
+every process.
 
 Layout under `$DSFS_CACHE_DIR` (default `$XDG_CACHE_HOME/dsfs`):
 
-    index.lmdb/          LMDB: chunk records, LRU order, view indexes (see dsfs.lineage.viewindex)
-    chunks/<ab>/<hex>    one file per chunk, named by its blake3 digest
+    index.lmdb/          LMDB: chunk records, LRU order, small chunks' bytes (table `small`), block
+                         hashes, view indexes (see dsfs.lineage.viewindex)
+    chunks/<ab>/<hex>    one file per chunk bigger than SMALL (64 KiB), named by its blake3 digest
     changesets/<id>      change-sets of versions seen, verified against their version record
     tables/<id>          file tables of versions closed here, for authoring children (dsfs.lineage.filetable)
     files/, copies/      the digest-addressed file store and cached copies of `get`, with what each
@@ -16,8 +18,17 @@ and a committer thread writes the records of every fetch that arrived meanwhile 
 transaction (a commit costs two fsyncs, 1-3 ms: one per fetched chunk capped a cold shuffled epoch
 through a mount at ~350 files/s). Until then this process finds the chunks in `_PendingRecords`; another
 process does not, and fetches them again. A process killed before the commit loses only records: the
-chunks are fetched again, never served wrong (tests/test_resources.py kills one mid-commit). Chunk
-files are not fsynced: every chunk is verified against its digest when it is fetched (before it is stored)
+chunks are fetched again, never served wrong (tests/test_resources.py kills one mid-commit).
+
+A chunk of at most SMALL bytes gets no file: its bytes wait in memory with its record and are
+committed with it, in the same transaction (creating a file cost 0.6-1.1 ms on the disk measured, an
+LMDB put of 32 KiB 0.16 ms: a file per small chunk was a third of a cold shuffled epoch's time). It
+is read from LMDB's map and verified against its digest like a file; a cache written before small
+chunks moved keeps its small chunk files, which are still read, evicted and dropped as files. LMDB
+reuses the pages of evicted small chunks for new ones; it does not give them back to the disk, so
+`index.lmdb` stays as big as the most small chunks it ever held (at most the budget).
+
+Chunk files are not fsynced: every chunk is verified against its digest when it is fetched (before it is stored)
 and again when it is served, and one that fails (a file torn by a power loss, a bad disk) is
 dropped (file and record) and fetched again by the caller. An fsync per chunk cost 0.7-1.6 ms and
 dominated cold reads of small files through a mount (docs/mount.md). LMDB runs with its default,
@@ -81,6 +92,7 @@ CACHE_FORMAT = b"2"  # 2: view records keyed by a view number (dsfs.lineage.view
 
 _CHUNK = struct.Struct(">QQ")  # stored size, last use (ns)
 BLOCK = 64 << 10  # random reads check blocks of this size: a 4 KiB read costs a 64 KiB read and hash (~30 us)
+SMALL = BLOCK  # a chunk of at most this many bytes is kept in LMDB's `small` table, not in a file of its own
 _SEAL = 16  # bytes of the keyed hash that seals a chunk's list of block hashes
 MAX_READERS = 1024
 LOCK_FILE_BYTES = 128 + 64 * MAX_READERS  # LMDB's lock file: a header, then a cache line per reader slot
@@ -110,6 +122,7 @@ class Cache:
             self.db_lru = open_db(self.env, b"lru")
             self.db_meta = open_db(self.env, b"meta")
             self.db_blocks = open_db(self.env, b"blocks")
+            self.db_small = open_db(self.env, b"small")
             self.view_dbs = {name: open_db(self.env, name.encode()) for name in viewindex.TABLES}
             with self.env.begin(db=self.db_meta) as txn:
                 stored = txn.get(b"format")
@@ -175,26 +188,19 @@ class Cache:
     def get_chunk(self, digest: bytes, raw: int | None = None, in_ram_only: bool = False) -> bytes | None:
         """The verified bytes of a chunk, or None if absent or corrupt (a corrupt one is dropped).
         in_ram_only: read only what the page cache holds (RWF_NOWAIT: never waits for the disk, so
-        an event loop may call it) and answer None, keeping the chunk, if any of it is not there."""
-        with self.env.begin(db=self.db_chunks, buffers=True) as txn:
-            held = self._size_and_use(txn, digest)
+        an event loop may call it) and answer None, keeping the chunk, if any of it is not there. A
+        small chunk is read from LMDB's map either way, as the view index's records are."""
+        held, data = self._lookup(digest)
+        if held is not None and data is None and held[0] <= SMALL:
+            held, data = self._lookup(digest)  # a commit may have taken it from memory to LMDB meanwhile
         if held is None:
             return None
         size, last_use = held
-        try:
-            fd = os.open(self._chunk_path(digest), os.O_RDONLY)
-        except FileNotFoundError:
-            data = None
-        else:
+        if data is None:  # a chunk file (small chunks too in a cache written before they moved into LMDB)
             try:
-                if in_ram_only:
-                    data = _read_in_ram(fd, size)
-                    if data is None:
-                        return None
-                else:
-                    data = os.read(fd, size)  # the recorded size: one exact allocation (a hot path of mounts)
-            finally:
-                os.close(fd)
+                data = self._file_bytes(digest, size, in_ram_only)
+            except BlockingIOError:
+                return None
         if data is None or (raw is not None and len(data) != raw) or blake3.blake3(data).digest() != digest:
             self._drop(digest)
             return None
@@ -202,6 +208,38 @@ class Cache:
         if now - last_use > TOUCH_INTERVAL_NS:
             self._note_use(digest, now, background=in_ram_only)
         return data
+
+    def _lookup(self, digest: bytes) -> tuple[tuple[int, int] | None, bytes | None]:
+        """(size, last use) of a chunk the cache holds (None if it does not), and its bytes if it is
+        small and they are in LMDB or in memory (unverified), in one transaction."""
+        with self.env.begin(db=self.db_chunks, buffers=True) as txn:
+            held = self._size_and_use(txn, digest)
+            return held, self._small_bytes(txn, digest) if held is not None and held[0] <= SMALL else None
+
+    def _small_bytes(self, txn, digest: bytes) -> bytes | None:
+        """A small chunk's bytes (unverified) from the `small` table, or from the chunks stored by this
+        process and not yet committed."""
+        value = txn.get(digest, db=self.db_small)
+        if value is not None:
+            return bytes(value)
+        return self._pending.small.get(digest)
+
+    def _file_bytes(self, digest: bytes, size: int, in_ram_only: bool) -> bytes | None:
+        """A chunk file's bytes (unverified), None if there is no file; in_ram_only raises
+        BlockingIOError if some of it is not in the page cache."""
+        try:
+            fd = os.open(self._chunk_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if in_ram_only:
+                data = _read_in_ram(fd, size)
+                if data is None:
+                    raise BlockingIOError(errno.EAGAIN, "not in the page cache")
+                return data
+            return os.read(fd, size)  # the recorded size: one exact allocation (a hot path of mounts)
+        finally:
+            os.close(fd)
 
     def read_blocks(self, digest: bytes, raw: int, lo: int, hi: int) -> bytes | None:
         """Verified bytes [lo, hi) of a chunk of `raw` bytes, reading and checking only the BLOCKs
@@ -212,7 +250,7 @@ class Cache:
             held = self._size_and_use(txn, digest)
             in_db = txn.get(digest, db=self.db_blocks)
             sealed = bytes(in_db) if in_db is not None else self._pending.blocks.get(digest)
-        if held is None:
+        if held is None or held[0] <= SMALL:  # a small chunk is one block: the caller reads it whole
             return None
         size, last_use = held
         hashes = _unseal(digest, sealed, size) if sealed is not None and size == raw else None
@@ -240,7 +278,9 @@ class Cache:
 
     def note_blocks(self, digest: bytes, data: bytes) -> None:
         """Record the block hashes of a chunk whose bytes the caller verified (with the next commit),
-        unless they are recorded (and intact)."""
+        unless they are recorded (and intact). A small chunk is one block: it has none."""
+        if len(data) <= SMALL:
+            return
         with self.env.begin(db=self.db_blocks) as txn:
             sealed = txn.get(digest)
             if digest in self._pending.blocks or sealed is not None and _unseal(digest, bytes(sealed), len(data)):
@@ -256,7 +296,8 @@ class Cache:
         each against its digest; hashing them again here was 4% of a cold read's CPU): each file
         written and renamed into place here, their records committed soon after by the committer
         thread together with those of concurrent callers (see the module doc; `flush` waits for
-        them). A full disk raises DiskFull and leaves no file of this call that is not recorded."""
+        them); small chunks are committed with their records, kept in memory until then. A full
+        disk raises DiskFull and leaves no file of this call that is not recorded."""
         with self.env.begin(db=self.db_chunks, buffers=True) as txn:
             new = [(d, b) for d, b in items if self._size_and_use(txn, d) is None]
         if not new:
@@ -266,15 +307,19 @@ class Cache:
         try:
             with self.space_checked():
                 for digest, data in new:
-                    self._write_chunk(digest, data)
-                    written.append(digest)
+                    if len(data) > SMALL:
+                        self._write_chunk(digest, data)
+                        written.append(digest)
         except DiskFull:
             for digest in written:
                 _unlink(self._chunk_path(digest))
             raise
         with self._pending.lock:
             for digest, data in new:
-                self._pending.chunks.setdefault(digest, (len(data), now))
+                if digest not in self._pending.chunks:
+                    self._pending.chunks[digest] = (len(data), now)
+                    if len(data) <= SMALL:  # a copy: `data` may be a view that holds a whole fetched range
+                        self._pending.small[digest] = bytes(data)
         _COMMITTER.due(self)
 
     def _commit_records(self) -> None:
@@ -283,6 +328,7 @@ class Cache:
         with self._pending.commit_lock:
             with self._pending.lock:  # (what a commit took leaves `chunks` when it ends, under commit_lock)
                 items = list(self._pending.chunks.items())
+                small = dict(self._pending.small)
                 blocks = dict(self._pending.blocks)
             if not items and not blocks:
                 return
@@ -290,6 +336,8 @@ class Cache:
                 with self.space_checked(), self.env.begin(write=True) as txn:
                     for digest, (size, now) in items:
                         if txn.get(digest, db=self.db_chunks) is None:
+                            if digest in small:
+                                txn.put(digest, small[digest], db=self.db_small)
                             txn.put(digest, _CHUNK.pack(size, now), db=self.db_chunks)
                             txn.put(struct.pack(">Q", now) + digest, b"", db=self.db_lru)
                             self._add_used(txn, size)
@@ -307,6 +355,7 @@ class Cache:
                 with self._pending.lock:
                     for digest, _ in items:
                         self._pending.chunks.pop(digest, None)
+                        self._pending.small.pop(digest, None)
             if self._used() > self.budget:  # under the lock: a flush returns with the budget kept
                 self.evict(int(self.budget * LOW_WATERMARK))
 
@@ -387,6 +436,7 @@ class Cache:
     def _drop(self, digest: bytes) -> None:
         with self._pending.lock:
             self._pending.chunks.pop(digest, None)
+            self._pending.small.pop(digest, None)
             self._pending.blocks.pop(digest, None)
         with self.space_checked(), self.env.begin(write=True) as txn:
             record = txn.get(digest, db=self.db_chunks)
@@ -396,6 +446,7 @@ class Cache:
                 txn.delete(struct.pack(">Q", last_use) + digest, db=self.db_lru)
                 self._add_used(txn, -size)
             txn.delete(digest, db=self.db_blocks)
+            txn.delete(digest, db=self.db_small)
         _unlink(self._chunk_path(digest))
 
     # -- pins ----------------------------------------------------------------------------------
@@ -460,9 +511,10 @@ class Cache:
                 size = _CHUNK.unpack(record)[0] if record else 0
                 txn.delete(digest, db=self.db_chunks)
                 txn.delete(digest, db=self.db_blocks)
+                if size > SMALL or not txn.delete(digest, db=self.db_small):
+                    victims.append(digest)  # a file (or a small chunk of a cache written before SMALL)
                 cursor.delete()
                 freed += size
-                victims.append(digest)
             self._add_used(txn, -freed)
         for digest in victims:  # after commit: a record never names a missing file
             _unlink(self._chunk_path(digest))
@@ -582,8 +634,9 @@ class _PendingRecords:
 
     def __init__(self):
         self.chunks: dict[bytes, tuple[int, int]] = {}  # digest -> (size, stored at): files in place, not recorded
+        self.small: dict[bytes, bytes] = {}  # digest -> bytes of the small chunks among them (not in files)
         self.blocks: dict[bytes, bytes] = {}  # digest -> sealed block hashes, not recorded
-        self.lock = threading.Lock()  # guards the two above
+        self.lock = threading.Lock()  # guards the three above
         self.commit_lock = threading.RLock()  # one commit at a time (the committer or a flush; reentrant:
         # a commit over the budget evicts, and evict commits what is due first)
         self.error: DiskFull | None = None  # a failed background commit, raised by the next flush

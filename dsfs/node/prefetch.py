@@ -38,6 +38,8 @@ class PrefetchConfig:
     files_step: int = 128  # ... topped up whenever this many inodes were read (several batches in flight)
     files_in_order: int = 3  # ... once this many files in a row were read in order (one file read is just that)
     files_gap: int = 16  # a file at most this many inodes past the previous one read counts as "in order"
+    near_bytes: int = 1 << 20  # a small file fetched out of order brings the files packed within this many
+    near_files: int = 64  # bytes around it (at most so many files each way): one ranged read, not one per file
     memo_bytes: int = 256 << 20  # verified chunks kept in memory: a FUSE read is 128 KiB - 1 MiB, a chunk ~1 MiB
     inline_bytes: int = 256 << 10  # a chunk this small may be read and verified on the event loop's thread
     spread_bytes: int = 1 << 20  # a prefetch reads cached chunks in pool tasks of about this many bytes each

@@ -39,6 +39,8 @@ from dsfs.node.prefetch import FilesAhead, PrefetchConfig, SequentialWindow
 from dsfs.store.layout import Store
 
 log = logging.getLogger(__name__)
+FIRST_FILES_AHEAD = 16  # a fetch ahead asks for these files' chunks before it reads the index records of
+# the rest: the reader, right behind, overtook it meanwhile and fetched a file per GET
 
 
 class OpenFile:
@@ -57,6 +59,7 @@ class OpenFile:
         self.link: tuple[Any, str] | None = None  # (fs, path) of an external file, checked at open
         self.block: tuple[int, bytes] = (0, b"")  # the last block read from an external file
         self.unread = True  # no read yet (the first one may fetch the next files ahead)
+        self.near_asked = False  # the files packed beside it were considered (a cold read out of order)
 
     def chunk_range(self, offset: int, end: int) -> range:
         first = max(0, bisect.bisect_right(self.starts, offset) - 1)
@@ -222,6 +225,9 @@ class View:
                 part = self._read_blocks(handle, indexes, offset, end)
                 if part is not None:
                     return part
+            if not handle.near_asked:
+                handle.near_asked = True
+                self._fetch_near(handle)
             pieces = self.reader.get(refs, lambda ref: self._label(node))
         else:
             found = [self.reader.in_memory(ref) for ref in refs]
@@ -306,17 +312,58 @@ class View:
         span = self.files.due(ino)
         if span is None:
             return
-        ahead = self.index.getattr(span[0])
-        chunks = ahead.chunks if ahead is not None else []
-        if chunks and self.reader.to_memory(chunks[0], in_ram_only=True):
-            # The files ahead are in the page cache (judged by the first one): each open reads its
-            # first chunk inline, which costs less than loading them in the pool (its threads fought
-            # the loop over the GIL: 3,100-3,800 vs 4,000 files/s).
+        ends = (self.index.getattr(span[0]), self.index.getattr(min(span[1] - 1, self.index.last_ino)))
+        if all(node is not None and node.chunks and self.reader.to_memory(node.chunks[0], in_ram_only=True)
+               for node in ends):
+            # The files ahead are in the page cache (judged by the first and the last one: the first
+            # alone may have come with the files packed near one read out of order): each open reads
+            # its first chunk inline, which costs less than loading them in the pool (its threads
+            # fought the loop over the GIL: 3,100-3,800 vs 4,000 files/s).
             return
         try:
             self.pool.submit(self._fetch_files, *span)
         except RuntimeError:
             pass  # the view is closing
+
+    def _fetch_near(self, handle: OpenFile) -> None:
+        """A small file the node's cache lacks, read while files are not read in order (a shuffled
+        epoch): load in the background the chunks of the files packed beside it, within `near_bytes`
+        of its chunk in the same pack, which the cache lacks too. Authoring packs files in path
+        order, so these are its inode neighbours, and one ranged read brings them all: each of their
+        opens is then a hit, where each cost a read of the store, a cache file and a thread hop. A
+        neighbour already cached ends the search that way (a neighbour's read brought them)."""
+        config = self.config
+        node = handle.node
+        if config.near_bytes <= 0 or len(handle.chunks) != 1 or self.files.reading_in_order():
+            return
+        anchor = handle.chunks[0]
+        if self.reader.in_memory(anchor) is not None or self.cache.has_chunk(anchor.digest):
+            return
+        lo, hi = anchor.offset - config.near_bytes // 2, anchor.offset + config.near_bytes // 2
+        owners: dict[bytes, Inode] = {}
+        refs: list[ChunkRef] = []
+        try:
+            for step in (-1, 1):
+                ino = node.ino
+                for _ in range(config.near_files):
+                    ino += step
+                    near = self.index.getattr(ino) if ino > ROOT else None
+                    if near is None:
+                        break
+                    if near.is_dir or near.url:
+                        continue
+                    if len(near.chunks) != 1:
+                        break
+                    ref = near.chunks[0]
+                    if (ref.pack != anchor.pack or not lo <= ref.offset < hi or ref.digest in owners
+                            or self.reader.in_memory(ref) is not None or self.cache.has_chunk(ref.digest)):
+                        break
+                    owners[ref.digest] = near
+                    refs.append(ref)
+            if refs:
+                self.reader.load(refs, lambda ref: self._label(owners[ref.digest]))
+        except Exception:  # noqa: BLE001 - a prefetch must never fail a reader; the read itself reports
+            log.debug("fetch of the files near inode %d failed", node.ino, exc_info=True)
 
     def reading_in_order(self) -> bool:
         """Were the last files opened in inode order?"""
@@ -356,6 +403,9 @@ class View:
                 if size >= self.config.files_ahead_bytes:
                     self.files.stopped_at(ino)
                     break
+                if ino - start + 1 == FIRST_FILES_AHEAD and refs:
+                    self.reader.load(refs, lambda ref: self._label(owners[ref.digest]))
+                    refs = []
             if refs:
                 self.reader.load(refs, lambda ref: self._label(owners[ref.digest]))
         except Exception:  # noqa: BLE001 - a prefetch must never fail a reader; the read itself reports
