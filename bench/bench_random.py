@@ -279,7 +279,8 @@ class Bench:
             self.leftovers += [target, cache]  # deleted at the end (see bench_mount.py on ext4 inodes)
             return took
 
-        down = min(download() for _ in range(repeat))
+        downs = [download() for _ in range(repeat)]
+        down = min(downs)
 
         daemon = {}
 
@@ -343,7 +344,8 @@ class Bench:
         cpu_warm = min(daemon["warm"]) / count * 1e6
         self.say(f"    (mount {mounting:.2f} s, not timed; fuse_floor epoch 1 {rate(floor_cold)} at {size:,} B a file; "
                  f"daemon CPU per file: epoch 1 {cpu_cold:.0f} us, epoch 2 {cpu_warm:.0f} us; runs: mount epoch 1 "
-                 f"{', '.join(f'{r[0]:.2f}' for r in runs)} s, epoch 2 {', '.join(f'{r[1]:.2f}' for r in runs)} s)")
+                 f"{', '.join(f'{r[0]:.2f}' for r in runs)} s, epoch 2 {', '.join(f'{r[1]:.2f}' for r in runs)} s, "
+                 f"download {', '.join(f'{t:.2f}' for t in downs)} s)")
 
         try:
             import torch  # noqa: F401
