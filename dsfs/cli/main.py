@@ -21,6 +21,7 @@ import click
 from dsfs.cli import installed_version
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.cli.output import emit_json as _emit_json
+from dsfs.cli.output import emit_json_rows
 from dsfs.cli.output import human as _human
 from dsfs.cli.output import table as _table
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
@@ -235,12 +236,21 @@ def list_(ctx, ref, filters, modified, as_json):
         if as_json:
             return _emit_json([{"change": c, "path": p} for c, p in rows])
         return _table(["change", "path"], rows)
-    entries = ds.file_entries(list(filters) or None)
+    entries = ds.iter_entries(list(filters) or None)  # streamed: a version of millions of files is never in memory
     if as_json:
-        return _emit_json([{"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()}
-                           for e in entries])
-    _table(["size", "path"], [(e.size, e.path) for e in entries])
-    click.echo(f"{len(entries)} file(s), {_human(sum(e.size for e in entries))}", err=True)
+        return emit_json_rows({"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()}
+                              for e in entries)
+    count = total = 0
+
+    def rows():
+        nonlocal count, total
+        for e in entries:
+            count += 1
+            total += e.size
+            yield e.size, e.path
+
+    _table(["size", "path"], rows())
+    click.echo(f"{count} file(s), {_human(total)}", err=True)
 
 
 def _warn_unreadable(unreadable: dict[str, str]) -> None:

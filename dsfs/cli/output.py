@@ -8,8 +8,12 @@ columns, and `dsfs --help` never pays for it.
 from __future__ import annotations
 
 import sys
+import tempfile
+from collections.abc import Iterable
 
 import click
+
+BATCH = 4096  # rows written to stdout at once by the streaming forms
 
 _console = None
 
@@ -30,7 +34,37 @@ def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def table(columns, rows) -> None:
+def emit_json_rows(rows: Iterable) -> None:
+    """A JSON array written row by row as the rows come: the same text `emit_json` prints for their
+    list, without holding them all (a listing of millions of files)."""
+    import json
+
+    encode = json.JSONEncoder(default=str).encode  # one encoder, C-accelerated (indent= makes it pure Python)
+    batch: list[str] = []
+    first = True
+    for row in rows:
+        if isinstance(row, dict) and row and not any(isinstance(v, dict | list | tuple) for v in row.values()):
+            # a flat row, laid out as json.dumps(indent=2, sort_keys=True) lays it out in an array
+            text = "{\n" + ",\n".join(f"    {encode(str(k))}: {encode(v)}" for k, v in sorted(row.items())) + "\n  }"
+        else:
+            text = json.dumps(row, indent=2, sort_keys=True, default=str).replace("\n", "\n  ")
+        batch.append(("[\n  " if first else ",\n  ") + text)
+        first = False
+        if len(batch) >= BATCH:
+            click.echo("".join(batch), nl=False)
+            batch = []
+    batch.append("[]" if first else "\n]")
+    click.echo("".join(batch))
+
+
+def table(columns, rows: Iterable) -> None:
+    """Rows under column headers: plain aligned columns on a pipe, a rich table on a terminal. Rows
+    given as an iterator (not a list) are not held in memory on a pipe: they are spooled to a temp
+    file while the widths are measured, then printed from it; their cells must hold no tab or
+    newline (paths: dsfs refuses control characters in them)."""
+    if not sys.stdout.isatty() and not isinstance(rows, list | tuple):
+        _plain_table(list(columns), rows)
+        return
     rows = [[str(c) for c in row] for row in rows]
     if not sys.stdout.isatty():
         # plain aligned columns: what scripts and pipes expect, and 5x faster than rich for 10,000 rows
@@ -47,6 +81,25 @@ def table(columns, rows) -> None:
     for row in rows:
         grid.add_row(*row)
     stdout().print(grid)
+
+
+def _plain_table(columns: list[str], rows: Iterable) -> None:
+    widths = [len(c) for c in columns]
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
+        for row in rows:
+            cells = [str(c) for c in row]
+            widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+            spool.write("\t".join(cells) + "\n")
+        spool.seek(0)
+        batch = ["  ".join(v.ljust(w) for v, w in zip(columns, widths, strict=True)).rstrip()]
+        for line in spool:
+            cells = line[:-1].split("\t")
+            batch.append("  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
+            if len(batch) >= BATCH:
+                click.echo("\n".join(batch))
+                batch = []
+        if batch:
+            click.echo("\n".join(batch))
 
 
 def human(n: float) -> str:

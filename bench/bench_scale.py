@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Scale benchmark (issue 16): commands on a version of a million files, time and peak RSS.
+
+    .venv/bin/python bench/bench_scale.py [--files 1000000] [--base /path/to/other/checkout]
+
+A synthetic final version of `--files` files of 8 bytes, 1,000 per folder (written through the store
+API as bench_mount.py's 1M version is: its chunks do not exist, so only commands that read no file
+bytes are measured here), in a `file://` store under WORKDIR/run with its own XDG dirs. Each command
+runs as the real console script with a fresh node cache, its output to a pipe (what a script sees),
+and is timed from start to exit; its peak RSS is the child's own (os.wait4). `--base` runs the same
+commands with another checkout's venv (`<base>/.venv/bin/dsfs`) in the same run: the before figures.
+
+Figures and targets (issue 16, at 1,000,000 files):
+    list          `dsfs list --id <id>`                 <= 5 s, < 500 MB
+    list-json     `dsfs list --id <id> --json`                  < 500 MB
+`--files 10000000` runs the same at ten million (target < 1 GB), once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_mount import isolate, synthetic_version  # noqa: E402  (one isolation, one synthetic version)
+
+FIGURES = [  # (figure, arguments after `dsfs --store URL`, seconds target at 1M or None)
+    ("list", ["list", "--id", "{id}"], 5.0),
+    ("list-json", ["list", "--id", "{id}", "--json"], None),
+]
+RSS_TARGET_MB = 500
+
+
+def run_measured(argv: list[str], env: dict) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one command, its output discarded through a pipe."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    while proc.stdout.read(1 << 20):  # a pipe, drained: the command writes as a script's reader sees it
+        pass
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {err.decode()[-500:]}")
+    return took, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=1_000_000)
+    ap.add_argument("--base", help="another checkout whose .venv/bin/dsfs gives the before figures")
+    ap.add_argument("--workdir", default=os.path.join(HERE, ".work", "scale"))
+    args = ap.parse_args()
+
+    run_dir = os.path.join(os.path.abspath(args.workdir), "run")
+    isolate(run_dir)
+    store = f"file://{run_dir}/store"
+    start = time.perf_counter()
+    dataset_id = synthetic_version(store, args.files, "scale", size=8)
+    print(f"dsfs scale benchmark: {args.files:,} files of 8 bytes, 1,000 per folder "
+          f"(synthetic version made in {time.perf_counter() - start:.1f} s); load average {os.getloadavg()[0]:.1f}")
+    builds = [("this", os.path.join(os.path.dirname(sys.executable), "dsfs"))]
+    if args.base:
+        builds.append(("base", os.path.join(args.base, ".venv", "bin", "dsfs")))
+    scale = args.files / 1_000_000
+    failed = False
+    for figure, command, seconds in FIGURES:
+        cells = []
+        for label, dsfs in builds:
+            cache = os.path.join(run_dir, f"cache-{figure}-{label}")
+            env = {**os.environ, "DSFS_CACHE_DIR": cache}
+            argv = [dsfs, "--store", store, *[c.format(id=dataset_id) for c in command]]
+            took, rss = run_measured(argv, env)
+            shutil.rmtree(cache, ignore_errors=True)
+            cells.append((label, took, rss))
+        this = cells[0]
+        verdict = [f"RSS < {RSS_TARGET_MB} MB {'PASS' if this[2] < RSS_TARGET_MB * max(1, scale) else 'FAIL'}"]
+        failed |= this[2] >= RSS_TARGET_MB * max(1, scale)
+        if seconds is not None:
+            ok = this[1] <= seconds * scale
+            failed |= not ok
+            verdict.append(f"<= {seconds * scale:.1f} s {'PASS' if ok else 'FAIL'}")
+        shown = ", ".join(f"{label} {took:.1f} s {rss:,.0f} MB" for label, took, rss in cells)
+        print(f"  {figure:<10} {' '.join(command[:1] + command[3:]):<16} {shown:<48} {'; '.join(verdict)}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
