@@ -48,23 +48,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import io
 import os
 import shutil
 import subprocess
 import sys
 import time
-import uuid
-
-import blake3
-import msgpack
-import zstandard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_download  # noqa: E402  (s3rver and its credentials)
 import gen_dataset  # noqa: E402
+from synthetic import synthetic_version  # noqa: E402
 
 MB = 1e6
 MiB = 1 << 20
@@ -90,35 +84,6 @@ def isolate(run_dir: str) -> None:
         os.makedirs(os.environ[var])
     for var in ("DSFS_STORE", "DSFS_DATASTORE", "DSFS_CACHE_DIR", "DSFS_CACHE_SIZE", "DSFS_RUNTIME_DIR"):
         os.environ.pop(var, None)
-
-
-def synthetic_version(store_url: str, files: int, name: str, size: int = 4096) -> str:
-    """A final version of `files` entries (`size` bytes each, 1,000 per folder) written through the store
-    API: a change-set streamed in path order and its version record. Its chunks do not exist."""
-    from dsfs.dataset import open_store
-    from dsfs.model import ChunkRef, Entry, VersionInfo
-
-    store = open_store(store_url, create=True)
-    out = io.BytesIO()
-    pack = uuid.uuid4().bytes
-    mtime = time.time_ns()
-    with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:
-        packer = msgpack.Packer()
-        writer.write(packer.pack({"format": 1}))
-        for i in range(files):
-            digest = blake3.blake3(i.to_bytes(8, "big")).digest()
-            entry = Entry(path=f"d{i // 1000:05d}/f{i:07d}.bin", size=size, mtime_ns=mtime, digest=digest,
-                          chunks=[ChunkRef(digest, pack, i * size, size, size)])
-            writer.write(packer.pack(entry.to_wire()))
-    data = out.getvalue()
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    info = VersionInfo(id=uuid.uuid4().hex, project="bench", name=name, version="1.0.0", state="final",
-                       created=now, finalized=now,
-                       changes={"digest": blake3.blake3(data).hexdigest(), "size": len(data)},
-                       stats={"files": files, "bytes": files * size})
-    store.write_changes(info.id, data)
-    store.write_version(info)
-    return info.id
 
 
 class Bench:

@@ -14,6 +14,13 @@ Figures and targets (issue 16, at 1,000,000 files):
     list          `dsfs list --id <id>`                 <= 5 s, < 500 MB
     list-json     `dsfs list --id <id> --json`                  < 500 MB
 `--files 10000000` runs the same at ten million (target < 1 GB), once.
+
+Commands that read or write file bytes need a real version: `--real-files N` (default 100,000; 0 skips
+them) files of 8 bytes, 1,000 per folder, are made once under DATADIR and ingested by each build with
+the CLI (`dsfs create`, then these, timed):
+    add           `dsfs add --files DATA`                       < 500 MB
+    close         `dsfs close`                   <= 20 s at 1M, < 500 MB
+    download      `dsfs download <id> OUT` (fresh cache) <= 40 s at 1M, < 500 MB
 """
 
 from __future__ import annotations
@@ -27,11 +34,17 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_mount import isolate, synthetic_version  # noqa: E402  (one isolation, one synthetic version)
+from bench_mount import isolate  # noqa: E402  (one isolation)
+from synthetic import synthetic_version  # noqa: E402
 
 FIGURES = [  # (figure, arguments after `dsfs --store URL`, seconds target at 1M or None)
     ("list", ["list", "--id", "{id}"], 5.0),
     ("list-json", ["list", "--id", "{id}", "--json"], None),
+]
+REAL_FIGURES = [  # (figure, arguments, seconds target at 1M or None); {id}, {data}, {out} filled in
+    ("add", ["add", "--id", "{id}", "--files", "{data}"], None),
+    ("close", ["close", "--id", "{id}"], 20.0),
+    ("download", ["download", "{id}", "{out}"], 40.0),
 ]
 RSS_TARGET_MB = 500
 
@@ -55,7 +68,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=1_000_000)
     ap.add_argument("--base", help="another checkout whose .venv/bin/dsfs gives the before figures")
+    ap.add_argument("--real-files", type=int, default=100_000, help="files of the real version (0: none)")
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work", "scale"))
+    ap.add_argument("--datadir", default=os.path.join(HERE, ".data"))
     args = ap.parse_args()
 
     run_dir = os.path.join(os.path.abspath(args.workdir), "run")
@@ -68,17 +83,60 @@ def main() -> int:
     builds = [("this", os.path.join(os.path.dirname(sys.executable), "dsfs"))]
     if args.base:
         builds.append(("base", os.path.join(args.base, ".venv", "bin", "dsfs")))
-    scale = args.files / 1_000_000
     failed = False
-    for figure, command, seconds in FIGURES:
-        cells = []
+    measured = {}
+    for figure, command, _ in FIGURES:
         for label, dsfs in builds:
-            cache = os.path.join(run_dir, f"cache-{figure}-{label}")
-            env = {**os.environ, "DSFS_CACHE_DIR": cache}
-            argv = [dsfs, "--store", store, *[c.format(id=dataset_id) for c in command]]
-            took, rss = run_measured(argv, env)
-            shutil.rmtree(cache, ignore_errors=True)
-            cells.append((label, took, rss))
+            measured[figure, label] = run_in(run_dir, store, dsfs, f"{figure}-{label}",
+                                             [c.format(id=dataset_id) for c in command])
+    failed |= report(FIGURES, builds, measured, args.files / 1_000_000)
+    if args.real_files:
+        data = real_data(args.datadir, args.real_files)
+        print(f"real version: {args.real_files:,} files of 8 bytes, 1,000 per folder ({data})")
+        measured = {}
+        for label, dsfs in builds:
+            out = subprocess.run([dsfs, "--store", store, "create", "--project", "bench", "--name", f"real-{label}"],
+                                 capture_output=True, text=True, check=True, env={**os.environ}).stdout
+            real_id = next(word for word in out.replace("(", " ").replace(")", " ").split() if len(word) == 32)
+            for figure, command, _ in REAL_FIGURES:
+                target = os.path.join(run_dir, f"out-{label}")
+                measured[figure, label] = run_in(run_dir, store, dsfs, f"{figure}-{label}",
+                                                 [c.format(id=real_id, data=data, out=target) for c in command])
+                shutil.rmtree(target, ignore_errors=True)
+        failed |= report(REAL_FIGURES, builds, measured, args.real_files / 1_000_000)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def run_in(run_dir: str, store: str, dsfs: str, name: str, command: list[str]) -> tuple[float, float]:
+    """One command with a fresh node cache of its own, removed after."""
+    cache = os.path.join(run_dir, f"cache-{name}")
+    try:
+        return run_measured([dsfs, "--store", store, *command], {**os.environ, "DSFS_CACHE_DIR": cache})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def real_data(datadir: str, files: int) -> str:
+    """A folder of `files` files of 8 bytes, 1,000 per folder, made once (a marker says it is whole)."""
+    folder = os.path.join(datadir, f"scale-{files}")
+    if not os.path.exists(folder + ".done"):
+        shutil.rmtree(folder, ignore_errors=True)
+        for i in range(files):
+            sub = os.path.join(folder, f"d{i // 1000:05d}")
+            if i % 1000 == 0:
+                os.makedirs(sub)
+            with open(os.path.join(sub, f"f{i:07d}.bin"), "wb") as f:
+                f.write(i.to_bytes(8, "big"))
+        open(folder + ".done", "w").close()
+    return folder
+
+
+def report(figures, builds, measured, scale: float) -> bool:
+    """Print each figure (this build, then base) with its targets; True if one is missed."""
+    failed = False
+    for figure, command, seconds in figures:
+        cells = [(label, *measured[figure, label]) for label, _ in builds]
         this = cells[0]
         verdict = [f"RSS < {RSS_TARGET_MB} MB {'PASS' if this[2] < RSS_TARGET_MB * max(1, scale) else 'FAIL'}"]
         failed |= this[2] >= RSS_TARGET_MB * max(1, scale)
@@ -87,9 +145,8 @@ def main() -> int:
             failed |= not ok
             verdict.append(f"<= {seconds * scale:.1f} s {'PASS' if ok else 'FAIL'}")
         shown = ", ".join(f"{label} {took:.1f} s {rss:,.0f} MB" for label, took, rss in cells)
-        print(f"  {figure:<10} {' '.join(command[:1] + command[3:]):<16} {shown:<48} {'; '.join(verdict)}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return 1 if failed else 0
+        print(f"  {figure:<10} {' '.join(c for c in command if '{' not in c):<16} {shown:<48} {'; '.join(verdict)}")
+    return failed
 
 
 if __name__ == "__main__":

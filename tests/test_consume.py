@@ -10,11 +10,12 @@ import struct
 import time
 
 import blake3
+from unittest.mock import ANY
 import pytest
 
 from dsfs import Dataset, Store
 from dsfs.node.cache import Cache
-from dsfs.errors import InvalidPath, StoreUnavailable, UsageError
+from dsfs.errors import CorruptChunk, InvalidPath, StoreUnavailable, UsageError
 from dsfs.lineage.merge import Lineage
 from dsfs.model import encode_changeset
 from dsfs.node.view import View
@@ -132,6 +133,31 @@ def test_killed_download_resumes(tmp_path, file_store, monkeypatch):
     assert result.skipped == 10 and result.written == 20
     assert sum(fetched) < sum(len(files[n]) for n in files if n not in present) + (2 << 20)
     assert read_tree(target) == files
+
+
+def test_download_goes_a_window_of_files_at_a_time(tmp_path, file_store, monkeypatch):
+    """A download lists and writes WINDOW_FILES files at a time (its memory is bounded by the window,
+    not the version): every file lands whatever window it falls in, content shared by files of
+    different windows included, and a corrupt chunk in one window fails only its file, the files of
+    the later windows being written all the same."""
+    from dsfs.node import materialize
+
+    monkeypatch.setattr(materialize, "WINDOW_FILES", 7)
+    shared = os.urandom(20_000)
+    files = {f"d{i % 3}/f{i:02d}": (shared if i % 5 == 0 else os.urandom(1000 + i)) for i in range(40)}
+    make_tree(tmp_path / "d", files)
+    ds = final_version(file_store, tmp_path / "d")
+    result = ds.download(str(tmp_path / "all"))
+    assert read_tree(tmp_path / "all") == files and result.written == 40
+    assert ds.download(str(tmp_path / "some"), include=["d1/*"]).written == sum(p.startswith("d1/") for p in files)
+    assert read_tree(tmp_path / "some") == {p: b for p, b in files.items() if p.startswith("d1/")}
+    bad = "d1/f13"  # in the third window of seven (paths sorted: d0/..., then d1/...)
+    from test_view import _corrupt_pack_byte
+
+    _corrupt_pack_byte(file_store, {e.path: e for e in ds.file_entries()}[bad].chunks[0])
+    with pytest.raises(CorruptChunk, match=f"1 file\\(s\\) could not be read .*{bad}; all other files are complete"):
+        Dataset.get(ds.id, store=file_store).download(str(tmp_path / "one-bad"))
+    assert read_tree(tmp_path / "one-bad") == {p: b for p, b in files.items() if p != bad} | {".dsfs-partial": ANY}
 
 
 def test_unsafe_targets_are_refused_before_writing(tmp_path, file_store):

@@ -5,8 +5,9 @@ there, with its mode and mtime from the manifest; so a killed download never lea
 file that looks complete, and a rerun skips files whose size and mtime already match (no re-hashing:
 `verify` is the command that hashes). Chunks come through the node's chunk reader (dsfs.node.chunks):
 from the node cache when present, otherwise from coalesced ranged GETs, each delivered to its files
-as it arrives; a chunk used by several files is fetched once. The files are the copy: fetched chunks
-are not also put in the node cache.
+as it arrives; a chunk used by several files is fetched once (in a download, once per window: it walks
+the version WINDOW_FILES files at a time, so that its memory is bounded by the window and not by the
+version's file count). The files are the copy: fetched chunks are not also put in the node cache.
 
 Paths are validated when the manifest is decoded (no '..', no absolute paths); here, before anything
 is written, every folder on the way to a target is checked not to be a symlink, so a link planted
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -53,6 +55,7 @@ from dsfs.progress import Tracker
 from dsfs.store.layout import Store
 
 PARTIAL_MARKER = ".dsfs-partial"
+WINDOW_FILES = 20_000  # a download lists, checks and writes so many files at a time (~40 MB of their records)
 LINK_PIECE = 8 << 20
 FICLONE = 0x40049409
 
@@ -101,6 +104,15 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
     progress = progress or Tracker()
     progress.set_total(sum(job.node.size for job in jobs), len(jobs))
     writer = _Writer(Result(), progress)
+    _raise_failed(_write_files(store, cache, jobs, writer, max_workers, suffix, is_complete))
+    return writer.result
+
+
+def _write_files(store: Store, cache: Cache, jobs: list[_Job], writer: _Writer, max_workers: int, suffix: str,
+                 is_complete) -> list[_Job]:
+    """materialize's work for some jobs, counted in `writer`; returns the jobs that failed (their temp
+    files removed; the rest are complete). Raises what stops everything (a full disk...)."""
+    progress = writer.progress
     users: dict[bytes, list[tuple[_Job, int]]] = {}
     refs: dict[bytes, ChunkRef] = {}
     todo = []
@@ -146,13 +158,17 @@ def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int =
         raise
     failed = [job for job in todo if job.failed is not None]
     _cleanup(failed)
+    return failed
+
+
+def _raise_failed(failed: list[_Job]) -> None:
+    """Raise the first failure's type naming the files that could not be written, if any."""
     if failed:
         first = failed[0].failed
         assert first is not None, "failed holds the jobs that failed"
         names = ", ".join(j.label for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
         raise type(first)(f"{len(failed)} file(s) could not be read ({first}): {names}; "
                           f"all other files are complete")
-    return writer.result
 
 
 class _Writer:
@@ -299,24 +315,42 @@ def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=N
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         if not _is_partial_of(marker, view.dataset_id):
             raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
-    files = list(select(view, include, exclude))
-    if not files:
+    files = select(view, include, exclude)
+    window = list(itertools.islice(files, WINDOW_FILES))
+    if not window:
         raise UsageError(f"no files of dataset {view.dataset_id} match the include/exclude filters")
-    check_targets(target, (p for p, _ in files))
-    try:
-        with space_for(target):
-            os.makedirs(target, exist_ok=True)
-            # whole or not at all: an empty marker would make the rerun refuse a "not empty" target
-            atomic_write(marker, json.dumps({"id": view.dataset_id}).encode(), mode=0o644)
-            for folder in sorted({os.path.dirname(p) for p, _ in files}):
-                if folder:
-                    os.makedirs(os.path.join(target, folder), exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
-    jobs = [_Job(p, os.path.join(target, p), node) for p, node in files]
-    result = materialize(store, cache, jobs, max_workers, progress)
+    progress = progress or Tracker()
+    writer = _Writer(Result(), progress)
+    total_bytes = total_files = 0
+    if not include and not exclude and view.meta:
+        total_bytes, total_files = int(view.meta["bytes"]), int(view.meta["files"])
+        progress.set_total(total_bytes, total_files)
+    failed: list[_Job] = []
+    marked = False
+    while window:  # a window of files at a time: memory is bounded by the window, not the version
+        check_targets(target, (p for p, _ in window))
+        try:
+            with space_for(target):
+                if not marked:
+                    os.makedirs(target, exist_ok=True)
+                    # whole or not at all: an empty marker would make the rerun refuse a "not empty" target
+                    atomic_write(marker, json.dumps({"id": view.dataset_id}).encode(), mode=0o644)
+                    marked = True
+                for folder in sorted({os.path.dirname(p) for p, _ in window}):
+                    if folder:
+                        os.makedirs(os.path.join(target, folder), exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
+        jobs = [_Job(p, os.path.join(target, p), node) for p, node in window]
+        if include or exclude or not view.meta:  # the total is known only as far as the files are listed
+            total_bytes += sum(job.node.size for job in jobs)
+            total_files += len(jobs)
+            progress.set_total(total_bytes, total_files)
+        failed += _write_files(store, cache, jobs, writer, max_workers, ".dsfs-tmp", _complete)
+        window = list(itertools.islice(files, WINDOW_FILES))
+    _raise_failed(failed)
     os.unlink(marker)
-    return result
+    return writer.result
 
 
 def _is_partial_of(marker: str, dataset_id: str) -> bool:
