@@ -21,6 +21,7 @@ the CLI (`dsfs create`, then these, timed):
     add           `dsfs add --files DATA`                       < 500 MB
     close         `dsfs close`                   <= 20 s at 1M, < 500 MB
     download      `dsfs download <id> OUT` (fresh cache) <= 40 s at 1M, < 500 MB
+    verify        `dsfs verify --id <id> --folder OUT` (hashes every file) < 500 MB
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ REAL_FIGURES = [  # (figure, arguments, seconds target at 1M or None); {id}, {da
     ("add", ["add", "--id", "{id}", "--files", "{data}"], None),
     ("close", ["close", "--id", "{id}"], 20.0),
     ("download", ["download", "{id}", "{out}"], 40.0),
+    ("verify", ["verify", "--id", "{id}", "--folder", "{out}"], None),
 ]
 RSS_TARGET_MB = 500
 
@@ -98,11 +100,11 @@ def main() -> int:
             out = subprocess.run([dsfs, "--store", store, "create", "--project", "bench", "--name", f"real-{label}"],
                                  capture_output=True, text=True, check=True, env={**os.environ}).stdout
             real_id = next(word for word in out.replace("(", " ").replace(")", " ").split() if len(word) == 32)
+            target = os.path.join(run_dir, f"out-{label}")
             for figure, command, _ in REAL_FIGURES:
-                target = os.path.join(run_dir, f"out-{label}")
                 measured[figure, label] = run_in(run_dir, store, dsfs, f"{figure}-{label}",
                                                  [c.format(id=real_id, data=data, out=target) for c in command])
-                shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)
         failed |= report(REAL_FIGURES, builds, measured, args.real_files / 1_000_000)
     shutil.rmtree(run_dir, ignore_errors=True)
     return 1 if failed else 0

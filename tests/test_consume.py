@@ -300,9 +300,14 @@ def test_verify(tmp_path, file_store, dsfs):
     (tmp_path / "t" / "a").write_bytes(b"AAA")  # same size, other content
     (tmp_path / "t" / "sub" / "b").unlink()
     (tmp_path / "t" / "extra").write_bytes(b"")
+    (tmp_path / "t" / "c").unlink()  # a folder where the version has a file: the file is missing
+    (tmp_path / "t" / "c").mkdir()
+    (tmp_path / "t" / "c" / "x").write_bytes(b"x")
+    (tmp_path / "t" / "sub").rmdir()  # a file where the version has a folder
+    (tmp_path / "t" / "sub").write_bytes(b"")
     r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", tmp_path / "t", "--json")
     assert r.code == 1
-    assert json.loads(r.out) == {"ok": False, "checked": 2, "missing": ["sub/b"], "extra": ["extra"],
+    assert json.loads(r.out) == {"ok": False, "checked": 1, "missing": ["c", "sub/b"], "extra": ["extra", "sub", "c/x"],
                                  "different": ["a"], "stale": []}
     r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", tmp_path / "t", "--filesize", "--json")
     assert json.loads(r.out)["different"] == []

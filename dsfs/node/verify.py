@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from dsfs.errors import AccessDenied, StaleLink, StoreUnavailable
@@ -29,30 +30,40 @@ class Report:
 
 
 def verify_folder(view: ViewIndex, folder: str, size_only: bool = False) -> Report:
-    """Compare `folder` with the view. Content is compared by blake3 unless size_only."""
+    """Compare `folder` with the view. Content is compared by blake3 unless size_only.
+
+    Neither side is held in memory (a version may have millions of files): the folder is walked and
+    each file looked up in the view index, then the view is walked and each of its files looked for
+    in the folder (missing: nothing there, or a folder; external files: their source checked)."""
     report = Report()
-    expected = dict(view.walk_files())
-    seen = set()
     for root, dirs, names in os.walk(folder):
         dirs.sort()
+        at = os.path.relpath(root, folder).replace(os.sep, "/")
+        parent = view.resolve("" if at == "." else at)  # once per folder; then one lookup per file
         for name in sorted(names):
             full = os.path.join(root, name)
-            rel = os.path.relpath(full, folder).replace(os.sep, "/")
-            node = expected.get(rel)
-            if node is None:
+            rel = name if at == "." else f"{at}/{name}"
+            node = view.lookup(parent.ino, name) if parent is not None and parent.is_dir else None
+            if node is None or node.is_dir:
                 report.extra.append(rel)
                 continue
-            seen.add(rel)
             report.checked += 1
             if os.path.islink(full) or os.path.getsize(full) != node.size:
                 report.different.append(rel)
             elif not size_only and not node.url and file_digest(full) != node.digest:
                 report.different.append(rel)
-    report.missing = sorted(p for p in expected if p not in seen)
-    for path, node in expected.items():
+    for path, node in view.walk_files():
+        full = os.path.join(folder, *path.split("/"))
+        try:  # missing: what os.walk above did not list as a file (nothing, a folder, a link to one)
+            kind = os.lstat(full).st_mode
+            if stat.S_ISDIR(kind) or stat.S_ISLNK(kind) and os.path.isdir(full):
+                report.missing.append(path)
+        except (FileNotFoundError, NotADirectoryError):  # (a file where the path has a folder)
+            report.missing.append(path)
         if node.url:  # no digest was taken of an external file: check its source instead
             try:
                 links.checked(node.url, node.etag, node.size, path)
             except (StaleLink, StoreUnavailable, AccessDenied):
                 report.stale.append(path)
+    report.missing.sort()
     return report
