@@ -75,15 +75,25 @@ def test_list_streams_what_the_in_memory_view_lists(tmp_path, file_store, dsfs):
             out = dsfs("--store", file_store, "list", "--id", dataset_id)
             assert out.code == 0 and out.out == table
             assert f"{len(held)} file(s)" in out.err
+            out = dsfs("--store", file_store, "list", "--id", dataset_id, "--jsonl")
+            assert out.code == 0 and out.out.splitlines() == [json.dumps(row, sort_keys=True, separators=(",", ":"))
+                                                            for row in _rows(held)]
+            changes = dsfs("--store", file_store, "list", "--id", dataset_id, "--modified", "--json").out
+            lines = dsfs("--store", file_store, "list", "--id", dataset_id, "--modified", "--jsonl").out
+            assert [json.loads(line) for line in lines.splitlines()] == json.loads(changes) != []
             selected = ds.file_entries(["*.x"])
             out = dsfs("--store", file_store, "list", "--id", dataset_id, "--filter", "*.x", "--json")
             assert out.code == 0 and json.loads(out.out) == _rows(selected)
 
 
-def test_list_of_nothing_prints_an_empty_array(tmp_path, file_store, dsfs):
+def test_list_of_nothing_prints_an_empty_array_or_no_line(tmp_path, file_store, dsfs):
     ds = Dataset.get(_lineage(file_store, tmp_path, 7)[0], store=file_store)
     out = dsfs("--store", file_store, "list", "--id", ds.id, "--filter", "no-such-*", "--json")
     assert out.code == 0 and out.out == "[]\n"
+    out = dsfs("--store", file_store, "list", "--id", ds.id, "--filter", "no-such-*", "--jsonl")
+    assert out.code == 0 and out.out == ""
+    out = dsfs("--store", file_store, "list", "--id", ds.id, "--json", "--jsonl")
+    assert out.code == 2 and "choose one" in out.err and "Traceback" not in out.err
 
 
 def _peak_rss_mb(argv: list[str]) -> float:

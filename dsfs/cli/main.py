@@ -21,7 +21,7 @@ import click
 from dsfs.cli import installed_version
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.cli.output import emit_json as _emit_json
-from dsfs.cli.output import emit_json_rows
+from dsfs.cli.output import emit_json_lines, emit_json_rows
 from dsfs.cli.output import human as _human
 from dsfs.cli.output import table as _table
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
@@ -223,9 +223,12 @@ def publish(ctx, ref):
 @multi("--filter", "filters", metavar="GLOB", help="Only paths matching these globs.")
 @click.option("--modified", is_flag=True, help="Only this version's added, modified and removed files.")
 @json_option
+@click.option("--jsonl", "as_jsonl", is_flag=True, help="Print one JSON object per line (a file each).")
 @click.pass_context
-def list_(ctx, ref, filters, modified, as_json):
+def list_(ctx, ref, filters, modified, as_json, as_jsonl):
     """List the files of a version's merged view."""
+    if as_json and as_jsonl:
+        raise DsfsUsage("--json and --jsonl: choose one")
     ds = _dataset(ctx, ref)
     from dsfs import paths
 
@@ -235,11 +238,13 @@ def list_(ctx, ref, filters, modified, as_json):
         rows = sorted((r for r in rows if not filters or paths.matches(r[1], filters)), key=lambda r: r[1])
         if as_json:
             return _emit_json([{"change": c, "path": p} for c, p in rows])
+        if as_jsonl:
+            return emit_json_lines({"change": c, "path": p} for c, p in rows)
         return _table(["change", "path"], rows)
     entries = ds.iter_entries(list(filters) or None)  # streamed: a version of millions of files is never in memory
-    if as_json:
-        return emit_json_rows({"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()}
-                              for e in entries)
+    if as_json or as_jsonl:
+        emit = emit_json_rows if as_json else emit_json_lines
+        return emit({"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()} for e in entries)
     count = total = 0
 
     def rows():

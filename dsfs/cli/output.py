@@ -61,6 +61,22 @@ def emit_json_rows(rows: Iterable) -> None:
     click.echo("".join(batch))
 
 
+def emit_json_lines(rows: Iterable) -> None:
+    """One compact JSON document per line, keys sorted, written as the rows come (JSON Lines: what a
+    script reads a row at a time)."""
+    import json
+
+    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+    batch: list[str] = []
+    for row in rows:
+        batch.append(encode(row))
+        if len(batch) >= BATCH:
+            click.echo("\n".join(batch))
+            batch = []
+    if batch:
+        click.echo("\n".join(batch))
+
+
 def _flat(row) -> bool:
     """A non-empty dict of str keys and values that are neither dicts nor lists."""
     return (isinstance(row, dict) and bool(row) and all(isinstance(k, str) for k in row)
