@@ -151,6 +151,13 @@ def test_download_goes_a_window_of_files_at_a_time(tmp_path, file_store, monkeyp
     assert read_tree(tmp_path / "all") == files and result.written == 40
     assert ds.download(str(tmp_path / "some"), include=["d1/*"]).written == sum(p.startswith("d1/") for p in files)
     assert read_tree(tmp_path / "some") == {p: b for p, b in files.items() if p.startswith("d1/")}
+    # every path is checked before anything is written, not a window at a time
+    (tmp_path / "planted").mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "planted" / "d2")  # d2/... come in the last windows
+    with pytest.raises(InvalidPath, match="symlink"):
+        ds.download(str(tmp_path / "planted"), overwrite=True)
+    assert os.listdir(tmp_path / "planted") == ["d2"] and os.listdir(tmp_path / "outside") == []
     bad = "d1/f13"  # in the third window of seven (paths sorted: d0/..., then d1/...)
     from test_view import _corrupt_pack_byte
 

@@ -283,7 +283,8 @@ def select(view: ViewIndex, include=None, exclude=None):
 
 
 def check_targets(root: str, rel_paths) -> None:
-    """Refuse, before writing anything, a target whose folders are symlinks or files."""
+    """Refuse, before writing anything, a target whose folders are symlinks or files. Only folders
+    are remembered (each once checked), not the files: `rel_paths` may stream millions of them."""
     checked = set()
     for rel in rel_paths:
         paths.validate(rel)
@@ -297,15 +298,15 @@ def check_targets(root: str, rel_paths) -> None:
             try:
                 st = os.lstat(current)
             except FileNotFoundError:
-                checked.add(current)
-                continue
-            if stat_mod.S_ISLNK(st.st_mode):
+                st = None
+            if st is not None and stat_mod.S_ISLNK(st.st_mode):
                 raise InvalidPath(f"refusing to write through symlink {current} (it could point outside {root})")
-            if not last and not stat_mod.S_ISDIR(st.st_mode):
+            if st is not None and not last and not stat_mod.S_ISDIR(st.st_mode):
                 raise InvalidPath(f"cannot write {rel}: {current} exists and is not a folder")
-            if last and stat_mod.S_ISDIR(st.st_mode):
+            if st is not None and last and stat_mod.S_ISDIR(st.st_mode):
                 raise InvalidPath(f"cannot write {rel}: {current} is a folder")
-            checked.add(current)
+            if not last:
+                checked.add(current)
 
 
 def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=None, exclude=None,
@@ -315,42 +316,47 @@ def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=N
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         if not _is_partial_of(marker, view.dataset_id):
             raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
-    files = select(view, include, exclude)
-    window = list(itertools.islice(files, WINDOW_FILES))
-    if not window:
+    count = total = 0
+
+    def counted_paths():
+        nonlocal count, total
+        for path, node in select(view, include, exclude):
+            count += 1
+            total += node.size
+            yield path
+
+    check_targets(target, counted_paths())  # every path, before anything is written
+    if not count:
         raise UsageError(f"no files of dataset {view.dataset_id} match the include/exclude filters")
+    with _writing(target):
+        os.makedirs(target, exist_ok=True)
+        # whole or not at all: an empty marker would make the rerun refuse a "not empty" target
+        atomic_write(marker, json.dumps({"id": view.dataset_id}).encode(), mode=0o644)
     progress = progress or Tracker()
+    progress.set_total(total, count)
     writer = _Writer(Result(), progress)
-    total_bytes = total_files = 0
-    if not include and not exclude and view.meta:
-        total_bytes, total_files = int(view.meta["bytes"]), int(view.meta["files"])
-        progress.set_total(total_bytes, total_files)
     failed: list[_Job] = []
-    marked = False
-    while window:  # a window of files at a time: memory is bounded by the window, not the version
-        check_targets(target, (p for p, _ in window))
-        try:
-            with space_for(target):
-                if not marked:
-                    os.makedirs(target, exist_ok=True)
-                    # whole or not at all: an empty marker would make the rerun refuse a "not empty" target
-                    atomic_write(marker, json.dumps({"id": view.dataset_id}).encode(), mode=0o644)
-                    marked = True
-                for folder in sorted({os.path.dirname(p) for p, _ in window}):
-                    if folder:
-                        os.makedirs(os.path.join(target, folder), exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
+    files = select(view, include, exclude)
+    while window := list(itertools.islice(files, WINDOW_FILES)):  # memory bounded by the window, not the version
+        with _writing(target):
+            for folder in sorted({os.path.dirname(p) for p, _ in window}):
+                if folder:
+                    os.makedirs(os.path.join(target, folder), exist_ok=True)
         jobs = [_Job(p, os.path.join(target, p), node) for p, node in window]
-        if include or exclude or not view.meta:  # the total is known only as far as the files are listed
-            total_bytes += sum(job.node.size for job in jobs)
-            total_files += len(jobs)
-            progress.set_total(total_bytes, total_files)
         failed += _write_files(store, cache, jobs, writer, max_workers, ".dsfs-tmp", _complete)
-        window = list(itertools.islice(files, WINDOW_FILES))
     _raise_failed(failed)
     os.unlink(marker)
     return writer.result
+
+
+@contextlib.contextmanager
+def _writing(target: str):
+    """Around making a download's folders: a full disk is DiskFull, another failure a UsageError."""
+    try:
+        with space_for(target):
+            yield
+    except OSError as exc:
+        raise UsageError(f"cannot write to {target}: {exc.strerror}") from None
 
 
 def _is_partial_of(marker: str, dataset_id: str) -> bool:
