@@ -88,17 +88,16 @@ def table(columns, rows: Iterable) -> None:
     given as an iterator (not a list) are not held in memory on a pipe: they are spooled to a temp
     file while the widths are measured, then printed from it; their cells must hold no tab or
     newline (paths: dsfs refuses control characters in them)."""
-    if not sys.stdout.isatty() and not isinstance(rows, list | tuple):
-        _plain_table(list(columns), rows)
-        return
-    rows = [[str(c) for c in row] for row in rows]
     if not sys.stdout.isatty():
         # plain aligned columns: what scripts and pipes expect, and 5x faster than rich for 10,000 rows
+        if not isinstance(rows, list | tuple):
+            _spooled_table(list(columns), rows)
+            return
+        rows = [[str(c) for c in row] for row in rows]
         widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-                 for line in [list(columns), *rows]]
-        click.echo("\n".join(lines))
+        click.echo("\n".join(_aligned(line, widths) for line in [list(columns), *rows]))
         return
+    rows = [[str(c) for c in row] for row in rows]
     from rich.table import Table
 
     grid = Table(box=None, pad_edge=False, header_style="bold")
@@ -109,7 +108,11 @@ def table(columns, rows: Iterable) -> None:
     stdout().print(grid)
 
 
-def _plain_table(columns: list[str], rows: Iterable) -> None:
+def _aligned(cells, widths) -> str:
+    return "  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def _spooled_table(columns: list[str], rows: Iterable) -> None:
     widths = [len(c) for c in columns]
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
         for row in rows:
@@ -117,10 +120,9 @@ def _plain_table(columns: list[str], rows: Iterable) -> None:
             widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
             spool.write("\t".join(cells) + "\n")
         spool.seek(0)
-        batch = ["  ".join(v.ljust(w) for v, w in zip(columns, widths, strict=True)).rstrip()]
+        batch = [_aligned(columns, widths)]
         for line in spool:
-            cells = line[:-1].split("\t")
-            batch.append("  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
+            batch.append(_aligned(line[:-1].split("\t"), widths))
             if len(batch) >= BATCH:
                 click.echo("\n".join(batch))
                 batch = []

@@ -349,7 +349,8 @@ class Cache:
                         self._pending.blocks.pop(digest, None)
             except DiskFull as exc:
                 for digest, _ in items:
-                    _unlink(self._chunk_path(digest))
+                    if digest not in small:  # (a small chunk has no file: its bytes go with the records)
+                        _unlink(self._chunk_path(digest))
                 self._pending.error = exc
             finally:
                 with self._pending.lock:

@@ -38,6 +38,8 @@ class PrefetchConfig:
     files_step: int = 128  # ... topped up whenever this many inodes were read (several batches in flight)
     files_in_order: int = 3  # ... once this many files in a row were read in order (one file read is just that)
     files_gap: int = 16  # a file at most this many inodes past the previous one read counts as "in order"
+    files_first: int = 16  # ... and the first this many are asked for before the index records of the rest are read
+    # (the reader, right behind, overtook the fetch meanwhile and fetched a file per GET)
     near_bytes: int = 1 << 20  # a small file fetched out of order brings the files packed within this many
     near_files: int = 64  # bytes around it (at most so many files each way): one ranged read, not one per file
     memo_bytes: int = 256 << 20  # verified chunks kept in memory: a FUSE read is 128 KiB - 1 MiB, a chunk ~1 MiB

@@ -39,8 +39,6 @@ from dsfs.node.prefetch import FilesAhead, PrefetchConfig, SequentialWindow
 from dsfs.store.layout import Store
 
 log = logging.getLogger(__name__)
-FIRST_FILES_AHEAD = 16  # a fetch ahead asks for these files' chunks before it reads the index records of
-# the rest: the reader, right behind, overtook it meanwhile and fetched a file per GET
 
 
 class OpenFile:
@@ -403,7 +401,7 @@ class View:
                 if size >= self.config.files_ahead_bytes:
                     self.files.stopped_at(ino)
                     break
-                if ino - start + 1 == FIRST_FILES_AHEAD and refs:
+                if ino - start + 1 == self.config.files_first and refs:
                     self.reader.load(refs, lambda ref: self._label(owners[ref.digest]))
                     refs = []
             if refs:
