@@ -91,7 +91,24 @@ def setup_logging(spec: MountSpec) -> None:
     tree = logging.getLogger("dsfs")
     tree.handlers[:] = []  # `dsfs -v mount --foreground`: the daemon's handler above writes to the same stderr
     tree.setLevel(level)
-    logging.getLogger("pyfuse3").setLevel(max(level, logging.INFO))
+    fuse_log = logging.getLogger("pyfuse3")
+    fuse_log.setLevel(max(level, logging.INFO))
+    fuse_log.filters[:] = [_abandoned_reply_filter(debug=level <= logging.DEBUG)]
+
+
+def _abandoned_reply_filter(debug: bool):
+    """pyfuse3 logs an ERROR when a reply finds its request gone (libfuse's fuse_reply_* answers
+    ENOENT: the kernel no longer waits, because the caller was interrupted or the file system is
+    being unmounted while a release was queued). Nothing is lost and nobody can act on it: it is
+    kept as a DEBUG record under -v, and dropped otherwise."""
+
+    def demote(record: logging.LogRecord) -> bool:
+        if "fuse_reply_* failed with No such file or directory" not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return debug
+
+    return demote
 
 
 class _Stop(Exception):
