@@ -13,6 +13,10 @@ commands with another checkout's venv (`<base>/.venv/bin/dsfs`) in the same run:
 Figures and targets (issue 16, at 1,000,000 files):
     list          `dsfs list --id <id>`                 <= 5 s, < 500 MB
     list-json     `dsfs list --id <id> --json`                  < 500 MB
+    list-deep     `dsfs list --id <top>` of a lineage of `--depth` (100) children over a base of
+                  `--depth-files` (100,000) files, each rewriting 100 of them        < 500 MB
+    close         `dsfs close --id <id>` of a synthetic draft of `--files` uploaded files (its chunks do
+                  not exist; staged by each build through its own draft API)   <= 20 s, < 500 MB
 `--files 10000000` runs the same at ten million (target < 1 GB), once.
 
 Commands that read or write file bytes need a real version: `--real-files N` (default 100,000; 0 skips
@@ -36,11 +40,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_mount import isolate  # noqa: E402  (one isolation)
-from synthetic import synthetic_version  # noqa: E402
+from synthetic import synthetic_lineage, synthetic_version  # noqa: E402
 
 FIGURES = [  # (figure, arguments after `dsfs --store URL`, seconds target at 1M or None)
     ("list", ["list", "--id", "{id}"], 5.0),
     ("list-json", ["list", "--id", "{id}", "--json"], None),
+]
+DEEP_FIGURES = [  # the top of a synthetic lineage: --depth children over a base of --depth-files files
+    ("list-deep", ["list", "--id", "{id}"], None),
+]
+DRAFT_FIGURES = [  # a synthetic draft of --files uploaded files (bench/synthetic.py), staged by each build
+    ("close", ["close", "--id", "{id}"], 20.0),
 ]
 REAL_FIGURES = [  # (figure, arguments, seconds target at 1M or None); {id}, {data}, {out} filled in
     ("add", ["add", "--id", "{id}", "--files", "{data}"], None),
@@ -71,6 +81,8 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1_000_000)
     ap.add_argument("--base", help="another checkout whose .venv/bin/dsfs gives the before figures")
     ap.add_argument("--real-files", type=int, default=100_000, help="files of the real version (0: none)")
+    ap.add_argument("--depth", type=int, default=100, help="children in the deep lineage (0: none)")
+    ap.add_argument("--depth-files", type=int, default=100_000, help="files of the deep lineage's base")
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work", "scale"))
     ap.add_argument("--datadir", default=os.path.join(HERE, ".data"))
     args = ap.parse_args()
@@ -92,6 +104,19 @@ def main() -> int:
             measured[figure, label] = run_in(run_dir, store, dsfs, f"{figure}-{label}",
                                              [c.format(id=dataset_id) for c in command])
     failed |= report(FIGURES, builds, measured, args.files / 1_000_000)
+    if args.depth:
+        start = time.perf_counter()
+        top = synthetic_lineage(store, args.depth_files, args.depth, 100, "deep")
+        print(f"deep lineage: {args.depth} children over {args.depth_files:,} files, 100 files changed in each "
+              f"(made in {time.perf_counter() - start:.1f} s)")
+        measured = {("list-deep", label): run_in(run_dir, store, dsfs, f"deep-{label}", ["list", "--id", top])
+                    for label, dsfs in builds}
+        failed |= report(DEEP_FIGURES, builds, measured, 1)
+    measured = {}
+    for label, dsfs in builds:
+        draft_id = staged_draft(dsfs, store, args.files, f"draft-{label}")
+        measured["close", label] = run_in(run_dir, store, dsfs, f"close-{label}", ["close", "--id", draft_id])
+    failed |= report(DRAFT_FIGURES, builds, measured, args.files / 1_000_000)
     if args.real_files:
         data = real_data(args.datadir, args.real_files)
         print(f"real version: {args.real_files:,} files of 8 bytes, 1,000 per folder ({data})")
@@ -117,6 +142,17 @@ def run_in(run_dir: str, store: str, dsfs: str, name: str, command: list[str]) -
         return run_measured([dsfs, "--store", store, *command], {**os.environ, "DSFS_CACHE_DIR": cache})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def staged_draft(dsfs: str, store: str, files: int, name: str) -> str:
+    """A synthetic draft staged by the build of `dsfs` (its own Python and draft format): its id."""
+    python = os.path.join(os.path.dirname(dsfs), "python")
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from synthetic import synthetic_draft; " \
+           "print(synthetic_draft(sys.argv[2], int(sys.argv[3]), sys.argv[4]))"
+    # -P: not the current folder first on sys.path (a checkout's dsfs there would be imported)
+    out = subprocess.run([python, "-P", "-c", code, HERE, store, str(files), name], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split()[-1]
 
 
 def real_data(datadir: str, files: int) -> str:

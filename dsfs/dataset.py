@@ -18,6 +18,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 
 import blake3
 import msgpack
@@ -35,7 +36,7 @@ from dsfs.lifecycle.push import push as push_version
 from dsfs.lineage.filetable import FileTable
 from dsfs.lineage.merge import Lineage, apply_changes, check_tree
 from dsfs.lineage.viewindex import ViewIndex, ensure_view, merged_entries
-from dsfs.model import Entry, VersionInfo, utc_now
+from dsfs.model import Entry, VersionInfo, encode_changeset, utc_now
 from dsfs.node import links, materialize
 from dsfs.node.cache import Cache
 from dsfs.node.chunks import ChunkReader
@@ -97,7 +98,6 @@ class Dataset:
         except BaseException:
             store.release_version_number(project, name, version)
             raise
-        DraftState(id=dataset_id, store=store.url).save()
         drafts.set_current(store.ref, dataset_id)
         return cls(store, info)
 
@@ -157,10 +157,10 @@ class Dataset:
             try:
                 self.info = self.store.read_version(self.id)
             except DatasetNotFound:
-                DraftState(id=self.id, store=self.store.url).discard()  # and the lock file just made
+                drafts.discard(self.id)  # and the lock file just made
                 raise DatasetNotFound(f"draft {self.id} ({self.info.ref}) was deleted; nothing was changed") from None
             if self.info.is_final:
-                DraftState(id=self.id, store=self.store.url).discard()
+                drafts.discard(self.id)
                 raise InvalidState(f"dataset {self.id} ({self.info.ref}) was closed by another command while "
                                    f"this one waited; nothing was changed")
             self._draft = DraftState.load(self.id, self.store.url)
@@ -185,8 +185,7 @@ class Dataset:
                                f"in the dataset (names that differ only in their Unicode form are one name); "
                                f"nothing was added")
         with self._changing("add") as draft:
-            for target, local in targets.items():
-                draft.stage_local(target, local)
+            draft.stage_local(targets.items())
             draft.save()
         return len(targets)
 
@@ -210,8 +209,7 @@ class Dataset:
         if not entries:
             raise UsageError(f"no objects match {what}")
         with self._changing("add") as draft:
-            for entry in entries:
-                draft.stage_entry(entry)
+            draft.stage_entries(entries)
             draft.save()
         return len(entries)
 
@@ -245,14 +243,12 @@ class Dataset:
         pattern = [dataset_path]
         removed = 0
         with self._changing("remove") as draft:
-            for table in (draft.adds, draft.uploaded):
-                for path in [p for p in table if paths.matches(p, pattern, recursive)]:
-                    del table[path]
-                    removed += 1
-            for path in self._lineage.table(self.info.parents).paths:
-                if paths.matches(path, pattern, recursive) and path not in draft.removals:
-                    draft.removals.add(path)
-                    removed += 1
+            staged = chain((path for path, _ in draft.adds()), (entry.path for entry in draft.uploaded()))
+            removed += draft.drop([path for path in staged if paths.matches(path, pattern, recursive)])
+            gone = [path for path in self._lineage.table(self.info.parents).paths
+                    if paths.matches(path, pattern, recursive) and not draft.is_removed(path)]
+            draft.stage_removals(gone)
+            removed += len(gone)
             if not removed:
                 raise UsageError(f"no files in dataset {self.id} match {dataset_path!r}")
             draft.save()
@@ -294,10 +290,9 @@ class Dataset:
 
     def _apply_folder_changes(self, changes: FolderChanges) -> None:
         with self._changing("sync") as draft:
-            for path, local in {**changes.added, **changes.modified}.items():
-                draft.stage_local(path, os.path.abspath(local))
-            for path in changes.removed:
-                draft.stage_removal(path)
+            draft.stage_local((path, os.path.abspath(local))
+                              for path, local in {**changes.added, **changes.modified}.items())
+            draft.stage_removals(changes.removed)
             draft.save()
 
     @classmethod
@@ -367,9 +362,9 @@ class Dataset:
                 raise CorruptData(f"pack {lost[0].hex()} of the squashed versions is missing from "
                                   f"{store.display_url} (one of them was deleted and gc ran); nothing was squashed")
             close.check_ancestors(store, ds.info, sources, "source")
-            close.write_final(store, ds.info, entries, table, {"added": len(entries), "modified": 0, "removed": 0},
-                              0, [])
-        DraftState(id=ds.id, store=store.url).discard()
+            close.write_final(store, ds.info, encode_changeset(entries), table,
+                              {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
+        drafts.discard(ds.id)
         return ds
 
     # -- reading -------------------------------------------------------------------------------
@@ -380,8 +375,8 @@ class Dataset:
             return self._lineage.view(self.id)
         draft = self._require_draft()
         view = dict(self._lineage.merged_parents(self.info.parents))
-        apply_changes(view, close.changes_against(self._lineage.table(self.info.parents), draft)[0])
-        for path, local in draft.adds.items():
+        apply_changes(view, close.changes_against(self._lineage.table(self.info.parents), draft))
+        for path, local in draft.adds():
             view[path] = Entry(path=path, size=local_size(local))
         return view
 
@@ -416,9 +411,9 @@ class Dataset:
         else:
             draft = self._require_draft()
             parents_view = self._lineage.merged_parents(self.info.parents)
-            changes, _ = close.changes_against(self._lineage.table(self.info.parents), draft)
+            changes = list(close.changes_against(self._lineage.table(self.info.parents), draft))
             removed = [e.path for e in changes if e.removed]
-            touched = [e.path for e in changes if not e.removed] + list(draft.adds)
+            touched = [e.path for e in changes if not e.removed] + [path for path, _ in draft.adds()]
             added = [p for p in touched if p not in parents_view]
             modified = [p for p in touched if p in parents_view]
         return sorted(added), sorted(modified), sorted(removed)

@@ -220,3 +220,44 @@ def test_path_conflict_file_vs_folder_is_refused(tmp_path, memory_store):
     with pytest.raises(Conflict, match="both a file and a folder"):
         child.finalize()
     assert Dataset.get(child.id, include_drafts=True, store=memory_store).state == "draft"
+
+
+def test_a_draft_state_of_the_previous_format_is_taken_over(tmp_path, file_store):
+    """A draft saved by a dsfs that kept its state in one msgpack file (FORMAT 1) is read, converted
+    to the SQLite state and closed: its pending, uploaded and removed files all count, nothing is sent
+    twice, and the old file is gone."""
+    import msgpack
+
+    from dsfs.authoring.drafts import DraftState
+
+    make_tree(tmp_path / "base", {"a.txt": b"a", "b.txt": b"b"})
+    base = _final(file_store, "p", "base", tmp_path / "base")
+    make_tree(tmp_path / "up", {"c.bin": os.urandom(300_000)})
+    make_tree(tmp_path / "later", {"d.txt": b"d"})
+    ds = Dataset.create("p", "child", parents=[base.id], store=file_store)
+    ds.add_files(str(tmp_path / "up"))
+    sent = ds.upload()
+    ds.add_files(str(tmp_path / "later"))
+    ds.remove_files("a.txt")
+    draft = DraftState.load(ds.id, file_store)
+    uploaded = list(draft.uploaded())
+    old = {"id": ds.id, "store": file_store, "adds": dict(draft.adds()),
+           "uploaded": [e.to_wire() for e in uploaded], "removals": list(draft.removals()),
+           "chunks": [list(draft.chunk(ref.digest)) for e in uploaded for ref in e.chunks],
+           "packs": draft.packs, "written": draft.written, "new_bytes": draft.new_bytes,
+           "origins": {e.path: str(tmp_path / "up" / e.path) for e in uploaded}}
+    assert old["adds"] == {"d.txt": str(tmp_path / "later" / "d.txt")} and old["removals"] == ["a.txt"]
+    assert [e["p"] for e in old["uploaded"]] == ["c.bin"] and sent["packs_sent"] == 1
+    draft.discard()
+    state = DraftState.path_for(ds.id)
+    with open(state[:-len(".sqlite")] + ".msgpack", "wb") as f:
+        f.write(msgpack.packb(old, use_bin_type=True))
+
+    again = Dataset.get(ds.id, store=file_store, include_drafts=True)
+    assert again.upload()["packs_sent"] == 1  # d.txt only: c.bin's pack is recorded
+    again.finalize()
+    final = Dataset.get(ds.id, store=file_store)
+    assert final.list_files() == ["b.txt", "c.bin", "d.txt"]
+    assert final.read_file("c.bin") == (tmp_path / "up" / "c.bin").read_bytes()
+    assert len(final.info.stats["packs"]) == 2 and final.info.stats["new_bytes"] > sent["new_bytes"] > 0
+    assert not os.path.exists(state[:-len(".sqlite")] + ".msgpack") and not os.path.exists(state)

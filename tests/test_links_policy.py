@@ -26,8 +26,7 @@ def _crafted(store, entries):
     through `add --links`, so this machine never trusted them)."""
     ds = Dataset.create("p", "n", store=store)
     draft = ds._require_draft()
-    for entry in entries:
-        draft.stage_entry(entry)
+    draft.stage_entries(entries)
     draft.save()
     ds.finalize()
     return ds.id
@@ -130,7 +129,7 @@ def test_an_object_with_no_tag_is_not_added(file_store, loopback):
     ds = Dataset.create("p", "n", store=file_store)
     with pytest.raises(UsageError, match="no ETag, version or modification time"):
         ds.add_external_files(f"{loopback}/admin")
-    assert ds._require_draft().uploaded == {}
+    assert ds._require_draft().uploaded_count == 0
 
 
 def test_the_author_reads_back_their_own_links_only(tmp_path, file_store, monkeypatch):
@@ -153,7 +152,7 @@ def _plain_file_and_link(tmp_path, store, link) -> str:
     ds = Dataset.create("p", "mixed", store=store)
     ds.add_files(str(tmp_path / "plain"))
     draft = ds._require_draft()
-    draft.stage_entry(link)
+    draft.stage_entries([link])
     draft.save()
     ds.finalize()
     return ds.id

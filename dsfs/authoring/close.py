@@ -13,6 +13,10 @@ version from becoming final on top of a deleted one: each of the two sees the ot
 
 from __future__ import annotations
 
+import heapq
+import io
+from collections.abc import Callable, Iterable, Iterator
+
 import blake3
 
 from dsfs.authoring.drafts import DraftState
@@ -21,7 +25,7 @@ from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, InvalidState, StoreUnavailable
 from dsfs.lineage.filetable import FileTable
 from dsfs.lineage.merge import Lineage
-from dsfs.model import Entry, VersionInfo, encode_changeset, utc_now
+from dsfs.model import Entry, VersionInfo, changeset_writer, utc_now
 from dsfs.progress import transfer
 from dsfs.store.layout import Store
 from dsfs.store.sessions import WriterSession
@@ -40,15 +44,15 @@ def upload(store: Store, info: VersionInfo, draft: DraftState, session: WriterSe
     sent again), then send what is pending. Returns counts."""
     session.announce(draft.packs, verified=False)
     forget_lost(info, draft, session.confirm())
-    total = sum(local_size(p) for p in draft.adds.values())
     known = Lineage.of(store).table(info.parents).known_chunk
     uploader = Uploader(store, draft, known, session, max_workers)
-    if draft.adds:
+    if draft.adds_count:
+        total = sum(local_size(local) for _, local in draft.adds())
         with transfer(f"upload {info.ref}", total, show_progress) as progress:
-            progress.set_total(total, len(draft.adds))
+            progress.set_total(total, draft.adds_count)
             uploader.progress = progress
             uploader.run()
-    return {"files": len(draft.uploaded), "packs_sent": uploader.sent_packs,
+    return {"files": draft.uploaded_count, "packs_sent": uploader.sent_packs,
             "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
 
 
@@ -68,8 +72,8 @@ def forget_lost(info: VersionInfo, draft: DraftState, lost: list[bytes]) -> None
 def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool, max_workers: int | None,
           show_progress: bool | None) -> None:
     """Make a draft final (the caller holds its DraftLock); `info` becomes the final record."""
-    if draft.adds and not auto_upload:
-        raise InvalidState(f"dataset {info.id} has {len(draft.adds)} files not uploaded; run upload first")
+    if draft.adds_count and not auto_upload:
+        raise InvalidState(f"dataset {info.id} has {draft.adds_count} files not uploaded; run upload first")
     with writer_session(store, info, "close") as session:
         upload(store, info, draft, session, max_workers, show_progress)
         # Right before the record: every pack relied on is still there (see dsfs.store.sessions).
@@ -86,9 +90,13 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
         check_ancestors(store, info, info.parents, "parent")
         check_not_deleted(store, info)
         base = Lineage.of(store).table(info.parents)
-        changes, counts = changes_against(base, draft)
-        table = base.child(changes, f"dataset {info.id}")
-        write_final(store, info, changes, table, counts, draft.new_bytes, draft.written)
+        counts = {"added": 0, "modified": 0, "removed": 0}
+        out = io.BytesIO()
+        with changeset_writer(out) as add:
+            # one pass over the draft: each change is written into the change-set as the new
+            # version's file table takes it
+            table = base.child(_each_added(changes_against(base, draft, counts), add), f"dataset {info.id}")
+        write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written)
     draft.discard()
 
 
@@ -116,11 +124,17 @@ def check_ancestors(store: Store, info: VersionInfo, ids: list[str], what: str) 
             raise InvalidState(f"{what} {dataset_id} of dataset {info.id} is no longer final")
 
 
-def write_final(store: Store, info: VersionInfo, changes: list[Entry], table: FileTable, counts: dict,
+def _each_added(entries: Iterable[Entry], add: Callable[[Entry], None]) -> Iterator[Entry]:
+    for entry in entries:
+        add(entry)
+        yield entry
+
+
+def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, counts: dict,
                 new_bytes: int, packs: list[bytes]) -> None:
-    """The end of the write order: the change-set, then version.json with state=final. `table` is
-    the version's file table, already checked for path conflicts; kept for its children."""
-    data = encode_changeset(changes)
+    """The end of the write order: the change-set (its encoded bytes), then version.json with
+    state=final. `table` is the version's file table, already checked for path conflicts; kept for
+    its children."""
     store.write_changes(info.id, data)
     info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
     info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
@@ -131,17 +145,17 @@ def write_final(store: Store, info: VersionInfo, changes: list[Entry], table: Fi
     table.save(info)
 
 
-def changes_against(base: FileTable, draft: DraftState) -> tuple[list[Entry], dict]:
-    """The draft's change-set against its parents' merged file table, and its counts."""
-    changes: list[Entry] = []
-    counts = {"added": 0, "modified": 0, "removed": 0}
-    for path in draft.removals:
-        if path not in draft.uploaded and base.find(path) is not None:
-            changes.append(Entry(path=path, removed=True))
+def changes_against(base: FileTable, draft: DraftState, counts: dict | None = None) -> Iterator[Entry]:
+    """The draft's change-set against its parents' merged file table, in path order, as a stream
+    (the draft's removals and uploaded files are each sorted, and no path is in both); `counts`
+    (added, modified, removed) grow as it is read."""
+    counts = {"added": 0, "modified": 0, "removed": 0} if counts is None else counts
+    removals = (Entry(path=path, removed=True) for path in draft.removals() if base.find(path) is not None)
+    for entry in heapq.merge(removals, draft.uploaded(), key=lambda e: e.path):
+        if entry.removed:
             counts["removed"] += 1
-    for path, entry in draft.uploaded.items():
-        if base.holds(entry):
+        elif base.holds(entry):
             continue
-        counts["modified" if base.find(path) is not None else "added"] += 1
-        changes.append(entry)
-    return changes, counts
+        else:
+            counts["modified" if base.find(entry.path) is not None else "added"] += 1
+        yield entry

@@ -5,12 +5,12 @@ Like clearml-data, authoring is stateful: `dsfs add` records local files against
 `$XDG_STATE_HOME/dsfs/` (the store only learns of a draft's files when it is closed):
 
     current.json           {"store": url, "id": id} of the last created/used dataset
-    drafts/<id>.msgpack    DraftState below
+    drafts/<id>.sqlite     DraftState below (and SQLite's -wal and -shm files beside it)
 
     drafts/<id>.lock       held (flock) by the one command changing that draft: DraftLock
 
-Every save writes a temp file, fsyncs and renames, so a killed command leaves the previous state,
-never a torn one. Entries and chunks are recorded only after the packs they live in are in the
+Every save commits one SQLite transaction (WAL, fsynced), so a killed command leaves the previous
+state, never a torn one. Entries and chunks are recorded only after the packs they live in are in the
 store: a resumed upload trusts exactly what is recorded, and re-chunking is deterministic, so it
 re-sends nothing that was recorded.
 
@@ -30,8 +30,10 @@ import fcntl
 import json
 import os
 import socket
+import sqlite3
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 import msgpack
 
@@ -56,109 +58,282 @@ def set_current(store_url: str, dataset_id: str) -> None:
                  json.dumps({"store": store_url, "id": dataset_id}).encode())
 
 
-@dataclass
-class DraftState:
-    """What a draft holds locally. `adds` maps dataset path -> local file path (not yet uploaded);
-    `uploaded` maps dataset path -> Entry, and `origins` the local file each was read from (to send
-    it again if gc removed its pack while the draft sat idle); `removals` are dataset paths to remove
-    from the parents; `chunks` are the chunks in packs this draft relies on (for dedupe on resume),
-    `packs` those packs' ids, `written` the ones it sent itself (the others were present already),
-    and `new_bytes` their size."""
+FORMAT = 2  # 1: one msgpack file rewritten whole on each save (read once, then converted)
+CHUNK_BITS = 26  # DraftState.chunk's filter has 2**26 bits: at 1,000,000 chunks 1.5% of new ones are looked up
+PAGE = 4096  # rows per query of a stream: memory stays flat, and a page is one short read
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS adds (path TEXT PRIMARY KEY, local BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploaded (path TEXT PRIMARY KEY, entry BLOB NOT NULL, origin BLOB) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS removals (path TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (digest BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER NOT NULL,
+                                   stored INTEGER NOT NULL, raw INTEGER NOT NULL, compression INTEGER NOT NULL)
+                                   WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack);
+CREATE TABLE IF NOT EXISTS packs (seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, written INTEGER NOT NULL,
+                                  size INTEGER NOT NULL);
+"""
 
-    id: str
-    store: str
-    adds: dict[str, str] = field(default_factory=dict)
-    uploaded: dict[str, Entry] = field(default_factory=dict)
-    removals: set[str] = field(default_factory=set)
-    chunks: dict[bytes, ChunkRef] = field(default_factory=dict)
-    packs: list[bytes] = field(default_factory=list)
-    written: list[bytes] = field(default_factory=list)
-    origins: dict[str, str] = field(default_factory=dict)
-    new_bytes: int = 0
+
+def _local_bytes(local: str) -> bytes:
+    return local.encode("utf-8", "surrogateescape")  # a name that is not UTF-8 keeps its bytes
+
+
+def _local_str(blob: bytes) -> str:
+    return blob.decode("utf-8", "surrogateescape")
+
+
+def _entry_blob(entry: Entry) -> bytes:
+    return msgpack.packb(entry.to_wire(), use_bin_type=True)
+
+
+def _entry(blob: bytes) -> Entry:
+    return Entry.from_wire(msgpack.unpackb(blob, raw=False, use_list=False))
+
+
+class DraftState:
+    """What a draft holds locally, in one SQLite file (`drafts/<id>.sqlite`), so that a draft of
+    millions of files is never one Python object per file: the commands stream its tables in path
+    order, a page at a time. `adds` maps dataset path -> local file (not yet uploaded); `uploaded`
+    maps dataset path -> Entry and the local file it was read from (its origin: sent again if gc
+    removed its pack while the draft sat idle); `removals` are dataset paths to remove from the
+    parents; `chunks` are the chunks in packs this draft relies on (dedupe on resume); `packs`
+    those packs in the order they were recorded, `written` the ones it sent itself (the others
+    were present already) and `new_bytes` their size.
+
+    Changes accumulate in one transaction and `save()` commits it: a killed command leaves the
+    state of its last save (the WAL is fsynced at each commit), as the whole-file rewrite did."""
+
+    def __init__(self, dataset_id: str, store_url: str, db: sqlite3.Connection):
+        self.id = dataset_id
+        self.store = store_url
+        self.db = db
+        self._chunk_bits: bytearray | None = None  # `chunk`'s filter of the digests recorded
 
     @staticmethod
     def path_for(dataset_id: str) -> str:
-        return os.path.join(settings.state_dir(), "drafts", f"{dataset_id}.msgpack")
+        return os.path.join(settings.state_dir(), "drafts", f"{dataset_id}.sqlite")
 
     @classmethod
     def load(cls, dataset_id: str, store_url: str) -> DraftState:
+        """The draft's state; an empty one if it has none yet (a draft made by another machine)."""
         path = cls.path_for(dataset_id)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's own files take its mode
         try:
-            with open(path, "rb") as f:
+            db = sqlite3.connect(path, timeout=LOCK_WAIT, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            # chunks are keyed by digest, so their rows land all over the table: with SQLite's
+            # 2 MiB page cache, pages went out and in at each insert (100,000 files: close
+            # 15.1 -> 14.4 s, 181 -> 210 MB)
+            db.execute("PRAGMA cache_size=-32768")
+            db.executescript(_SCHEMA)
+            state = cls(dataset_id, store_url, db)
+            if db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() is None:
+                db.execute("INSERT INTO meta VALUES ('format', ?), ('id', ?), ('store', ?), ('new_bytes', 0)",
+                           (FORMAT, dataset_id, store_url))
+                state._convert(os.path.splitext(path)[0] + ".msgpack")
+                state.save()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptData(f"local draft state {path} is unreadable ({exc}); delete the draft and create "
+                              f"it again") from None
+        return state
+
+    def _convert(self, old: str) -> None:
+        """Take over a draft state of FORMAT 1 (one msgpack file), then remove it."""
+        try:
+            with open(old, "rb") as f:
                 raw = msgpack.unpackb(f.read(), raw=False, strict_map_key=False, unicode_errors="surrogateescape")
         except FileNotFoundError:
-            return cls(id=dataset_id, store=store_url)
+            return
         except (ValueError, msgpack.UnpackException):
-            raise CorruptData(f"local draft state {path} is corrupt; delete the draft and create it again") from None
-        return cls(
-            id=raw["id"], store=raw["store"], adds=raw["adds"],
-            uploaded={e["p"]: Entry.from_wire(e) for e in raw["uploaded"]},
-            removals=set(raw["removals"]),
-            chunks={c[0]: ChunkRef.from_wire(c) for c in raw["chunks"]},
-            packs=raw["packs"], written=raw.get("written", raw["packs"]), origins=raw.get("origins", {}),
-            new_bytes=raw.get("new_bytes", 0),
-        )
+            raise CorruptData(f"local draft state {old} is corrupt; delete the draft and create it again") from None
+        self.stage_local(sorted(raw["adds"].items()))
+        origins = raw.get("origins", {})
+        self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", (
+            (e["p"], msgpack.packb(e, use_bin_type=True),
+             _local_bytes(origins[e["p"]]) if e["p"] in origins else None) for e in raw["uploaded"]))
+        self.stage_removals(raw["removals"])
+        written = set(raw.get("written", raw["packs"]))
+        self.db.executemany("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, 0)",
+                            ((p, p in written) for p in raw["packs"]))
+        self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                            (ChunkRef.from_wire(c) for c in raw["chunks"]))
+        self.db.execute("UPDATE meta SET value = ? WHERE key = 'new_bytes'", (raw.get("new_bytes", 0),))
+        self.save()
+        os.unlink(old)
 
     def save(self) -> None:
-        data = msgpack.packb({
-            "id": self.id, "store": self.store, "adds": self.adds,
-            "uploaded": [e.to_wire() for e in self.uploaded.values()],
-            "removals": sorted(self.removals),
-            "chunks": [c.to_wire() for c in self.chunks.values()],
-            "packs": self.packs, "written": self.written, "origins": self.origins,
-            "new_bytes": self.new_bytes,
-        }, use_bin_type=True, unicode_errors="surrogateescape")
-        atomic_write(self.path_for(self.id), data)
+        """Commit what changed since the last save."""
+        self.db.commit()
 
-    # A dataset path is in at most one of adds, uploaded and removals: these keep it so.
+    def close(self) -> None:
+        self.db.close()
 
-    def stage_local(self, path: str, local: str) -> None:
-        """`path` will be the local file `local` (read at upload)."""
-        self.uploaded.pop(path, None)
-        self.origins.pop(path, None)
-        self.removals.discard(path)
-        self.adds[path] = local
+    # -- reading: counts, and streams in path order ---------------------------------------------
 
-    def stage_entry(self, entry: Entry) -> None:
-        """`entry.path` is this entry, nothing to upload (an external file)."""
-        self.adds.pop(entry.path, None)
-        self.origins.pop(entry.path, None)
-        self.removals.discard(entry.path)
-        self.uploaded[entry.path] = entry
+    def _count(self, table: str) -> int:
+        return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
-    def stage_removal(self, path: str) -> None:
-        self.adds.pop(path, None)
-        self.uploaded.pop(path, None)
-        self.origins.pop(path, None)
-        self.removals.add(path)
+    def _pages(self, query: str) -> Iterator[tuple]:
+        """Rows of `query` (SELECT path, ... FROM t WHERE path > ? ORDER BY path LIMIT ?), a page at a
+        time: the state may change between pages (an upload records files as it goes)."""
+        last = ""
+        while True:
+            rows = self.db.execute(query, (last, PAGE)).fetchall()
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][0]
+
+    @property
+    def adds_count(self) -> int:
+        return self._count("adds")
+
+    def adds(self) -> Iterator[tuple[str, str]]:
+        """(dataset path, local file) of the files to upload, in path order."""
+        for path, local in self._pages("SELECT path, local FROM adds WHERE path > ? ORDER BY path LIMIT ?"):
+            yield path, _local_str(local)
+
+    @property
+    def uploaded_count(self) -> int:
+        return self._count("uploaded")
+
+    def uploaded(self) -> Iterator[Entry]:
+        for _, blob in self._pages("SELECT path, entry FROM uploaded WHERE path > ? ORDER BY path LIMIT ?"):
+            yield _entry(blob)
+
+    def removals(self) -> Iterator[str]:
+        for (path,) in self._pages("SELECT path FROM removals WHERE path > ? ORDER BY path LIMIT ?"):
+            yield path
+
+    def is_removed(self, path: str) -> bool:
+        return self.db.execute("SELECT 1 FROM removals WHERE path = ?", (path,)).fetchone() is not None
+
+    def chunk(self, digest: bytes) -> ChunkRef | None:
+        """The ref of a chunk this draft recorded, or None. An upload asks for every chunk it reads
+        and nearly all are new: a bit per digest prefix (2**CHUNK_BITS of them, 8 MiB) answers those
+        without a query (one costs ~20 us; a digest whose bit is set by another is looked up)."""
+        if self._chunk_bits is None:
+            self._chunk_bits = bytearray((1 << CHUNK_BITS) // 8)
+            for (known,) in self.db.execute("SELECT digest FROM chunks"):
+                _set_bit(self._chunk_bits, known)
+        bit = _bit(digest)
+        if not self._chunk_bits[bit >> 3] & (1 << (bit & 7)):
+            return None
+        row = self.db.execute("SELECT * FROM chunks WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else ChunkRef(*row)
+
+    @property
+    def packs(self) -> list[bytes]:
+        return [row[0] for row in self.db.execute("SELECT id FROM packs ORDER BY seq")]
+
+    @property
+    def written(self) -> list[bytes]:
+        return [row[0] for row in self.db.execute("SELECT id FROM packs WHERE written ORDER BY seq")]
+
+    @property
+    def new_bytes(self) -> int:
+        return self.db.execute("SELECT value FROM meta WHERE key = 'new_bytes'").fetchone()[0]
+
+    # -- changing (a dataset path is in at most one of adds, uploaded and removals) ---------------
+
+    def stage_local(self, files: Iterable[tuple[str, str]]) -> None:
+        """Each (path, local): `path` will be the local file `local` (read at upload)."""
+        for page in _batched(files):
+            self.drop(path for path, _ in page)
+            self.db.executemany("INSERT INTO adds VALUES (?, ?)", ((p, _local_bytes(lo)) for p, lo in page))
+
+    def stage_entries(self, entries: Iterable[Entry]) -> None:
+        """Each entry's path is that entry, nothing to upload (an external file)."""
+        for page in _batched(entries):
+            self.drop(entry.path for entry in page)
+            self.db.executemany("INSERT INTO uploaded VALUES (?, ?, NULL)", ((e.path, _entry_blob(e)) for e in page))
+
+    def stage_removals(self, paths: Iterable[str]) -> None:
+        for page in _batched(paths):
+            self.drop(page)
+            self.db.executemany("INSERT INTO removals VALUES (?)", ((path,) for path in page))
+
+    def drop(self, paths: Iterable[str]) -> int:
+        """Forget these paths wherever they are staged; returns how many were."""
+        rows = [(path,) for path in paths]
+        before = self.db.total_changes
+        for table in ("adds", "uploaded", "removals"):
+            if self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # adding to an empty draft: none
+                self.db.executemany(f"DELETE FROM {table} WHERE path = ?", rows)
+        return self.db.total_changes - before
+
+    def record_pack(self, pack_id: bytes, written: bool, size: int, chunks: Iterable[ChunkRef]) -> None:
+        """A pack is in the store with these chunks (`written`: this draft sent it)."""
+        self.db.execute("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, ?)", (pack_id, written, size))
+        if written:
+            self.db.execute("UPDATE meta SET value = value + ? WHERE key = 'new_bytes'", (size,))
+        chunks = list(chunks)
+        self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", chunks)
+        if self._chunk_bits is not None:
+            for ref in chunks:
+                _set_bit(self._chunk_bits, ref.digest)
+
+    def record_uploaded(self, files: Iterable[tuple[Entry, str]]) -> None:
+        """Each (entry, local): the file was read and every pack holding its chunks is in the store."""
+        rows = [(entry.path, _entry_blob(entry), _local_bytes(local)) for entry, local in files]
+        self.db.executemany("DELETE FROM adds WHERE path = ?", ((row[0],) for row in rows))
+        self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, ?)", rows)
 
     def forget_packs(self, lost: set[bytes]) -> list[str]:
         """Packs this draft relied on are gone (gc removed them while the draft sat idle longer than
         its grace period): forget them and their chunks, and put every uploaded file that used them
         back to be sent again. Returns the paths whose local file is no longer known (added before
         dsfs recorded origins): those must be added again."""
-        self.packs = [p for p in self.packs if p not in lost]
-        self.written = [p for p in self.written if p not in lost]
-        self.chunks = {d: r for d, r in self.chunks.items() if r.pack not in lost}
-        unknown = []
-        for path, entry in list(self.uploaded.items()):
-            if any(ref.pack in lost for ref in entry.chunks):
-                del self.uploaded[path]
-                local = self.origins.pop(path, None)
-                if local is None:
-                    unknown.append(path)
-                else:
-                    self.adds[path] = local
-        return unknown
+        gone = [(pack,) for pack in lost]
+        size = self.db.execute(f"SELECT coalesce(sum(size), 0) FROM packs WHERE written AND id IN "
+                               f"({','.join('?' * len(gone))})", list(lost)).fetchone()[0] if gone else 0
+        self.db.execute("UPDATE meta SET value = value - ? WHERE key = 'new_bytes'", (size,))
+        self.db.executemany("DELETE FROM packs WHERE id = ?", gone)
+        self.db.executemany("DELETE FROM chunks WHERE pack = ?", gone)
+        unknown: list[tuple[str, bytes | None]] = []
+        again: list[tuple[str, bytes | None]] = []
+        for path, blob, origin in self._pages(
+                "SELECT path, entry, origin FROM uploaded WHERE path > ? ORDER BY path LIMIT ?"):
+            if any(ref.pack in lost for ref in _entry(blob).chunks):
+                (unknown if origin is None else again).append((path, origin))
+        self.db.executemany("DELETE FROM uploaded WHERE path = ?", ((path,) for path, _ in unknown + again))
+        self.db.executemany("INSERT INTO adds VALUES (?, ?)", again)
+        return [path for path, _ in unknown]
 
     def discard(self) -> None:
-        """Forget the draft (closed or deleted): its state, and its lock file (DraftLock: a command
-        still holding or waiting for the removed file notices)."""
-        for path in (self.path_for(self.id), DraftLock.path_for(self.id)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        """Forget the draft (closed or deleted): `discard(self.id)`."""
+        self.db.close()
+        discard(self.id)
+
+
+def discard(dataset_id: str) -> None:
+    """Forget a draft's local state (closed or deleted) and its lock file (DraftLock: a command
+    still holding or waiting for the removed file notices)."""
+    state = DraftState.path_for(dataset_id)
+    old = os.path.splitext(state)[0] + ".msgpack"
+    for path in (state, state + "-wal", state + "-shm", old, DraftLock.path_for(dataset_id)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _bit(digest: bytes) -> int:
+    return int.from_bytes(digest[:4], "big") >> (32 - CHUNK_BITS)
+
+
+def _set_bit(bits: bytearray, digest: bytes) -> None:
+    bit = _bit(digest)
+    bits[bit >> 3] |= 1 << (bit & 7)
+
+
+def _batched(items: Iterable, size: int = PAGE) -> Iterator[list]:
+    it = iter(items)
+    while page := list(islice(it, size)):
+        yield page
 
 
 class DraftLock:

@@ -92,7 +92,7 @@ class Uploader:
         self._saved_at = time.monotonic()
 
     def run(self) -> None:
-        pending = sorted(self.draft.adds.items())
+        pending = self.draft.adds()  # in path order, a page at a time
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="dsfs-upload") as pool:
             self.pool = pool
             try:
@@ -135,7 +135,7 @@ class Uploader:
                 chunk_digest = digest(data)
                 if whole is not None:
                     whole.update(data)
-                ref: ChunkRef | PendingRef | None = self.known(chunk_digest) or self.draft.chunks.get(chunk_digest)
+                ref: ChunkRef | PendingRef | None = self.known(chunk_digest) or self.draft.chunk(chunk_digest)
                 if ref is None:
                     pending = self.session.get(chunk_digest)
                     if pending is None:
@@ -192,16 +192,16 @@ class Uploader:
             if future.exception() is not None:
                 self._failed = self._failed or future.exception()
                 continue
-            if future.result():
+            written = future.result()
+            if written:
                 self.sent_packs += 1
-                self.draft.written.append(pack.sealed_id)
-                self.draft.new_bytes += pack.size
             else:
                 self.skipped_packs += 1
             self.done_seqs.add(pack.seq)
+            self.draft.record_pack(pack.sealed_id, written, pack.size, [ref.resolve() for ref in pack.chunks])
             for ref in pack.chunks:
-                self.draft.chunks[ref.digest] = ref.resolve()
-            self.draft.packs.append(pack.sealed_id)
+                # the draft has it now: this run's own map holds only chunks of packs in flight
+                self.session.pop(ref.digest, None)
             pack.release()  # free the memory; refs keep only the id
         while self.durable_upto + 1 in self.done_seqs:
             self.durable_upto += 1
@@ -212,8 +212,8 @@ class Uploader:
             self._raise_failed()
 
     def _save(self, force: bool) -> None:
-        """Save the draft at most every SAVE_INTERVAL seconds (a save rewrites every entry, so
-        saving per pack would cost files x packs); a crash re-sends at most that much work."""
+        """Save the draft at most every SAVE_INTERVAL seconds (each commit is an fsync); a crash
+        re-sends at most that much work."""
         now = time.monotonic()
         if force or now - self._saved_at >= SAVE_INTERVAL:
             self.draft.save()
@@ -224,13 +224,12 @@ class Uploader:
             raise self._failed
 
     def _commit_entries(self) -> None:
-        still = []
+        still, done = [], []
         for entry, local_path, last_seq in self.waiting:
             if last_seq <= self.durable_upto:
                 entry.chunks = [r.resolve() if isinstance(r, PendingRef) else r for r in entry.chunks]
-                self.draft.uploaded[entry.path] = entry
-                self.draft.origins[entry.path] = local_path
-                self.draft.adds.pop(entry.path, None)
+                done.append((entry, local_path))
             else:
                 still.append((entry, local_path, last_seq))
+        self.draft.record_uploaded(done)
         self.waiting = still
