@@ -26,17 +26,16 @@ import msgpack
 from dsfs import catalog, paths
 from dsfs.authoring import close, drafts
 from dsfs.authoring.drafts import DraftState
-from dsfs.authoring.evolve import Comparison, FolderChanges, folder_changes, printable, squash_entries
+from dsfs.authoring.evolve import Comparison, FolderChanges, folder_changes, printable, squash_parts
 from dsfs.authoring.evolve import compare as compare_versions
 from dsfs.authoring.localfiles import local_files, local_size, warn
 from dsfs.catalog import open_store, resolve
 from dsfs.datarefs import DataReference
 from dsfs.errors import Conflict, CorruptData, DatasetNotFound, InvalidState, UsageError
 from dsfs.lifecycle.push import push as push_version
-from dsfs.lineage.filetable import FileTable
-from dsfs.lineage.merge import Lineage, apply_changes, check_tree
+from dsfs.lineage.merge import Lineage, apply_changes
 from dsfs.lineage.viewindex import ViewIndex, ensure_view, merged_entries
-from dsfs.model import Entry, VersionInfo, encode_changeset, utc_now
+from dsfs.model import Entry, VersionInfo, utc_now
 from dsfs.node import links, materialize
 from dsfs.node.cache import Cache
 from dsfs.node.chunks import ChunkReader
@@ -347,23 +346,22 @@ class Dataset:
                 raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be squashed")
             infos.append(info)
         sources = Lineage.of(store).ancestors([i.id for i in infos])
-        entries = squash_entries(store, Cache(), [i.id for i in infos])
-        view = {e.path: e for e in entries}
-        check_tree(view, "squash of " + ", ".join(i.id for i in infos))  # before claiming a version
+        # streamed, and checked before a version is claimed
+        table, changes, packs = squash_parts(store, Cache(), [i.id for i in infos],
+                                             "squash of " + ", ".join(i.id for i in infos))
         ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
         ds.info.sources = sources
-        table = FileTable.from_view(view, {ref.digest: ref for entry in entries for ref in entry.chunks})
         with close.writer_session(store, ds.info, "squash") as session:
             # the borrowed packs are its sources' until this record is final: a source deleted
             # meanwhile must not let gc take them
-            session.announce({ref.pack for entry in entries for ref in entry.chunks}, verified=False)
+            session.announce(packs, verified=False)
             lost = session.confirm()
             if lost:
                 raise CorruptData(f"pack {lost[0].hex()} of the squashed versions is missing from "
                                   f"{store.display_url} (one of them was deleted and gc ran); nothing was squashed")
             close.check_ancestors(store, ds.info, sources, "source")
-            close.write_final(store, ds.info, encode_changeset(entries), table,
-                              {"added": len(entries), "modified": 0, "removed": 0}, 0, [])
+            close.write_final(store, ds.info, changes, table,
+                              {"added": len(table.paths), "modified": 0, "removed": 0}, 0, [])
         drafts.discard(ds.id)
         return ds
 

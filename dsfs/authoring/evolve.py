@@ -15,17 +15,18 @@ flattened merge of several versions (squash), all without moving chunk bytes tha
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat as stat_mod
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from dsfs import paths
 from dsfs.errors import Conflict, LocalFileNotFound
 from dsfs.lineage.filetable import EXECUTABLE, FileTable
 from dsfs.lineage.viewindex import NodeDb, merged_entries
-from dsfs.model import Entry
+from dsfs.model import Entry, changeset_writer
 from dsfs.store.layout import Store
 from dsfs.store.packs import file_digest
 
@@ -212,6 +213,19 @@ def compare(store: Store, cache: NodeDb, source_id: str, target_id: str) -> Comp
     return result
 
 
-def squash_entries(store: Store, cache: NodeDb, ids: list[str]) -> list[Entry]:
-    """The merged view of `ids` overlaid in order (a later version wins on a path), as entries."""
-    return list(merged_entries(store, cache, *ids))
+def squash_parts(store: Store, cache: NodeDb, ids: list[str], where: str) -> tuple[FileTable, bytes, set[bytes]]:
+    """The merged view of `ids` overlaid in order (a later version wins on a path), in one pass over
+    the merged stream: its file table (checked: no path is both a file and a folder; raises
+    Conflict naming `where`), its change-set's bytes, and the packs its files' chunks are in."""
+    packs: set[bytes] = set()
+    out = io.BytesIO()
+
+    def each(entries: Iterable[Entry]) -> Iterator[Entry]:
+        for entry in entries:
+            add(entry)
+            packs.update(ref.pack for ref in entry.chunks)
+            yield entry
+
+    with changeset_writer(out) as add:
+        table = FileTable().child(each(merged_entries(store, cache, *ids)), where)
+    return table, out.getvalue(), packs
