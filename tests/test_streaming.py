@@ -145,3 +145,20 @@ def test_json_rows_are_written_as_json_dumps_writes_their_list(capsys):
     for given in (rows, rows[:1], []):
         emit_json_rows(iter(given))
         assert capsys.readouterr().out == json.dumps(given, indent=2, sort_keys=True) + "\n"
+
+
+def test_a_streamed_table_prints_what_the_table_of_a_list_prints(capsys):
+    """`table` of an iterator (spooled, one %-format per row) prints the same lines as `table` of the
+    same rows as a list (a ljust per cell): one to three columns, empty cells, cells wider than
+    their header, non-ASCII."""
+    from dsfs.cli.output import table
+
+    cases = [(["path"], [("a",), ("été/x",), ("",)]),
+             (["size", "path"], [(8, "d/f"), (123456789, "x y"), (0, "é")]),
+             (["change", "path", "n"], [("added", "a", 1), ("", "long/path/name", ""), ("removed", "", 22)]),
+             (["size", "path"], [])]
+    for columns, rows in cases:
+        table(columns, rows)
+        listed = capsys.readouterr().out
+        table(columns, iter(rows))
+        assert capsys.readouterr().out == listed, (columns, rows)

@@ -113,16 +113,21 @@ def _aligned(cells, widths) -> str:
 
 
 def _spooled_table(columns: list[str], rows: Iterable) -> None:
+    """`table` on a pipe for rows given as an iterator: the lines of `_aligned`, made with one
+    %-format per row (its widths known once the rows are spooled) instead of a ljust per cell
+    (`dsfs list` of 1,000,000 files: X -> Y s)."""
     widths = [len(c) for c in columns]
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
+        write = spool.write
         for row in rows:
-            cells = [str(c) for c in row]
-            widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-            spool.write("\t".join(cells) + "\n")
+            cells = list(map(str, row))
+            widths = list(map(max, widths, map(len, cells)))
+            write("\t".join(cells) + "\n")
         spool.seek(0)
+        line_format = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])  # the last cell ends the line
         batch = [_aligned(columns, widths)]
         for line in spool:
-            batch.append(_aligned(line[:-1].split("\t"), widths))
+            batch.append((line_format % tuple(line[:-1].split("\t"))).rstrip())
             if len(batch) >= BATCH:
                 click.echo("\n".join(batch))
                 batch = []
