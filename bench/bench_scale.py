@@ -25,6 +25,7 @@ the CLI (`dsfs create`, then these, timed):
     add           `dsfs add --files DATA`                       < 500 MB
     close         `dsfs close`                   <= 20 s at 1M, < 500 MB
     download      `dsfs download <id> OUT` (fresh cache) <= 40 s at 1M, < 500 MB
+    get           `dsfs get <id>` (fresh cache: the first get, which lays out the cached copy) < 500 MB
     verify        `dsfs verify --id <id> --folder OUT` (hashes every file) < 500 MB
 """
 
@@ -56,6 +57,7 @@ REAL_FIGURES = [  # (figure, arguments, seconds target at 1M or None); {id}, {da
     ("add", ["add", "--id", "{id}", "--files", "{data}"], None),
     ("close", ["close", "--id", "{id}"], 20.0),
     ("download", ["download", "{id}", "{out}"], 40.0),
+    ("get", ["get", "{id}"], None),
     ("verify", ["verify", "--id", "{id}", "--folder", "{out}"], None),
 ]
 RSS_TARGET_MB = 500

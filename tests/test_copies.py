@@ -219,3 +219,33 @@ def test_a_copy_from_before_manifests_is_laid_out_again(tmp_path, file_store, ds
     os.utime(os.path.join(copy, "a"), ns=(st.st_atime_ns, st.st_mtime_ns))
     assert _get(dsfs, file_store, ds.id) == copy
     assert read_tree(copy) == files
+
+
+def test_a_copy_is_checked_in_path_order_whatever_its_names(tmp_path, file_store, dsfs):
+    """The manifest's rows and the walk of the copy meet in path order, where a folder's files sort
+    after names that share its start ('a b' < 'a-b' < 'a.b' < 'a/...' < 'a0'): a copy so laid out is
+    reused as it is, and a file added, removed or written through it is still seen. The manifest of
+    a dsfs before its header (format 1: one array) makes the copy be laid out again."""
+    import msgpack
+
+    from dsfs.node.copies import MANIFEST_SUFFIX, intact
+
+    files = {"a/x": b"1", "a b": b"2", "a-b": b"3", "a.b": b"4", "a/y/z": b"5", "a/ b": b"6", "a0": b"7",
+             "é/f": b"8", "e": b"9", "a/y0": b"10"}
+    make_tree(tmp_path / "d", files)
+    ds = final_version(file_store, tmp_path / "d")
+    copy = _get(dsfs, file_store, ds.id)
+    with open(copy + MANIFEST_SUFFIX, "rb") as f:
+        rows = list(msgpack.Unpacker(f))
+    assert rows[0] == {"manifest": 2} and [row[0] for row in rows[1:]] == sorted(files)
+    assert intact(copy) and read_tree(copy) == files
+    os.unlink(os.path.join(copy, "a", "y", "z"))
+    assert not intact(copy)
+    assert _get(dsfs, file_store, ds.id) == copy and intact(copy) and read_tree(copy) == files
+    open(os.path.join(copy, "a", "new"), "wb").close()
+    assert not intact(copy)
+    assert _get(dsfs, file_store, ds.id) == copy and intact(copy) and read_tree(copy) == files
+    with open(copy + MANIFEST_SUFFIX, "wb") as f:  # format 1, for these very files
+        f.write(msgpack.packb([[row[0], *row[1:]] for row in rows[1:]]))
+    assert not intact(copy)
+    assert _get(dsfs, file_store, ds.id) == copy and intact(copy)

@@ -4,7 +4,8 @@ Layout under the cache (the copies themselves are laid out by dsfs.node.material
 
     files/<ab>/<key>       one read-only file per distinct content (dsfs.node.materialize.content_key)
     copies/<id>/           a version's tree of hardlinks into files/
-    copies/<id>.manifest   the copy's files as laid out: path, inode, size, mtime, mode (msgpack)
+    copies/<id>.manifest   the copy's files as laid out, in path order: path, inode, size, mtime, mode
+                           (a msgpack header, then a row per file: read and written as streams)
     links                  the symlinks `get --link` made (JSON list of paths)
 
 and the LMDB table `files`: key -> inode, size, mtime and mode of files/<key> when it was written.
@@ -31,12 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
 import stat as stat_mod
 import struct
+import tempfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgpack
@@ -46,6 +50,7 @@ from dsfs.fsutil import atomic_write, temp_name
 from dsfs.node.cache import Cache, open_db
 
 MANIFEST_SUFFIX = ".manifest"
+MANIFEST_FORMAT = 2  # 1 (no header): one msgpack array of every row, read whole
 _RECORD = struct.Struct(">QQqI")  # inode, size, mtime_ns, mode
 
 
@@ -67,21 +72,47 @@ def _unlink(path: str) -> None:
 def intact(final: str) -> bool:
     """Whether the copy at `final` is as it was laid out: every file stats as its manifest records,
     none is missing and none was added (one lstat per file, no hashing). Marks the copy as used: the
-    manifest's mtime is the copy's last use, which `prune` removes copies by."""
+    manifest's mtime is the copy's last use, which `prune` removes copies by. The manifest and a walk
+    of the copy are read side by side in path order, so memory stays flat whatever the file count."""
     manifest = final + MANIFEST_SUFFIX
     try:
         with open(manifest, "rb") as f:
-            recorded = {row[0]: tuple(row[1:]) for row in msgpack.unpackb(f.read())}
-        if not stat_mod.S_ISDIR(os.lstat(final).st_mode):
-            return False
-        found, _ = _scan(final)
+            rows = msgpack.Unpacker(f, use_list=False, read_size=1 << 20)
+            if next(rows, None) != {"manifest": MANIFEST_FORMAT}:
+                return False  # a manifest of an older dsfs: the copy is laid out again
+            if not stat_mod.S_ISDIR(os.lstat(final).st_mode):
+                return False
+            for row, (rel, st) in itertools.zip_longest(rows, _walk(final)):
+                if row is None or rel is None or row[0] != rel or tuple(row[1:]) != _signature(st):
+                    return False
     except (OSError, ValueError, TypeError, IndexError, msgpack.UnpackException):
         return False  # no copy, no manifest (a copy from before manifests, a killed build), or a damaged one
-    if len(found) != len(recorded) or any(recorded.get(rel) != _signature(st) for rel, st in found.items()):
-        return False
     with contextlib.suppress(OSError):
         os.utime(manifest)
     return True
+
+
+def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry under root that is not a folder (symlinks included, never followed) with its lstat,
+    in path order (the order of a version's files and of a manifest's rows): depth first, a folder's
+    entries sorted with a '/' after each subfolder's name, which is where the paths below it sort."""
+    stack = [("", iter(_sorted_entries(root)))]
+    while stack:
+        rel_dir, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        if entry.is_dir(follow_symlinks=False):
+            stack.append((rel, iter(_sorted_entries(entry.path))))
+        else:
+            yield rel, entry.stat(follow_symlinks=False)
+
+
+def _sorted_entries(folder: str) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
 
 
 def _scan(root: str) -> tuple[dict[str, os.stat_result], list[str]]:
@@ -172,15 +203,13 @@ def _exclusive(cache: Cache):
         yield
 
 
-def lay_out(cache: Cache, final: str, entries: list[tuple[str, str, os.stat_result]]) -> None:
+def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_result]]) -> None:
     """Make the copy at `final` hold exactly `entries` (path in the copy, content file, that file's
-    stat) as hardlinks, then write its manifest. A new copy is built beside and renamed into place;
-    an existing one is repaired in place: what it should not hold is removed, and each entry that is
-    not the content file's inode is relinked by a rename over it."""
+    stat; in path order) as hardlinks, then write its manifest. A new copy is built beside, from
+    the entries as a stream, and renamed into place; an existing one is repaired in place: what it
+    should not hold is removed, and each entry that is not the content file's inode is relinked by a
+    rename over it (a repair holds the entries and the copy's listing in memory)."""
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    folders = {rel.rsplit("/", 1)[0] for rel, _, _ in entries if "/" in rel}
-    folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
-    rows = [[rel, *_signature(st)] for rel, _, st in entries]
     if os.path.islink(final) or (os.path.lexists(final) and not os.path.isdir(final)):
         os.unlink(final)
     if not os.path.isdir(final):
@@ -188,16 +217,25 @@ def lay_out(cache: Cache, final: str, entries: list[tuple[str, str, os.stat_resu
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             os.makedirs(tmp)  # an empty version still gets a folder
-            for folder in sorted(folders):
-                os.makedirs(os.path.join(tmp, folder), exist_ok=True)
-            for rel, source, _ in entries:
-                os.link(source, os.path.join(tmp, rel))
-            _write_manifest(cache, final, rows)
+            made = ""
+            with _manifest_writer(cache, final) as record:
+                for rel, source, st in entries:
+                    folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+                    if folder != made:  # files come a folder at a time
+                        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+                        made = folder
+                    os.link(source, os.path.join(tmp, rel))
+                    record(rel, st)
             os.rename(tmp, final)
         except BaseException:  # a full disk, say: no half-built copy left behind
             shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final + MANIFEST_SUFFIX)
             raise
         return
+    entries = list(entries)
+    folders = {rel.rsplit("/", 1)[0] for rel, _, _ in entries if "/" in rel}
+    folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
     found, found_folders = _scan(final)
     wanted = {rel for rel, _, _ in entries}
     for rel in found:
@@ -206,22 +244,39 @@ def lay_out(cache: Cache, final: str, entries: list[tuple[str, str, os.stat_resu
     for rel in sorted(found_folders, reverse=True):  # children before their parents
         if rel not in folders:  # added, or a folder where a file belongs
             shutil.rmtree(os.path.join(final, rel), ignore_errors=True)
-    for rel, source, st in entries:
-        have = found.get(rel)
-        if have is not None and (have.st_dev, have.st_ino) == (st.st_dev, st.st_ino):
-            continue
-        target = os.path.join(final, rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = temp_name(target, ".dsfs-tmp")
-        _unlink(tmp)
-        os.link(source, tmp)
-        os.replace(tmp, target)
-        _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
-    _write_manifest(cache, final, rows)
+    with _manifest_writer(cache, final) as record:
+        for rel, source, st in entries:
+            record(rel, st)
+            have = found.get(rel)
+            if have is not None and (have.st_dev, have.st_ino) == (st.st_dev, st.st_ino):
+                continue
+            target = os.path.join(final, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = temp_name(target, ".dsfs-tmp")
+            _unlink(tmp)
+            os.link(source, tmp)
+            os.replace(tmp, target)
+            _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
 
 
-def _write_manifest(cache: Cache, final: str, rows: list) -> None:
-    atomic_write(final + MANIFEST_SUFFIX, msgpack.packb(rows), tmp_dir=os.path.join(cache.root, "tmp"))
+@contextlib.contextmanager
+def _manifest_writer(cache: Cache, final: str):
+    """`record(rel, st)` for each file of the copy, in path order; the manifest (a header, then a row
+    per file: path, inode, size, mtime, mode) replaces the old one when the block ends without error
+    (written to a temp file, fsynced, renamed: a killed build leaves the old manifest or none)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.join(cache.root, "tmp"), suffix=".manifest")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pack = msgpack.Packer().pack
+            f.write(pack({"manifest": MANIFEST_FORMAT}))
+            yield lambda rel, st: f.write(pack([rel, *_signature(st)]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final + MANIFEST_SUFFIX)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 # -- links made by `get --link` ------------------------------------------------------------------

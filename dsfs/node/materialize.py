@@ -88,30 +88,18 @@ def _complete(target: str, node: Inode) -> bool:
     return st.st_size == node.size and st.st_mtime_ns == node.mtime_ns and not os.path.islink(target)
 
 
-def materialize(store: Store, cache: Cache, jobs: list[_Job], max_workers: int = 8, progress=None,
-                is_complete=_complete, shared: bool = False) -> Result:
-    """Write every job's file; chunks from the cache or the store, external files from their URL.
-    Raises the first failure's type (CorruptChunk, StaleLink...) naming the files that could not be
-    written (all others are complete), and DiskFull when the disk is full.
+def _write_files(store: Store, cache: Cache, jobs: list[_Job], writer: _Writer, max_workers: int, suffix: str,
+                 is_complete) -> list[_Job]:
+    """Write each job's file (download's and get's windows), counted in `writer`; chunks from the
+    cache or the store, external files from their URL. Returns the jobs that failed (their temp files
+    removed; the rest are complete; `_raise_failed` names them). Raises what stops everything (a full
+    disk: DiskFull...). `is_complete(target, node)`: a job to skip. `suffix` of the temp files:
+    per process where other processes may write the same targets (the file store); otherwise fixed,
+    so that a rerun reuses the slot of a killed run.
 
     Fetched chunks are written by the threads that fetched them, so writing overlaps the network; a
     file's temp file is created when its first chunk arrives (not all up front, which would keep the
-    network idle while thousands of files are created).
-
-    shared: other processes may write the same targets (the file store), so temp names are made
-    unique per process; otherwise a fixed temp name lets a rerun reuse the slot of a killed run."""
-    suffix = f".{os.getpid()}.dsfs-tmp" if shared else ".dsfs-tmp"
-    progress = progress or Tracker()
-    progress.set_total(sum(job.node.size for job in jobs), len(jobs))
-    writer = _Writer(Result(), progress)
-    _raise_failed(_write_files(store, cache, jobs, writer, max_workers, suffix, is_complete))
-    return writer.result
-
-
-def _write_files(store: Store, cache: Cache, jobs: list[_Job], writer: _Writer, max_workers: int, suffix: str,
-                 is_complete) -> list[_Job]:
-    """materialize's work for some jobs, counted in `writer`; returns the jobs that failed (their temp
-    files removed; the rest are complete). Raises what stops everything (a full disk...)."""
+    network idle while thousands of files are created)."""
     progress = writer.progress
     users: dict[bytes, list[tuple[_Job, int]]] = {}
     refs: dict[bytes, ChunkRef] = {}
@@ -384,22 +372,38 @@ def get_copy(store: Store, cache: Cache, view: ViewIndex, max_workers: int = 8, 
     with copies.building(cache, view.dataset_id):
         if copies.intact(final):  # another `get` laid it out while this one waited
             return final
-        files = list(view.walk_files())
-        contents = copies.ContentFiles(cache)
-        keys = {path: content_key(node) for path, node in files}
-        jobs = {}
-        for path, node in files:
-            if keys[path] not in jobs:  # read-only: shared by every copy, nobody may write through a link
+        count = total = 0
+        for _, node in view.walk_files():  # a first pass for the progress totals (~0.75 s per 100,000)
+            count += 1
+            total += node.size
+        progress = progress or Tracker()
+        progress.set_total(total, count)
+        copies.lay_out(cache, final, _content_files(store, cache, view, max_workers, _Writer(Result(), progress)))
+    return final
+
+
+def _content_files(store: Store, cache: Cache, view: ViewIndex, max_workers: int, writer: _Writer):
+    """(path, content file, its stat) of each file of the view, in path order, its content file
+    written first if it is not as recorded; WINDOW_FILES files at a time, so memory is bounded by
+    the window, not the version."""
+    contents = copies.ContentFiles(cache)
+    files = view.walk_files()
+    while window := list(itertools.islice(files, WINDOW_FILES)):
+        keys = [content_key(node) for _, node in window]
+        jobs: dict[str, _Job] = {}
+        for (path, node), key in zip(window, keys, strict=True):
+            if key not in jobs:  # read-only: shared by every copy, nobody may write through a link
                 # labelled with the first path of that content: errors name files as the dataset does
-                jobs[keys[path]] = _Job(path, contents.path(keys[path]), replace(node, mode=node.mode & 0o555))
+                jobs[key] = _Job(path, contents.path(key), replace(node, mode=node.mode & 0o555))
         for folder in {os.path.dirname(job.target) for job in jobs.values()}:
             os.makedirs(folder, exist_ok=True)
         stats = contents.trusted(jobs)
-        materialize(store, cache, list(jobs.values()), max_workers, progress,
-                    is_complete=lambda target, node: os.path.basename(target) in stats, shared=True)
+        trusted = set(stats)
+        _raise_failed(_write_files(store, cache, list(jobs.values()), writer, max_workers, f".{os.getpid()}.dsfs-tmp",
+                                   lambda target, _node, trusted=trusted: os.path.basename(target) in trusted))
         stats.update(contents.record(key for key in jobs if key not in stats))
-        copies.lay_out(cache, final, [(path, contents.path(keys[path]), stats[keys[path]]) for path, _ in files])
-    return final
+        for (path, _), key in zip(window, keys, strict=True):
+            yield path, contents.path(key), stats[key]
 
 
 def content_key(node: Inode) -> str:
