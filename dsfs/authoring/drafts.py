@@ -242,25 +242,30 @@ class DraftState:
     def stage_local(self, files: Iterable[tuple[str, str]]) -> None:
         """Each (path, local): `path` will be the local file `local` (read at upload)."""
         for page in _batched(files):
-            self.drop(path for path, _ in page)
-            self.db.executemany("INSERT INTO adds VALUES (?, ?)", ((p, _local_bytes(lo)) for p, lo in page))
+            self._unstage((path for path, _ in page), ("uploaded", "removals"))
+            self.db.executemany("INSERT OR REPLACE INTO adds VALUES (?, ?)",
+                                ((path, _local_bytes(local)) for path, local in page))
 
     def stage_entries(self, entries: Iterable[Entry]) -> None:
         """Each entry's path is that entry, nothing to upload (an external file)."""
         for page in _batched(entries):
-            self.drop(entry.path for entry in page)
-            self.db.executemany("INSERT INTO uploaded VALUES (?, ?, NULL)", ((e.path, _entry_blob(e)) for e in page))
+            self._unstage((entry.path for entry in page), ("adds", "removals"))
+            self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, NULL)",
+                                ((entry.path, _entry_blob(entry)) for entry in page))
 
     def stage_removals(self, paths: Iterable[str]) -> None:
         for page in _batched(paths):
-            self.drop(page)
-            self.db.executemany("INSERT INTO removals VALUES (?)", ((path,) for path in page))
+            self._unstage(page, ("adds", "uploaded"))
+            self.db.executemany("INSERT OR REPLACE INTO removals VALUES (?)", ((path,) for path in page))
 
     def drop(self, paths: Iterable[str]) -> int:
         """Forget these paths wherever they are staged; returns how many were."""
+        return self._unstage(paths, ("adds", "uploaded", "removals"))
+
+    def _unstage(self, paths: Iterable[str], tables: tuple[str, ...]) -> int:
         rows = [(path,) for path in paths]
         before = self.db.total_changes
-        for table in ("adds", "uploaded", "removals"):
+        for table in tables:
             if self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # adding to an empty draft: none
                 self.db.executemany(f"DELETE FROM {table} WHERE path = ?", rows)
         return self.db.total_changes - before
