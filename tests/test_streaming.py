@@ -57,15 +57,21 @@ def _rows(entries) -> list[dict]:
     return [{"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()} for e in entries]
 
 
-def test_list_streams_what_the_in_memory_view_lists(tmp_path, file_store, dsfs):
+def test_list_streams_what_the_in_memory_view_lists(tmp_path, file_store, dsfs, monkeypatch):
+    from dsfs.lineage import viewindex
+
+    monkeypatch.setattr(viewindex, "FAN_IN", 3)  # the chains are merged through runs on disk too
     for seed in range(3):
         for dataset_id in _lineage(file_store, tmp_path, seed):
             ds = Dataset.get(dataset_id, store=file_store)
             held = ds.file_entries()
             assert held  # (a listing of nothing would compare equal to anything)
             streamed = list(ds.iter_entries())
-            assert [(e.path, e.size, e.digest, e.executable, e.url) for e in streamed] == \
-                [(e.path, e.size, e.digest, e.executable, e.url) for e in held]
+            assert [(e.path, e.size, e.digest, e.executable, e.url, e.chunks) for e in streamed] == \
+                [(e.path, e.size, e.digest, e.executable, e.url, e.chunks) for e in held]
+            listed = list(ds.iter_entries(chunks=False))  # a listing's: the same, without chunk refs
+            assert [(e.path, e.size, e.digest, e.executable, e.mtime_ns, e.url, e.chunks) for e in listed] == \
+                [(e.path, e.size, e.digest, e.executable, e.mtime_ns, e.url, []) for e in held]
             out = dsfs("--store", file_store, "list", "--id", dataset_id, "--json")
             assert out.code == 0 and out.out == json.dumps(_rows(held), indent=2, sort_keys=True) + "\n"
             # the table on a pipe: the same aligned columns the in-memory table printed

@@ -241,7 +241,8 @@ def list_(ctx, ref, filters, modified, as_json, as_jsonl):
         if as_jsonl:
             return emit_json_lines({"change": c, "path": p} for c, p in rows)
         return _table(["change", "path"], rows)
-    entries = ds.iter_entries(list(filters) or None)  # streamed: a version of millions of files is never in memory
+    # streamed (a version of millions of files is never in memory), without chunk refs: none is shown
+    entries = ds.iter_entries(list(filters) or None, chunks=False)
     if as_json or as_jsonl:
         emit = emit_json_rows if as_json else emit_json_lines
         return emit({"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()} for e in entries)

@@ -305,7 +305,7 @@ class ViewIndex:
 
 # -- building ------------------------------------------------------------------------------------
 
-def _changes(store: Store, cache: NodeDb, info: VersionInfo):
+def _changes(store: Store, cache: NodeDb, info: VersionInfo, chunks: bool = True):
     """A final version's change-set, decoded from the node's copy: one that has the size and digest
     its record names, fetched (and checked) again from the store when it has not. A small one is
     decoded at once and its file closed: a merge of many versions with several parents each holds
@@ -320,25 +320,27 @@ def _changes(store: Store, cache: NodeDb, info: VersionInfo):
     where = f"change-set of dataset {info.id}"
     with f:
         if info.changes["size"] > DECODED_AT_ONCE:
-            yield from decode_changeset(f, where)
+            yield from decode_changeset(f, where, chunks)
             return
-        entries = list(decode_changeset(f.read(), where))
+        entries = list(decode_changeset(f.read(), where, chunks))
     yield from entries
 
 
-def merged_entries(store: Store, cache: NodeDb, *dataset_ids: str, info: VersionInfo | None = None):
+def merged_entries(store: Store, cache: NodeDb, *dataset_ids: str, info: VersionInfo | None = None,
+                   chunks: bool = True):
     """The merged views of these versions overlaid in order (a later one wins on a path; one
     version: its merged view), as a stream of file entries sorted by path. `info`: a record
-    already read. The change-sets the node does not hold are fetched first, READERS at a time."""
+    already read. The change-sets the node does not hold are fetched first, READERS at a time.
+    chunks=False: entries without their chunk refs, for listings (Entry.from_wire)."""
     known = {info.id: info} if info is not None else {}
     order = walk(lambda i: known.get(i) or store.read_version(i), list(dataset_ids))
     missing = [i for i in order if not os.path.exists(cache.changeset_path(i.id))]
     read_each(store, lambda i: cache.put_changeset(i.id, read_changes_checked(store, i)), missing)
-    return merge_views(order, list(dataset_ids), functools.partial(_changes, store, cache),
-                       functools.partial(_compact, cache))
+    return merge_views(order, list(dataset_ids), functools.partial(_changes, store, cache, chunks=chunks),
+                       functools.partial(_compact, cache, chunks=chunks))
 
 
-def _compact(cache: NodeDb, openers: list[Opener]) -> list[Opener]:
+def _compact(cache: NodeDb, openers: list[Opener], chunks: bool = True) -> list[Opener]:
     """Openers of a chain (top first) turned into at most FAN_IN: every FAN_IN consecutive ones
     merged (the nearest the top winning on a path, removals kept) into a run, a temporary file in the
     cache's tmp/ that has no name and goes when closed; again while there are more than FAN_IN."""
@@ -351,15 +353,15 @@ def _compact(cache: NodeDb, openers: list[Opener]) -> list[Opener]:
                 continue
             run = tempfile.TemporaryFile(dir=os.path.join(cache.root, "tmp"))
             write_changeset(run, topmost([open_() for open_ in group]), level=1)
-            runs.append(functools.partial(_read_run, run))
+            runs.append(functools.partial(_read_run, run, chunks))
         openers = runs
     return openers
 
 
-def _read_run(run):
+def _read_run(run, chunks: bool):
     run.seek(0)
     with run:
-        yield from decode_changeset(run, "a merge of change-sets in the node cache's tmp/")
+        yield from decode_changeset(run, "a merge of change-sets in the node cache's tmp/", chunks)
 
 
 class _Builder:
