@@ -118,11 +118,16 @@ def test_a_small_pack_decoding_to_a_512_mib_chunk_is_refused(tmp_path, file_stor
     frame = _rle_frame(None, size)
     assert len(frame) < 17 << 10  # a 16 KiB pack
     info = _version_of_one_chunk(synth, frame, size, hasher.digest())
-    for args in (["cat", "f", "--id", info.id], ["download", info.id, tmp_path / "out"], ["list", "--id", info.id]):
+    for args in (["cat", "f", "--id", info.id], ["download", info.id, tmp_path / "out"], ["check"]):
         result = dsfs("--store", file_store, *args)
+        if args[0] == "check":
+            assert result.code != 0 and "at most 4194304 bytes" in result.out + result.err
+            continue
         _one_line_exit_8(result)
         assert f"change-set of dataset {info.id}" in result.err and "at most 4194304 bytes" in result.err
     assert not os.path.exists(tmp_path / "out" / "f")
+    # a listing reads no chunk and does not decode the chunk refs (docs/decisions.md): it shows the file
+    assert dsfs("--store", file_store, "list", "--id", info.id).out.split() == ["size", "path", str(size), "f"]
 
 
 @pytest.mark.timeout(120)

@@ -127,9 +127,9 @@ def test_list_memory_does_not_grow_with_the_file_count(file_store):
 
 
 def test_close_memory_grows_by_the_file_table_only(file_store):
-    """`dsfs close` of a draft of 200,000 files peaks within 60 MB of the same at 20,000: what grows
-    is the new version's file table (columns, about 150 bytes a file); holding the draft's entries,
-    as before, cost about 2.6 KB a file (470 MB more)."""
+    """`dsfs close` of a draft of 200,000 files peaks within 100 MB of the same at 20,000: what grows
+    is the new version's file table (columns, about 150 bytes a file) and SQLite's page cache (up to
+    32 MiB); holding the draft's entries, as before, cost about 2.6 KB a file (470 MB more)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     from synthetic import synthetic_draft  # the same synthetic drafts as bench/bench_scale.py
 
@@ -140,7 +140,7 @@ def test_close_memory_grows_by_the_file_table_only(file_store):
         peaks[files] = _peak_rss_mb(argv)
         closed = Dataset.get(dataset_id, store=file_store)
         assert closed.info.stats["files"] == files and closed.info.stats["added"] == files
-    assert peaks[200_000] - peaks[20_000] < 60, peaks
+    assert peaks[200_000] - peaks[20_000] < 100, peaks
 
 
 def test_json_rows_are_written_as_json_dumps_writes_their_list(capsys):
