@@ -163,7 +163,11 @@ class Dataset:
                 raise InvalidState(f"dataset {self.id} ({self.info.ref}) was closed by another command while "
                                    f"this one waited; nothing was changed")
             self._draft = DraftState.load(self.id, self.store.url)
-            yield self._draft
+            try:
+                yield self._draft
+            except BaseException:
+                self._draft.rollback()  # a failed command leaves the draft as its last save
+                raise
 
     def add_files(self, path: str, wildcard: str | list[str] | None = None, recursive: bool = True,
                   dataset_path: str | None = None, follow_symlinks: bool = False) -> int:
@@ -172,21 +176,20 @@ class Dataset:
         the input rules (dsfs.authoring.evolve.scan_folder): files skipped are named on stderr; a symlink in a
         folder is followed only inside it, unless `follow_symlinks`."""
         self._require_not_final()
-        found = list(local_files(path, wildcard, recursive, follow_symlinks))
-        if not found:
-            raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
         folder = paths.folder(dataset_path)
-        targets: dict[str, str] = {}
-        for rel, local in found:
-            target = paths.join(folder, rel)
-            if targets.setdefault(target, local) != local:
-                raise Conflict(f"{printable(targets[target])} and {printable(local)} would both be {target!r} "
-                               f"in the dataset (names that differ only in their Unicode form are one name); "
-                               f"nothing was added")
+
+        def conflict(target: str, first: str, second: str) -> Conflict:
+            return Conflict(f"{printable(first)} and {printable(second)} would both be {target!r} in the dataset "
+                            f"(names that differ only in their Unicode form are one name); nothing was added")
+
         with self._changing("add") as draft:
-            draft.stage_local(targets.items())
+            # streamed from the folder walk into the draft: a million files are never a list here
+            count = draft.stage_added(((paths.join(folder, rel), local) for rel, local in
+                                       local_files(path, wildcard, recursive, follow_symlinks)), conflict)
+            if not count:
+                raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
             draft.save()
-        return len(targets)
+        return count
 
     def add_external_files(self, source_url: str, wildcard: str | list[str] | None = None,
                            dataset_path: str | None = None, recursive: bool = True) -> int:

@@ -56,10 +56,15 @@ def test_cli_add_and_sync_of_a_name_that_is_not_utf8(tmp_path, file_store):
 
 def test_names_differing_only_by_nfc_nfd_are_refused_naming_both(tmp_path, file_store):
     make_tree(tmp_path / "d", {NFC: b"composed", NFD: b"decomposed", "other": b"o"})
+    make_tree(tmp_path / "before", {"kept": b"k"})
     ds = Dataset.create("p", "n", store=file_store)
+    assert ds.add_files(str(tmp_path / "before")) == 1
     with pytest.raises(Conflict, match=f"{NFC}.* and .*{NFD}|{NFD}.* and .*{NFC}"):
         ds.add_files(str(tmp_path / "d"))
-    assert ds._require_draft().adds_count == 0  # nothing was added
+    # nothing of it was added ("other" came before the conflict), and the earlier add stays
+    assert dict(ds._require_draft().adds()) == {"kept": str(tmp_path / "before" / "kept")}
+    again = Dataset.get(ds.id, store=file_store, include_drafts=True)._require_draft()
+    assert dict(again.adds()) == {"kept": str(tmp_path / "before" / "kept")}
     with pytest.raises(Conflict, match="Unicode form"):
         ds.add_files(str(tmp_path / "d" / "*.txt"))  # named one by one (a glob): the same rule
     with pytest.raises(Conflict, match="Unicode form"):

@@ -32,7 +32,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 import msgpack
@@ -168,6 +168,14 @@ class DraftState:
         """Commit what changed since the last save."""
         self.db.commit()
 
+    def rollback(self) -> None:
+        """Forget what changed since the last save (a command that failed; a draft discarded is
+        closed, with nothing to forget)."""
+        try:
+            self.db.rollback()
+        except sqlite3.ProgrammingError:
+            pass
+
     def close(self) -> None:
         self.db.close()
 
@@ -245,6 +253,31 @@ class DraftState:
             self._unstage((path for path, _ in page), ("uploaded", "removals"))
             self.db.executemany("INSERT OR REPLACE INTO adds VALUES (?, ?)",
                                 ((path, _local_bytes(local)) for path, local in page))
+
+    def stage_added(self, files: Iterable[tuple[str, str]], conflict: Callable[[str, str, str], Exception]) -> int:
+        """`stage_local` for one `add` of a stream of (path, local) pairs, never held in memory: the
+        pairs are gathered in a temporary table first, where a path met again with another local file
+        raises conflict(path, first local, second local) (the caller rolls the add back: nothing of it
+        is kept). Returns how many paths were staged."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS added (path TEXT PRIMARY KEY, local BLOB NOT NULL) "
+                        "WITHOUT ROWID")
+        self.db.execute("DELETE FROM added")
+        for page in _batched(files):
+            rows = [(path, _local_bytes(local)) for path, local in page]
+            before = self.db.total_changes
+            self.db.executemany("INSERT INTO added VALUES (?, ?) ON CONFLICT (path) DO NOTHING", rows)
+            if self.db.total_changes - before < len(rows):  # a path met twice: the same file, or two
+                for path, local in rows:
+                    (first,) = self.db.execute("SELECT local FROM added WHERE path = ?", (path,)).fetchone()
+                    if first != local:
+                        raise conflict(path, _local_str(first), _local_str(local))
+        count = self._count("added")
+        for table in ("uploaded", "removals"):
+            if self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                self.db.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM added)")
+        self.db.execute("INSERT OR REPLACE INTO adds SELECT path, local FROM added")
+        self.db.execute("DELETE FROM added")
+        return count
 
     def stage_entries(self, entries: Iterable[Entry]) -> None:
         """Each entry's path is that entry, nothing to upload (an external file)."""
