@@ -168,3 +168,38 @@ def test_a_streamed_table_prints_what_the_table_of_a_list_prints(capsys):
         listed = capsys.readouterr().out
         table(columns, iter(rows))
         assert capsys.readouterr().out == listed, (columns, rows)
+
+
+def test_a_change_set_reaches_the_node_cache_in_checked_blocks(file_store, tmp_path, monkeypatch):
+    """A change-set is copied from the store into the node's cache a block at a time, hashed on the
+    way: the copy is whole and used; one whose bytes differ from its record is refused and not kept."""
+    import pytest
+
+    from dsfs.errors import CorruptData
+    from dsfs.node.cache import Cache
+    from dsfs.store.layout import Store
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    from synthetic import synthetic_version
+
+    blocks = []
+    real = Store.iter_changes
+
+    def small_blocks(self, dataset_id, size, block=8 << 20):
+        for data in real(self, dataset_id, size, block=4096):
+            blocks.append(len(data))
+            yield data
+
+    monkeypatch.setattr(Store, "iter_changes", small_blocks)
+    dataset_id = synthetic_version(file_store, 5_000, "blocks", size=8)
+    ds = Dataset.get(dataset_id, store=file_store, cache=Cache(str(tmp_path / "cache-1")))
+    assert sum(1 for _ in ds.iter_entries()) == 5_000
+    assert len(blocks) > 2 and sum(blocks) == ds.info.changes["size"]
+    path = f"{file_store[len('file://'):]}/datasets/{dataset_id}/changes.msgpack.zst"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 1
+    open(path, "wb").write(bytes(data))
+    cache = Cache(str(tmp_path / "cache-2"))
+    with pytest.raises(CorruptData, match="corrupt or truncated"):
+        sum(1 for _ in Dataset.get(dataset_id, store=file_store, cache=cache).iter_entries())
+    assert not os.path.exists(cache.changeset_path(dataset_id))

@@ -50,6 +50,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import blake3
 import msgpack
 
 from dsfs.errors import Conflict, CorruptData, InvalidState
@@ -102,7 +103,7 @@ class NodeDb(Protocol):
 
     def space_checked(self) -> AbstractContextManager: ...
     def changeset_path(self, dataset_id: str) -> str: ...
-    def put_changeset(self, dataset_id: str, data: bytes) -> str: ...
+    def writing_changeset(self, dataset_id: str) -> AbstractContextManager: ...
     def open_changeset(self, dataset_id: str, size: int | None, digest: str | None) -> Any: ...
 
 
@@ -305,6 +306,24 @@ class ViewIndex:
 
 # -- building ------------------------------------------------------------------------------------
 
+def fetch_changeset(store: Store, cache: NodeDb, info: VersionInfo) -> None:
+    """Copy a final version's change-set from the store into the node's cache as it is read, 8 MiB
+    at a time, its size and digest checked on the way (read_changes_checked's rule): never whole
+    in memory (a change-set of 10,000,000 files is ~400 MB). A copy that fails the check is not kept."""
+    if not info.is_final:
+        read_changes_checked(store, info)  # raises: only final versions are read
+    size, hasher = info.changes.get("size"), blake3.blake3()
+    with cache.writing_changeset(info.id) as f:
+        got = 0
+        for block in store.iter_changes(info.id, size if isinstance(size, int) and size >= 0 else 0):
+            hasher.update(block)
+            f.write(block)
+            got += len(block)
+        if got != size or hasher.hexdigest() != info.changes.get("digest"):
+            raise CorruptData(f"change-set of dataset {info.id} is corrupt or truncated in {store.display_url} "
+                              f"(size or digest differs from its version record); refusing to use it")
+
+
 def _changes(store: Store, cache: NodeDb, info: VersionInfo, chunks: bool = True):
     """A final version's change-set, decoded from the node's copy: one that has the size and digest
     its record names, fetched (and checked) again from the store when it has not. A small one is
@@ -312,7 +331,7 @@ def _changes(store: Store, cache: NodeDb, info: VersionInfo, chunks: bool = True
     a stream of every one of them, and must not hold a file each."""
     f = cache.open_changeset(info.id, info.changes.get("size"), info.changes.get("digest"))
     if f is None:
-        cache.put_changeset(info.id, read_changes_checked(store, info))
+        fetch_changeset(store, cache, info)
         f = cache.open_changeset(info.id, info.changes.get("size"), info.changes.get("digest"))
         if f is None:
             raise CorruptData(f"the node cache's copy of the change-set of dataset {info.id} does not read back "
@@ -335,7 +354,7 @@ def merged_entries(store: Store, cache: NodeDb, *dataset_ids: str, info: Version
     known = {info.id: info} if info is not None else {}
     order = walk(lambda i: known.get(i) or store.read_version(i), list(dataset_ids))
     missing = [i for i in order if not os.path.exists(cache.changeset_path(i.id))]
-    read_each(store, lambda i: cache.put_changeset(i.id, read_changes_checked(store, i)), missing)
+    read_each(store, lambda i: fetch_changeset(store, cache, i), missing)
     return merge_views(order, list(dataset_ids), functools.partial(_changes, store, cache, chunks=chunks),
                        functools.partial(_compact, cache, chunks=chunks))
 

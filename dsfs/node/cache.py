@@ -566,7 +566,7 @@ class Cache:
         (not what is pinned by this process). Returns bytes freed."""
         freed = self.evict(0, keep_recent=False) + self.sweep_temp()
         viewindex.drop_all_views(self)
-        for derived in ("tables", "changesets"):  # put_changeset makes its folder again
+        for derived in ("tables", "changesets"):  # writing_changeset makes its folder again
             shutil.rmtree(os.path.join(self.root, derived), ignore_errors=True)
         return freed
 
@@ -585,15 +585,17 @@ class Cache:
     def changeset_path(self, dataset_id: str) -> str:
         return os.path.join(self.root, "changesets", dataset_id)
 
-    def put_changeset(self, dataset_id: str, data: bytes) -> str:
-        """Keep a change-set read from a store. Written to a temp name and renamed, not fsynced:
-        open_changeset checks every use against the digest, so one a power cut tore is fetched again
-        (a first build of a 10,000-version lineage would otherwise wait for 10,000 fsyncs)."""
+    @contextlib.contextmanager
+    def writing_changeset(self, dataset_id: str):
+        """A file to write a change-set read from a store into, kept when the block ends without
+        error. Written to a temp name and renamed, not fsynced: open_changeset checks every use
+        against the digest, so one a power cut tore is fetched again (a first build of a
+        10,000-version lineage would otherwise wait for 10,000 fsyncs)."""
         path = self.changeset_path(dataset_id)
         tmp = os.path.join(self.root, "tmp", f"changeset-{dataset_id}.{os.getpid()}.{threading.get_ident()}")
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                yield f
             try:
                 os.replace(tmp, path)
             except FileNotFoundError:  # `cache clear` removed the folder
@@ -602,7 +604,6 @@ class Cache:
         except BaseException:
             _unlink(tmp)
             raise
-        return path
 
     def open_changeset(self, dataset_id: str, size: int | None, digest: str | None):
         """The node's copy of a change-set, open at its start, if it is the one a version record

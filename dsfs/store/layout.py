@@ -66,6 +66,7 @@ import os
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import fsspec
@@ -409,6 +410,20 @@ class Store:
             if isinstance(size, int) and size >= 0:
                 return self._get(key, 0, size + 1)
             return self._get(key)
+        except FileNotFoundError:
+            raise CorruptData(f"change-set of dataset {dataset_id} is missing from {self.display_url}") from None
+
+    def iter_changes(self, dataset_id: str, size: int, block: int = 8 << 20) -> Iterator[bytes]:
+        """`read_changes(dataset_id, size)` in blocks of `block` bytes (a change-set of 10,000,000
+        files is ~400 MB): at most size + 1 bytes, each block read within the time limit of its range."""
+        key = f"datasets/{dataset_id}/changes.msgpack.zst"
+        try:
+            for start in range(0, size + 1, block):
+                stop = min(start + block, size + 1)
+                data = self._get(key, start, stop)
+                yield data
+                if len(data) < stop - start:
+                    return
         except FileNotFoundError:
             raise CorruptData(f"change-set of dataset {dataset_id} is missing from {self.display_url}") from None
 
