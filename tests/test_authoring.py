@@ -261,3 +261,20 @@ def test_a_draft_state_of_the_previous_format_is_taken_over(tmp_path, file_store
     assert final.read_file("c.bin") == (tmp_path / "up" / "c.bin").read_bytes()
     assert len(final.info.stats["packs"]) == 2 and final.info.stats["new_bytes"] > sent["new_bytes"] > 0
     assert not os.path.exists(state[:-len(".sqlite")] + ".msgpack") and not os.path.exists(state)
+
+
+def test_a_corrupt_draft_state_of_the_previous_format_is_named(tmp_path, file_store, dsfs):
+    """A msgpack draft state that does not decode, or decodes to the wrong shape, is refused with one
+    line naming the file (exit 8), and is left where it is; nothing half-converted is kept."""
+    from dsfs.authoring.drafts import DraftState
+
+    ds = Dataset.create("p", "n", store=file_store)
+    DraftState.load(ds.id, file_store).discard()
+    old = DraftState.path_for(ds.id)[:-len(".sqlite")] + ".msgpack"
+    make_tree(tmp_path / "d", {"a": b"a"})
+    for garbage in (b"\xc1\xc1", b"\x93\x01\x02\x03", b"\x81\xa4adds\x81\xa1a\x01"):
+        with open(old, "wb") as f:
+            f.write(garbage)
+        r = dsfs("--store", file_store, "add", "--id", ds.id, "--files", tmp_path / "d")
+        assert r.code == 8 and old in r.err and "Traceback" not in r.err, (garbage, r.err)
+        assert os.path.exists(old)

@@ -34,11 +34,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+from typing import Any
 
 import msgpack
 
 from dsfs import settings
-from dsfs.errors import Conflict, CorruptData
+from dsfs.errors import Conflict, CorruptData, InvalidPath
 from dsfs.fsutil import atomic_write
 from dsfs.model import ChunkRef, Entry
 
@@ -144,23 +145,32 @@ class DraftState:
         """Take over a draft state of FORMAT 1 (one msgpack file), then remove it."""
         try:
             with open(old, "rb") as f:
-                raw = msgpack.unpackb(f.read(), raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+                raw: Any = msgpack.unpackb(f.read(), raw=False, strict_map_key=False,
+                                           unicode_errors="surrogateescape")
         except FileNotFoundError:
             return
         except (ValueError, msgpack.UnpackException):
+            raw = None  # said below
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError("not a map")
+            self.stage_local(sorted(raw["adds"].items()))
+            origins = raw.get("origins", {})
+            self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", (
+                (Entry.from_wire(e).path, msgpack.packb(e, use_bin_type=True),
+                 _local_bytes(origins[e["p"]]) if e["p"] in origins else None) for e in raw["uploaded"]))
+            self.stage_removals(raw["removals"])
+            written = set(raw["written"] if "written" in raw else raw["packs"])
+            # the packs' sizes were not recorded: a pack gc takes from under an idle draft is
+            # then not taken off its new_bytes
+            self.db.executemany("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, 0)",
+                                ((p, p in written) for p in raw["packs"]))
+            self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                                (ChunkRef.from_wire(c) for c in raw["chunks"]))
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'new_bytes'", (raw.get("new_bytes", 0),))
+        except (ValueError, KeyError, TypeError, AttributeError, InvalidPath, sqlite3.Error):
+            self.db.rollback()
             raise CorruptData(f"local draft state {old} is corrupt; delete the draft and create it again") from None
-        self.stage_local(sorted(raw["adds"].items()))
-        origins = raw.get("origins", {})
-        self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", (
-            (e["p"], msgpack.packb(e, use_bin_type=True),
-             _local_bytes(origins[e["p"]]) if e["p"] in origins else None) for e in raw["uploaded"]))
-        self.stage_removals(raw["removals"])
-        written = set(raw.get("written", raw["packs"]))
-        self.db.executemany("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, 0)",
-                            ((p, p in written) for p in raw["packs"]))
-        self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
-                            (ChunkRef.from_wire(c) for c in raw["chunks"]))
-        self.db.execute("UPDATE meta SET value = ? WHERE key = 'new_bytes'", (raw.get("new_bytes", 0),))
         self.save()
         os.unlink(old)
 
