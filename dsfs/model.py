@@ -27,7 +27,7 @@ import datetime as _dt
 import gc
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -166,15 +166,14 @@ def encode_changeset(entries: Iterable[Entry]) -> bytes:
 def write_changeset(out, entries: Iterable[Entry], level: int = 3) -> None:
     """Write entries already sorted by path to a binary file as a change-set, one at a time (a
     merge of many change-sets is written so without holding it)."""
-    with changeset_writer(out, level) as add:
-        for entry in entries:
-            add(entry)
+    for _ in changeset_written(out, entries, level):
+        pass
 
 
-@contextmanager
-def changeset_writer(out, level: int = 3) -> Iterator[Callable[[Entry], None]]:
-    """`add(entry)` writes entries, sorted by path, to a binary file as a change-set, as they come
-    (closing a draft writes each while its file table takes it: one pass over the draft)."""
+def changeset_written(out, entries: Iterable[Entry], level: int = 3) -> Iterator[Entry]:
+    """Yield `entries` (sorted by path), each written to the binary file `out` as a change-set as it
+    passes: the change-set is whole once the stream is exhausted (closing a draft or a squash writes
+    each entry while the new file table takes it: one pass over them)."""
     cctx = zstandard.ZstdCompressor(level=level)
     with cctx.stream_writer(out, closefd=False) as writer:
         # entries are packed into one buffer, given to zstd a MiB at a time: a write per entry
@@ -183,9 +182,7 @@ def changeset_writer(out, level: int = 3) -> Iterator[Callable[[Entry], None]]:
         pending = [pack({"format": CHANGESET_FORMAT})]
         size = 0
         last = None
-
-        def add(entry: Entry) -> None:
-            nonlocal last, size
+        for entry in entries:
             if entry.path == last:
                 raise ValueError(f"duplicate path {entry.path!r} in change-set")
             last = entry.path
@@ -196,8 +193,7 @@ def changeset_writer(out, level: int = 3) -> Iterator[Callable[[Entry], None]]:
                 writer.write(b"".join(pending))
                 pending.clear()
                 size = 0
-
-        yield add
+            yield entry
         writer.write(b"".join(pending))
 
 

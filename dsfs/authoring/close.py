@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
 import blake3
 
@@ -25,7 +25,7 @@ from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, InvalidState, StoreUnavailable
 from dsfs.lineage.filetable import FileTable
 from dsfs.lineage.merge import Lineage
-from dsfs.model import Entry, VersionInfo, changeset_writer, utc_now
+from dsfs.model import Entry, VersionInfo, changeset_written, utc_now
 from dsfs.progress import transfer
 from dsfs.store.layout import Store
 from dsfs.store.sessions import WriterSession
@@ -92,10 +92,9 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
         base = Lineage.of(store).table(info.parents)
         counts = {"added": 0, "modified": 0, "removed": 0}
         out = io.BytesIO()
-        with changeset_writer(out) as add:
-            # one pass over the draft: each change is written into the change-set as the new
-            # version's file table takes it
-            table = base.child(_each_added(changes_against(base, draft, counts), add), f"dataset {info.id}")
+        # one pass over the draft: each change is written into the change-set as the new version's
+        # file table takes it
+        table = base.child(changeset_written(out, changes_against(base, draft, counts)), f"dataset {info.id}")
         write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written)
     draft.discard()
 
@@ -122,12 +121,6 @@ def check_ancestors(store: Store, info: VersionInfo, ids: list[str], what: str) 
                                   f"made; nothing was closed (create it again on another {what})") from None
         if not ancestor.is_final:
             raise InvalidState(f"{what} {dataset_id} of dataset {info.id} is no longer final")
-
-
-def _each_added(entries: Iterable[Entry], add: Callable[[Entry], None]) -> Iterator[Entry]:
-    for entry in entries:
-        add(entry)
-        yield entry
 
 
 def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, counts: dict,

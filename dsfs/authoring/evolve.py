@@ -19,14 +19,14 @@ import io
 import os
 import stat as stat_mod
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dsfs import paths
 from dsfs.errors import Conflict, LocalFileNotFound
 from dsfs.lineage.filetable import EXECUTABLE, FileTable
 from dsfs.lineage.viewindex import NodeDb, merged_entries
-from dsfs.model import Entry, changeset_writer
+from dsfs.model import changeset_written
 from dsfs.store.layout import Store
 from dsfs.store.packs import file_digest
 
@@ -217,15 +217,6 @@ def squash_parts(store: Store, cache: NodeDb, ids: list[str], where: str) -> tup
     """The merged view of `ids` overlaid in order (a later version wins on a path), in one pass over
     the merged stream: its file table (checked: no path is both a file and a folder; raises
     Conflict naming `where`), its change-set's bytes, and the packs its files' chunks are in."""
-    packs: set[bytes] = set()
     out = io.BytesIO()
-
-    def each(entries: Iterable[Entry]) -> Iterator[Entry]:
-        for entry in entries:
-            add(entry)
-            packs.update(ref.pack for ref in entry.chunks)
-            yield entry
-
-    with changeset_writer(out) as add:
-        table = FileTable().child(each(merged_entries(store, cache, *ids)), where)
-    return table, out.getvalue(), packs
+    table = FileTable().child(changeset_written(out, merged_entries(store, cache, *ids)), where)
+    return table, out.getvalue(), table.packs()

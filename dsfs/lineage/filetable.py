@@ -117,6 +117,11 @@ class FileTable:
                        self.digest(row), url=url, etag=etag)
         return before.same_content(entry)
 
+    def packs(self) -> set[bytes]:
+        """The packs its lineage's chunk rows are in."""
+        blob = bytes(self.chunk_packs)
+        return {blob[i:i + 16] for i in range(0, len(blob), 16)}
+
     def known_chunk(self, digest: bytes) -> ChunkRef | None:
         """The ref of a chunk the lineage stored, or None."""
         if self._chunk_index is None:
