@@ -19,7 +19,8 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def atomic_write(path: str, data, mode: int = 0o600, tmp_dir: str | None = None, exclusive: bool = False) -> None:
-    """Write `data` (bytes, or a list of pieces) to a temp file, fsync it, then rename it to `path`
+    """Write `data` (bytes, or pieces: any iterable of them, written as they come) to a temp file,
+    fsync it, then rename it to `path`
     (or hardlink it, which refuses an existing name, when `exclusive`: FileExistsError). A crash
     leaves the old file or the new one, never a torn one. `tmp_dir` must be on path's filesystem."""
     folder = os.path.dirname(path)
@@ -28,10 +29,10 @@ def atomic_write(path: str, data, mode: int = 0o600, tmp_dir: str | None = None,
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            if isinstance(data, list):
-                f.writelines(data)
-            else:
+            if isinstance(data, bytes | bytearray | memoryview):
                 f.write(data)
+            else:
+                f.writelines(data)
             f.flush()
             os.fsync(f.fileno())
         if exclusive:

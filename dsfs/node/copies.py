@@ -38,7 +38,6 @@ import os
 import shutil
 import stat as stat_mod
 import struct
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -215,17 +214,20 @@ def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_
     if not os.path.isdir(final):
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+
+        def linked():  # each file linked into the new copy as its manifest row is written
+            made = ""
+            for rel, source, st in entries:
+                folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+                if folder != made:  # files come a folder at a time
+                    os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+                    made = folder
+                os.link(source, os.path.join(tmp, rel))
+                yield rel, st
+
         try:
             os.makedirs(tmp)  # an empty version still gets a folder
-            made = ""
-            with _manifest_writer(cache, final) as record:
-                for rel, source, st in entries:
-                    folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
-                    if folder != made:  # files come a folder at a time
-                        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
-                        made = folder
-                    os.link(source, os.path.join(tmp, rel))
-                    record(rel, st)
+            _write_manifest(cache, final, linked())
             os.rename(tmp, final)
         except BaseException:  # a full disk, say: no half-built copy left behind
             shutil.rmtree(tmp, ignore_errors=True)
@@ -244,39 +246,31 @@ def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_
     for rel in sorted(found_folders, reverse=True):  # children before their parents
         if rel not in folders:  # added, or a folder where a file belongs
             shutil.rmtree(os.path.join(final, rel), ignore_errors=True)
-    with _manifest_writer(cache, final) as record:
+
+    def relinked():
         for rel, source, st in entries:
-            record(rel, st)
             have = found.get(rel)
-            if have is not None and (have.st_dev, have.st_ino) == (st.st_dev, st.st_ino):
-                continue
-            target = os.path.join(final, rel)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = temp_name(target, ".dsfs-tmp")
-            _unlink(tmp)
-            os.link(source, tmp)
-            os.replace(tmp, target)
-            _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
+            if have is None or (have.st_dev, have.st_ino) != (st.st_dev, st.st_ino):
+                target = os.path.join(final, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp = temp_name(target, ".dsfs-tmp")
+                _unlink(tmp)
+                os.link(source, tmp)
+                os.replace(tmp, target)
+                _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
+            yield rel, st
+
+    _write_manifest(cache, final, relinked())
 
 
-@contextlib.contextmanager
-def _manifest_writer(cache: Cache, final: str):
-    """`record(rel, st)` for each file of the copy, in path order; the manifest (a header, then a row
-    per file: path, inode, size, mtime, mode) replaces the old one when the block ends without error
-    (written to a temp file, fsynced, renamed: a killed build leaves the old manifest or none)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.join(cache.root, "tmp"), suffix=".manifest")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pack = msgpack.Packer().pack
-            f.write(pack({"manifest": MANIFEST_FORMAT}))
-            yield lambda rel, st: f.write(pack([rel, *_signature(st)]))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final + MANIFEST_SUFFIX)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _write_manifest(cache: Cache, final: str, files: Iterable[tuple[str, os.stat_result]]) -> None:
+    """The copy's manifest, written as `files` (path in the copy, stat; in path order) come: a
+    header, then a row per file (path, inode, size, mtime, mode). atomic_write's: a killed build
+    leaves the old manifest or none."""
+    pack = msgpack.Packer().pack
+    rows = (pack([rel, *_signature(st)]) for rel, st in files)
+    atomic_write(final + MANIFEST_SUFFIX, itertools.chain([pack({"manifest": MANIFEST_FORMAT})], rows),
+                 tmp_dir=os.path.join(cache.root, "tmp"))
 
 
 # -- links made by `get --link` ------------------------------------------------------------------
