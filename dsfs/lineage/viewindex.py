@@ -50,11 +50,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import blake3
 import msgpack
 
 from dsfs.errors import Conflict, CorruptData, InvalidState
-from dsfs.lineage.merge import Opener, merge_views, read_changes_checked, read_each, topmost, walk
+from dsfs.lineage.merge import Opener, copy_changes_checked, merge_views, read_each, topmost, walk
 from dsfs.model import ChunkRef, VersionInfo, decode_changeset, write_changeset
 from dsfs.paths import NAME_MAX
 from dsfs.store.layout import Store
@@ -307,21 +306,10 @@ class ViewIndex:
 # -- building ------------------------------------------------------------------------------------
 
 def fetch_changeset(store: Store, cache: NodeDb, info: VersionInfo) -> None:
-    """Copy a final version's change-set from the store into the node's cache as it is read, 8 MiB
-    at a time, its size and digest checked on the way (read_changes_checked's rule): never whole
-    in memory (a change-set of 10,000,000 files is ~400 MB). A copy that fails the check is not kept."""
-    if not info.is_final:
-        read_changes_checked(store, info)  # raises: only final versions are read
-    size, hasher = info.changes.get("size"), blake3.blake3()
+    """Copy a final version's change-set from the store into the node's cache as it is read and
+    checked (copy_changes_checked); a copy that fails the check is not kept."""
     with cache.writing_changeset(info.id) as f:
-        got = 0
-        for block in store.iter_changes(info.id, size if isinstance(size, int) and size >= 0 else 0):
-            hasher.update(block)
-            f.write(block)
-            got += len(block)
-        if got != size or hasher.hexdigest() != info.changes.get("digest"):
-            raise CorruptData(f"change-set of dataset {info.id} is corrupt or truncated in {store.display_url} "
-                              f"(size or digest differs from its version record); refusing to use it")
+        copy_changes_checked(store, info, f)
 
 
 def _changes(store: Store, cache: NodeDb, info: VersionInfo, chunks: bool = True):
