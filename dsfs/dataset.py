@@ -184,7 +184,7 @@ class Dataset:
 
         with self._changing("add") as draft:
             # streamed from the folder walk into the draft: a million files are never a list here
-            count = draft.stage_added(((paths.join(folder, rel), local) for rel, local in
+            count = draft.stage_local(((paths.join(folder, rel), local) for rel, local in
                                        local_files(path, wildcard, recursive, follow_symlinks)), conflict)
             if not count:
                 raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))

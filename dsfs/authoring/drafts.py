@@ -257,18 +257,13 @@ class DraftState:
 
     # -- changing (a dataset path is in at most one of adds, uploaded and removals) ---------------
 
-    def stage_local(self, files: Iterable[tuple[str, str]]) -> None:
-        """Each (path, local): `path` will be the local file `local` (read at upload)."""
-        for page in _batched(files):
-            self._unstage((path for path, _ in page), ("uploaded", "removals"))
-            self.db.executemany("INSERT OR REPLACE INTO adds VALUES (?, ?)",
-                                ((path, _local_bytes(local)) for path, local in page))
-
-    def stage_added(self, files: Iterable[tuple[str, str]], conflict: Callable[[str, str, str], Exception]) -> int:
-        """`stage_local` for one `add` of a stream of (path, local) pairs, never held in memory: the
-        pairs are gathered in a temporary table first, where a path met again with another local file
-        raises conflict(path, first local, second local) (the caller rolls the add back: nothing of it
-        is kept). Returns how many paths were staged."""
+    def stage_local(self, files: Iterable[tuple[str, str]],
+                    conflict: Callable[[str, str, str], Exception] | None = None) -> int:
+        """Each (path, local) of a stream, never held in memory: `path` will be the local file
+        `local` (read at upload). The pairs are gathered in a temporary table first, where a path met
+        again with another local file raises conflict(path, first local, second local) (ValueError
+        without `conflict`; the caller rolls back: nothing of them is kept). Returns how many paths
+        were staged."""
         self.db.execute("CREATE TEMP TABLE IF NOT EXISTS added (path TEXT PRIMARY KEY, local BLOB NOT NULL) "
                         "WITHOUT ROWID")
         self.db.execute("DELETE FROM added")
@@ -280,10 +275,10 @@ class DraftState:
                 for path, local in rows:
                     (first,) = self.db.execute("SELECT local FROM added WHERE path = ?", (path,)).fetchone()
                     if first != local:
-                        raise conflict(path, _local_str(first), _local_str(local))
+                        raise (conflict or _twice)(path, _local_str(first), _local_str(local))
         count = self._count("added")
         for table in ("uploaded", "removals"):
-            if self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+            if self._has_rows(table):
                 self.db.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM added)")
         self.db.execute("INSERT OR REPLACE INTO adds SELECT path, local FROM added")
         self.db.execute("DELETE FROM added")
@@ -309,9 +304,13 @@ class DraftState:
         rows = [(path,) for path in paths]
         before = self.db.total_changes
         for table in tables:
-            if self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # adding to an empty draft: none
+            if self._has_rows(table):
                 self.db.executemany(f"DELETE FROM {table} WHERE path = ?", rows)
         return self.db.total_changes - before
+
+    def _has_rows(self, table: str) -> bool:
+        """(Deleting paths from an empty table, as adding to a new draft would, costs a lookup each.)"""
+        return self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
 
     def record_pack(self, pack_id: bytes, written: bool, size: int, chunks: Iterable[ChunkRef]) -> None:
         """A pack is in the store with these chunks (`written`: this draft sent it)."""
@@ -367,6 +366,10 @@ def discard(dataset_id: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def _twice(path: str, first: str, second: str) -> ValueError:
+    return ValueError(f"{path!r} staged twice, as {first!r} and {second!r}")
 
 
 def _bit(digest: bytes) -> int:
