@@ -9,6 +9,7 @@ import time
 import pytest
 
 from dsfs import Store
+from dsfs.node import copies
 from dsfs.node.cache import Cache
 from dsfs.node.view import View
 from conftest import final_version, make_tree, read_tree
@@ -249,3 +250,32 @@ def test_a_copy_is_checked_in_path_order_whatever_its_names(tmp_path, file_store
         f.write(msgpack.packb([[row[0], *row[1:]] for row in rows[1:]]))
     assert not intact(copy)
     assert _get(dsfs, file_store, ds.id) == copy and intact(copy)
+
+
+def test_content_file_replaced_while_it_is_linked(tmp_path, file_store, dsfs, monkeypatch):
+    """Two `get`s of versions sharing content write the same content file; one renames its inode
+    over the name while the other links it, and Linux's link(2) then fails with ENOENT (seen in CI as
+    a traceback). The link is tried again and the manifest records the inode actually linked."""
+    files = {"a": os.urandom(5_000), "sub/b": os.urandom(3_000)}
+    make_tree(tmp_path / "d", files)
+    ds = final_version(file_store, tmp_path / "d")
+    real_link, raced = os.link, []
+
+    def link_racing_a_rename(source, dest, *args, **kwargs):
+        if not raced and os.sep + "files" + os.sep in source:
+            raced.append(source)
+            other = source + ".other-get"  # the other process's inode of the same content
+            with open(source, "rb") as f, open(other, "wb") as out:
+                out.write(f.read())
+            os.chmod(other, 0o444)
+            os.replace(other, source)
+            raise FileNotFoundError(2, "No such file or directory", source)
+        return real_link(source, dest, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link_racing_a_rename)
+    copy = _get(dsfs, file_store, ds.id)
+    monkeypatch.setattr(os, "link", real_link)
+    assert raced and read_tree(copy) == files
+    assert copies.intact(copy)  # the manifest matches what was linked: the next get reuses the copy
+    inode = os.lstat(os.path.join(copy, "a")).st_ino
+    assert _get(dsfs, file_store, ds.id) == copy and os.lstat(os.path.join(copy, "a")).st_ino == inode

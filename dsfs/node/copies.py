@@ -217,13 +217,12 @@ def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_
 
         def linked():  # each file linked into the new copy as its manifest row is written
             made = ""
-            for rel, source, st in entries:
+            for rel, source, _ in entries:
                 folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
                 if folder != made:  # files come a folder at a time
                     os.makedirs(os.path.join(tmp, folder), exist_ok=True)
                     made = folder
-                os.link(source, os.path.join(tmp, rel))
-                yield rel, st
+                yield rel, _link(source, os.path.join(tmp, rel))
 
         try:
             os.makedirs(tmp)  # an empty version still gets a folder
@@ -255,12 +254,32 @@ def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 tmp = temp_name(target, ".dsfs-tmp")
                 _unlink(tmp)
-                os.link(source, tmp)
+                st = _link(source, tmp)
                 os.replace(tmp, target)
                 _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
             yield rel, st
 
     _write_manifest(cache, final, relinked())
+
+
+def _link(source: str, dest: str) -> os.stat_result:
+    """Hardlink the content file `source` at `dest`; returns the stat of what was linked, which the
+    manifest records. Another `get` may be writing the same content file at that moment (versions
+    share content), renaming its own inode over the name: Linux's link(2) then fails with ENOENT
+    when it resolved the inode the rename just unlinked (4 in 20,000 links here, racing renames),
+    and a stat taken before the link can be of the other inode. So a link that finds no file is
+    tried again while the name exists, and the stat is of the link made."""
+    for attempt in itertools.count(1):
+        try:
+            os.link(source, dest)
+            break
+        except FileNotFoundError:
+            if attempt == _LINK_TRIES or not os.path.lexists(source):
+                raise
+    return os.lstat(dest)
+
+
+_LINK_TRIES = 5
 
 
 def _write_manifest(cache: Cache, final: str, files: Iterable[tuple[str, os.stat_result]]) -> None:
