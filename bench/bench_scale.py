@@ -24,6 +24,8 @@ them) files of 8 bytes, 1,000 per folder, are made once under DATADIR and ingest
 the CLI (`dsfs create`, then these, timed):
     add           `dsfs add --files DATA`                       < 500 MB
     close         `dsfs close`                   <= 20 s at 1M, < 500 MB
+    sync          `dsfs sync --folder DATA` against the version just closed (nothing changed: every
+                  file compared, no version made)        < 500 MB
     download      `dsfs download <id> OUT` (fresh cache) <= 40 s at 1M, < 500 MB
     get           `dsfs get <id>` (fresh cache: the first get, which lays out the cached copy) < 500 MB
     verify        `dsfs verify --id <id> --folder OUT` (hashes every file) < 500 MB
@@ -56,6 +58,7 @@ DRAFT_FIGURES = [  # a synthetic draft of --files uploaded files (bench/syntheti
 REAL_FIGURES = [  # (figure, arguments, seconds target at 1M or None); {id}, {data}, {out} filled in
     ("add", ["add", "--id", "{id}", "--files", "{data}"], None),
     ("close", ["close", "--id", "{id}"], 20.0),
+    ("sync", ["sync", "--folder", "{data}", "--project", "bench", "--name", "{name}"], None),
     ("download", ["download", "{id}", "{out}"], 40.0),
     ("get", ["get", "{id}"], None),
     ("verify", ["verify", "--id", "{id}", "--folder", "{out}"], None),
@@ -130,7 +133,8 @@ def main() -> int:
             target = os.path.join(run_dir, f"out-{label}")
             for figure, command, _ in REAL_FIGURES:
                 measured[figure, label] = run_in(run_dir, store, dsfs, f"{figure}-{label}",
-                                                 [c.format(id=real_id, data=data, out=target) for c in command])
+                                                 [c.format(id=real_id, data=data, out=target, name=f"real-{label}")
+                                                  for c in command])
             shutil.rmtree(target, ignore_errors=True)
         failed |= report(REAL_FIGURES, builds, measured, args.real_files / 1_000_000)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from itertools import chain
 
 import blake3
@@ -26,12 +26,12 @@ import msgpack
 from dsfs import catalog, paths
 from dsfs.authoring import close, drafts
 from dsfs.authoring.drafts import DraftState
-from dsfs.authoring.evolve import Comparison, FolderChanges, folder_changes, printable, squash_parts
+from dsfs.authoring.evolve import Comparison, FolderChanges, folder_diff, printable, squash_parts
 from dsfs.authoring.evolve import compare as compare_versions
 from dsfs.authoring.localfiles import local_files, local_size, warn
 from dsfs.catalog import open_store, resolve
 from dsfs.datarefs import DataReference
-from dsfs.errors import Conflict, CorruptData, DatasetNotFound, InvalidState, UsageError
+from dsfs.errors import Conflict, CorruptData, DatasetNotFound, DsfsError, InvalidState, UsageError
 from dsfs.lifecycle.push import push as push_version
 from dsfs.lineage.merge import Lineage, apply_changes
 from dsfs.lineage.viewindex import ViewIndex, ensure_view, merged_entries
@@ -45,6 +45,7 @@ from dsfs.store import datastores
 from dsfs.store.layout import Store
 
 SNAPSHOT_PROJECT = "datastore-snapshots"
+REMOVALS_PAGE = 4096  # removals a sync stages at a time, while its added files stream by
 
 
 class Dataset:
@@ -283,18 +284,30 @@ class Dataset:
     def sync_folder(self, local_path: str, dataset_path: str | None = None,
                     follow_symlinks: bool = False) -> FolderChanges:
         """Make this draft's content match a local folder: add new and modified files, remove
-        files the parents have that the folder no longer has. Returns what changed (and what the
-        input rules skipped, also named on stderr)."""
-        changes = folder_changes(self._lineage.table(self.info.parents), local_path, dataset_path,
-                                 follow_symlinks, warn)
-        self._apply_folder_changes(changes)
+        files the parents have that the folder no longer has. Returns what changed, counted (the
+        draft lists the paths), and what the input rules skipped (also named on stderr)."""
+        changes = FolderChanges()
+        self._stage_folder_diff(folder_diff(self._lineage.table(self.info.parents), local_path, changes,
+                                            dataset_path, follow_symlinks, warn))
         return changes
 
-    def _apply_folder_changes(self, changes: FolderChanges) -> None:
+    def _stage_folder_diff(self, diff: Iterable[tuple[str, str | None]]) -> None:
+        """Stage a folder_diff stream as it comes: its files to add, its removals a page at a time."""
         with self._changing("sync") as draft:
-            draft.stage_local((path, os.path.abspath(local))
-                              for path, local in {**changes.added, **changes.modified}.items())
-            draft.stage_removals(changes.removed)
+            removals: list[str] = []
+
+            def files():
+                for path, local in diff:
+                    if local is not None:
+                        yield path, os.path.abspath(local)
+                        continue
+                    removals.append(path)
+                    if len(removals) == REMOVALS_PAGE:
+                        draft.stage_removals(removals)
+                        removals.clear()
+
+            draft.stage_local(files())
+            draft.stage_removals(removals)
             draft.save()
 
     @classmethod
@@ -313,11 +326,18 @@ class Dataset:
             except DatasetNotFound:
                 parents = []
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
-        changes = folder_changes(Lineage.of(store).table(parent_ids), folder, dataset_path, follow_symlinks, warn)
-        if changes.empty and not allow_empty:
+        changes = FolderChanges()
+        diff = folder_diff(Lineage.of(store).table(parent_ids), folder, changes, dataset_path, follow_symlinks, warn)
+        first = next(diff, None)  # the version is made at the first change, the rest staged as it is found
+        if first is None and not allow_empty:
             return None, changes
         ds = cls.create(project, name, parents=parent_ids, tags=tags, store=store)
-        ds._apply_folder_changes(changes)
+        try:
+            ds._stage_folder_diff(chain([first] if first else [], diff))
+        except BaseException:  # a conflict further in the folder, say: no empty draft left behind
+            with suppress(DsfsError):
+                cls.delete(ds.id, store=store)
+            raise
         if close:
             ds.finalize(max_workers=max_workers, show_progress=show_progress)
         return ds, changes

@@ -216,7 +216,8 @@ def test_a_damaged_file_table_is_ignored_and_made_again(tmp_path, memory_store):
     assert FileTable.load(first.info) is None
     (tmp_path / "d" / "f1").write_bytes(b"changed")
     second, changes = Dataset.sync(str(tmp_path / "d"), "p", "n", store=memory_store)
-    assert list(changes.modified) == ["f1"] and changes.unchanged == 4
+    assert (changes.modified, changes.unchanged) == (1, 4)
+    assert Dataset.get(second.id, store=memory_store).list_modified_files() == ["f1"]
     assert FileTable.load(first.info) is not None  # rebuilt from the store, for the next child
 
 

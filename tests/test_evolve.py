@@ -3,13 +3,17 @@
 import io
 import json
 import os
+import random
+import shutil
 import tarfile
 import zipfile
 
 import pytest
 
-from dsfs import Dataset
+from dsfs import Dataset, Store
+from dsfs.authoring.evolve import FolderChanges, folder_diff
 from dsfs.errors import Conflict, DatasetInUse
+from dsfs.lineage.merge import Lineage
 from conftest import final_version, make_tree, run_cli
 
 
@@ -59,7 +63,8 @@ def test_sync_names_in_nfd_are_stored_nfc_and_match_again(tmp_path, memory_store
     assert again is None and changes.unchanged == 3  # the NFD names found their NFC entries
     (tmp_path / "d" / nfd / f"{nfd}.txt").write_bytes(b"changed")
     child, changes = Dataset.sync(str(tmp_path / "d"), "p", "n", store=memory_store)
-    assert list(changes.modified) == [f"{nfc}/{nfc}.txt"] and not changes.added and not changes.removed
+    assert (changes.added, changes.modified, changes.removed) == (0, 1, 0)
+    assert child.list_modified_files() == [f"{nfc}/{nfc}.txt"]
 
 
 def test_sync_folder_api_into_subfolder(tmp_path, memory_store):
@@ -71,7 +76,8 @@ def test_sync_folder_api_into_subfolder(tmp_path, memory_store):
     make_tree(tmp_path / "b", {"keep": b"k", "x/new": b"n"})
     child = Dataset.create("p", "n", parents=[base.id], store=memory_store)
     changes = child.sync_folder(str(tmp_path / "b"), dataset_path="sub")
-    assert list(changes.added) == ["sub/x/new"] and changes.removed == ["sub/x/old"]
+    assert (changes.added, changes.removed, changes.unchanged) == (1, 1, 1)
+    assert child.list_added_files() == ["sub/x/new"] and child.list_removed_files() == ["sub/x/old"]
     child.finalize()
     assert child.list_files() == ["other/keep", "other/x/old", "sub/keep", "sub/x/new"]
 
@@ -182,3 +188,41 @@ def test_versions_listing(tmp_path, memory_store, dsfs):
     r = dsfs("--store", memory_store, "versions", "p/n")
     assert v2.id in r.out and "1.0.0" in r.out
     assert dsfs("--store", memory_store, "versions", "p/none").code == 3
+
+
+def test_folder_diff_merges_in_path_order(tmp_path, memory_store):
+    """The sync merges the folder's scan with the parents' table side by side, so the scan must come
+    in the table's order; names that sort around a folder's ('a' < 'a-b' < 'a.txt' < 'a/x' < 'a0' in
+    path order, though the name 'a' sorts first) and random trees give what sets would."""
+    rng = random.Random(7)
+    names = ["a", "a-b", "a.txt", "a0", "b", "a b", "\u00e9", "z"]
+
+    def tree() -> dict[str, bytes]:
+        files = {}
+        for _ in range(60):
+            depth = rng.randint(1, 3)
+            path = "/".join(rng.choice(names) for _ in range(depth))
+            if not any(p == path or p.startswith(path + "/") or path.startswith(p + "/") for p in files):
+                files[path] = rng.choice([b"x", b"yy", os.urandom(5)])
+        return files
+
+    for round_ in range(5):
+        old, new = tree(), tree()
+        for path in rng.sample(sorted(old), 10):  # some survive unchanged
+            if not any(p == path or p.startswith(path + "/") or path.startswith(p + "/") for p in new):
+                new[path] = old[path]
+        shutil.rmtree(tmp_path / "old", ignore_errors=True)
+        shutil.rmtree(tmp_path / "new", ignore_errors=True)
+        make_tree(tmp_path / "old", old)
+        make_tree(tmp_path / "new", new)
+        base = final_version(memory_store, tmp_path / "old", name=f"r{round_}")
+        changes = FolderChanges()
+        diff = list(folder_diff(Lineage.of(Store.open(memory_store)).table([base.id]), str(tmp_path / "new"),
+                                changes))
+        assert [path for path, _ in diff] == sorted(path for path, _ in diff)
+        staged = {path for path, local in diff if local is not None}
+        removed = {path for path, local in diff if local is None}
+        assert removed == set(old) - set(new)
+        assert staged == {p for p in new if p not in old or old[p] != new[p]}
+        assert (changes.added, changes.removed) == (len(set(new) - set(old)), len(removed))
+        assert changes.modified + changes.unchanged == len(set(new) & set(old))

@@ -1,9 +1,9 @@
 """Dataset evolution: what changed in a folder (sync), between two versions (compare), and the
 flattened merge of several versions (squash), all without moving chunk bytes that already exist.
 
-- Sync compares a local folder with the parents' merged view, read from their file table
-  (dsfs.lineage.filetable): size and mtime first (cheap), and a content hash only where size matches but
-  mtime does not, to tell a touched file from a changed one. Upload then sends only new chunks, so
+- Sync merges a scan of a local folder with the parents' file table (dsfs.lineage.filetable), both in
+  path order: size and mtime first (cheap), and a content hash only where size matches but mtime does
+  not, to tell a touched file from a changed one. Upload then sends only new chunks, so
   a 1%-changed folder costs about 1% to sync.
 - Compare merge-joins two merged views streamed in path order (dsfs.lineage.viewindex), so two versions of
   any size, related or not, are compared in flat memory.
@@ -14,12 +14,13 @@ flattened merge of several versions (squash), all without moving chunk bytes tha
 
 from __future__ import annotations
 
+import bisect
 import errno
 import io
 import os
 import stat as stat_mod
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from dsfs import paths
@@ -33,9 +34,11 @@ from dsfs.store.packs import file_digest
 
 @dataclass
 class FolderChanges:
-    added: dict[str, str] = field(default_factory=dict)  # dataset path -> local path
-    modified: dict[str, str] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)
+    """What a sync found, counted: the paths themselves go from the folder's scan straight into the
+    draft (a sync of millions of files holds none of them; the draft lists them)."""
+    added: int = 0
+    modified: int = 0
+    removed: int = 0
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)  # why each skipped local file was skipped
 
@@ -44,29 +47,45 @@ class FolderChanges:
         return not (self.added or self.modified or self.removed)
 
 
-def folder_changes(base: FileTable, folder: str, dataset_path: str | None = "", follow_symlinks: bool = False,
-                   warn: Callable[[str], None] | None = None) -> FolderChanges:
-    """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table.
-    Files of `base` outside dataset_path are not considered (a sync of a subfolder). What the scan
-    skipped (scan_folder's rules) is told to `warn` as it is found, and listed in `skipped`."""
+def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_path: str | None = "",
+                follow_symlinks: bool = False, warn: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[str, str | None]]:
+    """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table, as a
+    stream in path order: (dataset path, local path) of each file to add or replace, (dataset path,
+    None) of each to remove; each counted into `changes`. Files of `base` outside dataset_path are
+    not considered (a sync of a subfolder). What the scan skipped (scan_folder's rules) is told to
+    `warn` as it is found, and listed in `changes.skipped`.
+
+    The scan and the table are both in path order, so they are merged side by side: a table path
+    that the scan passes without meeting is removed. Memory stays flat whatever the file count."""
     if not os.path.isdir(folder):
         raise LocalFileNotFound(f"no such folder: {folder}")
     root = paths.folder(dataset_path)
     prefix = root + "/" if root else ""
-    changes = FolderChanges()
-    seen = set()
-    sizes, mtimes, flags = base.sizes, base.mtimes, base.flags
+    table, sizes, mtimes, flags = base.paths, base.sizes, base.mtimes, base.flags
+    row = bisect.bisect_left(table, prefix)
 
     def skipped(message: str) -> None:
         changes.skipped.append(message)
         if warn is not None:
             warn(message)
 
+    def removed_below(path: str | None) -> Iterator[tuple[str, None]]:
+        nonlocal row
+        while row < len(table) and table[row].startswith(prefix) and (path is None or table[row] < path):
+            changes.removed += 1
+            yield table[row], None
+            row += 1
+
+    last = ""
     for rel, local, st in scan_folder(folder, prefix, follow_symlinks, skipped):
-        seen.add(rel)
-        row = base.find(rel)
-        if row is None:
-            changes.added[rel] = local
+        if rel <= last:  # the merge is only right in path order: never guess a removal
+            raise AssertionError(f"the scan of {printable(folder)} gave {rel!r} after {last!r}")
+        last = rel
+        yield from removed_below(rel)
+        if row == len(table) or table[row] != rel:
+            changes.added += 1
+            yield rel, local
             continue
         same_mode = bool(st.st_mode & 0o111) == bool(flags[row] & EXECUTABLE)
         if st.st_size == sizes[row] and st.st_mtime_ns == mtimes[row] and same_mode:
@@ -74,15 +93,16 @@ def folder_changes(base: FileTable, folder: str, dataset_path: str | None = "", 
         elif st.st_size == sizes[row] and same_mode and file_digest(local) == base.digest(row):
             changes.unchanged += 1  # touched, not changed
         else:
-            changes.modified[rel] = local
-    changes.removed = [path for path in base.paths if path not in seen and path.startswith(prefix)]
-    return changes
+            changes.modified += 1
+            yield rel, local
+        row += 1
+    yield from removed_below(None)
 
 
 def scan_folder(folder: str, rel_folder: str = "", follow_symlinks: bool = False,
                 warn: Callable[[str], None] = lambda message: None, recursive: bool = True):
-    """(dataset path, local path, stat) of every regular file under `folder`, read by the input
-    rules that `add` and `sync` share (docs/decisions.md, "Authoring input"):
+    """(dataset path, local path, stat) of every regular file under `folder`, in path order, read by
+    the input rules that `add` and `sync` share (docs/decisions.md, "Authoring input"):
 
     - a name that is not UTF-8 is skipped (dataset paths are UTF-8), and `warn` is told;
     - names are stored NFC; two names of one folder that differ only in their Unicode form would
@@ -104,12 +124,12 @@ def _scan(folder: str, real: str, rel_folder: str, root: str, follow: bool, warn
     """scan_folder in `folder`, whose real path is `real`; `ancestors` are the real paths of the
     folders above (None: do not descend)."""
     with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
+        entries = sorted(it, key=lambda e: _path_key(e, e.name))
     joined = "\0".join(e.name for e in entries)
     if joined.isascii() or (is_utf8(joined) and unicodedata.is_normalized("NFC", joined)):
         named = [(e, e.name) for e in entries]
     else:
-        named = _usable(entries, warn)
+        named = sorted(_usable(entries, warn), key=lambda pair: _path_key(*pair))
     for entry, name in named:
         rel = rel_folder + name
         if entry.is_symlink():
@@ -144,6 +164,16 @@ def _scan(folder: str, real: str, rel_folder: str, root: str, follow: bool, warn
                 yield rel, target, st
             else:
                 warn(f"skipped {printable(entry.path)}: not a regular file")
+
+
+def _path_key(entry: os.DirEntry, name: str) -> str:
+    """Where an entry's paths sort among its folder's: a folder (or a symlink to one) with a '/'
+    after its name, so that files come in path order (the order of a version's file table, which
+    sync merges them with): "a.txt" before "a/b", though the name "a" sorts before "a.txt"."""
+    try:
+        return name + "/" if entry.is_dir() else name
+    except OSError:  # a symlink loop: skipped by the scan, wherever it sorts
+        return name
 
 
 def is_utf8(text: str) -> bool:

@@ -458,7 +458,7 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
     ds, changes = Dataset.sync(folder, project, name, parents=list(parents) or None, tags=list(tags),
                                dataset_path=dataset_folder, close=not skip_close, allow_empty=allow_empty,
                                max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks)
-    summary = (f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.removed)} removed, "
+    summary = (f"{changes.added} added, {changes.modified} modified, {changes.removed} removed, "
                f"{changes.unchanged} unchanged")
     if ds is None:
         click.echo(f"no change in {folder} against {project}/{name}; no version created ({summary})")
