@@ -4,7 +4,9 @@ next `get` (the copies share inodes), `cache clear` does not silently break `get
 
 import json
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +281,22 @@ def test_content_file_replaced_while_it_is_linked(tmp_path, file_store, dsfs, mo
     assert copies.intact(copy)  # the manifest matches what was linked: the next get reuses the copy
     inode = os.lstat(os.path.join(copy, "a")).st_ino
     assert _get(dsfs, file_store, ds.id) == copy and os.lstat(os.path.join(copy, "a")).st_ino == inode
+
+
+def test_a_repair_meets_folders_and_files_in_each_others_place(tmp_path, file_store, dsfs):
+    """The repair walks the copy and the version side by side in path order: a folder holding files
+    where a file belongs (the walk then passes over its files, removed), a file where a folder
+    belongs, and names that sort around them; folders emptied of extra files go too."""
+    files = {"a": b"1", "a.b": b"2", "s/x": b"3", "s/y/z": b"4", "s0": b"5"}
+    make_tree(tmp_path / "d", files)
+    ds = final_version(file_store, tmp_path / "d")
+    copy = _get(dsfs, file_store, ds.id)
+    os.unlink(os.path.join(copy, "a"))
+    make_tree(Path(copy) / "a", {"in": b"i", "deeper/more": b"m", "zz": b"z"})  # a folder in a file's place
+    shutil.rmtree(os.path.join(copy, "s"))
+    with open(os.path.join(copy, "s"), "wb") as f:  # a file in a folder's place
+        f.write(b"not a folder")
+    make_tree(Path(copy) / "extra", {"deep/er/f": b"f"})  # only extra files: every folder of it goes
+    assert _get(dsfs, file_store, ds.id) == copy
+    assert read_tree(copy) == files and copies.intact(copy)
+    assert sorted(os.listdir(copy)) == ["a", "a.b", "s", "s0"]

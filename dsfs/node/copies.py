@@ -103,10 +103,13 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
             stack.pop()
             continue
         rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-        if entry.is_dir(follow_symlinks=False):
-            stack.append((rel, iter(_sorted_entries(entry.path))))
-        else:
-            yield rel, entry.stat(follow_symlinks=False)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((rel, iter(_sorted_entries(entry.path))))
+            else:
+                yield rel, entry.stat(follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # gone or no longer a folder since its folder was listed (a repair's doing)
 
 
 def _sorted_entries(folder: str) -> list[os.DirEntry]:
@@ -207,7 +210,7 @@ def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_
     stat; in path order) as hardlinks, then write its manifest. A new copy is built beside, from
     the entries as a stream, and renamed into place; an existing one is repaired in place: what it
     should not hold is removed, and each entry that is not the content file's inode is relinked by a
-    rename over it (a repair holds the entries and the copy's listing in memory)."""
+    rename over it (both as streams: _repaired)."""
     os.makedirs(os.path.dirname(final), exist_ok=True)
     if os.path.islink(final) or (os.path.lexists(final) and not os.path.isdir(final)):
         os.unlink(final)
@@ -234,32 +237,52 @@ def lay_out(cache: Cache, final: str, entries: Iterable[tuple[str, str, os.stat_
                 os.unlink(final + MANIFEST_SUFFIX)
             raise
         return
-    entries = list(entries)
-    folders = {rel.rsplit("/", 1)[0] for rel, _, _ in entries if "/" in rel}
-    folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
-    found, found_folders = _scan(final)
-    wanted = {rel for rel, _, _ in entries}
-    for rel in found:
-        if rel not in wanted:  # added, or a symlink or file where a folder belongs
-            _unlink(os.path.join(final, rel))
-    for rel in sorted(found_folders, reverse=True):  # children before their parents
-        if rel not in folders:  # added, or a folder where a file belongs
-            shutil.rmtree(os.path.join(final, rel), ignore_errors=True)
+    _write_manifest(cache, final, _repaired(final, entries))
 
-    def relinked():
-        for rel, source, st in entries:
-            have = found.get(rel)
-            if have is None or (have.st_dev, have.st_ino) != (st.st_dev, st.st_ino):
-                target = os.path.join(final, rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = temp_name(target, ".dsfs-tmp")
-                _unlink(tmp)
-                st = _link(source, tmp)
-                os.replace(tmp, target)
-                _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
-            yield rel, st
 
-    _write_manifest(cache, final, relinked())
+def _repaired(final: str, entries: Iterable[tuple[str, str, os.stat_result]]
+              ) -> Iterator[tuple[str, os.stat_result]]:
+    """Repair the copy at `final` in place as `entries` (in path order) come, yielding each (path,
+    stat) as it is right: a walk of the copy in path order is merged with them side by side, so
+    memory stays flat whatever the file count. What the copy holds below the next entry is not the
+    version's and is removed (a symlink where a folder belongs sorts before that folder's files, so
+    it is gone before anything is linked under its name); an entry whose file is missing or is
+    another inode is relinked by a rename over it. Folders left empty are removed."""
+    found = _walk(final)
+    have = next(found, None)
+    emptied: set[str] = set()
+    for rel, source, st in entries:
+        while have is not None and have[0] < rel:  # in the copy, not in the version
+            _unlink(os.path.join(final, have[0]))
+            emptied.add(os.path.dirname(have[0]))
+            have = next(found, None)
+        if have is not None and have[0] == rel:
+            right = (have[1].st_dev, have[1].st_ino) == (st.st_dev, st.st_ino)
+            have = next(found, None)
+            if right:
+                yield rel, st
+                continue
+        target = os.path.join(final, rel)
+        if os.path.isdir(target) and not os.path.islink(target):  # a folder where the file belongs
+            shutil.rmtree(target)  # (the walk passes over its files, gone, as vanished)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = temp_name(target, ".dsfs-tmp")
+        _unlink(tmp)
+        linked = _link(source, tmp)
+        os.replace(tmp, target)
+        _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
+        yield rel, linked
+    while have is not None:
+        _unlink(os.path.join(final, have[0]))
+        emptied.add(os.path.dirname(have[0]))
+        have = next(found, None)
+    for folder in sorted(emptied, key=len, reverse=True):  # deepest first, then up while empty
+        while folder:
+            try:
+                os.rmdir(os.path.join(final, folder))
+            except OSError:  # not empty (or gone)
+                break
+            folder = os.path.dirname(folder)
 
 
 def _link(source: str, dest: str) -> os.stat_result:
