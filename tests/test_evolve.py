@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import tarfile
 import zipfile
 
@@ -226,3 +227,36 @@ def test_folder_diff_merges_in_path_order(tmp_path, memory_store):
         assert staged == {p for p in new if p not in old or old[p] != new[p]}
         assert (changes.added, changes.removed) == (len(set(new) - set(old)), len(removed))
         assert changes.modified + changes.unchanged == len(set(new) & set(old))
+
+
+def test_zip_export_keeps_directory_records_on_disk(tmp_path, file_store, dsfs, monkeypatch):
+    """A zip's central directory is written at the end from every entry's record: the records wait
+    in a spooled temp file (here forced to disk at once), not as a ZipInfo each in memory, and the
+    archive reads back whole (names, bytes, modes, dates)."""
+    from dsfs.node import export
+
+    monkeypatch.setattr(export, "SPOOL_BYTES", 1)
+    files = {f"d{i % 7}/f{i}": os.urandom(i % 50) for i in range(3000)}
+    files["x/run.sh"] = b"#!/bin/sh\n"
+    make_tree(tmp_path / "d", files)
+    os.chmod(tmp_path / "d" / "x" / "run.sh", 0o755)
+    ds = final_version(file_store, tmp_path / "d")
+    kept = []
+    real_close = export._StreamedZip.close
+
+    def close(self):
+        kept.append((len(self.filelist), dict(self.NameToInfo), self.filelist.spool._rolled))
+        real_close(self)
+
+    monkeypatch.setattr(export._StreamedZip, "close", close)
+    assert dsfs("--store", file_store, "export", ds.id, "--format", "zip", "-o", tmp_path / "x.zip").code == 0
+    assert kept[0] == (len(files), {}, True)  # every record counted, none held by name, the spool on disk
+    with zipfile.ZipFile(tmp_path / "x.zip") as archive:
+        assert archive.testzip() is None
+        assert {n: archive.read(n) for n in archive.namelist()} == files
+        info = archive.getinfo("x/run.sh")
+        assert info.external_attr >> 16 & 0o777 == 0o755 or info.external_attr >> 16 & 0o777 == 0o555
+        mtime = os.stat(tmp_path / "d" / "x" / "run.sh").st_mtime
+        assert info.date_time == export.zip_date(int(mtime * 1e9))
+    if shutil.which("unzip"):
+        assert subprocess.run(["unzip", "-tq", tmp_path / "x.zip"], capture_output=True).returncode == 0
