@@ -418,13 +418,15 @@ def copy_tree(source: str, target: str, overwrite: bool = False) -> None:
     target = os.path.abspath(os.path.expanduser(target))
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
-    rels = []
-    for folder, _, names in os.walk(source):
-        for name in names:
-            rels.append(os.path.relpath(os.path.join(folder, name), source).replace(os.sep, "/"))
-    check_targets(target, rels)
+
+    def rels():  # walked twice (checked, then copied) rather than held: a copy may have millions
+        for folder, _, names in os.walk(source):
+            for name in names:
+                yield os.path.relpath(os.path.join(folder, name), source).replace(os.sep, "/")
+
+    check_targets(target, rels())
     with space_for(target, "free some space and run the same command again with --overwrite"):
-        for rel in rels:
+        for rel in rels():
             src, dest = os.path.join(source, rel), os.path.join(target, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             tmp = temp_name(dest, ".dsfs-tmp")
