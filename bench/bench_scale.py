@@ -29,6 +29,8 @@ the CLI (`dsfs create`, then these, timed):
     download      `dsfs download <id> OUT` (fresh cache) <= 40 s at 1M, < 500 MB
     get           `dsfs get <id>` (fresh cache: the first get, which lays out the cached copy) < 500 MB
     verify        `dsfs verify --id <id> --folder OUT` (hashes every file) < 500 MB
+    floor         the same files made by 8 threads with download's system calls and nothing else:
+                  the file system's own time, which download's is printed beside
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -137,6 +140,9 @@ def main() -> int:
                                                   for c in command])
             shutil.rmtree(target, ignore_errors=True)
         failed |= report(REAL_FIGURES, builds, measured, args.real_files / 1_000_000)
+        floor = file_floor(args.real_files, os.path.join(run_dir, "floor"))
+        print(f"  {'floor':<10} {args.real_files:,} files of 8 bytes made with download's system calls by 8 threads "
+              f"(no dsfs): {floor:.1f} s; download {measured['download', 'this'][0] / floor:.2f}x of it")
     shutil.rmtree(run_dir, ignore_errors=True)
     return 1 if failed else 0
 
@@ -159,6 +165,33 @@ def staged_draft(dsfs: str, store: str, files: int, name: str) -> str:
     out = subprocess.run([python, "-P", "-c", code, HERE, store, str(files), name], capture_output=True,
                          text=True, check=True).stdout
     return out.split()[-1]
+
+
+def file_floor(files: int, root: str) -> float:
+    """Seconds this machine's file system takes to make `files` files of 8 bytes, 1,000 per folder,
+    the way download writes one (a temp name, open, write, fchmod, futimens, close, rename), by 8
+    threads a folder at a time, with nothing else: what download cannot go below."""
+    def folder(k: int) -> None:
+        path = os.path.join(root, f"d{k:05d}")
+        os.makedirs(path)
+        for i in range(k * 1000, min(files, (k + 1) * 1000)):
+            tmp = os.path.join(path, f".f{i:07d}.bin.dsfs-tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, i.to_bytes(8, "big"))
+                os.fchmod(fd, 0o644)
+                os.utime(fd, ns=(i, i))
+            finally:
+                os.close(fd)
+            os.replace(tmp, os.path.join(path, f"f{i:07d}.bin"))
+
+    os.sync()  # no writeback of the commands' files during the timed run
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(folder, range((files + 999) // 1000)))
+    took = time.perf_counter() - start
+    shutil.rmtree(root, ignore_errors=True)
+    return took
 
 
 def real_data(datadir: str, files: int) -> str:
