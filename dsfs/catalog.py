@@ -30,8 +30,9 @@ def open_store(store: Store | str | None = None, create: bool = False) -> Store:
 
 
 def parse_semver(text: str) -> semver.Version | None:
+    """A version number: semantic, or ClearML's two-part kind ("1.0", compared as 1.0.0)."""
     try:
-        return semver.Version.parse(text)
+        return semver.Version.parse(text, optional_minor_and_patch=True)
     except (ValueError, TypeError):
         return None
 
