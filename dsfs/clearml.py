@@ -270,17 +270,25 @@ class Dataset:
     def get_local_copy(self, use_soft_links: bool | None = None, part: int | None = None,
                        num_parts: int | None = None, raise_on_error: bool = True,
                        max_workers: int | None = None) -> str:
-        """The path of a read-only cached copy of the whole version."""
-        _whole(part, num_parts)
-        return self.dataset.get_local_copy(max_workers)
+        """The path of a read-only cached copy; part/num_parts: of that share of the files only (an
+        even run of them in path order, part 0 first: ClearML's parts are its zip chunks)."""
+        return self.dataset.get_local_copy(max_workers, part=part, num_parts=num_parts)
 
     def get_mutable_local_copy(self, target_folder: str, overwrite: bool = False, part: int | None = None,
                                num_parts: int | None = None, raise_on_error: bool = True,
                                max_workers: int | None = None) -> str:
         """A writable copy in target_folder. overwrite: the folder is emptied first (ClearML deletes
-        it), so no file of another content stays beside the dataset's."""
-        _whole(part, num_parts)
+        it), so no file of another content stays beside the dataset's. part/num_parts: only that
+        share of the files (as get_local_copy), downloaded straight into the folder."""
+        if (part is None) != (num_parts is None):
+            raise UsageError("pass part and num_parts together (a part is 0 to num_parts - 1)")
         target = os.path.abspath(os.path.expanduser(target_folder))
+        if num_parts is not None:
+            assert part is not None, "checked above"
+            if overwrite and os.path.isdir(target):
+                shutil.rmtree(target)
+            self.dataset.download(target, max_workers=max_workers, shard=(part, num_parts))
+            return target
         if overwrite and os.path.isdir(target) and os.listdir(target):
             self.dataset.get_local_copy(max_workers)  # fetched before anything is deleted
             shutil.rmtree(target)
@@ -373,8 +381,3 @@ class Dataset:
             squashed.dataset.push(output_url)
         return squashed
 
-
-def _whole(part: int | None, num_parts: int | None) -> None:
-    if part is not None or num_parts is not None:
-        raise UsageError("part/num_parts (a shard of the files) is not in dsfs yet: get the whole copy, or "
-                         "`dsfs download --include` the files a worker needs")

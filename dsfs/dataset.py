@@ -484,17 +484,27 @@ class Dataset:
         return ensure_view(self.store, self.cache, self.id, self.info)
 
     def download(self, target: str, include: list[str] | None = None, exclude: list[str] | None = None,
-                 max_workers: int | None = None, overwrite: bool = False, show_progress: bool | None = None):
-        """Materialize the merged view (or the part matching include/exclude) into `target`."""
+                 max_workers: int | None = None, overwrite: bool = False, show_progress: bool | None = None,
+                 shard: tuple[int, int] | None = None):
+        """Materialize the merged view (or the part matching include/exclude, and of those the
+        shard (part, parts): materialize.select) into `target`."""
         view = self.view()
         with transfer(f"download {self.info.ref}", None, show_progress) as progress:
             return materialize.download(self.store, self.cache, view, target, include, exclude,
-                                        max_workers or 8, overwrite, progress)
+                                        max_workers or 8, overwrite, progress, shard)
 
-    def get_local_copy(self, max_workers: int | None = None, show_progress: bool | None = None) -> str:
-        """The path of a read-only cached copy (materialized once, reused after)."""
+    def get_local_copy(self, max_workers: int | None = None, show_progress: bool | None = None,
+                       part: int | None = None, num_parts: int | None = None) -> str:
+        """The path of a read-only cached copy (materialized once, reused after). part/num_parts:
+        a copy of only the part-th of num_parts even runs of the files in path order (0 first), for
+        data-parallel jobs: every node gets the same parts of the same version."""
+        if (part is None) != (num_parts is None):
+            raise UsageError("pass part and num_parts together (a part is 0 to num_parts - 1)")
         view = self.view()
         with transfer(f"get {self.info.ref}", None, show_progress) as progress:
+            if num_parts is not None:
+                assert part is not None, "checked above"
+                return materialize.get_part(self.store, self.cache, view, part, num_parts, max_workers or 8, progress)
             return materialize.get_copy(self.store, self.cache, view, max_workers or 8, progress)
 
     def get_mutable_local_copy(self, target_folder: str, overwrite: bool = False,

@@ -220,3 +220,27 @@ def test_local_copies_metadata_and_listing(tmp_path, store):
     with pytest.raises(UsageError, match="not in dsfs yet"):
         ds.get_logger()
     assert ds.get_dependency_graph() == {ds.id: []}
+
+
+def test_parts_share_the_files_evenly_and_whole(tmp_path, store, dsfs):
+    files = {f"d{i % 3}/f{i:02d}": bytes([i]) * (i + 1) for i in range(10)}
+    ds = _final(tmp_path, "sharded", files)
+    shares = []
+    for part in range(3):
+        folder = ds.get_local_copy(part=part, num_parts=3)
+        assert ds.get_local_copy(part=part, num_parts=3) == folder  # the same share again
+        shares.append({os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs})
+    assert [len(s) for s in shares] == [3, 3, 4]
+    assert set().union(*shares) == set(files) and sum(map(len, shares)) == len(files)
+    assert sorted(shares[0])[-1] < sorted(shares[1])[0]  # runs in path order
+    for rel in shares[1]:
+        assert open(os.path.join(ds.get_local_copy(part=1, num_parts=3), rel), "rb").read() == files[rel]
+    mutable = ds.get_mutable_local_copy(str(tmp_path / "mine"), part=2, num_parts=3)
+    assert {os.path.relpath(os.path.join(d, f), mutable) for d, _, fs in os.walk(mutable) for f in fs} == shares[2]
+    with pytest.raises(UsageError, match="0 to 2"):
+        ds.get_local_copy(part=3, num_parts=3)
+    with pytest.raises(UsageError, match="together"):
+        ds.get_local_copy(part=1)
+    r = dsfs("--store", store, "get", ds.id, "--part", "0", "--num-parts", "3")
+    assert r.code == 0 and r.out.strip() == ds.get_local_copy(part=0, num_parts=3)
+    assert dsfs("--store", store, "get", ds.id, "--part", "0").code == 2

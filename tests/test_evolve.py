@@ -257,6 +257,7 @@ def test_zip_export_keeps_directory_records_on_disk(tmp_path, file_store, dsfs, 
         info = archive.getinfo("x/run.sh")
         assert info.external_attr >> 16 & 0o777 == 0o755 or info.external_attr >> 16 & 0o777 == 0o555
         mtime = os.stat(tmp_path / "d" / "x" / "run.sh").st_mtime
-        assert info.date_time == export.zip_date(int(mtime * 1e9))
+        want = export.zip_date(int(mtime * 1e9))
+        assert info.date_time == (*want[:5], want[5] // 2 * 2)  # zip keeps even seconds
     if shutil.which("unzip"):
         assert subprocess.run(["unzip", "-tq", tmp_path / "x.zip"], capture_output=True).returncode == 0

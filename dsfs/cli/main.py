@@ -648,16 +648,24 @@ def download(ctx, ref, target, include, exclude, max_workers, overwrite, cache_d
 @click.option("--link", "link_to", type=click.Path(), default=None, help="Make DIR a symlink to the cached copy.")
 @click.option("--overwrite", is_flag=True, help="Allow a non-empty --copy DIR / an existing --link.")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--part", type=click.IntRange(0), default=None,
+              help="Only this share of the files (0 to --num-parts - 1), for data-parallel jobs.")
+@click.option("--num-parts", type=click.IntRange(1), default=None,
+              help="How many even shares of the files, in path order, --part counts in.")
 @cache_options
 @click.pass_context
-def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_size):
-    """Print the path of a read-only cached copy of a version (materialized once)."""
+def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cache_dir, cache_size):
+    """Print the path of a read-only cached copy of a version (materialized once).
+
+    Example: `dsfs get p/n --part 0 --num-parts 4` on the first of four workers."""
 
     from dsfs import settings
     from dsfs.model import ID_RE
     from dsfs.node.copies import intact, register_link
 
-    if ref and ID_RE.match(ref) and not (copy_to or link_to):
+    if (part is None) != (num_parts is None):
+        raise DsfsUsage("pass --part and --num-parts together")
+    if ref and ID_RE.match(ref) and not (copy_to or link_to or num_parts):
         # A final version never changes: a cached copy of this id that stats as it was laid out is
         # the answer, no store round trip (most of a second `get` was opening the store).
         cached = os.path.join(os.path.abspath(cache_dir or settings.cache_dir()), "copies", ref)
@@ -665,10 +673,14 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, cache_dir, cache_siz
             click.echo(cached)
             return
     ds = _consumer(ctx, ref, cache_dir, cache_size)
+    if copy_to and num_parts:
+        ds.download(copy_to, max_workers=max_workers, overwrite=overwrite, shard=(part, num_parts))
+        click.echo(os.path.abspath(copy_to))
+        return
     if copy_to:
         click.echo(ds.get_mutable_local_copy(copy_to, overwrite, max_workers))
         return
-    path = ds.get_local_copy(max_workers)
+    path = ds.get_local_copy(max_workers, part=part, num_parts=num_parts)
     if link_to:
         link_to = os.path.abspath(link_to)
         if os.path.lexists(link_to):

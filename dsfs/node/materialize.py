@@ -260,8 +260,19 @@ def _cleanup(jobs) -> None:
 
 # -- download ------------------------------------------------------------------------------------
 
-def select(view: ViewIndex, include=None, exclude=None):
-    """(path, Inode) of the view's files matching include globs (all if none) and no exclude glob."""
+def select(view: ViewIndex, include=None, exclude=None, shard: tuple[int, int] | None = None):
+    """(path, Inode) of the view's files matching include globs (all if none) and no exclude glob.
+    shard (part, parts): only the part-th of `parts` runs of those files in path order, as even as
+    counts allow (part 0 first): the same files for the same version and parts on every node, so
+    data-parallel workers each get their own share and together all of it."""
+    if shard is not None:
+        part, parts = shard
+        if not 0 <= part < parts:
+            raise UsageError(f"part {part} of {parts}: a part is 0 to {parts - 1}")
+        total = sum(1 for _ in select(view, include, exclude))
+        yield from itertools.islice(select(view, include, exclude), total * part // parts,
+                                    total * (part + 1) // parts)
+        return
     for path, node in view.walk_files():
         if include and not paths.matches(path, include):
             continue
@@ -298,7 +309,8 @@ def check_targets(root: str, rel_paths) -> None:
 
 
 def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=None, exclude=None,
-             max_workers: int = 8, overwrite: bool = False, progress=None) -> Result:
+             max_workers: int = 8, overwrite: bool = False, progress=None,
+             shard: tuple[int, int] | None = None) -> Result:
     target = os.path.abspath(os.path.expanduser(target))
     marker = os.path.join(target, PARTIAL_MARKER)
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
@@ -308,7 +320,7 @@ def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=N
 
     def counted_paths():
         nonlocal count, total
-        for path, node in select(view, include, exclude):
+        for path, node in select(view, include, exclude, shard):
             count += 1
             total += node.size
             yield path
@@ -324,7 +336,7 @@ def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=N
     progress.set_total(total, count)
     writer = _Writer(Result(), progress)
     failed: list[_Job] = []
-    files = select(view, include, exclude)
+    files = select(view, include, exclude, shard)
     while window := list(itertools.islice(files, WINDOW_FILES)):  # memory bounded by the window, not the version
         with _writing(target):
             for folder in sorted({os.path.dirname(p) for p, _ in window}):
@@ -359,6 +371,18 @@ def _is_partial_of(marker: str, dataset_id: str) -> bool:
 
 def copy_path(cache: Cache, dataset_id: str) -> str:
     return os.path.join(cache.root, "copies", dataset_id)
+
+
+def get_part(store: Store, cache: Cache, view: ViewIndex, part: int, parts: int, max_workers: int = 8,
+             progress=None) -> str:
+    """The path of a cached copy of one shard of a version's files (select's `shard`): a download
+    under the copies folder (`cache clear` removes it), completed or checked again on each call
+    (files whose size and mtime are as recorded are kept)."""
+    target = os.path.join(cache.root, "copies", f"{view.dataset_id}.part-{part}-of-{parts}")
+    with copies.building(cache, f"{view.dataset_id}.part-{part}-of-{parts}"):
+        download(store, cache, view, target, max_workers=max_workers, overwrite=True, progress=progress,
+                 shard=(part, parts))
+    return target
 
 
 @checks_space
