@@ -15,6 +15,10 @@ API. Where ClearML's words mean something else here:
 - Versions are semantic versions; ClearML's two-part ones ("1.0") are accepted as they are.
 - Metadata is JSON: `set_metadata(value, metadata_name)` stores value (anything JSON can hold;
   a pandas DataFrame as its records) under metadata_name.
+- Offline mode (`set_offline(True)`, DSFS_OFFLINE=1 or CLEARML_OFFLINE_MODE=1) makes datasets in a
+  session store, a folder on this machine whose path is printed; there everything works (finalize
+  too), and `import_offline_session(folder, upload, finalize)` pushes its final versions to the
+  store. A session's draft that is not finalized stays there (dsfs moves final versions).
 - `get_logger()` (previews) is not there yet: it raises UsageError saying so.
 - `compression`, `chunk_size` and `retries` of `upload` have no meaning in dsfs (chunks are cut by
   content, compressed per chunk, and retried by the store layer): ignored, with a warning if set.
@@ -29,10 +33,11 @@ import glob
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dsfs import catalog
+from dsfs import catalog, settings
 from dsfs.authoring.localfiles import warn
 from dsfs.catalog import open_store, parse_semver
 from dsfs.dataset import Dataset as _Dataset
@@ -40,6 +45,24 @@ from dsfs.errors import DatasetNotFound, InvalidState, UsageError
 from dsfs.model import VersionInfo
 
 ALIAS_PREFIX = "DSFS_DATASET_ID_"
+
+
+OFFLINE_VARIABLES = ("DSFS_OFFLINE", "CLEARML_OFFLINE_MODE")
+_offline = False  # Dataset.set_offline
+_session: str | None = None  # this process's offline session folder
+
+
+def _offline_store() -> str | None:
+    """In offline mode, the URL of this process's session store (made and announced on first use,
+    as ClearML prints its offline session's path); otherwise None (the default store)."""
+    global _session
+    if not Dataset.is_offline():
+        return None
+    if _session is None:
+        _session = os.path.join(settings.data_dir(), "offline", uuid.uuid4().hex)
+        os.makedirs(os.path.join(_session, "store"), mode=0o700)
+        print(f"dsfs: offline session stored in {_session}", flush=True)
+    return f"file://{_session}/store"
 
 
 def _tags(tags: str | Sequence[str] | None) -> list[str]:
@@ -98,7 +121,7 @@ class Dataset:
         the next patch number of project/name (1.0.0 for the first)."""
         if use_current_task:
             warn("use_current_task: dsfs has no tasks; ignored")
-        store = open_store(output_uri, create=True)
+        store = open_store(output_uri or _offline_store(), create=True)
         parent_ids = _ids(parent_datasets)
         if parent_ids and not (dataset_name and dataset_project):
             first = _Dataset.get(parent_ids[0], include_drafts=True, store=store)
@@ -119,7 +142,7 @@ class Dataset:
         only published ones if only_published). auto_create: make a draft of project/name with the
         tags when none matches. writable_copy: a new draft whose parent is the one found. alias:
         see the module's docstring. include_archived and shallow_search have no meaning in dsfs."""
-        store = open_store(kwargs.get("store"))
+        store = open_store(kwargs.get("store") or _offline_store())
         if alias and overridable and os.environ.get(ALIAS_PREFIX + alias):
             dataset_id = os.environ[ALIAS_PREFIX + alias]
         found = cls._find(store, dataset_id, dataset_project, dataset_name, _tags(dataset_tags), dataset_version,
@@ -165,7 +188,8 @@ class Dataset:
         """Versions as ClearML lists them: dicts of name, project, id, tags, version, created. A
         project also matches its subprojects ("a" finds "a/b") if recursive_project_search."""
         found = []
-        for v in catalog.search(open_store(store), None, None, _tags(tags), list(ids) if ids else None):
+        for v in catalog.search(open_store(store or _offline_store()), None, None, _tags(tags),
+                                list(ids) if ids else None):
             if dataset_project and not (v.project == dataset_project or recursive_project_search
                                         and v.project.startswith(dataset_project.rstrip("/") + "/")):
                 continue
@@ -176,6 +200,48 @@ class Dataset:
             found.append({"name": v.name, "project": v.project, "id": v.id, "tags": list(v.tags),
                           "version": v.version, "created": v.created, "state": v.state})
         return found
+
+    # -- offline mode --------------------------------------------------------------------------
+
+    @classmethod
+    def set_offline(cls, offline_mode: bool = False) -> None:
+        """Offline mode: datasets are made in a session store on this machine (a folder; nothing
+        reaches the network) until import_offline_session copies them to the real store. Also
+        turned on by DSFS_OFFLINE=1 or ClearML's CLEARML_OFFLINE_MODE=1."""
+        global _offline, _session
+        _offline, _session = offline_mode, None  # a new session at the next dataset made offline
+
+    @classmethod
+    def is_offline(cls) -> bool:
+        return _offline or any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_VARIABLES)
+
+    @classmethod
+    def import_offline_session(cls, session_folder_zip: str, upload: bool = True, finalize: bool = False) -> list[str]:
+        """Copy the versions of an offline session (its folder, as printed when it began) to the
+        store (the default one, or DSFS_STORE): its drafts uploaded if `upload` and closed if
+        `finalize` first, then every final version pushed with the ancestors it needs (packs only
+        once: dsfs push). A draft left open stays in the session: dsfs moves final versions between
+        stores. Returns the ids copied."""
+        folder = os.path.abspath(os.path.expanduser(session_folder_zip))
+        session = os.path.join(folder, "store")
+        if not os.path.isdir(session):
+            raise UsageError(f"{folder} is not an offline session (no store in it)")
+        copied, left = [], []
+        for info in catalog.search(open_store(f"file://{session}")):
+            ds = _Dataset.get(info.id, include_drafts=True, store=f"file://{session}")
+            if not ds.is_final:
+                if upload:
+                    ds.upload()
+                if not finalize:
+                    left.append(info.id)
+                    continue
+                ds.finalize()
+            ds.push(open_store(None, create=True))
+            copied.append(info.id)
+        if left:
+            warn(f"{len(left)} draft(s) of the offline session were not copied (dsfs copies final versions; "
+                 f"pass finalize=True): {', '.join(left)}")
+        return copied
 
     # -- authoring -----------------------------------------------------------------------------
 
@@ -336,12 +402,12 @@ class Dataset:
     @classmethod
     def rename(cls, new_dataset_name: str, dataset_project: str, dataset_name: str) -> int:
         """Rename every version of dataset_project/dataset_name."""
-        return _Dataset.rename(new_dataset_name, dataset_project, dataset_name)
+        return _Dataset.rename(new_dataset_name, dataset_project, dataset_name, store=_offline_store())
 
     @classmethod
     def move_to_project(cls, new_dataset_project: str, dataset_project: str, dataset_name: str) -> int:
         """Move every version of dataset_project/dataset_name to new_dataset_project."""
-        return _Dataset.move_to_project(new_dataset_project, dataset_project, dataset_name)
+        return _Dataset.move_to_project(new_dataset_project, dataset_project, dataset_name, store=_offline_store())
 
     @classmethod
     def delete(cls, dataset_id: str | None = None, dataset_project: str | None = None,
@@ -352,7 +418,7 @@ class Dataset:
         versions are all deleted only with entire_dataset=True and force=True, newest first. A parent
         needs force (its children lose their data). Returns the deleted ids. Records only: `dsfs gc`
         reclaims the packs no version uses (delete_files)."""
-        store = open_store(None)
+        store = open_store(_offline_store())
         if dataset_id:
             return [_Dataset.delete(dataset_id, force, store).id]
         if not dataset_project and not dataset_name:
@@ -376,7 +442,7 @@ class Dataset:
         ids = _ids(dataset_ids) + [f"{project}/{name}" for project, name in dataset_project_name_pairs or []]
         if not ids:
             raise UsageError("Dataset.squash needs dataset_ids or dataset_project_name_pairs")
-        squashed = cls(_Dataset.squash(dataset_name, ids))
+        squashed = cls(_Dataset.squash(dataset_name, ids, store=_offline_store()))
         if output_url:
             squashed.dataset.push(output_url)
         return squashed

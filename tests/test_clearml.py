@@ -244,3 +244,25 @@ def test_parts_share_the_files_evenly_and_whole(tmp_path, store, dsfs):
     r = dsfs("--store", store, "get", ds.id, "--part", "0", "--num-parts", "3")
     assert r.code == 0 and r.out.strip() == ds.get_local_copy(part=0, num_parts=3)
     assert dsfs("--store", store, "get", ds.id, "--part", "0").code == 2
+
+
+def test_offline_session_then_import(tmp_path, store, capsys, monkeypatch):
+    make_tree(tmp_path / "imgs", {"my_image.jpg": b"jpeg bytes"})
+    monkeypatch.chdir(tmp_path / "imgs")
+    Dataset.set_offline(offline_mode=True)
+    try:
+        assert Dataset.is_offline()
+        dataset = Dataset.create(dataset_name="Dataset example", dataset_project="Example project")
+        dataset.add_files(path='my_image.jpg')
+    finally:
+        Dataset.set_offline(offline_mode=False)
+    session = capsys.readouterr().out.split("offline session stored in ")[1].split()[0]
+    assert os.path.isdir(session) and not os.path.exists(store[len("file://"):])  # nothing reached the store
+    copied = Dataset.import_offline_session(session_folder_zip=session, upload=True, finalize=True)
+    assert copied == [dataset.id]
+    back = Dataset.get(dataset_project="Example project", dataset_name="Dataset example")
+    assert back.id == dataset.id and back.dataset.read_file("my_image.jpg") == b"jpeg bytes"
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")  # ClearML's variable turns it on too
+    assert Dataset.is_offline()
+    with pytest.raises(UsageError, match="not an offline session"):
+        Dataset.import_offline_session(str(tmp_path / "imgs"))
