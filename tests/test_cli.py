@@ -105,3 +105,33 @@ def test_no_current_dataset(tmp_path):
 def test_missing_store_is_not_created_by_readers(tmp_path):
     _assert_one_line_error(run_cli("--store", f"file://{tmp_path}/none", "search"), 7, "no dsfs store")
     assert not (tmp_path / "none").exists()
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_takes_the_global_options_after_it(tmp_path, dsfs, file_store):
+    """`dsfs create --store X -v` as `dsfs --store X -v create`; clearml-data takes --verbose on every
+    command, and users put options where they come to mind."""
+    from dsfs.cli.main import cli
+
+    for path, command in _commands(cli):
+        names = {name for param in command.params for name in getattr(param, "opts", [])}
+        assert {"--store", "--datastore", "--verbose"} <= names, " ".join(path)
+    r = dsfs("create", "--project", "p", "--name", "n", "--store", file_store, "-v")
+    assert r.code == 0, r.err
+    ds_id = r.out.strip()
+    make_tree(tmp_path / "d", {"a": b"1"})
+    assert dsfs("add", "--files", tmp_path / "d", "--store", file_store, "--verbose").code == 0
+    assert dsfs("close", "--id", ds_id, "--store", file_store).code == 0
+    r = dsfs("--store", "memory://nothing-here", "list", "--id", ds_id, "--store", file_store)
+    assert r.code == 0 and r.out.split()[-1] == "a"  # given after the command, it wins
+    r = dsfs("list", "--id", ds_id, "--datastore", "nope")
+    assert r.code != 0 and "unknown datastore 'nope'" in r.err

@@ -112,6 +112,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 @click.pass_context
 def cli(ctx, store, datastore, verbose):
     """dsfs: versioned datasets in object storage, mounted or materialized on compute nodes."""
+    _set_verbosity(verbose)
+    ctx.obj = {"store": store_ref(ctx, store, datastore)}
+
+
+def _set_verbosity(verbose: int) -> None:
     import logging
 
     # Without -v the dsfs loggers write nothing (not even logging's last-resort WARNING lines):
@@ -121,7 +126,6 @@ def cli(ctx, store, datastore, verbose):
     logging.getLogger("dsfs").handlers[:] = [handler]
     if verbose:
         logging.getLogger("dsfs").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-    ctx.obj = {"store": store_ref(ctx, store, datastore)}
 
 
 @cli.command()
@@ -795,6 +799,47 @@ from dsfs.cli.mount import mount, mounts, unmount  # noqa: E402
 cli.add_command(mount)
 cli.add_command(unmount)
 cli.add_command(mounts)
+
+
+def _store_after(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.obj["store"] = value
+
+
+def _datastore_after(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        from dsfs.store import datastores
+
+        ctx.obj["store"] = datastores.store_ref(None, value)
+
+
+def _verbose_after(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        _set_verbosity(value)
+
+
+# The group's options, accepted after the command too (`dsfs create --store X` as `dsfs --store X
+# create`; clearml-data takes --verbose on every command): given there, they win over the group's.
+_GLOBAL_AFTER = [
+    click.Option(["--store"], metavar="URL", expose_value=False, callback=_store_after,
+                 help="As `dsfs --store URL`, given after the command."),
+    click.Option(["--datastore"], metavar="NAME", expose_value=False, callback=_datastore_after,
+                 help="As `dsfs --datastore NAME`, given after the command."),
+    click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_verbose_after,
+                 help="As `dsfs -v`: log what dsfs does to stderr (-vv: every fetch and retry)."),
+]
+
+
+def _accept_global_options(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_global_options(command)
+            continue
+        taken = {name for param in command.params for name in getattr(param, "opts", [])}
+        command.params += [option for option in _GLOBAL_AFTER if not taken & set(option.opts)]
+
+
+_accept_global_options(cli)
 
 
 def main(argv=None) -> None:
