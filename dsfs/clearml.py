@@ -90,7 +90,6 @@ class Dataset:
 
     def __init__(self, dataset: _Dataset):
         self.dataset = dataset
-        self._push_to: str | None = None
 
     def __repr__(self) -> str:
         return f"clearml-compatible {self.dataset!r}"
@@ -289,9 +288,7 @@ class Dataset:
         for name, value in (("compression", compression), ("chunk_size", chunk_size)):
             if value is not None:
                 warn(f"upload({name}=...): dsfs cuts chunks by content and compresses each; ignored")
-        if output_url:
-            self._push_to = output_url
-        self.dataset.upload(max_workers=max_workers, show_progress=show_progress)
+        self.dataset.upload(max_workers=max_workers, show_progress=show_progress, push_to=output_url)
 
     def finalize(self, verbose: bool = False, raise_on_error: bool = True, auto_upload: bool = False) -> bool:
         """Close the version. As in ClearML, files must have been uploaded first unless auto_upload."""
@@ -301,8 +298,6 @@ class Dataset:
                                    f"or finalize(auto_upload=True)")
             return False
         self.dataset.finalize(auto_upload=True)
-        if self._push_to:
-            self.dataset.push(self._push_to)
         return True
 
     def publish(self, raise_on_error: bool = True) -> bool:

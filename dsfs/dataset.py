@@ -257,19 +257,27 @@ class Dataset:
             draft.save()
         return removed
 
-    def upload(self, max_workers: int | None = None, show_progress: bool | None = None) -> dict:
-        """Send the added files' new chunks to the store. Resumable; returns counts."""
+    def upload(self, max_workers: int | None = None, show_progress: bool | None = None,
+               push_to: str | None = None) -> dict:
+        """Send the added files' new chunks to the store. Resumable; returns counts. push_to: another
+        store (URL or datastore name) the version is pushed to when it is closed (kept in the draft)."""
         with self._changing("upload") as draft, close.writer_session(self.store, self.info, "upload") as session:
+            if push_to:
+                draft.push_to = push_to
             return close.upload(self.store, self.info, draft, session, max_workers, show_progress)
 
     def finalize(self, auto_upload: bool = True, max_workers: int | None = None,
-                 show_progress: bool | None = None) -> None:
-        """Close the version: upload what is left, write its change-set, then mark it final."""
+                 show_progress: bool | None = None, push_to: str | None = None) -> dict | None:
+        """Close the version: upload what is left, write its change-set, then mark it final. Then,
+        if push_to is given (or an upload was given one), push it there with the ancestors it needs
+        and return push's counts and "to" (clearml-data's --storage: the version ends up there)."""
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
         with self._changing("close") as draft:
+            push_to = push_to or draft.push_to
             close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress)
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
+        return {**self.push(push_to, max_workers, show_progress), "to": push_to} if push_to else None
 
     def publish(self) -> None:
         if self.state == "draft":

@@ -135,3 +135,30 @@ def test_every_command_takes_the_global_options_after_it(tmp_path, dsfs, file_st
     assert r.code == 0 and r.out.split()[-1] == "a"  # given after the command, it wins
     r = dsfs("list", "--id", ds_id, "--datastore", "nope")
     assert r.code != 0 and "unknown datastore 'nope'" in r.err
+
+
+def test_storage_disable_upload_and_sync_into_a_draft(tmp_path, dsfs, file_store):
+    """clearml-data's --storage: the closed version ends up in that store too (with what it needs);
+    close --disable-upload refuses pending files; sync --id fills an existing draft."""
+    other = f"file://{tmp_path}/other"
+    make_tree(tmp_path / "d", {"a": b"1", "b": b"2"})
+    s = ("--store", file_store)
+    ds_id = dsfs(*s, "create", "--project", "p", "--name", "n").out.strip()
+    assert dsfs(*s, "add", "--files", tmp_path / "d").code == 0
+    r = dsfs(*s, "close", "--disable-upload")
+    assert r.code == 4 and "not uploaded" in r.err
+    assert dsfs(*s, "upload", "--storage", other).code == 0  # remembered by the draft until it is closed
+    r = dsfs(*s, "close")
+    assert r.code == 0 and f"pushed to {other}" in r.err
+    assert dsfs("--store", other, "cat", "--id", ds_id, "b").out == "2"
+    third = f"file://{tmp_path}/third"
+    child = dsfs(*s, "create", "--project", "p", "--name", "n", "--parents", ds_id).out.strip()
+    (tmp_path / "d" / "a").write_bytes(b"changed")
+    r = dsfs(*s, "sync", "--folder", tmp_path / "d", "--id", child, "--storage", third)
+    assert r.code == 0 and "0 added, 1 modified" in r.err
+    assert dsfs("--store", third, "cat", "--id", child, "a").out == "changed"
+    assert dsfs("--store", third, "cat", "--id", ds_id, "b").out == "2"  # the parent came along
+    r = dsfs(*s, "squash", "--name", "flat", "--ids", child, "--storage", other)
+    assert r.code == 0 and dsfs("--store", other, "cat", "--id", r.out.strip(), "a").out == "changed"
+    assert dsfs(*s, "sync", "--folder", tmp_path / "d", "--project", "p", "--name", "n", "--skip-close",
+                "--storage", other).code == 2

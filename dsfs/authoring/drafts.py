@@ -255,6 +255,16 @@ class DraftState:
     def new_bytes(self) -> int:
         return self.db.execute("SELECT value FROM meta WHERE key = 'new_bytes'").fetchone()[0]
 
+    @property
+    def push_to(self) -> str | None:
+        """Another store the version goes to once closed (`upload --storage`), or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'push_to'").fetchone()
+        return row[0] if row else None
+
+    @push_to.setter
+    def push_to(self, target: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('push_to', ?)", (target,))
+
     # -- changing (a dataset path is in at most one of adds, uploaded and removals) ---------------
 
     def stage_local(self, files: Iterable[tuple[str, str]],

@@ -99,6 +99,15 @@ def _dataset(ctx, ref: str | None) -> Dataset:
 id_option = click.option("--id", "ref", metavar="DATASET",
                          help="Dataset id or project/name[@version] (default: the current one).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+storage_option = click.option("--storage", default=None, metavar="STORE",
+                              help="Also put the closed version in this store (URL or datastore name), with the "
+                                   "ancestors it needs, as `dsfs push` does.")
+
+
+def _pushed(result: dict | None, to: str | None = None) -> None:
+    if result is not None:
+        click.echo(f"pushed to {to or result['to']}: {result['versions_sent']} version(s), "
+                   f"{result['packs_sent']} pack(s) ({_human(result['bytes_sent'])}) sent", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,27 +198,32 @@ def remove(ctx, files, non_recursive, ref):
 
 @cli.command()
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads (default 4).")
+@click.option("--storage", default=None, metavar="STORE",
+              help="Put the version in this store too (URL or datastore name) when it is closed.")
 @id_option
 @click.pass_context
-def upload(ctx, max_workers, ref):
+def upload(ctx, max_workers, storage, ref):
     """Upload the added files' new chunks (resumable)."""
     ds = _dataset(ctx, ref)
-    result = ds.upload(max_workers=max_workers)
+    result = ds.upload(max_workers=max_workers, push_to=storage)
     click.echo(f"uploaded {ds.info.ref}: {result['files']} file(s), {result['packs_sent']} pack(s) sent, "
                f"{_human(result['new_bytes'])} new")
 
 
 @cli.command()
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads.")
+@click.option("--disable-upload", is_flag=True, help="Refuse to close while files are not uploaded (`dsfs upload`).")
+@storage_option
 @id_option
 @click.pass_context
-def close(ctx, max_workers, ref):
+def close(ctx, max_workers, disable_upload, storage, ref):
     """Upload what is left and finalize the version (immutable from then on)."""
     ds = _dataset(ctx, ref)
-    ds.finalize(max_workers=max_workers)
+    pushed = ds.finalize(auto_upload=not disable_upload, max_workers=max_workers, push_to=storage)
     stats = ds.info.stats
     click.echo(f"closed {ds.info.ref} ({ds.id}): {stats['files']} file(s), {_human(stats['bytes'])}; "
                f"+{stats['added']} ~{stats['modified']} -{stats['removed']}, {_human(stats['new_bytes'])} new")
+    _pushed(pushed)
 
 
 @cli.command()
@@ -450,10 +464,24 @@ def cat(ctx, path, ref):
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None)
 @click.option("--follow-symlinks", is_flag=True,
               help="Follow symlinks in the folder that point outside it (default: skipped, with a warning).")
+@storage_option
+@click.option("--id", "ref", default=None, metavar="DRAFT",
+              help="Sync into this existing draft instead of a new version.")
 @click.pass_context
 def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers,
-         follow_symlinks):
+         follow_symlinks, storage, ref):
     """Create a new version from a folder: added, modified and removed files against the parent."""
+    if storage and skip_close:
+        raise DsfsUsage("--storage puts the closed version there: drop --skip-close, or pass --storage to `dsfs close`")
+    if ref:
+        draft = _dataset(ctx, ref)
+        changes = draft.sync_folder(folder, dataset_folder, follow_symlinks)
+        pushed = None if skip_close else draft.finalize(max_workers=max_workers, push_to=storage)
+        click.echo(draft.id)
+        click.echo(f"{draft.info.ref} {'closed' if draft.is_final else 'draft'}: {changes.added} added, "
+                   f"{changes.modified} modified, {changes.removed} removed, {changes.unchanged} unchanged", err=True)
+        _pushed(pushed)
+        return
     if not (project and name):
         if not parents:
             raise DsfsUsage("pass --project and --name, or --parents")
@@ -469,6 +497,8 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
         return
     click.echo(ds.id)
     click.echo(f"{ds.info.ref} {'closed' if ds.is_final else 'draft'}: {summary}", err=True)
+    if storage:
+        _pushed(ds.push(storage, max_workers), storage)
 
 
 @cli.command()
@@ -502,13 +532,16 @@ def compare(ctx, source, target, verbose, as_json):
 @click.option("--version", default=None)
 @multi("--ids", required=True, metavar="DATASET", help="Versions to merge, in order (a later one wins).")
 @multi("--tags", metavar="TAG")
+@storage_option
 @click.pass_context
-def squash(ctx, name, project, version, ids, tags):
+def squash(ctx, name, project, version, ids, tags, storage):
     """A new flat version equal to the given versions merged, made from existing chunks."""
     ds = Dataset.squash(name, list(ids), project=project, version=version, tags=list(tags), store=ctx.obj["store"])
     click.echo(ds.id)
     click.echo(f"squashed {len(ids)} version(s) into {ds.info.ref}: {ds.info.stats['files']} file(s), "
                f"{_human(ds.info.stats['bytes'])}, no chunk bytes moved", err=True)
+    if storage:
+        _pushed(ds.push(storage), storage)
 
 
 @cli.command()
