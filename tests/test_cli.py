@@ -162,3 +162,41 @@ def test_storage_disable_upload_and_sync_into_a_draft(tmp_path, dsfs, file_store
     assert r.code == 0 and dsfs("--store", other, "cat", "--id", r.out.strip(), "a").out == "changed"
     assert dsfs(*s, "sync", "--folder", tmp_path / "d", "--project", "p", "--name", "n", "--skip-close",
                 "--storage", other).code == 2
+
+
+DATASET_COMMANDS_WITH_OTHER_ARGUMENTS = {"cat", "metadata set", "metadata get", "sync"}  # --id only: their
+# arguments are a path, a key and value, a folder; clearml-data names the dataset with --id there too
+
+
+def test_every_dataset_command_takes_it_positionally_and_as_id(tmp_path, dsfs, file_store):
+    import click
+
+    from dsfs.cli.main import cli
+
+    for path, command in _commands(cli):
+        name = " ".join(path)
+        options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+        arguments = [p for p in command.params if isinstance(p, click.Argument)]
+        if "--id" not in options:
+            assert not any("DATASET" in (a.metavar or "") for a in arguments), name
+            continue
+        if name not in DATASET_COMMANDS_WITH_OTHER_ARGUMENTS:
+            metavar = arguments[0].metavar or "" if arguments else ""
+            assert ("DATASET" in metavar or metavar == "PROJECT/NAME") and not arguments[0].required, name
+    make_tree(tmp_path / "d", {"a": b"1"})
+    s = ("--store", file_store)
+    ds_id = dsfs(*s, "create", "--project", "p", "--name", "n").out.strip()
+    assert dsfs(*s, "add", ds_id, "--files", tmp_path / "d").code == 0
+    assert dsfs(*s, "close", ds_id).code == 0
+    assert json.loads(dsfs(*s, "show", "--id", "p/n", "--json").out)["id"] == ds_id
+    assert dsfs(*s, "list", "p/n").out.split()[-1] == "a"
+    assert dsfs(*s, "verify", ds_id, "--folder", tmp_path / "d").code == 0
+    assert dsfs(*s, "download", "--id", ds_id, tmp_path / "out").code == 0 and (tmp_path / "out" / "a").exists()
+    assert dsfs(*s, "download", ds_id, tmp_path / "out2").code == 0
+    assert dsfs(*s, "get", "--id", ds_id).code == 0
+    assert ds_id in dsfs(*s, "versions", "--id", "p/n").out
+    assert dsfs(*s, "push", "--id", ds_id, "--to", f"file://{tmp_path}/other").code == 0
+    r = dsfs(*s, "show", ds_id, "--id", "p/other")
+    assert r.code == 2 and "name the dataset once" in r.err
+    r = dsfs(*s, "download", "--id", ds_id)
+    assert r.code == 2 and "TARGET" in r.err

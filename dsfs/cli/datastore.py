@@ -12,6 +12,7 @@ from click.core import ParameterSource
 
 from dsfs.cli.output import emit_json as _emit_json
 from dsfs.cli.output import table as _table
+from dsfs.cli.refs import id_too
 from dsfs.errors import UsageError
 
 
@@ -128,7 +129,8 @@ def upload(name, src_dir, target_path, overwrite, max_workers):
 
 
 @click.command()
-@click.argument("ref", metavar="DATASET")
+@click.argument("ref", metavar="DATASET", required=False)
+@id_too
 @click.option("--to", "to", required=True, metavar="DATASTORE",
               help="Target datastore name (or a store URL).")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack copies (default 4).")
@@ -138,7 +140,7 @@ def push(ctx, ref, to, max_workers, as_json):
     """Copy a final version, its missing ancestors and missing packs to another datastore."""
     from dsfs.dataset import Dataset
 
-    ds = Dataset.get(ref, store=ctx.obj["store"])
+    ds = Dataset.get(ref, store=ctx.obj["store"]) if ref else Dataset.current(ctx.obj["store"])
     result = ds.push(to, max_workers=max_workers)
     if as_json:
         return _emit_json(result)

@@ -24,6 +24,7 @@ from dsfs.cli.output import emit_json as _emit_json
 from dsfs.cli.output import emit_json_lines, emit_json_rows
 from dsfs.cli.output import human as _human
 from dsfs.cli.output import table as _table
+from dsfs.cli.refs import ID_HELP, dataset_ref, id_too, one_ref
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
 
@@ -94,6 +95,7 @@ def _dataset(ctx, ref: str | None) -> Dataset:
         ds.make_current()
         return ds
     return Dataset.current(store)
+
 
 
 id_option = click.option("--id", "ref", metavar="DATASET",
@@ -171,7 +173,7 @@ def create(ctx, project, name, version, parents, tags, description, from_datasto
 @click.option("--non-recursive", is_flag=True, help="Do not descend into sub-folders.")
 @click.option("--follow-symlinks", is_flag=True,
               help="Follow symlinks in folders that point outside them (default: skipped, with a warning).")
-@id_option
+@dataset_ref
 @click.pass_context
 def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_symlinks, ref):
     """Add local files (read at upload) or external links to the current draft."""
@@ -187,7 +189,7 @@ def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_syml
 @cli.command()
 @multi("--files", required=True, metavar="PATH", help="Dataset paths or globs.")
 @click.option("--non-recursive", is_flag=True, help="A folder pattern does not take its sub-folders.")
-@id_option
+@dataset_ref
 @click.pass_context
 def remove(ctx, files, non_recursive, ref):
     """Remove files from the current draft (including files its parents have)."""
@@ -200,7 +202,7 @@ def remove(ctx, files, non_recursive, ref):
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads (default 4).")
 @click.option("--storage", default=None, metavar="STORE",
               help="Put the version in this store too (URL or datastore name) when it is closed.")
-@id_option
+@dataset_ref
 @click.pass_context
 def upload(ctx, max_workers, storage, ref):
     """Upload the added files' new chunks (resumable)."""
@@ -214,7 +216,7 @@ def upload(ctx, max_workers, storage, ref):
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads.")
 @click.option("--disable-upload", is_flag=True, help="Refuse to close while files are not uploaded (`dsfs upload`).")
 @storage_option
-@id_option
+@dataset_ref
 @click.pass_context
 def close(ctx, max_workers, disable_upload, storage, ref):
     """Upload what is left and finalize the version (immutable from then on)."""
@@ -227,7 +229,7 @@ def close(ctx, max_workers, disable_upload, storage, ref):
 
 
 @cli.command()
-@id_option
+@dataset_ref
 @click.pass_context
 def publish(ctx, ref):
     """Mark a final version as published."""
@@ -237,7 +239,7 @@ def publish(ctx, ref):
 
 
 @cli.command(name="list")
-@id_option
+@dataset_ref
 @multi("--filter", "filters", metavar="GLOB", help="Only paths matching these globs.")
 @click.option("--modified", is_flag=True, help="Only this version's added, modified and removed files.")
 @json_option
@@ -309,6 +311,7 @@ def search(ctx, project, name, tags, ids, as_json):
 @cli.command()
 @click.argument("ref", metavar="DATASET", required=False)
 @json_option
+@id_too
 @click.pass_context
 def show(ctx, ref, as_json):
     """Show a version's record (default: the current dataset)."""
@@ -390,7 +393,7 @@ def move(ctx, project, name, new_project):
 
 
 @cli.command()
-@id_option
+@dataset_ref
 @click.option("--force", is_flag=True, help="Delete even if other versions inherit from it.")
 @click.pass_context
 def delete(ctx, ref, force):
@@ -545,11 +548,14 @@ def squash(ctx, name, project, version, ids, tags, storage):
 
 
 @cli.command()
-@click.argument("ref", metavar="PROJECT/NAME")
+@click.argument("ref", metavar="PROJECT/NAME", required=False)
 @json_option
+@id_too
 @click.pass_context
 def versions(ctx, ref, as_json):
     """The versions of a dataset: lineage, states, dates, sizes and new bytes."""
+    if not ref:
+        raise DsfsUsage("name the dataset: PROJECT/NAME (or --id PROJECT/NAME)")
     if "/" not in ref:
         raise DsfsUsage(f"{ref!r}: expected PROJECT/NAME")
     project, name = ref.split("@")[0].rsplit("/", 1)
@@ -616,7 +622,8 @@ def _check_summary(report) -> list[str]:
 
 
 @cli.command(name="export")
-@click.argument("ref", metavar="DATASET")
+@click.argument("ref", metavar="DATASET", required=False)
+@id_too
 @click.option("--format", "fmt", type=click.Choice(["tar", "zip", "manifest-json"]), default="tar", show_default=True)
 @multi("--include", metavar="GLOB", help="Only paths matching these globs.")
 @click.option("-o", "--output", required=True, help="Output file, or - for stdout.")
@@ -632,7 +639,7 @@ def export_(ctx, ref, fmt, include, output, overwrite, cache_dir):
 
     if output == "-" and fmt != "manifest-json" and sys.stdout.isatty():
         raise DsfsUsage("refusing to write a binary archive to a terminal; redirect it or use -o FILE")
-    ds = Dataset.get(ref, store=ctx.obj["store"])
+    ds = Dataset.get(ref, store=ctx.obj["store"]) if ref else Dataset.current(ctx.obj["store"])
     view = View(ds.store, Cache(cache_dir), ds.id)  # the cache the user chose: its chunks are used and kept
     try:
         count = export_to(view, output, fmt, list(include) or None, overwrite)
@@ -663,17 +670,24 @@ def _consumer(ctx, ref, cache_dir, cache_size) -> Dataset:
 
 
 @cli.command()
-@click.argument("ref", metavar="DATASET")
-@click.argument("target", type=click.Path(file_okay=False))
+@click.argument("ref", metavar="[DATASET]", required=False)
+@click.argument("target", type=click.Path(file_okay=False), required=False)
+@click.option("--id", "id_option", metavar="DATASET", help=ID_HELP)
 @multi("--include", metavar="GLOB", help="Only paths matching these globs (a folder name takes its subtree).")
 @multi("--exclude", metavar="GLOB", help="Skip paths matching these globs.")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Parallel ranged GETs.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder, replacing files of the same name.")
 @cache_options
 @click.pass_context
-def download(ctx, ref, target, include, exclude, max_workers, overwrite, cache_dir, cache_size):
-    """Materialize a version (or part of it) into TARGET. Resumable."""
-    ds = _consumer(ctx, ref, cache_dir, cache_size)
+def download(ctx, ref, target, id_option, include, exclude, max_workers, overwrite, cache_dir, cache_size):
+    """Materialize a version (or part of it) into TARGET. Resumable.
+
+    Example: `dsfs download p/n ./data` (or `dsfs download --id p/n ./data`)."""
+    if id_option and target is None:  # `download --id X TARGET`: the one argument is the target
+        ref, target = None, ref
+    if target is None:
+        raise DsfsUsage("name the TARGET folder: dsfs download [DATASET] TARGET")
+    ds = _consumer(ctx, one_ref(ref, id_option), cache_dir, cache_size)
     result = ds.download(target, list(include) or None, list(exclude) or None, max_workers, overwrite)
     click.echo(f"{ds.info.ref}: {result.written} file(s) written ({_human(result.bytes)}), "
                f"{result.skipped} already complete, in {target}")
@@ -681,6 +695,7 @@ def download(ctx, ref, target, include, exclude, max_workers, overwrite, cache_d
 
 @cli.command()
 @click.argument("ref", metavar="DATASET", required=False)
+@id_too
 @click.option("--copy", "copy_to", type=click.Path(file_okay=False), default=None, help="Make a mutable copy in DIR.")
 @click.option("--link", "link_to", type=click.Path(), default=None, help="Make DIR a symlink to the cached copy.")
 @click.option("--overwrite", is_flag=True, help="Allow a non-empty --copy DIR / an existing --link.")
@@ -731,7 +746,7 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cac
 
 
 @cli.command()
-@id_option
+@dataset_ref
 @click.option("--folder", type=click.Path(file_okay=False, exists=True), default=None,
               help="Folder to check (default: the cached copy).")
 @click.option("--filesize", is_flag=True, help="Compare sizes only, do not hash.")

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from dsfs.cli.refs import ID_HELP, one_ref
 from dsfs.errors import UsageError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -43,9 +44,15 @@ def _merge(config_file: str | None, given: dict) -> dict:
 @click.option("--include", multiple=True, metavar="GLOB", help="With --prefetch: only these paths (repeatable).")
 @click.option("--foreground", is_flag=True, help="Serve in this process, log to stderr (systemd Type=notify).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="Default: info.")
+@click.option("--id", "id_option", metavar="DATASET", help=ID_HELP)
 @click.pass_context
-def mount(ctx, dataset, mountpoint, config_file, foreground, **given):
-    """Mount a final version read-only at MOUNTPOINT (an empty folder); returns once it serves."""
+def mount(ctx, dataset, mountpoint, config_file, foreground, id_option, **given):
+    """Mount a final version read-only at MOUNTPOINT (an empty folder); returns once it serves.
+
+    Example: `dsfs mount p/n /data` (or `dsfs mount --id p/n /data`)."""
+    if id_option and mountpoint is None:  # `mount --id X MOUNTPOINT`: the one argument is the mountpoint
+        dataset, mountpoint = None, dataset
+    dataset = one_ref(dataset, id_option)
     options = _merge(config_file, {"dataset": dataset, "mountpoint": mountpoint, **given})
     dataset, mountpoint = options.pop("dataset", None), options.pop("mountpoint", None)
     if not dataset or not mountpoint:
