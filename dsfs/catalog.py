@@ -7,8 +7,6 @@ facade (dsfs.dataset) and the mount daemon call these; nothing here reads file c
 
 from __future__ import annotations
 
-import fnmatch
-
 import semver
 
 from dsfs import paths
@@ -111,14 +109,22 @@ def claim_version(store: Store, project: str, name: str, version: str | None, da
     raise Conflict(f"could not claim a version number for {project}/{name}: too many concurrent authors")
 
 
+def _name_matches(name: str, wanted: str) -> bool:
+    """A name filter: a glob (paths.glob_match), or without wildcards a part of the name, any case
+    (clearml-data's `search --name` takes a partial name)."""
+    if any(c in wanted for c in "*?["):
+        return paths.glob_match(name, wanted)
+    return wanted.casefold() in name.casefold()
+
+
 def search(store: Store, project: str | None = None, name: str | None = None, tags: list[str] | None = None,
            ids: list[str] | None = None, unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
     """Version records matching all given filters (project and name are globs), oldest first.
     Records that exist but cannot be read are left out and, if `unreadable` is given, put in it
     ({id: error}): they may match, and a listing should say so."""
     found = [v for v in store.list_versions(unreadable)
-             if (not project or fnmatch.fnmatchcase(v.project, project))
-             and (not name or fnmatch.fnmatchcase(v.name, name))
+             if (not project or paths.glob_match(v.project, project))
+             and (not name or _name_matches(v.name, name))
              and all(t in v.tags for t in tags or [])
              and (not ids or v.id in ids)]
     return sorted(found, key=lambda v: (v.project, v.name, parse_semver(v.version) or semver.Version(0), v.created))

@@ -28,7 +28,6 @@ Errors are dsfs's (dsfs.errors, one line each), never a TypeError for a keyword 
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import json
 import os
@@ -37,7 +36,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dsfs import catalog, settings
+from dsfs import catalog, paths, settings
 from dsfs.authoring.localfiles import warn
 from dsfs.catalog import open_store, parse_semver
 from dsfs.dataset import Dataset as _Dataset
@@ -269,7 +268,7 @@ class Dataset:
         if "://" not in dataset_path:
             return self.dataset.remove_files(dataset_path.lstrip("/"), recursive)
         linked = [e.path for e in self.dataset.iter_entries(chunks=False)
-                  if e.url and fnmatch.fnmatchcase(e.url, dataset_path)]
+                  if e.url and paths.glob_match(e.url, dataset_path)]
         if not linked:
             raise UsageError(f"no link in dataset {self.id} has the URL {dataset_path!r}")
         return sum(self.dataset.remove_files(glob.escape(path), recursive=False) for path in linked)

@@ -19,9 +19,10 @@ tags); the store refuses '.', '..' and '' again where it builds a key, as a last
 
 from __future__ import annotations
 
-import fnmatch
 import unicodedata
 import urllib.parse
+
+from wcmatch import glob as wcglob
 
 from dsfs.errors import InvalidPath, UsageError
 
@@ -107,22 +108,34 @@ def parents(path: str):
         yield path
 
 
+GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.CASE
+
+
+def glob_match(text: str, pattern: str) -> bool:
+    """The one wildcard rule of dsfs (wcmatch's glob), for dataset paths, local paths, URLs and
+    labels alike: `*` and `?` match within one name (never a '/'), `**` any number of folders,
+    `[abc]`/`[!abc]` one character of a set; names starting with '.' are matched like any other;
+    case counts."""
+    return wcglob.globmatch(text, pattern, flags=GLOB_FLAGS)
+
+
 def matches(path: str, patterns, recursive: bool = True) -> bool:
-    """True if `path` matches any glob in `patterns`.
+    """True if `path` matches any glob in `patterns` (glob_match's rule).
 
     A pattern matches the full path, the file name, or (recursive) any folder prefix: 'imgs'
-    selects everything under 'imgs/'. Non-recursive patterns only match files directly in the
-    pattern's folder.
+    selects everything under 'imgs/', 'imgs/*' every file of its subfolders too, and a pattern
+    with no '/' ('*.csv') a file of that name in any folder. Non-recursive, a pattern matches only
+    the full path, or the name of a file at the top ('*.csv' takes 't.csv', not 'deep/t.csv').
     """
     for pattern in patterns:
         pattern = pattern.strip("/")
-        if fnmatch.fnmatchcase(path, pattern):
+        if glob_match(path, pattern):
             return True
-        if "/" not in pattern and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern):
+        if "/" not in pattern and glob_match(path.rsplit("/", 1)[-1], pattern):
             if recursive or "/" not in path:
                 return True
         if recursive:
             for folder in parents(path):
-                if fnmatch.fnmatchcase(folder, pattern):
+                if glob_match(folder, pattern):
                     return True
     return False

@@ -200,3 +200,22 @@ def test_every_dataset_command_takes_it_positionally_and_as_id(tmp_path, dsfs, f
     assert r.code == 2 and "name the dataset once" in r.err
     r = dsfs(*s, "download", "--id", ds_id)
     assert r.code == 2 and "TARGET" in r.err
+
+
+def test_one_glob_rule_and_a_partial_search_name(tmp_path, dsfs, file_store):
+    """remove --non-recursive '*.csv' takes the top-level table only: '*' never crosses a '/'
+    (wcmatch's glob, the rule of every wildcard); `**` crosses folders; search --name takes a part
+    of a name, as clearml-data's does."""
+    make_tree(tmp_path / "d", {"t.csv": b"1", "deep/er/table.csv": b"2", "deep/x.txt": b"3", "deep/y.csv": b"4"})
+    s = ("--store", file_store)
+    ds_id = dsfs(*s, "create", "--project", "p", "--name", "cats-2024").out.strip()
+    assert dsfs(*s, "add", "--files", tmp_path / "d").code == 0
+    assert dsfs(*s, "remove", "--files", "*.csv", "--non-recursive").code == 0
+    assert dsfs(*s, "close").code == 0
+    listed = json.loads(dsfs(*s, "list", ds_id, "--json").out)
+    assert [f["path"] for f in listed] == ["deep/er/table.csv", "deep/x.txt", "deep/y.csv"]
+    r = dsfs(*s, "list", ds_id, "--filter", "deep/**/*.csv", "--json")
+    assert [f["path"] for f in json.loads(r.out)] == ["deep/er/table.csv", "deep/y.csv"]
+    assert [v["id"] for v in json.loads(dsfs(*s, "search", "--name", "CATS", "--json").out)] == [ds_id]
+    assert json.loads(dsfs(*s, "search", "--name", "dogs", "--json").out) == []
+    assert [v["id"] for v in json.loads(dsfs(*s, "search", "--name", "cats-*", "--json").out)] == [ds_id]

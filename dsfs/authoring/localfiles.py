@@ -8,10 +8,11 @@ of its own.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import unicodedata
+
+from wcmatch import glob as wcglob
 
 from dsfs import paths
 from dsfs.authoring.evolve import is_utf8, printable, scan_folder
@@ -47,9 +48,9 @@ def local_files(path: str, wildcard, recursive: bool, follow_symlinks: bool = Fa
         if not wildcards or paths.matches(os.path.basename(path), wildcards):
             yield from _named_file(path, warn)
         return
-    elif glob.has_magic(path):
+    elif wcglob.is_magic(path, flags=paths.GLOB_FLAGS):
         roots = []
-        for match in sorted(glob.glob(path, recursive=recursive)):
+        for match in sorted(wcglob.glob(path, flags=paths.GLOB_FLAGS)):
             if os.path.isfile(match):
                 if not wildcards or paths.matches(os.path.basename(match), wildcards):
                     yield from _named_file(match, warn)

@@ -24,14 +24,13 @@ checked for changes: it is refused too (at add time, an object with no tag is no
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import urllib.parse
 
 import fsspec
 
-from dsfs import retry, settings
+from dsfs import paths, retry, settings
 from dsfs.errors import (
     AccessDenied,
     CorruptData,
@@ -165,7 +164,7 @@ def list_objects(url: str, wildcard=None, recursive: bool = True):
         if item.get("type") == "directory":
             continue
         rel = full[len(root):] if full.startswith(root) else full.rsplit("/", 1)[-1]
-        if wildcards and not any(fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], w) for w in wildcards):
+        if wildcards and not any(paths.glob_match(rel.rsplit("/", 1)[-1], w) for w in wildcards):
             continue
         yield rel, f"{protocol}://{full}", item["size"], _tag(item, f"{protocol}://{full}"), _mtime_ns(item)
 
