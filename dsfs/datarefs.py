@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from dsfs.daemon import MountHandle
 
 MODES = ("mount", "download")
+DATASTORE_PREFIX = "datastore:"  # dsfs.store.datastores.PREFIX (not imported here: it loads fsspec)
 MOUNT_OPTIONS = ("cache_dir", "cache_size", "read_ahead", "allow_other")  # what as_mount(**options) passes on
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_PREFIX = "DSFS_DATAREFERENCE_"
@@ -55,6 +56,10 @@ def parse_input(spec: str) -> InputSpec:
             break
     else:
         dataset, mode, path = rest, "mount", None
+        unknown = rest.removeprefix(DATASTORE_PREFIX).split(":")[1:]  # only a datastore ref has a ':'
+        if unknown:
+            raise UsageError(f"invalid --input {spec!r}: {unknown[0]!r} is not a mode; use "
+                             f"NAME=DATASET[:{'|:'.join(MODES)}][:PATH]")
     if not dataset:
         raise UsageError(f"invalid --input {spec!r}: no dataset")
     return InputSpec(name, dataset, mode, path)

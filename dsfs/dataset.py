@@ -570,7 +570,9 @@ class Dataset:
     def delete(ref: str, force: bool = False, store: Store | str | None = None) -> VersionInfo:
         """Delete a version's records, never its packs (dsfs.catalog.delete; `gc` reclaims space).
         Refuses while other versions inherit from it or borrow its packs, unless force."""
-        return catalog.delete(open_store(store), ref, force)
+        deleted = catalog.delete(open_store(store), ref, force)
+        drafts.forget_current(deleted.id)
+        return deleted
 
     @staticmethod
     def dependents(ref: str, store: Store | str | None = None) -> tuple[list[VersionInfo], list[VersionInfo]]:

@@ -219,3 +219,22 @@ def test_one_glob_rule_and_a_partial_search_name(tmp_path, dsfs, file_store):
     assert [v["id"] for v in json.loads(dsfs(*s, "search", "--name", "CATS", "--json").out)] == [ds_id]
     assert json.loads(dsfs(*s, "search", "--name", "dogs", "--json").out) == []
     assert [v["id"] for v in json.loads(dsfs(*s, "search", "--name", "cats-*", "--json").out)] == [ds_id]
+
+
+def test_small_consistency_fixes(tmp_path, dsfs, file_store):
+    """list --project --name; get refuses --copy with --link; deleting the current dataset clears
+    "current"; a mistyped --input mode names the valid ones."""
+    make_tree(tmp_path / "d", {"a": b"1"})
+    s = ("--store", file_store)
+    ds_id = dsfs(*s, "create", "--project", "p", "--name", "n").out.strip()
+    assert dsfs(*s, "add", "--files", tmp_path / "d").code == 0 and dsfs(*s, "close").code == 0
+    assert dsfs(*s, "list", "--project", "p", "--name", "n").out.split()[-1] == "a"
+    assert dsfs(*s, "list", "--project", "p").code == 2
+    r = dsfs(*s, "get", ds_id, "--copy", tmp_path / "c", "--link", tmp_path / "l")
+    assert r.code == 2 and "choose one" in r.err and not (tmp_path / "c").exists()
+    draft = dsfs(*s, "create", "--project", "p", "--name", "other").out.strip()
+    assert dsfs(*s, "delete", draft).code == 0
+    r = dsfs(*s, "show")
+    assert r.code == 2 and "no current dataset" in r.err
+    r = dsfs(*s, "run", "--input", "train=p/n:mnt", "--", "true")
+    assert r.code == 2 and "'mnt' is not a mode" in r.err and "mount|:download" in r.err

@@ -26,6 +26,7 @@ Python's surrogate escapes and read back to the same bytes (dataset paths are al
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -57,6 +58,14 @@ def get_current() -> dict | None:
 def set_current(store_url: str, dataset_id: str) -> None:
     atomic_write(os.path.join(settings.state_dir(), "current.json"),
                  json.dumps({"store": store_url, "id": dataset_id}).encode())
+
+
+def forget_current(dataset_id: str) -> None:
+    """A deleted dataset is no longer the current one (commands without an id would name it)."""
+    current = get_current()
+    if current and current.get("id") == dataset_id:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(settings.state_dir(), "current.json"))
 
 
 FORMAT = 2  # 1: one msgpack file rewritten whole on each save (read once, then converted)

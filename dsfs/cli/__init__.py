@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     if args == ["--version"]:
         print(f"dsfs, version {installed_version()}")  # click.version_option's words, as `dsfs -v --version` says
         return
-    from dsfs.cli.main import main as run
-
+    try:
+        from dsfs.cli.main import main as run
+    except KeyboardInterrupt:  # Ctrl-C while the command line loads: as during a command
+        print("dsfs: interrupted", file=sys.stderr)
+        sys.exit(130)
     run(argv)

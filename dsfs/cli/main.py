@@ -244,11 +244,19 @@ def publish(ctx, ref):
 @click.option("--modified", is_flag=True, help="Only this version's added, modified and removed files.")
 @json_option
 @click.option("--jsonl", "as_jsonl", is_flag=True, help="Print one JSON object per line (a file each).")
+@click.option("--project", default=None, help="With --name: the latest final version of project/name.")
+@click.option("--name", default=None, help="With --project (clearml-data's way of naming a dataset).")
 @click.pass_context
-def list_(ctx, ref, filters, modified, as_json, as_jsonl):
-    """List the files of a version's merged view."""
+def list_(ctx, ref, filters, modified, as_json, as_jsonl, project, name):
+    """List the files of a version's merged view.
+
+    Example: `dsfs list vision/cats --filter 'images/*' --json`."""
     if as_json and as_jsonl:
         raise DsfsUsage("--json and --jsonl: choose one")
+    if project or name:
+        if not (project and name) or ref:
+            raise DsfsUsage("name the dataset once: --project with --name, or DATASET/--id")
+        ref = f"{project}/{name}"
     ds = _dataset(ctx, ref)
     from dsfs import paths
 
@@ -717,6 +725,8 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cac
 
     if (part is None) != (num_parts is None):
         raise DsfsUsage("pass --part and --num-parts together")
+    if copy_to and link_to:
+        raise DsfsUsage("--copy makes a mutable copy, --link a symlink to the cached one: choose one")
     if ref and ID_RE.match(ref) and not (copy_to or link_to or num_parts):
         # A final version never changes: a cached copy of this id that stats as it was laid out is
         # the answer, no store round trip (most of a second `get` was opening the store).
