@@ -238,3 +238,15 @@ def test_small_consistency_fixes(tmp_path, dsfs, file_store):
     assert r.code == 2 and "no current dataset" in r.err
     r = dsfs(*s, "run", "--input", "train=p/n:mnt", "--", "true")
     assert r.code == 2 and "'mnt' is not a mode" in r.err and "mount|:download" in r.err
+
+
+def test_a_missing_cloud_library_names_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['s3fs'] = None; sys.modules['gcsfs'] = None; "  # as if not installed
+            "from dsfs.cli.main import main; main(sys.argv[1:])")
+    for url, extra in (("s3://bucket/x", "s3"), ("gs://bucket/x", "gcs")):
+        r = subprocess.run([sys.executable, "-c", code, "--store", url, "search"], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert f"pip install 'dsfs[{extra}]'" in r.stderr and "Traceback" not in r.stderr

@@ -116,7 +116,9 @@ def url_to_fs(url: str):
             fs = datastore.store().fs
             return fs, fs._strip_protocol(url)
         return fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:
+        raise backends.missing_library(scheme, exc) from None
+    except ValueError as exc:
         raise UsageError(f"cannot open {redact(url)}: {exc}") from None
 
 

@@ -82,6 +82,17 @@ def family(protocol: str) -> str:
     return {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}.get(protocol, protocol)
 
 
+EXTRAS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "az": ("adlfs", "azure")}  # family -> library, extra
+
+
+def missing_library(protocol: str, exc: ImportError) -> UsageError:
+    """A cloud library that is not installed: which extra brings it (a usage error: nothing is
+    unreachable, the install is short of a part)."""
+    library, extra = EXTRAS.get(family(protocol), (getattr(exc, "name", None) or "a library", None))
+    how = f"pip install 'dsfs[{extra}]'" if extra else "install it"
+    return UsageError(f"{protocol}:// needs the {library} library, which is not installed: {how}")
+
+
 def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY_RE.search(key))
 

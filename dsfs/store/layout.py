@@ -184,7 +184,9 @@ class Store:
                 options.setdefault("auto_mkdir", True)
                 root = os.path.abspath(os.path.expanduser(root))
             self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options, self.timeout))
-        except (ImportError, ValueError, TypeError) as exc:
+        except ImportError as exc:
+            raise backends.missing_library(protocol, exc) from None
+        except (ValueError, TypeError) as exc:
             reason = backends.scrub(backends.reason(exc), self._secrets)
             raise backends.caused(StoreUnavailable(f"cannot open store {self.display_url}: {reason}"), exc,
                                   self._secrets) from None
