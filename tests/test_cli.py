@@ -250,3 +250,14 @@ def test_a_missing_cloud_library_names_the_extra(tmp_path):
         r = subprocess.run([sys.executable, "-c", code, "--store", url, "search"], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr
         assert f"pip install 'dsfs[{extra}]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_gcs_credentials_file_that_does_not_exist_is_named(tmp_path, dsfs, monkeypatch):
+    missing = tmp_path / "no-such-key.json"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
+    r = dsfs("--store", "gs://bucket/x", "search")
+    assert r.code == 2 and str(missing) in r.err and "GOOGLE_APPLICATION_CREDENTIALS" in r.err
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    assert dsfs("datastore", "register", "lake", "gs://bucket/x", "-o", f"token={missing}").code == 0
+    r = dsfs("--datastore", "lake", "search")
+    assert r.code == 2 and str(missing) in r.err and "token option" in r.err

@@ -180,6 +180,22 @@ def timeout_option(options: dict) -> float:
     return seconds
 
 
+GCS_TOKEN_WORDS = {"anon", "google_default", "cache", "cloud", "browser"}  # gcsfs's token= words, not files
+
+
+def _check_gcs_token(options: dict) -> None:
+    """A service-account file named by the `token` option or GOOGLE_APPLICATION_CREDENTIALS that
+    does not exist: a usage error naming it, before any request (gcsfs would try the network)."""
+    token = options.get("token")
+    named = [("the token option", token)] if isinstance(token, str) and token not in GCS_TOKEN_WORDS else []
+    if token is None and os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        named.append(("GOOGLE_APPLICATION_CREDENTIALS", os.environ["GOOGLE_APPLICATION_CREDENTIALS"]))
+    for where, path in named:
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise UsageError(f"no credentials file {path} ({where}): name an existing service-account "
+                             f"JSON file, or token=anon for a public bucket")
+
+
 def prepare(protocol: str, options: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
     """Options with dsfs's defaults for this backend, its time limits derived from `timeout` (see
     the module docstring; options the user gave win). Called before the backend is imported."""
@@ -204,6 +220,7 @@ def prepare(protocol: str, options: dict, timeout: float = DEFAULT_TIMEOUT) -> d
         options.setdefault("connection_timeout", connect)
         options.setdefault("read_timeout", read)
     elif kind == "gs":
+        _check_gcs_token(options)
         import aiohttp  # gcsfs's transport; a ClientTimeout (not a number, which aiohttp takes as total)
 
         options.setdefault("requests_timeout", aiohttp.ClientTimeout(sock_connect=connect, sock_read=read))
