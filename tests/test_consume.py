@@ -88,10 +88,12 @@ def test_download_full_and_subsets(tmp_path, file_store, dsfs):
     r = dsfs("--store", file_store, "download", "p/n", tmp_path / "part", "--include", "train", "--exclude", "*.txt")
     assert r.code == 0, r.err
     assert read_tree(tmp_path / "part") == {"train/a.bin": files["train/a.bin"]}
-    r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full")
-    assert r.code == 2 and "not empty" in r.err
+    r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full")  # run again: already done
+    assert r.code == 0 and "0 file(s) written" in r.out and "4 already complete" in r.out
     (tmp_path / "full" / "val" / "c.txt").write_bytes(b"changed!")
     os.utime(tmp_path / "full" / "val" / "c.txt", ns=(0, 0))
+    r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full")  # a file of someone else's now
+    assert r.code == 2 and "not empty" in r.err and read_tree(tmp_path / "full")["val/c.txt"] == b"changed!"
     r = dsfs("--store", file_store, "download", "p/n", tmp_path / "full", "--overwrite")
     assert r.code == 0 and "3 already complete" in r.out
     assert read_tree(tmp_path / "full") == files

@@ -313,9 +313,14 @@ def download(store: Store, cache: Cache, view: ViewIndex, target: str, include=N
              shard: tuple[int, int] | None = None) -> Result:
     target = os.path.abspath(os.path.expanduser(target))
     marker = os.path.join(target, PARTIAL_MARKER)
-    if os.path.isdir(target) and os.listdir(target) and not overwrite:
-        if not _is_partial_of(marker, view.dataset_id):
-            raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite and not _is_partial_of(marker, view.dataset_id):
+        done = Result()
+        for path, node in select(view, include, exclude, shard):
+            if not _complete(os.path.join(target, path), node):
+                raise UsageError(f"{target} is not empty; pass --overwrite to write into it")
+            done.skipped += 1
+            done.bytes += node.size
+        return done  # a finished download of these files, run again: nothing to do
     count = total = 0
 
     def counted_paths():
