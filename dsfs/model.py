@@ -150,6 +150,11 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def utc_iso(seconds: float) -> str:
+    """A time.time() value the way every timestamp in dsfs's output is written (as utc_now)."""
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat(timespec="seconds")
+
+
 def clamp_mtime(mtime_ns: int) -> int:
     """A file's mtime as a version records it: int64 nanoseconds (years 1678-2262); ext4 can hold
     later ones, which are recorded as the last representable instant."""

@@ -42,7 +42,7 @@ import msgpack
 from dsfs import settings
 from dsfs.errors import Conflict, CorruptData, InvalidPath
 from dsfs.fsutil import atomic_write
-from dsfs.model import ChunkRef, Entry
+from dsfs.model import ChunkRef, Entry, utc_now
 
 LOCK_WAIT = 10.0  # seconds a command waits for another one changing the same draft
 
@@ -450,7 +450,7 @@ class DraftLock:
         self.fd = fd
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
-                                  "since": time.strftime("%H:%M:%S")}).encode(), 0)
+                                  "since": utc_now()}).encode(), 0)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from dsfs.errors import InvalidState, MountFailed, UsageError
+from dsfs.model import utc_now
 
 from . import mounts
 from .service import MountSpec
@@ -106,7 +107,7 @@ def start(spec: MountSpec, timeout: float = START_TIMEOUT) -> MountHandle:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # systemd's socket is not ours
     _rotate(log_file)
     with open(log_file, "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} mount {spec.ref} at {spec.mountpoint}\n".encode())
+        log.write(f"--- {utc_now()} mount {spec.ref} at {spec.mountpoint}\n".encode())
         log.flush()
         proc = subprocess.Popen([sys.executable, "-m", "dsfs.daemon", str(write_fd)], stdin=subprocess.PIPE,
                                 stdout=log, stderr=log, pass_fds=(write_fd,), start_new_session=True,

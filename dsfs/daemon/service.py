@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from dsfs.errors import DsfsError, FuseUnavailable, MountFailed
+from dsfs.model import utc_now
 
 from . import mounts
 from .notify import notify
@@ -228,7 +229,7 @@ def _ready(spec: MountSpec, status: Status, view, stop: threading.Event) -> None
     mounts.write_record({
         "mountpoint": spec.mountpoint, "dataset_id": spec.dataset_id, "ref": spec.ref,
         "store": spec.store_display, "pid": os.getpid(), "started_ticks": mounts.process_start(os.getpid()),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": spec.log_file,
+        "started": utc_now(), "log": spec.log_file,
         "cache_dir": view.cache.root, "allow_other": spec.allow_other, "prefetch": spec.prefetch,
     })
     log.info("serving %s (%s) at %s", spec.ref, spec.dataset_id, spec.mountpoint)

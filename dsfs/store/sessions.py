@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from dsfs.errors import AccessDenied, Conflict, StoreReadOnly, StoreUnavailable
+from dsfs.model import utc_iso
 from dsfs.store.layout import Store, pack_id
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class GcLease:
         top, record = current_lease(store)
         now = time.time()
         if lease_live(record, now, timing):
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started", now)))
+            since = utc_iso(record.get("started", now))
             raise Conflict(f"another gc holds {store.display_url}: {_holder(record)} since {since}; "
                            f"wait for it to finish (its lease expires unless it is renewed)")
         record = {"format": 1, "what": what, **_owner(), "started": now, "expires": now + timing.lease_ttl}
