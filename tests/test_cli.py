@@ -261,3 +261,29 @@ def test_a_gcs_credentials_file_that_does_not_exist_is_named(tmp_path, dsfs, mon
     assert dsfs("datastore", "register", "lake", "gs://bucket/x", "-o", f"token={missing}").code == 0
     r = dsfs("--datastore", "lake", "search")
     assert r.code == 2 and str(missing) in r.err and "token option" in r.err
+
+
+def test_every_help_has_an_example_that_parses(tmp_path, monkeypatch):
+    """Each command's --help ends with an example, and the example is a valid command line
+    (click parses it: its command and options exist)."""
+    import re
+    import shlex
+
+    from dsfs.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("data", "raw", "cats"):  # the examples' local folders
+        (tmp_path / folder).mkdir()
+
+    for path, command in _commands(cli):
+        found = re.search(r"Example: `([^`]*)`", command.help or "")
+        assert found, " ".join(path)
+        text = found.group(1)
+        if text.startswith("eval"):
+            text = text[text.index("dsfs"):].rstrip(')"')
+        words = shlex.split(text.split(" > ")[0])
+        assert words[0] == "dsfs", text
+        at = words.index(path[0])
+        assert tuple(words[at:at + len(path)]) == path, (path, text)  # the example is of this command
+        cli.make_context("dsfs", [*words[1:at], *path])  # the group's options before it parse
+        command.make_context(path[-1], words[at + len(path):])  # raises on an unknown option or a bad value

@@ -53,7 +53,9 @@ def datastore():
 @click.option("--default", "make_default", is_flag=True, help="Make it the default datastore.")
 @click.option("--overwrite", is_flag=True, help="Replace a datastore of that name.")
 def register(name, url, options, make_default, overwrite):
-    """Register URL (s3://BUCKET/PREFIX, gs://..., az://CONTAINER/..., file://PATH) as NAME."""
+    """Register URL (s3://BUCKET/PREFIX, gs://..., az://CONTAINER/..., file://PATH) as NAME.
+
+    Example: `dsfs datastore register lake s3://team-bucket/lake -o endpoint_url=https://s3.example.com`"""
     from dsfs.store import datastores
 
     parsed = dict(datastores.parse_option(o) for o in options)
@@ -64,7 +66,9 @@ def register(name, url, options, make_default, overwrite):
 @datastore.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def list_(as_json):
-    """List datastores (secrets shown as ***)."""
+    """List datastores (secrets shown as ***).
+
+    Example: `dsfs datastore list --json`"""
     from dsfs.store import datastores
 
     found = [d.public() for d in datastores.all_datastores()]
@@ -78,7 +82,9 @@ def list_(as_json):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def show(name, as_json):
-    """Show one datastore (secrets shown as ***, env:VAR references as they are)."""
+    """Show one datastore (secrets shown as ***, env:VAR references as they are).
+
+    Example: `dsfs datastore show lake`"""
     import json
 
     from dsfs.store import datastores
@@ -95,7 +101,9 @@ def show(name, as_json):
 @datastore.command()
 @click.argument("name")
 def remove(name):
-    """Forget a datastore (its data is not touched)."""
+    """Forget a datastore (its data is not touched).
+
+    Example: `dsfs datastore remove lake`"""
     from dsfs.store import datastores
 
     datastores.remove(name)
@@ -105,7 +113,9 @@ def remove(name):
 @datastore.command(name="set-default")
 @click.argument("name")
 def set_default(name):
-    """Make NAME the datastore used when no --store/--datastore is given."""
+    """Make NAME the datastore used when no --store/--datastore is given.
+
+    Example: `dsfs datastore set-default lake`"""
     from dsfs.store import datastores
 
     datastores.set_default(name)
@@ -119,7 +129,9 @@ def set_default(name):
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist there.")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel uploads (default 8).")
 def upload(name, src_dir, target_path, overwrite, max_workers):
-    """Upload the files under SRC_DIR as they are (not as a dataset version)."""
+    """Upload the files under SRC_DIR as they are (not as a dataset version).
+
+    Example: `dsfs datastore upload lake ./raw --target-path inputs/2024`"""
     from dsfs.authoring.datastore_upload import upload as run
     from dsfs.store import datastores
 
@@ -137,7 +149,9 @@ def upload(name, src_dir, target_path, overwrite, max_workers):
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 def push(ctx, ref, to, max_workers, as_json):
-    """Copy a final version, its missing ancestors and missing packs to another datastore."""
+    """Copy a final version, its missing ancestors and missing packs to another datastore.
+
+    Example: `dsfs push vision/cats --to lake`"""
     from dsfs.dataset import Dataset
 
     ds = Dataset.get(ref, store=ctx.obj["store"]) if ref else Dataset.current(ctx.obj["store"])

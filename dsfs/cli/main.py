@@ -150,7 +150,9 @@ def _set_verbosity(verbose: int) -> None:
               help="Add the plain files at this datastore path as external files (nothing is copied).")
 @click.pass_context
 def create(ctx, project, name, version, parents, tags, description, from_datastore):
-    """Create a draft version and make it the current dataset; prints its id."""
+    """Create a draft version and make it the current dataset; prints its id.
+
+    Example: `dsfs create --project vision --name cats --parents vision/cats --tags raw`"""
     ds = Dataset.create(project, name, version=version, parents=list(parents), tags=list(tags),
                         description=description, store=ctx.obj["store"])
     if from_datastore:
@@ -176,7 +178,9 @@ def create(ctx, project, name, version, parents, tags, description, from_datasto
 @dataset_ref
 @click.pass_context
 def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_symlinks, ref):
-    """Add local files (read at upload) or external links to the current draft."""
+    """Add local files (read at upload) or external links to the current draft.
+
+    Example: `dsfs add --files data/ --dataset-folder images --wildcard '*.jpg'`"""
     if not files and not links:
         raise DsfsUsage("pass --files and/or --links")
     ds = _dataset(ctx, ref)
@@ -192,7 +196,9 @@ def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_syml
 @dataset_ref
 @click.pass_context
 def remove(ctx, files, non_recursive, ref):
-    """Remove files from the current draft (including files its parents have)."""
+    """Remove files from the current draft (including files its parents have).
+
+    Example: `dsfs remove --files 'images/bad_*'`"""
     ds = _dataset(ctx, ref)
     total = sum(ds.remove_files(f, recursive=not non_recursive) for f in files)
     click.echo(f"{total} file(s) removed from {ds.info.ref}")
@@ -205,7 +211,9 @@ def remove(ctx, files, non_recursive, ref):
 @dataset_ref
 @click.pass_context
 def upload(ctx, max_workers, storage, ref):
-    """Upload the added files' new chunks (resumable)."""
+    """Upload the added files' new chunks (resumable).
+
+    Example: `dsfs upload --max-workers 8`"""
     ds = _dataset(ctx, ref)
     result = ds.upload(max_workers=max_workers, push_to=storage)
     click.echo(f"uploaded {ds.info.ref}: {result['files']} file(s), {result['packs_sent']} pack(s) sent, "
@@ -219,7 +227,9 @@ def upload(ctx, max_workers, storage, ref):
 @dataset_ref
 @click.pass_context
 def close(ctx, max_workers, disable_upload, storage, ref):
-    """Upload what is left and finalize the version (immutable from then on)."""
+    """Upload what is left and finalize the version (immutable from then on).
+
+    Example: `dsfs close --storage s3://team-bucket/datasets`"""
     ds = _dataset(ctx, ref)
     pushed = ds.finalize(auto_upload=not disable_upload, max_workers=max_workers, push_to=storage)
     stats = ds.info.stats
@@ -232,7 +242,9 @@ def close(ctx, max_workers, disable_upload, storage, ref):
 @dataset_ref
 @click.pass_context
 def publish(ctx, ref):
-    """Mark a final version as published."""
+    """Mark a final version as published.
+
+    Example: `dsfs publish vision/cats@1.2.0`"""
     ds = _dataset(ctx, ref)
     ds.publish()
     click.echo(f"published {ds.info.ref} ({ds.id})")
@@ -306,7 +318,9 @@ def _info_row(v: VersionInfo):
 @json_option
 @click.pass_context
 def search(ctx, project, name, tags, ids, as_json):
-    """Find versions by project, name, tags or ids."""
+    """Find versions by project, name, tags or ids.
+
+    Example: `dsfs search --project vision --name cat --tags raw --json`"""
     unreadable = {}
     found = Dataset.search(project=project, name=name, tags=list(tags), ids=list(ids), store=ctx.obj["store"],
                            unreadable=unreadable)
@@ -322,7 +336,9 @@ def search(ctx, project, name, tags, ids, as_json):
 @id_too
 @click.pass_context
 def show(ctx, ref, as_json):
-    """Show a version's record (default: the current dataset)."""
+    """Show a version's record (default: the current dataset).
+
+    Example: `dsfs show vision/cats --json`"""
     import json
 
     ds = _dataset(ctx, ref)
@@ -351,7 +367,9 @@ def metadata():
 @id_option
 @click.pass_context
 def metadata_set(ctx, key, value, ref):
-    """Set KEY to VALUE (JSON if it parses, else a string)."""
+    """Set KEY to VALUE (JSON if it parses, else a string).
+
+    Example: `dsfs metadata set classes '["cat", "dog"]' --id vision/cats`"""
     import json
 
     ds = _dataset(ctx, ref)
@@ -368,7 +386,9 @@ def metadata_set(ctx, key, value, ref):
 @json_option
 @click.pass_context
 def metadata_get(ctx, key, ref, as_json):
-    """Print one key, or all metadata."""
+    """Print one key, or all metadata.
+
+    Example: `dsfs metadata get classes --id vision/cats`"""
     import json
 
     ds = _dataset(ctx, ref)
@@ -384,7 +404,9 @@ def metadata_get(ctx, key, ref, as_json):
 @click.option("--new-name", required=True)
 @click.pass_context
 def rename(ctx, project, name, new_name):
-    """Rename every version of project/name."""
+    """Rename every version of project/name.
+
+    Example: `dsfs rename --project vision --name cats --new-name felines`"""
     n = Dataset.rename(new_name, project, name, store=ctx.obj["store"])
     click.echo(f"renamed {n} version(s) of {project}/{name} to {project}/{new_name}")
 
@@ -395,7 +417,9 @@ def rename(ctx, project, name, new_name):
 @click.option("--new-project", required=True)
 @click.pass_context
 def move(ctx, project, name, new_project):
-    """Move every version of project/name to another project."""
+    """Move every version of project/name to another project.
+
+    Example: `dsfs move --project vision --name felines --new-project zoo`"""
     n = Dataset.move_to_project(new_project, project, name, store=ctx.obj["store"])
     click.echo(f"moved {n} version(s) of {project}/{name} to {new_project}/{name}")
 
@@ -405,7 +429,9 @@ def move(ctx, project, name, new_project):
 @click.option("--force", is_flag=True, help="Delete even if other versions inherit from it.")
 @click.pass_context
 def delete(ctx, ref, force):
-    """Delete a version's records (its files' data stays until `dsfs gc`: other versions may share it)."""
+    """Delete a version's records (its files' data stays until `dsfs gc`: other versions may share it).
+
+    Example: `dsfs delete vision/cats@1.0.0`"""
     if not ref:
         ref = Dataset.current(ctx.obj["store"]).id
     try:
@@ -430,7 +456,9 @@ def delete(ctx, ref, force):
 @json_option
 @click.pass_context
 def gc(ctx, dry_run, grace, as_json):
-    """Reclaim the space of packs no final version references (mark and sweep; one gc at a time)."""
+    """Reclaim the space of packs no final version references (mark and sweep; one gc at a time).
+
+    Example: `dsfs gc --dry-run`"""
     from dsfs.dataset import open_store
     from dsfs.lifecycle import sweep
 
@@ -457,7 +485,9 @@ def gc(ctx, dry_run, grace, as_json):
 @id_option
 @click.pass_context
 def cat(ctx, path, ref):
-    """Write one file of a final version to stdout (bytes verified)."""
+    """Write one file of a final version to stdout (bytes verified).
+
+    Example: `dsfs cat images/0001.jpg --id vision/cats > 0001.jpg`"""
     ds = _dataset(ctx, ref)
     sys.stdout.buffer.write(ds.read_file(path))
     sys.stdout.buffer.flush()
@@ -481,7 +511,9 @@ def cat(ctx, path, ref):
 @click.pass_context
 def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers,
          follow_symlinks, storage, ref):
-    """Create a new version from a folder: added, modified and removed files against the parent."""
+    """Create a new version from a folder: added, modified and removed files against the parent.
+
+    Example: `dsfs sync --folder data/ --project vision --name cats`"""
     if storage and skip_close:
         raise DsfsUsage("--storage puts the closed version there: drop --skip-close, or pass --storage to `dsfs close`")
     if ref:
@@ -519,7 +551,9 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
 @json_option
 @click.pass_context
 def compare(ctx, source, target, verbose, as_json):
-    """What changed from one version to another (related or not)."""
+    """What changed from one version to another (related or not).
+
+    Example: `dsfs compare --source vision/cats@1.0.0 --target vision/cats --verbose`"""
     result = Dataset.compare(source, target, store=ctx.obj["store"])
     summary = result.summary()
     if as_json:
@@ -546,7 +580,9 @@ def compare(ctx, source, target, verbose, as_json):
 @storage_option
 @click.pass_context
 def squash(ctx, name, project, version, ids, tags, storage):
-    """A new flat version equal to the given versions merged, made from existing chunks."""
+    """A new flat version equal to the given versions merged, made from existing chunks.
+
+    Example: `dsfs squash --name cats-flat --ids vision/cats`"""
     ds = Dataset.squash(name, list(ids), project=project, version=version, tags=list(tags), store=ctx.obj["store"])
     click.echo(ds.id)
     click.echo(f"squashed {len(ids)} version(s) into {ds.info.ref}: {ds.info.stats['files']} file(s), "
@@ -561,7 +597,9 @@ def squash(ctx, name, project, version, ids, tags, storage):
 @id_too
 @click.pass_context
 def versions(ctx, ref, as_json):
-    """The versions of a dataset: lineage, states, dates, sizes and new bytes."""
+    """The versions of a dataset: lineage, states, dates, sizes and new bytes.
+
+    Example: `dsfs versions vision/cats`"""
     if not ref:
         raise DsfsUsage("name the dataset: PROJECT/NAME (or --id PROJECT/NAME)")
     if "/" not in ref:
@@ -591,7 +629,9 @@ def versions(ctx, ref, as_json):
 @click.pass_context
 def check(ctx, read_data, subset, as_json):
     """Prove the store: records, change-sets, chunk refs (and chunk bytes with --read-data).
-    Exit 1 listing every damaged version and file."""
+    Exit 1 listing every damaged version and file.
+
+    Example: `dsfs check --read-data-subset 10%`"""
     from dsfs.dataset import open_store
     from dsfs.lifecycle.check import check_store
 
@@ -640,7 +680,9 @@ def _check_summary(report) -> list[str]:
               help="Cache folder (default: $DSFS_CACHE_DIR, else $XDG_CACHE_HOME/dsfs).")
 @click.pass_context
 def export_(ctx, ref, fmt, include, output, overwrite, cache_dir):
-    """Write a version as a streamed tar or zip archive, or its file list as JSON."""
+    """Write a version as a streamed tar or zip archive, or its file list as JSON.
+
+    Example: `dsfs export vision/cats --format zip -o cats.zip`"""
     from dsfs.node.cache import Cache
     from dsfs.node.export import export_to
     from dsfs.node.view import View
@@ -764,7 +806,9 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cac
 @cache_options
 @click.pass_context
 def verify(ctx, ref, folder, filesize, as_json, cache_dir, cache_size):
-    """Compare a folder with a version's manifest; exit 1 on any missing, extra or different file."""
+    """Compare a folder with a version's manifest; exit 1 on any missing, extra or different file.
+
+    Example: `dsfs verify vision/cats --folder ./cats`"""
     ds = _consumer(ctx, ref, cache_dir, cache_size)
     report = ds.verify_dataset_hash(folder, skip_hash=filesize)
     if as_json:
@@ -790,7 +834,9 @@ def cache():
 @json_option
 @cache_options
 def cache_stats(as_json, cache_dir, cache_size):
-    """Chunks, copies, their bytes (together in `bytes`) and the budget of the cache."""
+    """Chunks, copies, their bytes (together in `bytes`) and the budget of the cache.
+
+    Example: `dsfs cache stats --json`"""
     from dsfs.node.cache import Cache
 
     stats = Cache(cache_dir, cache_size).stats()
@@ -805,7 +851,9 @@ def cache_stats(as_json, cache_dir, cache_size):
               help="Target size of chunks and copies together (default: the low watermark).")
 @cache_options
 def cache_prune(to_size, cache_dir, cache_size):
-    """Evict least recently used chunks, then copies, down to SIZE (copies `get --link` points to stay)."""
+    """Evict least recently used chunks, then copies, down to SIZE (copies `get --link` points to stay).
+
+    Example: `dsfs cache prune --to 20G`"""
     from dsfs.node import copies
     from dsfs.node.cache import LOW_WATERMARK, Cache, parse_size
 
@@ -823,7 +871,9 @@ def cache_prune(to_size, cache_dir, cache_size):
 @click.option("--force", is_flag=True, help="Clear even while `get --link` symlinks point into the copies.")
 @cache_options
 def cache_clear(force, cache_dir, cache_size):
-    """Drop every cached chunk, view and copy (refused while `get --link` symlinks point in)."""
+    """Drop every cached chunk, view and copy (refused while `get --link` symlinks point in).
+
+    Example: `dsfs cache clear`"""
     from dsfs.node import copies
     from dsfs.node.cache import Cache
 
@@ -839,7 +889,9 @@ def cache_clear(force, cache_dir, cache_size):
 @cli.command(name="init-store", hidden=True)
 @click.pass_context
 def init_store(ctx):
-    """Create the store marker at --store if missing."""
+    """Create the store marker at --store if missing.
+
+    Example: `dsfs --store s3://team-bucket/datasets init-store`"""
     from dsfs.dataset import open_store
 
     store = open_store(ctx.obj["store"], create=True)

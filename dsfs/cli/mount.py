@@ -83,7 +83,9 @@ def mount(ctx, dataset, mountpoint, config_file, foreground, id_option, **given)
               help="Take MOUNTPOINT from DSFS_MOUNTPOINT in this file.")
 @click.option("--force", is_flag=True, help="Lazy unmount: detach even while files are open there.")
 def unmount(mountpoint, config_file, force):
-    """Unmount a dsfs mount and stop its daemon; also clears a mount left by a killed daemon."""
+    """Unmount a dsfs mount and stop its daemon; also clears a mount left by a killed daemon.
+
+    Example: `dsfs unmount /data`"""
     mountpoint = mountpoint or _merge(config_file, {}).get("mountpoint")
     if not mountpoint:
         raise UsageError("name a MOUNTPOINT (or DSFS_MOUNTPOINT in --config)")
@@ -95,7 +97,9 @@ def unmount(mountpoint, config_file, force):
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def mounts(as_json):
-    """List this user's dsfs mounts; stale entries (daemon gone) are cleaned up."""
+    """List this user's dsfs mounts; stale entries (daemon gone) are cleaned up.
+
+    Example: `dsfs mounts --json`"""
     import json
 
     from dsfs import daemon

@@ -50,7 +50,9 @@ def _setup_all(refs: list[DataReference]) -> dict[str, str]:
 @click.pass_context
 def run(ctx, inputs, command):
     """Make the inputs available, run COMMAND with DSFS_DATAREFERENCE_<NAME> set, clean up, and exit
-    with the command's exit code. `$DSFS_DATAREFERENCE_<NAME>` in the arguments is expanded."""
+    with the command's exit code. `$DSFS_DATAREFERENCE_<NAME>` in the arguments is expanded.
+
+    Example: `dsfs run --input train=vision/cats:mount -- python train.py --data '$DSFS_DATAREFERENCE_train'`"""
     import shutil
     import signal
     import subprocess
@@ -92,7 +94,9 @@ def run(ctx, inputs, command):
 @click.pass_context
 def env_(ctx, inputs):
     """Set up the inputs and print `export` lines, for schedulers that run the job themselves.
-    Mounts stay until `dsfs unmount`; downloaded folders stay."""
+    Mounts stay until `dsfs unmount`; downloaded folders stay.
+
+    Example: `eval "$(dsfs env --input train=vision/cats:mount)"`"""
     import shlex
 
     refs = _references(ctx, inputs)
