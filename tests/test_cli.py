@@ -1,6 +1,7 @@
 """The command line: the authoring workflow, JSON output, and one clear line per user error."""
 
 import json
+import os
 
 import pytest
 
@@ -287,3 +288,46 @@ def test_every_help_has_an_example_that_parses(tmp_path, monkeypatch):
         assert tuple(words[at:at + len(path)]) == path, (path, text)  # the example is of this command
         cli.make_context("dsfs", [*words[1:at], *path])  # the group's options before it parse
         command.make_context(path[-1], words[at + len(path):])  # raises on an unknown option or a bad value
+
+
+def test_every_command_answers_in_json(tmp_path, dsfs, file_store):
+    """--json on every command (before or after it), actions included, in one style: numbers as
+    numbers, modes as integers, mtimes and a `digest` field in listings."""
+    from dsfs.cli.main import cli
+
+    for path, command in _commands(cli):
+        names = {o for p in command.params for o in getattr(p, "opts", [])}
+        assert ("--json" in names) == (path != ("run",)), path
+    make_tree(tmp_path / "d", {"a.txt": b"hello", "sub/b": b"x" * 10})
+    os.chmod(tmp_path / "d" / "a.txt", 0o755)
+    s = ("--store", file_store)
+
+    def js(*args):
+        r = dsfs(*s, *args)
+        assert r.code == 0, (args, r.err)
+        return json.loads(r.out)
+
+    created = js("create", "--project", "p", "--name", "n", "--json")
+    ds_id = created["id"]
+    assert created["state"] == "draft"
+    assert js("add", "--files", tmp_path / "d", "--json")["added"] == 2
+    assert js("upload", "--json")["files"] == 2
+    closed = json.loads(dsfs("--json", *s, "close").out)  # the group's --json
+    assert closed["state"] == "final" and closed["stats"]["files"] == 2 and closed["pushed"] is None
+    listed = js("list", ds_id, "--json")
+    assert listed[0]["mode"] == 0o755 and isinstance(listed[0]["mtime_ns"], int) and len(listed[0]["digest"]) == 64
+    assert js("publish", ds_id, "--json")["state"] == "published"
+    got = js("get", ds_id, "--json")
+    assert os.path.isdir(got["path"])
+    down = js("download", ds_id, tmp_path / "out", "--json")
+    assert (down["written"], down["bytes"]) == (2, 15)
+    assert js("metadata", "set", "k", "[1]", "--id", ds_id, "--json")["value"] == [1]
+    assert js("cat", "a.txt", "--id", ds_id, "--json")["data_base64"] == "aGVsbG8="
+    manifest = js("export", ds_id, "--format", "manifest-json", "-o", tmp_path / "m.json", "--json")
+    assert manifest["files"] == 2
+    assert json.loads((tmp_path / "m.json").read_text())["files"][0]["mode"] == 0o755
+    assert isinstance(js("cache", "prune", "--to", "1G", "--json")["freed"], int)
+    env = js("datastore", "register", "lake", f"file://{tmp_path}/lake", "--json")
+    assert env["name"] == "lake"
+    assert js("push", ds_id, "--to", "lake", "--json")["versions_sent"] == 1
+    assert js("delete", ds_id, "--json", "--store", f"file://{tmp_path}/lake")["deleted"] == ds_id

@@ -162,7 +162,7 @@ def test_export_formats(tmp_path, file_store):
     proc = run_cli("export", ds.id, "--format", "manifest-json", "--include", "dir", "-o", "-", env=env)
     manifest = json.loads(proc.stdout)
     assert [f["path"] for f in manifest["files"]] == ["dir/b.bin", "dir/c"]
-    assert manifest["files"][0]["size"] == 3 << 20 and len(manifest["files"][0]["blake3"]) == 64
+    assert manifest["files"][0]["size"] == 3 << 20 and len(manifest["files"][0]["digest"]) == 64
     proc = run_cli("export", ds.id, "-o", tmp_path / "x.tar", env=env)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert run_cli("export", ds.id, "-o", tmp_path / "x.tar", "--overwrite", "--include", "a.txt", env=env).returncode == 0

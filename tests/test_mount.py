@@ -86,7 +86,7 @@ def test_mmap_reads(shared):
 def test_os_walk_equals_manifest(node, shared):
     listing = json.loads(node.cli("list", "--id", node.cli("search", "--json", check=True) and
                                   json.loads(node.cli("search", "--json").stdout)[0]["id"], "--json", check=True).stdout)
-    manifest = {e["path"]: (e["size"], int(e["mode"], 8)) for e in listing}
+    manifest = {e["path"]: (e["size"], e["mode"]) for e in listing}
     walked = {}
     for folder, _, names in os.walk(shared):
         for name in names:

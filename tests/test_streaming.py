@@ -54,7 +54,8 @@ def _lineage(store, tmp_path, seed: int) -> list[str]:
 
 
 def _rows(entries) -> list[dict]:
-    return [{"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()} for e in entries]
+    return [{"path": e.path, "size": e.size, "mode": e.mode, "mtime_ns": e.mtime_ns, "digest": e.digest.hex()}
+            for e in entries]
 
 
 def test_list_streams_what_the_in_memory_view_lists(tmp_path, file_store, dsfs, monkeypatch):

@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from dsfs.cli.output import emit_json as _emit_json
+from dsfs.cli.output import human, json_option, say
 from dsfs.cli.output import table as _table
 from dsfs.cli.refs import id_too
 from dsfs.errors import UsageError
@@ -52,7 +53,8 @@ def datastore():
                    "sas_token, token, ...). VALUE env:VAR is read from the environment at use. Repeatable.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default datastore.")
 @click.option("--overwrite", is_flag=True, help="Replace a datastore of that name.")
-def register(name, url, options, make_default, overwrite):
+@click.pass_context
+def register(ctx, name, url, options, make_default, overwrite):
     """Register URL (s3://BUCKET/PREFIX, gs://..., az://CONTAINER/..., file://PATH) as NAME.
 
     Example: `dsfs datastore register lake s3://team-bucket/lake -o endpoint_url=https://s3.example.com`"""
@@ -60,11 +62,12 @@ def register(name, url, options, make_default, overwrite):
 
     parsed = dict(datastores.parse_option(o) for o in options)
     ds = datastores.register(name, url, parsed, default=make_default, overwrite=overwrite)
-    click.echo(f"registered datastore {ds.name} -> {ds.public()['url']}" + (" (default)" if ds.default else ""))
+    say(ctx, ds.public(),
+        f"registered datastore {ds.name} -> {ds.public()['url']}" + (" (default)" if ds.default else ""))
 
 
 @datastore.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 def list_(as_json):
     """List datastores (secrets shown as ***).
 
@@ -80,7 +83,7 @@ def list_(as_json):
 
 @datastore.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 def show(name, as_json):
     """Show one datastore (secrets shown as ***, env:VAR references as they are).
 
@@ -100,26 +103,28 @@ def show(name, as_json):
 
 @datastore.command()
 @click.argument("name")
-def remove(name):
+@click.pass_context
+def remove(ctx, name):
     """Forget a datastore (its data is not touched).
 
     Example: `dsfs datastore remove lake`"""
     from dsfs.store import datastores
 
     datastores.remove(name)
-    click.echo(f"removed datastore {name}")
+    say(ctx, {"removed": name}, f"removed datastore {name}")
 
 
 @datastore.command(name="set-default")
 @click.argument("name")
-def set_default(name):
+@click.pass_context
+def set_default(ctx, name):
     """Make NAME the datastore used when no --store/--datastore is given.
 
     Example: `dsfs datastore set-default lake`"""
     from dsfs.store import datastores
 
     datastores.set_default(name)
-    click.echo(f"default datastore: {name}")
+    say(ctx, {"default": name}, f"default datastore: {name}")
 
 
 @datastore.command()
@@ -128,7 +133,8 @@ def set_default(name):
 @click.option("--target-path", required=True, help="Folder in the datastore to put the files under.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist there.")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel uploads (default 8).")
-def upload(name, src_dir, target_path, overwrite, max_workers):
+@click.pass_context
+def upload(ctx, name, src_dir, target_path, overwrite, max_workers):
     """Upload the files under SRC_DIR as they are (not as a dataset version).
 
     Example: `dsfs datastore upload lake ./raw --target-path inputs/2024`"""
@@ -136,8 +142,8 @@ def upload(name, src_dir, target_path, overwrite, max_workers):
     from dsfs.store import datastores
 
     result = run(datastores.get(name), src_dir, target_path, overwrite=overwrite, max_workers=max_workers)
-    click.echo(f"uploaded {result['files']} file(s), {result['bytes']} bytes to {result['target']}"
-               + (f" ({result['replaced']} replaced)" if result["replaced"] else ""))
+    say(ctx, result, f"uploaded {result['files']} file(s), {human(result['bytes'])} to {result['target']}"
+        + (f" ({result['replaced']} replaced)" if result["replaced"] else ""))
 
 
 @click.command()
@@ -146,7 +152,7 @@ def upload(name, src_dir, target_path, overwrite, max_workers):
 @click.option("--to", "to", required=True, metavar="DATASTORE",
               help="Target datastore name (or a store URL).")
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack copies (default 4).")
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@json_option
 @click.pass_context
 def push(ctx, ref, to, max_workers, as_json):
     """Copy a final version, its missing ancestors and missing packs to another datastore.
@@ -160,4 +166,4 @@ def push(ctx, ref, to, max_workers, as_json):
         return _emit_json(result)
     click.echo(f"pushed {ds.info.ref} ({ds.id}) to {to}: {result['versions_sent']} version(s) sent, "
                f"{result['versions_present']} already there; {result['packs_sent']} pack(s) "
-               f"({result['bytes_sent']} bytes) sent, {result['packs_present']} already there")
+               f"({human(result['bytes_sent'])}) sent, {result['packs_present']} already there")

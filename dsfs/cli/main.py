@@ -21,9 +21,11 @@ import click
 from dsfs.cli import installed_version
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.cli.output import emit_json as _emit_json
-from dsfs.cli.output import emit_json_lines, emit_json_rows
+from dsfs.cli.output import emit_json_lines, emit_json_rows, json_option
 from dsfs.cli.output import human as _human
+from dsfs.cli.output import say as _say
 from dsfs.cli.output import table as _table
+from dsfs.cli.output import wants_json as _json
 from dsfs.cli.refs import ID_HELP, dataset_ref, id_too, one_ref
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
@@ -100,7 +102,6 @@ def _dataset(ctx, ref: str | None) -> Dataset:
 
 id_option = click.option("--id", "ref", metavar="DATASET",
                          help="Dataset id or project/name[@version] (default: the current one).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 storage_option = click.option("--storage", default=None, metavar="STORE",
                               help="Also put the closed version in this store (URL or datastore name), with the "
                                    "ancestors it needs, as `dsfs push` does.")
@@ -119,12 +120,13 @@ def _pushed(result: dict | None, to: str | None = None) -> None:
 @click.option("--datastore", envvar="DSFS_DATASTORE", metavar="NAME",
               help="Named datastore (`dsfs datastore list`) instead of --store. Default: $DSFS_DATASTORE.")
 @click.option("-v", "--verbose", count=True, help="Log to stderr: -v what dsfs does, -vv every fetch and retry.")
+@click.option("--json", "as_json", is_flag=True, help="Print every command's result as JSON.")
 @version_option
 @click.pass_context
-def cli(ctx, store, datastore, verbose):
+def cli(ctx, store, datastore, verbose, as_json):
     """dsfs: versioned datasets in object storage, mounted or materialized on compute nodes."""
     _set_verbosity(verbose)
-    ctx.obj = {"store": store_ref(ctx, store, datastore)}
+    ctx.obj = {"store": store_ref(ctx, store, datastore), "json": as_json}
 
 
 def _set_verbosity(verbose: int) -> None:
@@ -162,6 +164,8 @@ def create(ctx, project, name, version, parents, tags, description, from_datasto
             Dataset.delete(ds.id, store=ds.store)  # a failed create leaves nothing behind
             raise
         click.echo(f"{count} external file(s) from datastore:{from_datastore}; close with `dsfs close`", err=True)
+    if _json(ctx):
+        return _emit_json(ds.info.to_json())
     click.echo(ds.id)
     click.echo(f"created {ds.info.ref} (draft); add files with `dsfs add --files ...`", err=True)
 
@@ -187,7 +191,7 @@ def add(ctx, files, links, dataset_folder, wildcards, non_recursive, follow_syml
     options = {"wildcard": list(wildcards) or None, "recursive": not non_recursive, "dataset_path": dataset_folder}
     total = (sum(ds.add_files(f, follow_symlinks=follow_symlinks, **options) for f in files)
              + sum(ds.add_external_files(u, **options) for u in links))
-    click.echo(f"{total} file(s) added to {ds.info.ref}")
+    _say(ctx, {"id": ds.id, "ref": ds.info.ref, "added": total}, f"{total} file(s) added to {ds.info.ref}")
 
 
 @cli.command()
@@ -201,7 +205,7 @@ def remove(ctx, files, non_recursive, ref):
     Example: `dsfs remove --files 'images/bad_*'`"""
     ds = _dataset(ctx, ref)
     total = sum(ds.remove_files(f, recursive=not non_recursive) for f in files)
-    click.echo(f"{total} file(s) removed from {ds.info.ref}")
+    _say(ctx, {"id": ds.id, "ref": ds.info.ref, "removed": total}, f"{total} file(s) removed from {ds.info.ref}")
 
 
 @cli.command()
@@ -216,8 +220,9 @@ def upload(ctx, max_workers, storage, ref):
     Example: `dsfs upload --max-workers 8`"""
     ds = _dataset(ctx, ref)
     result = ds.upload(max_workers=max_workers, push_to=storage)
-    click.echo(f"uploaded {ds.info.ref}: {result['files']} file(s), {result['packs_sent']} pack(s) sent, "
-               f"{_human(result['new_bytes'])} new")
+    _say(ctx, {"id": ds.id, "ref": ds.info.ref, **result},
+         f"uploaded {ds.info.ref}: {result['files']} file(s), {result['packs_sent']} pack(s) sent, "
+         f"{_human(result['new_bytes'])} new")
 
 
 @cli.command()
@@ -233,6 +238,8 @@ def close(ctx, max_workers, disable_upload, storage, ref):
     ds = _dataset(ctx, ref)
     pushed = ds.finalize(auto_upload=not disable_upload, max_workers=max_workers, push_to=storage)
     stats = ds.info.stats
+    if _json(ctx):
+        return _emit_json({**ds.info.to_json(), "pushed": pushed})
     click.echo(f"closed {ds.info.ref} ({ds.id}): {stats['files']} file(s), {_human(stats['bytes'])}; "
                f"+{stats['added']} ~{stats['modified']} -{stats['removed']}, {_human(stats['new_bytes'])} new")
     _pushed(pushed)
@@ -247,7 +254,7 @@ def publish(ctx, ref):
     Example: `dsfs publish vision/cats@1.2.0`"""
     ds = _dataset(ctx, ref)
     ds.publish()
-    click.echo(f"published {ds.info.ref} ({ds.id})")
+    _say(ctx, ds.info.to_json(), f"published {ds.info.ref} ({ds.id})")
 
 
 @cli.command(name="list")
@@ -285,7 +292,8 @@ def list_(ctx, ref, filters, modified, as_json, as_jsonl, project, name):
     entries = ds.iter_entries(list(filters) or None, chunks=False)
     if as_json or as_jsonl:
         emit = emit_json_rows if as_json else emit_json_lines
-        return emit({"path": e.path, "size": e.size, "mode": oct(e.mode), "digest": e.digest.hex()} for e in entries)
+        return emit({"path": e.path, "size": e.size, "mode": e.mode, "mtime_ns": e.mtime_ns, "digest": e.digest.hex()}
+                    for e in entries)
     count = total = 0
 
     def rows():
@@ -378,6 +386,8 @@ def metadata_set(ctx, key, value, ref):
     except json.JSONDecodeError:
         parsed = value
     ds.set_metadata({key: parsed})
+    _say(ctx, {"id": ds.id, "ref": ds.info.ref, "key": key, "value": parsed},
+         f"{ds.info.ref}: {key} set", err=True)
 
 
 @metadata.command(name="get")
@@ -408,7 +418,8 @@ def rename(ctx, project, name, new_name):
 
     Example: `dsfs rename --project vision --name cats --new-name felines`"""
     n = Dataset.rename(new_name, project, name, store=ctx.obj["store"])
-    click.echo(f"renamed {n} version(s) of {project}/{name} to {project}/{new_name}")
+    _say(ctx, {"renamed": n, "project": project, "name": new_name},
+         f"renamed {n} version(s) of {project}/{name} to {project}/{new_name}")
 
 
 @cli.command()
@@ -421,7 +432,8 @@ def move(ctx, project, name, new_project):
 
     Example: `dsfs move --project vision --name felines --new-project zoo`"""
     n = Dataset.move_to_project(new_project, project, name, store=ctx.obj["store"])
-    click.echo(f"moved {n} version(s) of {project}/{name} to {new_project}/{name}")
+    _say(ctx, {"moved": n, "project": new_project, "name": name},
+         f"moved {n} version(s) of {project}/{name} to {new_project}/{name}")
 
 
 @cli.command()
@@ -440,7 +452,9 @@ def delete(ctx, ref, force):
         unreadable, borrowers = [], []
     info = Dataset.delete(ref, force=force, store=ctx.obj["store"])
     what = f"{info.ref} ({info.id})" if info.project else f"the damaged version {info.id}"
-    click.echo(f"deleted {what}; run `dsfs gc` to reclaim space no version uses")
+    _say(ctx, {"deleted": info.id, "ref": info.ref if info.project else None,
+               "unreadable": [v.id for v in unreadable], "borrowers": [v.id for v in borrowers]},
+         f"deleted {what}; run `dsfs gc` to reclaim space no version uses")
     if unreadable:
         click.echo(f"dsfs: warning: {len(unreadable)} version(s) inherit from it and can no longer be read: "
                    + ", ".join(f"{v.ref} ({v.id})" for v in unreadable), err=True)
@@ -489,7 +503,13 @@ def cat(ctx, path, ref):
 
     Example: `dsfs cat images/0001.jpg --id vision/cats > 0001.jpg`"""
     ds = _dataset(ctx, ref)
-    sys.stdout.buffer.write(ds.read_file(path))
+    data = ds.read_file(path)
+    if _json(ctx):  # the bytes in JSON: base64
+        import base64
+
+        return _emit_json({"id": ds.id, "path": path, "size": len(data),
+                           "data_base64": base64.b64encode(data).decode()})
+    sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 
 
@@ -520,6 +540,8 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
         draft = _dataset(ctx, ref)
         changes = draft.sync_folder(folder, dataset_folder, follow_symlinks)
         pushed = None if skip_close else draft.finalize(max_workers=max_workers, push_to=storage)
+        if _json(ctx):
+            return _emit_json({**draft.info.to_json(), "changes": vars(changes), "pushed": pushed})
         click.echo(draft.id)
         click.echo(f"{draft.info.ref} {'closed' if draft.is_final else 'draft'}: {changes.added} added, "
                    f"{changes.modified} modified, {changes.removed} removed, {changes.unchanged} unchanged", err=True)
@@ -535,13 +557,15 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
                                max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks)
     summary = (f"{changes.added} added, {changes.modified} modified, {changes.removed} removed, "
                f"{changes.unchanged} unchanged")
+    pushed = {**ds.push(storage, max_workers), "to": storage} if ds is not None and storage else None
+    if _json(ctx):
+        return _emit_json({**(ds.info.to_json() if ds else {"id": None}), "changes": vars(changes), "pushed": pushed})
     if ds is None:
         click.echo(f"no change in {folder} against {project}/{name}; no version created ({summary})")
         return
     click.echo(ds.id)
     click.echo(f"{ds.info.ref} {'closed' if ds.is_final else 'draft'}: {summary}", err=True)
-    if storage:
-        _pushed(ds.push(storage, max_workers), storage)
+    _pushed(pushed)
 
 
 @cli.command()
@@ -584,11 +608,13 @@ def squash(ctx, name, project, version, ids, tags, storage):
 
     Example: `dsfs squash --name cats-flat --ids vision/cats`"""
     ds = Dataset.squash(name, list(ids), project=project, version=version, tags=list(tags), store=ctx.obj["store"])
+    pushed = {**ds.push(storage), "to": storage} if storage else None
+    if _json(ctx):
+        return _emit_json({**ds.info.to_json(), "pushed": pushed})
     click.echo(ds.id)
     click.echo(f"squashed {len(ids)} version(s) into {ds.info.ref}: {ds.info.stats['files']} file(s), "
                f"{_human(ds.info.stats['bytes'])}, no chunk bytes moved", err=True)
-    if storage:
-        _pushed(ds.push(storage), storage)
+    _pushed(pushed)
 
 
 @cli.command()
@@ -687,6 +713,8 @@ def export_(ctx, ref, fmt, include, output, overwrite, cache_dir):
     from dsfs.node.export import export_to
     from dsfs.node.view import View
 
+    if output == "-" and _json(ctx):
+        raise DsfsUsage("--json and -o -: the archive is the output; write it to a file with -o FILE")
     if output == "-" and fmt != "manifest-json" and sys.stdout.isatty():
         raise DsfsUsage("refusing to write a binary archive to a terminal; redirect it or use -o FILE")
     ds = Dataset.get(ref, store=ctx.obj["store"]) if ref else Dataset.current(ctx.obj["store"])
@@ -695,8 +723,8 @@ def export_(ctx, ref, fmt, include, output, overwrite, cache_dir):
         count = export_to(view, output, fmt, list(include) or None, overwrite)
     finally:
         view.close()
-    click.echo(f"exported {count} file(s) of {ds.info.ref} as {fmt}" + ("" if output == "-" else f" to {output}"),
-               err=True)
+    _say(ctx, {"id": ds.id, "ref": ds.info.ref, "files": count, "format": fmt, "output": os.path.abspath(output)},
+         f"exported {count} file(s) of {ds.info.ref} as {fmt}" + ("" if output == "-" else f" to {output}"), err=True)
 
 
 def cache_options(fn):
@@ -739,6 +767,9 @@ def download(ctx, ref, target, id_option, include, exclude, max_workers, overwri
         raise DsfsUsage("name the TARGET folder: dsfs download [DATASET] TARGET")
     ds = _consumer(ctx, one_ref(ref, id_option), cache_dir, cache_size)
     result = ds.download(target, list(include) or None, list(exclude) or None, max_workers, overwrite)
+    if _json(ctx):
+        return _emit_json({"id": ds.id, "ref": ds.info.ref, "target": os.path.abspath(target),
+                           "written": result.written, "skipped": result.skipped, "bytes": result.bytes})
     click.echo(f"{ds.info.ref}: {result.written} file(s) written ({_human(result.bytes)}), "
                f"{result.skipped} already complete, in {target}")
 
@@ -774,16 +805,14 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cac
         # the answer, no store round trip (most of a second `get` was opening the store).
         cached = os.path.join(os.path.abspath(cache_dir or settings.cache_dir()), "copies", ref)
         if intact(cached):
-            click.echo(cached)
-            return
+            return _say(ctx, {"id": ref, "path": cached}, cached)
     ds = _consumer(ctx, ref, cache_dir, cache_size)
     if copy_to and num_parts:
         ds.download(copy_to, max_workers=max_workers, overwrite=overwrite, shard=(part, num_parts))
-        click.echo(os.path.abspath(copy_to))
-        return
+        return _say(ctx, {"id": ds.id, "path": os.path.abspath(copy_to)}, os.path.abspath(copy_to))
     if copy_to:
-        click.echo(ds.get_mutable_local_copy(copy_to, overwrite, max_workers))
-        return
+        copied = ds.get_mutable_local_copy(copy_to, overwrite, max_workers)
+        return _say(ctx, {"id": ds.id, "path": copied}, copied)
     path = ds.get_local_copy(max_workers, part=part, num_parts=num_parts)
     if link_to:
         link_to = os.path.abspath(link_to)
@@ -794,7 +823,7 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cac
         os.symlink(path, link_to)
         register_link(ds.cache, link_to)  # so that `cache clear` does not leave it dangling unannounced
         path = link_to
-    click.echo(path)
+    _say(ctx, {"id": ds.id, "path": path}, path)
 
 
 @cli.command()
@@ -850,7 +879,8 @@ def cache_stats(as_json, cache_dir, cache_size):
 @click.option("--to", "to_size", default=None, metavar="SIZE",
               help="Target size of chunks and copies together (default: the low watermark).")
 @cache_options
-def cache_prune(to_size, cache_dir, cache_size):
+@click.pass_context
+def cache_prune(ctx, to_size, cache_dir, cache_size):
     """Evict least recently used chunks, then copies, down to SIZE (copies `get --link` points to stay).
 
     Example: `dsfs cache prune --to 20G`"""
@@ -861,7 +891,9 @@ def cache_prune(to_size, cache_dir, cache_size):
     target = parse_size(to_size) if to_size is not None else int(c.budget * LOW_WATERMARK)
     pruned = copies.prune(c, target)
     freed = pruned.freed + c.sweep_temp()
-    click.echo(f"freed {_human(freed)}; cache holds {_human(c.stats()['bytes'])}")
+    held = c.stats()["bytes"]
+    _say(ctx, {"freed": freed, "bytes": held, "kept_links": pruned.kept},
+         f"freed {_human(freed)}; cache holds {_human(held)}")
     if pruned.kept:
         click.echo(f"kept {len(set(pruned.kept.values()))} copy(ies) that `dsfs get --link` symlinks point to: "
                    + ", ".join(sorted(pruned.kept)) + "; `dsfs cache clear --force` removes them", err=True)
@@ -870,7 +902,8 @@ def cache_prune(to_size, cache_dir, cache_size):
 @cache.command(name="clear")
 @click.option("--force", is_flag=True, help="Clear even while `get --link` symlinks point into the copies.")
 @cache_options
-def cache_clear(force, cache_dir, cache_size):
+@click.pass_context
+def cache_clear(ctx, force, cache_dir, cache_size):
     """Drop every cached chunk, view and copy (refused while `get --link` symlinks point in).
 
     Example: `dsfs cache clear`"""
@@ -880,7 +913,7 @@ def cache_clear(force, cache_dir, cache_size):
     c = Cache(cache_dir, cache_size)
     freed, broken = copies.clear(c, force)  # first: a refusal leaves everything in place
     freed += c.clear()
-    click.echo(f"freed {_human(freed)}")
+    _say(ctx, {"freed": freed, "dangling_links": broken}, f"freed {_human(freed)}")
     if broken:
         click.echo(f"left {len(broken)} symlink(s) made by `dsfs get --link` dangling: "
                    + ", ".join(f"{link} -> {copy_id}" for link, copy_id in sorted(broken.items())), err=True)
@@ -895,7 +928,7 @@ def init_store(ctx):
     from dsfs.dataset import open_store
 
     store = open_store(ctx.obj["store"], create=True)
-    click.echo(store.display_url)
+    _say(ctx, {"store": store.display_url}, store.display_url)
 
 
 from dsfs.cli.run import env_, run  # noqa: E402 - registered after the group exists
@@ -923,6 +956,11 @@ def _datastore_after(ctx: click.Context, param: click.Parameter, value: str | No
         ctx.obj["store"] = datastores.store_ref(None, value)
 
 
+def _json_after(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.obj["json"] = True
+
+
 def _verbose_after(ctx: click.Context, param: click.Parameter, value: int) -> None:
     if value:
         _set_verbosity(value)
@@ -937,7 +975,12 @@ _GLOBAL_AFTER = [
                  help="As `dsfs --datastore NAME`, given after the command."),
     click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_verbose_after,
                  help="As `dsfs -v`: log what dsfs does to stderr (-vv: every fetch and retry)."),
+    click.Option(["--json"], is_flag=True, expose_value=False, callback=_json_after,
+                 help="Print the result as JSON (as `dsfs --json COMMAND`)."),
 ]
+
+
+NO_JSON = {"run"}  # its output is the job's
 
 
 def _accept_global_options(group: click.Group) -> None:
@@ -946,6 +989,8 @@ def _accept_global_options(group: click.Group) -> None:
             _accept_global_options(command)
             continue
         taken = {name for param in command.params for name in getattr(param, "opts", [])}
+        if command.name in NO_JSON:
+            taken.add("--json")
         command.params += [option for option in _GLOBAL_AFTER if not taken & set(option.opts)]
 
 

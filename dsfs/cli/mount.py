@@ -7,10 +7,12 @@ commands, not here: `dsfs --help` does not load it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
+from dsfs.cli.output import emit_json, json_option, say, wants_json
 from dsfs.cli.refs import ID_HELP, one_ref
 from dsfs.errors import UsageError
 
@@ -73,6 +75,9 @@ def mount(ctx, dataset, mountpoint, config_file, foreground, id_option, **given)
         setup_logging(spec)
         sys.exit(serve(spec))
     handle = daemon.mount(dataset, mountpoint, store, **options)
+    if wants_json(ctx):
+        return emit_json({"id": handle.dataset_id, "ref": handle.ref, "mountpoint": handle.mountpoint,
+                          "pid": handle.pid, "log": handle.log})
     click.echo(f"mounted {handle.ref} ({handle.dataset_id}) at {handle.mountpoint} "
                f"(pid {handle.pid}, log {handle.log})")
 
@@ -82,7 +87,8 @@ def mount(ctx, dataset, mountpoint, config_file, foreground, id_option, **given)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="Take MOUNTPOINT from DSFS_MOUNTPOINT in this file.")
 @click.option("--force", is_flag=True, help="Lazy unmount: detach even while files are open there.")
-def unmount(mountpoint, config_file, force):
+@click.pass_context
+def unmount(ctx, mountpoint, config_file, force):
     """Unmount a dsfs mount and stop its daemon; also clears a mount left by a killed daemon.
 
     Example: `dsfs unmount /data`"""
@@ -91,11 +97,12 @@ def unmount(mountpoint, config_file, force):
         raise UsageError("name a MOUNTPOINT (or DSFS_MOUNTPOINT in --config)")
     from dsfs import daemon
 
-    click.echo(daemon.unmount(mountpoint, force=force))
+    said = daemon.unmount(mountpoint, force=force)
+    say(ctx, {"mountpoint": os.path.abspath(mountpoint), "result": said}, said)
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 def mounts(as_json):
     """List this user's dsfs mounts; stale entries (daemon gone) are cleaned up.
 

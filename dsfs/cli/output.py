@@ -34,6 +34,23 @@ def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def wants_json(ctx: click.Context) -> bool:
+    """--json given to the group (`dsfs --json close`) or after any command (dsfs.cli.main)."""
+    return bool(ctx.obj and ctx.obj.get("json"))
+
+
+def say(ctx: click.Context, data: dict, text: str, err: bool = False) -> None:
+    """An action's result: `data` as JSON under --json, else `text` (on stderr if err)."""
+    if wants_json(ctx):
+        emit_json(data)
+    else:
+        click.echo(text, err=err)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=lambda ctx, _, value: value or wants_json(ctx),
+                           help="Print JSON for scripts (also `dsfs --json COMMAND`).")
+
+
 def emit_json_rows(rows: Iterable) -> None:
     """A JSON array written row by row as the rows come: the same text `emit_json` prints for their
     list, without holding them all (a listing of millions of files)."""

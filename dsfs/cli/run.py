@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from dsfs.cli.output import emit_json, wants_json
 from dsfs.errors import UsageError
 
 if TYPE_CHECKING:
@@ -106,5 +107,7 @@ def env_(ctx, inputs):
         for ref in reversed(refs):
             ref.cleanup()
         raise
+    if wants_json(ctx):
+        return emit_json(env)
     for key, value in env.items():
         click.echo(f"export {key}={shlex.quote(value)}")

@@ -72,8 +72,8 @@ def export(view: View, out, fmt: str, include=None) -> int:
     if fmt == "manifest-json":
         out.write(b'{"dataset": "%s", "files": [' % view.dataset_id.encode())
         for path, node in files:
-            record = {"path": path, "size": node.size, "mode": oct(node.mode), "mtime_ns": node.mtime_ns,
-                      "blake3": node.digest.hex()}
+            record = {"path": path, "size": node.size, "mode": node.mode, "mtime_ns": node.mtime_ns,
+                      "digest": node.digest.hex()}
             out.write((",\n" if count else "\n").encode() + json.dumps(record).encode())
             count += 1
         out.write(b"\n]}\n")
