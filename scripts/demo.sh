@@ -8,7 +8,14 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 sample=$(mktemp -d)
 mnt=$(mktemp -d)
-cleanup() { dsfs unmount "$mnt" >/dev/null 2>&1 || true; rm -rf "$sample"; rmdir "$mnt" 2>/dev/null || true; }
+id="" child=""
+# The sample versions go again at the end (child first): a demo run adds nothing to the user's store
+# but packs that the next `dsfs gc` past its grace period reclaims.
+cleanup() {
+  dsfs unmount "$mnt" >/dev/null 2>&1 || true
+  for v in $child $id; do dsfs delete "$v" >/dev/null 2>&1 || true; done
+  rm -rf "$sample"; rmdir "$mnt" 2>/dev/null || true
+}
 trap cleanup EXIT
 mkdir -p "$sample/images" "$sample/labels"
 for i in $(seq 1 20); do head -c $((4096 * i)) /dev/urandom > "$sample/images/img_$i.bin"; done
@@ -37,3 +44,5 @@ cat "$mnt/labels/img_7.txt"
 du -sh "$mnt"
 touch "$mnt/new-file" || echo "(writes are refused: read-only mount)"
 dsfs unmount "$mnt"
+set +x
+echo "demo done; its versions are deleted on exit (\`dsfs gc\` reclaims their space after its grace period)"

@@ -163,6 +163,9 @@ def test_storage_disable_upload_and_sync_into_a_draft(tmp_path, dsfs, file_store
     assert r.code == 0 and dsfs("--store", other, "cat", "--id", r.out.strip(), "a").out == "changed"
     assert dsfs(*s, "sync", "--folder", tmp_path / "d", "--project", "p", "--name", "n", "--skip-close",
                 "--storage", other).code == 2
+    draft = dsfs(*s, "create", "--project", "p", "--name", "n", "--parents", child).out.strip()
+    r = dsfs(*s, "sync", "--folder", tmp_path / "d", "--id", draft, "--name", "other")
+    assert r.code == 2 and "its own" in r.err
 
 
 DATASET_COMMANDS_WITH_OTHER_ARGUMENTS = {"cat", "metadata set", "metadata get", "sync"}  # --id only: their

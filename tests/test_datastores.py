@@ -284,3 +284,17 @@ def test_backend_messages_are_scrubbed_of_secrets():
     message = str(translate(exc, "read", "az", "az://c/x", "c", secret_values(options)))
     assert "S3CR3TKEYVALUE" not in message and "another-secret-value" not in message
     assert "http://h" in message  # only secrets are removed
+
+
+def test_a_default_datastore_needs_its_environment_set(tmp_path, dsfs, monkeypatch):
+    """Making a datastore the default whose env:VAR options are unset here would break every later
+    command: refused (exit 2) naming the variables; with them set it is made the default."""
+    monkeypatch.delenv("LAKE_KEY", raising=False)
+    r = dsfs("datastore", "register", "lake", f"file://{tmp_path}/lake", "-o", "key=env:LAKE_KEY", "--default")
+    assert r.code == 2 and "LAKE_KEY" in r.err and "not set" in r.err
+    assert dsfs("datastore", "list", "--json").out.count('"lake"') == 0  # nothing registered
+    assert dsfs("datastore", "register", "lake", f"file://{tmp_path}/lake", "-o", "key=env:LAKE_KEY").code == 0
+    r = dsfs("datastore", "set-default", "lake")
+    assert r.code == 2 and "LAKE_KEY" in r.err
+    monkeypatch.setenv("LAKE_KEY", "k")
+    assert dsfs("datastore", "set-default", "lake").code == 0

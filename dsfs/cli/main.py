@@ -536,6 +536,9 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
     Example: `dsfs sync --folder data/ --project vision --name cats`"""
     if storage and skip_close:
         raise DsfsUsage("--storage puts the closed version there: drop --skip-close, or pass --storage to `dsfs close`")
+    if ref and (project or name or parents or tags):
+        raise DsfsUsage("--id syncs into that draft, whose project, name, parents and tags are its own: "
+                        "drop --project/--name/--parents/--tags, or --id for a new version")
     if ref:
         draft = _dataset(ctx, ref)
         changes = draft.sync_folder(folder, dataset_folder, follow_symlinks)

@@ -191,11 +191,24 @@ def register(name: str, url: str, options: dict | None = None, default: bool = F
     stores = data.setdefault("datastores", {})
     if name in stores and not overwrite:
         raise Conflict(f"datastore {name!r} exists; remove it first or pass --overwrite")
+    if default:
+        _require_environment(name, options or {})
     stores[name] = {"url": url, **({"options": dict(options)} if options else {})}
     if default:
         data["default"] = name
     _save(data)
     return get(name)
+
+
+def _require_environment(name: str, options: dict) -> None:
+    """A datastore made the default must be usable in this shell: every `env:VAR` it reads is set
+    (else every later command would fail on it, far from the cause)."""
+    unset = sorted(m.group(1) for v in options.values() if isinstance(v, str)
+                   for m in [ENV_RE.fullmatch(v)] if m and m.group(1) not in os.environ)
+    if unset:
+        raise DatastoreError(f"datastore {name!r} reads {', '.join(unset)} from the environment, which "
+                             f"{'is' if len(unset) == 1 else 'are'} not set here; set "
+                             f"{'it' if len(unset) == 1 else 'them'} before making it the default")
 
 
 def remove(name: str) -> None:
@@ -210,7 +223,8 @@ def remove(name: str) -> None:
 
 
 def set_default(name: str) -> None:
-    get(name)
+    store = get(name)
+    _require_environment(name, store.options)
     data = _load()
     if name == LOCAL:
         data.pop("default", None)
