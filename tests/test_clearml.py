@@ -266,3 +266,36 @@ def test_offline_session_then_import(tmp_path, store, capsys, monkeypatch):
     assert Dataset.is_offline()
     with pytest.raises(UsageError, match="not an offline session"):
         Dataset.import_offline_session(str(tmp_path / "imgs"))
+
+
+def test_external_files_example_against_s3(tmp_path, store, moto_server):
+    """The seed's add_external_files examples on s3:// (moto): the bucket is registered as a
+    datastore (its endpoint and keys), links into it are read through it."""
+    from dsfs.store import datastores
+
+    bucket = moto_server.new_bucket()
+    fs = moto_server.fs()
+    fs.pipe({f"{bucket}/path_to_folder_or_file/a.jpg": b"A", f"{bucket}/path_to_another_folder_or_file/b.txt": b"B",
+             f"{bucket}/c.jpg": b"C"})
+    datastores.register("bucket", f"s3://{bucket}", moto_server.options)
+    dataset = Dataset.create(dataset_name="my dataset", dataset_project="example project")
+    dataset.add_external_files(
+      source_url=f"s3://{bucket}/path_to_folder_or_file",
+      dataset_path="/my_dataset/new_folder/"
+    )
+    dataset.add_external_files(
+      source_url=[
+        f"s3://{bucket}/path_to_folder_or_file",
+        f"s3://{bucket}/path_to_another_folder_or_file",
+      ],
+      dataset_path="/my_dataset/new_folder/"
+    )
+    dataset.add_external_files(
+      source_url=f"s3://{bucket}/",
+      wildcard="*.jpg",
+      dataset_path="/my_dataset/new_folder/"
+    )
+    assert dataset.remove_files(dataset_path=f"s3://{bucket}/path_to_folder_or_file/a.jpg") == 2  # both links to it
+    dataset.finalize()
+    assert dataset.list_files() == ["my_dataset/new_folder/b.txt", "my_dataset/new_folder/c.jpg"]
+    assert dataset.dataset.read_file("my_dataset/new_folder/b.txt") == b"B"
