@@ -432,20 +432,29 @@ class Dataset:
                 yield entry
 
     def _own_changes(self) -> tuple[list[str], list[str], list[str]]:
+        """This version's added, modified and removed paths: its own changes (a draft's as they
+        would be closed now), told apart by a lookup in the parents' file table, so memory goes
+        with the changes, not with the version."""
+        parents = self._lineage.table(self.info.parents)
+        added: list[str] = []
+        modified: list[str] = []
+        removed: list[str] = []
+
+        def touched(path: str) -> None:
+            (added if parents.find(path) is None else modified).append(path)
+
         if self.info.is_final:
-            parents_view = self._lineage.merged_parents(self.info.parents)
-            changes = self._lineage.changes(self.id)
-            removed = [e.path for e in changes if e.removed]
-            added = [e.path for e in changes if not e.removed and e.path not in parents_view]
-            modified = [e.path for e in changes if not e.removed and e.path in parents_view]
+            changes: Iterable[Entry] = self._lineage.changes(self.id)
         else:
             draft = self._require_draft()
-            parents_view = self._lineage.merged_parents(self.info.parents)
-            changes = list(close.changes_against(self._lineage.table(self.info.parents), draft))
-            removed = [e.path for e in changes if e.removed]
-            touched = [e.path for e in changes if not e.removed] + [path for path, _ in draft.adds()]
-            added = [p for p in touched if p not in parents_view]
-            modified = [p for p in touched if p in parents_view]
+            changes = close.changes_against(parents, draft)
+            for path, _ in draft.adds():
+                touched(path)
+        for entry in changes:
+            if entry.removed:
+                removed.append(entry.path)
+            else:
+                touched(entry.path)
         return sorted(added), sorted(modified), sorted(removed)
 
     def list_added_files(self) -> list[str]:
