@@ -290,13 +290,13 @@ class Dataset:
     # -- evolution: sync, compare, squash -----------------------------------------------------
 
     def sync_folder(self, local_path: str, dataset_path: str | None = None,
-                    follow_symlinks: bool = False) -> FolderChanges:
+                    follow_symlinks: bool = False, wildcard: str | list[str] | None = None) -> FolderChanges:
         """Make this draft's content match a local folder: add new and modified files, remove
         files the parents have that the folder no longer has. Returns what changed, counted (the
         draft lists the paths), and what the input rules skipped (also named on stderr)."""
         changes = FolderChanges()
         self._stage_folder_diff(folder_diff(self._lineage.table(self.info.parents), local_path, changes,
-                                            dataset_path, follow_symlinks, warn))
+                                            dataset_path, follow_symlinks, warn, _wildcards(wildcard)))
         return changes
 
     def _stage_folder_diff(self, diff: Iterable[tuple[str, str | None]]) -> None:
@@ -322,10 +322,12 @@ class Dataset:
     def sync(cls, folder: str, project: str, name: str, parents: list[str] | None = None,
              tags: list[str] | None = None, dataset_path: str | None = None, close: bool = True,
              allow_empty: bool = False, max_workers: int | None = None, store: Store | str | None = None,
-             show_progress: bool | None = None, follow_symlinks: bool = False) -> tuple[Dataset | None, FolderChanges]:
+             show_progress: bool | None = None, follow_symlinks: bool = False,
+             wildcard: str | list[str] | None = None) -> tuple[Dataset | None, FolderChanges]:
         """Turn a folder that changes over time into a new version of project/name. Without parents,
         the latest final version of project/name is the parent. An unchanged folder makes no version
-        (returns None) unless allow_empty. The folder is read by the input rules of `add_files`."""
+        (returns None) unless allow_empty. The folder is read by the input rules of `add_files`;
+        wildcard: only the files matching it are synced (the parents' others are kept as they are)."""
         catalog.check_labels(project, name, None, tags)
         store = open_store(store, create=True)
         if parents is None:
@@ -335,7 +337,8 @@ class Dataset:
                 parents = []
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
         changes = FolderChanges()
-        diff = folder_diff(Lineage.of(store).table(parent_ids), folder, changes, dataset_path, follow_symlinks, warn)
+        diff = folder_diff(Lineage.of(store).table(parent_ids), folder, changes, dataset_path, follow_symlinks, warn,
+                           _wildcards(wildcard))
         first = next(diff, None)  # the version is made at the first change, the rest staged as it is found
         if first is None and not allow_empty:
             return None, changes
@@ -587,3 +590,7 @@ class Dataset:
     def dependents(ref: str, store: Store | str | None = None) -> tuple[list[VersionInfo], list[VersionInfo]]:
         """(descendants that become unreadable if `ref` is deleted, squashes that borrow its packs)."""
         return catalog.dependents(open_store(store), ref)
+
+
+def _wildcards(wildcard: str | list[str] | None) -> list[str] | None:
+    return [wildcard] if isinstance(wildcard, str) else (list(wildcard) if wildcard else None)

@@ -334,3 +334,22 @@ def test_every_command_answers_in_json(tmp_path, dsfs, file_store):
     assert env["name"] == "lake"
     assert js("push", ds_id, "--to", "lake", "--json")["versions_sent"] == 1
     assert js("delete", ds_id, "--json", "--store", f"file://{tmp_path}/lake")["deleted"] == ds_id
+
+
+def test_sync_folder_with_a_wildcard_syncs_only_those_files(tmp_path, dsfs, file_store):
+    """clearml-data's `sync --folder ~/data/*.jpg`: the folder's .jpg files are synced (added,
+    changed, removed); the parent's other files stay as they are, whatever the folder holds."""
+    make_tree(tmp_path / "data", {"a.jpg": b"1", "b.jpg": b"2", "notes.txt": b"n", "sub/c.jpg": b"3"})
+    s = ("--store", file_store)
+    base = dsfs(*s, "sync", "--folder", tmp_path / "data", "--project", "p", "--name", "n").out.strip()
+    (tmp_path / "data" / "a.jpg").write_bytes(b"changed")
+    (tmp_path / "data" / "b.jpg").unlink()
+    (tmp_path / "data" / "notes.txt").unlink()  # not a .jpg: the version keeps it
+    (tmp_path / "data" / "new.jpg").write_bytes(b"4")
+    r = dsfs(*s, "sync", "--folder", f"{tmp_path}/data/*.jpg", "--project", "p", "--name", "n", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["changes"]["added"] == 1 and out["changes"]["modified"] == 1 and out["changes"]["removed"] == 1
+    files = [f["path"] for f in json.loads(dsfs(*s, "list", out["id"], "--json").out)]
+    assert files == ["a.jpg", "new.jpg", "notes.txt", "sub/c.jpg"]
+    assert base != out["id"]

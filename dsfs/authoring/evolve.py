@@ -48,13 +48,14 @@ class FolderChanges:
 
 
 def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_path: str | None = "",
-                follow_symlinks: bool = False, warn: Callable[[str], None] | None = None
-                ) -> Iterator[tuple[str, str | None]]:
+                follow_symlinks: bool = False, warn: Callable[[str], None] | None = None,
+                wildcards: list[str] | None = None) -> Iterator[tuple[str, str | None]]:
     """How `folder` (mapped under dataset_path) differs from `base`, the parents' file table, as a
     stream in path order: (dataset path, local path) of each file to add or replace, (dataset path,
     None) of each to remove; each counted into `changes`. Files of `base` outside dataset_path are
     not considered (a sync of a subfolder). What the scan skipped (scan_folder's rules) is told to
-    `warn` as it is found, and listed in `changes.skipped`.
+    `warn` as it is found, and listed in `changes.skipped`. wildcards: only files matching them
+    (paths.matches, relative to the folder) are compared, on both sides: others are left as they are.
 
     The scan and the table are both in path order, so they are merged side by side: a table path
     that the scan passes without meeting is removed. Memory stays flat whatever the file count."""
@@ -70,15 +71,21 @@ def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_pa
         if warn is not None:
             warn(message)
 
+    def chosen(path: str) -> bool:
+        return not wildcards or paths.matches(path[len(prefix):], wildcards)
+
     def removed_below(path: str | None) -> Iterator[tuple[str, None]]:
         nonlocal row
         while row < len(table) and table[row].startswith(prefix) and (path is None or table[row] < path):
-            changes.removed += 1
-            yield table[row], None
+            if chosen(table[row]):
+                changes.removed += 1
+                yield table[row], None
             row += 1
 
     last = ""
     for rel, local, st in scan_folder(folder, prefix, follow_symlinks, skipped):
+        if not chosen(rel):
+            continue
         if rel <= last:  # the merge is only right in path order: never guess a removal
             raise AssertionError(f"the scan of {printable(folder)} gave {rel!r} after {last!r}")
         last = rel

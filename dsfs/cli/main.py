@@ -513,8 +513,24 @@ def cat(ctx, path, ref):
     sys.stdout.buffer.flush()
 
 
+def _folder_and_wildcard(folder: str) -> tuple[str, str | None]:
+    """`--folder ~/data/*.jpg`: the folder ~/data, only its files matching *.jpg (clearml-data's
+    wildcard selection). The wildcard may hold folders too (~/data/imgs/*.jpg: relative to ~/data/imgs)."""
+    from wcmatch import glob as wcglob
+
+    from dsfs.paths import GLOB_FLAGS
+
+    folder = os.path.expanduser(folder)
+    if not wcglob.is_magic(folder, flags=GLOB_FLAGS):
+        return folder, None
+    parts = folder.rstrip("/").split("/")
+    first = next(i for i, part in enumerate(parts) if wcglob.is_magic(part, flags=GLOB_FLAGS))
+    return "/".join(parts[:first]) or ("/" if folder.startswith("/") else "."), "/".join(parts[first:])
+
+
 @cli.command()
-@click.option("--folder", required=True, type=click.Path(), help="Local folder to turn into a version.")
+@click.option("--folder", required=True, type=click.Path(),
+              help="Local folder to turn into a version; a wildcard selects its files (data/*.jpg).")
 @click.option("--project", default=None, help="Project (default: the first parent's).")
 @click.option("--name", default=None, help="Name (default: the first parent's).")
 @multi("--parents", metavar="ID", help="Parents (default: the latest final version of project/name).")
@@ -536,12 +552,13 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
     Example: `dsfs sync --folder data/ --project vision --name cats`"""
     if storage and skip_close:
         raise DsfsUsage("--storage puts the closed version there: drop --skip-close, or pass --storage to `dsfs close`")
+    folder, wildcard = _folder_and_wildcard(folder)
     if ref and (project or name or parents or tags):
         raise DsfsUsage("--id syncs into that draft, whose project, name, parents and tags are its own: "
                         "drop --project/--name/--parents/--tags, or --id for a new version")
     if ref:
         draft = _dataset(ctx, ref)
-        changes = draft.sync_folder(folder, dataset_folder, follow_symlinks)
+        changes = draft.sync_folder(folder, dataset_folder, follow_symlinks, wildcard)
         pushed = None if skip_close else draft.finalize(max_workers=max_workers, push_to=storage)
         if _json(ctx):
             return _emit_json({**draft.info.to_json(), "changes": vars(changes), "pushed": pushed})
@@ -557,7 +574,8 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
         project, name = project or first.project, name or first.name
     ds, changes = Dataset.sync(folder, project, name, parents=list(parents) or None, tags=list(tags),
                                dataset_path=dataset_folder, close=not skip_close, allow_empty=allow_empty,
-                               max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks)
+                               max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks,
+                               wildcard=wildcard)
     summary = (f"{changes.added} added, {changes.modified} modified, {changes.removed} removed, "
                f"{changes.unchanged} unchanged")
     pushed = {**ds.push(storage, max_workers), "to": storage} if ds is not None and storage else None
