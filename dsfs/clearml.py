@@ -140,6 +140,8 @@ class Dataset:
         only published ones if only_published). auto_create: make a draft of project/name with the
         tags when none matches. writable_copy: a new draft whose parent is the one found. alias:
         see the module's docstring. include_archived and shallow_search have no meaning in dsfs."""
+        for unknown in sorted(set(kwargs) - {"store"}):
+            warn(f"Dataset.get({unknown}=...): not a dsfs argument; ignored")
         store = open_store(kwargs.get("store") or _offline_store())
         if alias and overridable and os.environ.get(ALIAS_PREFIX + alias):
             dataset_id = os.environ[ALIAS_PREFIX + alias]
