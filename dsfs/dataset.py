@@ -28,6 +28,7 @@ from dsfs.authoring import close, drafts
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.evolve import Comparison, FolderChanges, folder_diff, printable, squash_parts
 from dsfs.authoring.evolve import compare as compare_versions
+from dsfs.authoring.evolve import differences as evolve_differences
 from dsfs.authoring.localfiles import local_files, local_size, warn
 from dsfs.catalog import open_store, resolve
 from dsfs.datarefs import DataReference
@@ -357,13 +358,16 @@ class Dataset:
     def compare(source: str, target: str, store: Store | str | None = None, cache: Cache | None = None) -> Comparison:
         """Files added, removed and modified from source to target (any two final versions)."""
         store = open_store(store)
-        ids = []
-        for ref in (source, target):
-            info = resolve(store, ref, include_drafts=True)
-            if not info.is_final:
-                raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be compared")
-            ids.append(info.id)
+        ids = [_final_id(store, ref, "compared") for ref in (source, target)]
         return compare_versions(store, cache or Cache(), *ids)
+
+    @staticmethod
+    def differences(source: str, target: str, store: Store | str | None = None, cache: Cache | None = None):
+        """`compare`'s answer as a stream in path order: (change, path, size in source, size in
+        target), change one of added, removed, modified, unchanged (dsfs.authoring.evolve)."""
+        store = open_store(store)
+        ids = [_final_id(store, ref, "compared") for ref in (source, target)]
+        return evolve_differences(store, cache or Cache(), *ids)
 
     @classmethod
     def squash(cls, name: str, ids: list[str], project: str | None = None, version: str | None = None,
@@ -594,3 +598,10 @@ class Dataset:
 
 def _wildcards(wildcard: str | list[str] | None) -> list[str] | None:
     return [wildcard] if isinstance(wildcard, str) else (list(wildcard) if wildcard else None)
+
+
+def _final_id(store: Store, ref: str, what: str) -> str:
+    info = resolve(store, ref, include_drafts=True)
+    if not info.is_final:
+        raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be {what}")
+    return info.id

@@ -204,3 +204,13 @@ def test_a_change_set_reaches_the_node_cache_in_checked_blocks(file_store, tmp_p
     with pytest.raises(CorruptData, match="corrupt or truncated"):
         sum(1 for _ in Dataset.get(dataset_id, store=file_store, cache=cache).iter_entries())
     assert not os.path.exists(cache.changeset_path(dataset_id))
+
+
+def test_a_streamed_json_object_is_what_json_dumps_writes(capsys):
+    from dsfs.cli.output import emit_json_object
+
+    for scalars, arrays in (({"b": 2, "a": "x\\u00e9", "n": None}, {"a_paths": ["p/1", 'q"2'], "z": []}),
+                            ({}, {}), ({"k": 1.5}, {}), ({}, {"only": ["one"]})):
+        expected = json.dumps({**scalars, **arrays}, indent=2, sort_keys=True)
+        emit_json_object(scalars, {k: iter(v) for k, v in arrays.items()})  # the items as a stream
+        assert capsys.readouterr().out == expected + "\n"

@@ -228,26 +228,39 @@ class Comparison:
 
 
 def compare(store: Store, cache: NodeDb, source_id: str, target_id: str) -> Comparison:
-    """What changes from source to target (both final; related or not)."""
+    """What changes from source to target (both final; related or not), gathered in lists (the
+    command line streams `differences` instead)."""
     result = Comparison()
-    src = merged_entries(store, cache, source_id)
-    dst = merged_entries(store, cache, target_id)
+    for change, path, old, new in differences(store, cache, source_id, target_id):
+        if change == "added":
+            result.added.append((path, new))
+        elif change == "removed":
+            result.removed.append((path, old))
+        elif change == "modified":
+            result.modified.append((path, old, new))
+        else:
+            result.unchanged += 1
+    return result
+
+
+def differences(store: Store, cache: NodeDb, source_id: str, target_id: str) -> Iterator[tuple[str, str, int, int]]:
+    """(change, path, size in source, size in target) of every path of either version, in path
+    order: change is added, removed, modified or unchanged (a size is 0 where that side has no such
+    file). The two merged views are read side by side as streams, so memory stays flat."""
+    src = merged_entries(store, cache, source_id, chunks=False)
+    dst = merged_entries(store, cache, target_id, chunks=False)
     a, b = next(src, None), next(dst, None)
     while a is not None or b is not None:
         if b is None or (a is not None and a.path < b.path):
             assert a is not None, "the loop runs while either is left"
-            result.removed.append((a.path, a.size))
+            yield "removed", a.path, a.size, 0
             a = next(src, None)
         elif a is None or b.path < a.path:
-            result.added.append((b.path, b.size))
+            yield "added", b.path, 0, b.size
             b = next(dst, None)
         else:
-            if a.same_content(b):
-                result.unchanged += 1
-            else:
-                result.modified.append((a.path, a.size, b.size))
+            yield ("unchanged" if a.same_content(b) else "modified"), a.path, a.size, b.size
             a, b = next(src, None), next(dst, None)
-    return result
 
 
 def squash_parts(store: Store, cache: NodeDb, ids: list[str], where: str) -> tuple[FileTable, bytes, set[bytes]]:

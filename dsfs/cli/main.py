@@ -21,7 +21,7 @@ import click
 from dsfs.cli import installed_version
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.cli.output import emit_json as _emit_json
-from dsfs.cli.output import emit_json_lines, emit_json_rows, json_option
+from dsfs.cli.output import emit_json_lines, emit_json_object, emit_json_rows, json_option
 from dsfs.cli.output import human as _human
 from dsfs.cli.output import say as _say
 from dsfs.cli.output import table as _table
@@ -599,21 +599,42 @@ def compare(ctx, source, target, verbose, as_json):
     """What changed from one version to another (related or not).
 
     Example: `dsfs compare --source vision/cats@1.0.0 --target vision/cats --verbose`"""
-    result = Dataset.compare(source, target, store=ctx.obj["store"])
-    summary = result.summary()
-    if as_json:
-        return _emit_json({**summary, "added_paths": [p for p, _ in result.added],
-                           "removed_paths": [p for p, _ in result.removed],
-                           "modified_paths": [p for p, _, _ in result.modified]})
+    import tempfile
+
+    summary = {"added": 0, "removed": 0, "modified": 0, "unchanged": 0,
+               "added_bytes": 0, "removed_bytes": 0, "modified_bytes": 0}
+
+    def changed():  # every difference, counted as it streams by (in path order)
+        for change, path, old, new in Dataset.differences(source, target, store=ctx.obj["store"]):
+            summary[change] += 1
+            if change != "unchanged":
+                summary[f"{change}_bytes"] += old if change == "removed" else new
+                yield change, path, old, new
+
+    if as_json:  # the paths of each kind wait in a spool: the counts come first in the object
+        spools = {kind: tempfile.SpooledTemporaryFile(8 << 20, mode="w+") for kind in ("added", "removed", "modified")}
+        for change, path, _, _ in changed():
+            spools[change].write(path + "\0")
+
+        def paths(spool):
+            spool.seek(0)
+            text = ""
+            while piece := spool.read(1 << 20):
+                *done, text = (text + piece).split("\0")
+                yield from done
+
+        return emit_json_object(summary, {f"{kind}_paths": paths(spool) for kind, spool in spools.items()})
+    if verbose:
+        sizes = {"added": lambda old, new: _human(new), "removed": lambda old, new: _human(old),
+                 "modified": lambda old, new: f"{_human(old)} -> {_human(new)}"}
+        _table(["change", "path", "size"], ((c, p, sizes[c](old, new)) for c, p, old, new in changed()))
+    else:
+        for _ in changed():
+            pass
     click.echo(f"{summary['added']} files added ({_human(summary['added_bytes'])}), "
                f"{summary['removed']} removed ({_human(summary['removed_bytes'])}), "
                f"{summary['modified']} modified ({_human(summary['modified_bytes'])}), "
                f"{summary['unchanged']} unchanged")
-    if verbose:
-        rows = ([("added", p, _human(n)) for p, n in result.added]
-                + [("removed", p, _human(n)) for p, n in result.removed]
-                + [("modified", p, f"{_human(a)} -> {_human(b)}") for p, a, b in result.modified])
-        _table(["change", "path", "size"], sorted(rows, key=lambda r: r[1]))
 
 
 @cli.command()

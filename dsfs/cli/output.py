@@ -78,6 +78,31 @@ def emit_json_rows(rows: Iterable) -> None:
     click.echo("".join(batch))
 
 
+def emit_json_object(scalars: dict, arrays: dict[str, Iterable[str]]) -> None:
+    """One JSON object of scalar fields and arrays of strings, written as json.dumps(indent=2,
+    sort_keys=True) writes it, the arrays' items as they come (from a spool, say): memory stays flat
+    whatever their length."""
+    import json
+
+    fields = sorted([*scalars, *arrays])
+    click.echo("{", nl=False)
+    for n, key in enumerate(fields):
+        click.echo(("," if n else "") + f"\n  {json.dumps(key)}: ", nl=False)
+        if key in scalars:
+            click.echo(json.dumps(scalars[key], sort_keys=True, default=str), nl=False)
+            continue
+        batch, first = [], True
+        for item in arrays[key]:
+            batch.append(("[\n    " if first else ",\n    ") + json.dumps(item))
+            first = False
+            if len(batch) >= BATCH:
+                click.echo("".join(batch), nl=False)
+                batch = []
+        batch.append("[]" if first else "\n  ]")
+        click.echo("".join(batch), nl=False)
+    click.echo("\n}" if fields else "}")
+
+
 def emit_json_lines(rows: Iterable) -> None:
     """One compact JSON document per line, keys sorted, written as the rows come (JSON Lines: what a
     script reads a row at a time)."""
