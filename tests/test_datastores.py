@@ -35,7 +35,8 @@ def _register_with_secrets(dsfs):
     return r
 
 
-def test_register_list_show_remove(dsfs, isolated_home):
+def test_register_list_show_remove(dsfs, isolated_home, monkeypatch):
+    monkeypatch.setenv("LAKE_TOKEN", "t")  # what the datastore reads: a default must be usable here
     r = dsfs("datastore", "list", "--json")
     assert json.loads(r.out) == [{"name": "local", "url": default_store_url(),
                                   "options": {}, "default": True, "builtin": True}]
