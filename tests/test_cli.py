@@ -353,3 +353,30 @@ def test_sync_folder_with_a_wildcard_syncs_only_those_files(tmp_path, dsfs, file
     files = [f["path"] for f in json.loads(dsfs(*s, "list", out["id"], "--json").out)]
     assert files == ["a.jpg", "new.jpg", "notes.txt", "sub/c.jpg"]
     assert base != out["id"]
+
+
+# clearml-data's option tables (../shared/seeds/000_*.txt), command by command: each option is a dsfs one
+CLEARML_DATA_OPTIONS = {
+    "create": ["--name", "--project", "--parents", "--tags"],
+    "add": ["--id", "--files", "--dataset-folder", "--non-recursive", "--verbose"],
+    "remove": ["--id", "--files", "--non-recursive", "--verbose"],
+    "upload": ["--id", "--storage", "--verbose"],
+    "close": ["--id", "--storage", "--disable-upload", "--verbose"],
+    "sync": ["--id", "--folder", "--storage", "--parents", "--project", "--name", "--tags", "--skip-close", "--verbose"],
+    "list": ["--id", "--project", "--name", "--filter", "--modified"],
+    "delete": ["--id", "--force"],
+    "search": ["--ids", "--project", "--name", "--tags"],
+    "compare": ["--source", "--target", "--verbose"],
+    "squash": ["--name", "--ids", "--storage", "--verbose"],
+    "verify": ["--id", "--folder", "--filesize", "--verbose"],
+    "get": ["--id", "--copy", "--link", "--overwrite", "--verbose"],
+    "publish": ["--id"],
+}
+
+
+@pytest.mark.parametrize("command,option", [(c, o) for c, opts in CLEARML_DATA_OPTIONS.items() for o in opts])
+def test_every_clearml_data_option_exists(command, option):
+    from dsfs.cli.main import cli
+
+    names = {name for param in cli.commands[command].params for name in getattr(param, "opts", [])}
+    assert option in names, f"dsfs {command} has no {option}"
