@@ -107,7 +107,8 @@ class DataReference:
                 from dsfs import daemon  # not at import: `dsfs --help` and `import dsfs` do not load it
 
                 options = {k: self.options[k] for k in MOUNT_OPTIONS if self.options.get(k) is not None}
-                self._mount = daemon.mount(self.dataset.id, self.path, self.dataset.store, **options)
+                self._mount = daemon.mount(self.dataset.id, self.path, self.dataset.store,
+                                           temporary=self._temporary, **options)
         except BaseException:
             self.cleanup()
             raise

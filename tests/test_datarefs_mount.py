@@ -48,6 +48,11 @@ def test_env_leaves_the_mount(node):
         assert open(os.path.join(path, "f")).read() == "kept"
     finally:
         node.cli("unmount", path, check=True)
+    assert not os.path.exists(path)  # the temporary mountpoint env made goes with the mount
+    given = node.mountpoint("env-given")
+    node.cli("env", "--input", f"t={ds_id}:mount:{given}", check=True)
+    node.cli("unmount", given, check=True)
+    assert os.path.isdir(given)  # a folder the user named is kept
 
 
 def test_python_as_mount(node, monkeypatch):

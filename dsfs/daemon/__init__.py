@@ -22,6 +22,7 @@ log is bounded too: failures are logged once per file (dsfs.daemon.fuse_ops).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -63,7 +64,7 @@ class MountHandle:
 def resolve_spec(dataset: str, mountpoint: str, store=None, *, allow_other: bool = False,
                  cache_dir: str | None = None, cache_size: str | int | None = None, read_ahead: int = 4096,
                  prefetch: bool = False, include=None, log_level: str = "info",
-                 log_file: str | None = None) -> MountSpec:
+                 log_file: str | None = None, temporary: bool = False) -> MountSpec:
     """Check FUSE and the mountpoint, resolve the dataset to a final version: a MountSpec."""
     from dsfs import catalog  # not at import: `dsfs --help` must not load the store
 
@@ -80,12 +81,14 @@ def resolve_spec(dataset: str, mountpoint: str, store=None, *, allow_other: bool
     return MountSpec(dataset_id=info.id, ref=info.ref, store=opened.ref, store_display=opened.display_url,
                      mountpoint=path, allow_other=allow_other, cache_dir=cache_dir,
                      cache_size=None if cache_size is None else str(cache_size), read_ahead=int(read_ahead),
-                     prefetch=prefetch, include=list(include or []), log_level=log_level, log_file=log_file)
+                     prefetch=prefetch, include=list(include or []), log_level=log_level, log_file=log_file,
+                     temporary=temporary)
 
 
 def mount(dataset: str, mountpoint: str, store=None, timeout: float = START_TIMEOUT, **options) -> MountHandle:
     """Mount a final version read-only at `mountpoint` in a detached daemon; returns once it serves.
-    Options: allow_other, cache_dir, cache_size, read_ahead (KiB), prefetch, include, log_level."""
+    Options: allow_other, cache_dir, cache_size, read_ahead (KiB), prefetch, include, log_level,
+    temporary (the mountpoint folder was made for this mount: unmount removes it)."""
     spec = resolve_spec(dataset, mountpoint, store, **options)
     spec.log_file = mounts.log_path(spec.mountpoint)
     return start(spec, timeout)
@@ -220,6 +223,9 @@ def unmount(mountpoint: str, force: bool = False, timeout: float = STOP_TIMEOUT)
     dead = live is None and mounts.is_dead(path)
     mounts.kernel_unmount(path, lazy=force or dead)
     mounts.remove_record(path)
+    if record and record.get("temporary"):  # made by `dsfs env` for this mount: nothing else is there
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
     what = f"unmounted {record.get('ref') if record else entry.source} from {path}"
     if dead:
         return what + " (its daemon had died)"

@@ -53,6 +53,7 @@ class MountSpec:
     include: list[str] = field(default_factory=list)
     log_level: str = "info"
     log_file: str | None = None  # None: stderr (foreground)
+    temporary: bool = False  # the mountpoint was made for this mount (`dsfs env`): removed at unmount
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -231,6 +232,7 @@ def _ready(spec: MountSpec, status: Status, view, stop: threading.Event) -> None
         "store": spec.store_display, "pid": os.getpid(), "started_ticks": mounts.process_start(os.getpid()),
         "started": utc_now(), "log": spec.log_file,
         "cache_dir": view.cache.root, "allow_other": spec.allow_other, "prefetch": spec.prefetch,
+        "temporary": spec.temporary,
     })
     log.info("serving %s (%s) at %s", spec.ref, spec.dataset_id, spec.mountpoint)
     status.send({"ok": True, "pid": os.getpid()})
