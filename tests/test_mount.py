@@ -214,7 +214,7 @@ def test_mounts_listing(node):
     first = node.dataset({"a": b"1" * 1000}, name="list")
     second = node.dataset({"a": b"2" * 1000}, name="list")
     one, two = node.mountpoint("list1"), node.mountpoint("list2")
-    pid1, pid2 = node.mount(first, one), node.mount(second, two)
+    pid1, pid2 = node.mount(first, one, "--cache-size", "3G"), node.mount(second, two)
     open(f"{one}/a", "rb").read()
     listed = json.loads(node.cli("mounts", "--json", check=True).stdout)
     by_point = {m["mountpoint"]: m for m in listed}
@@ -223,6 +223,7 @@ def test_mounts_listing(node):
     assert (by_point[one]["dataset"], by_point[one]["version"]) == ("proj/list", "1.0.0")
     assert by_point[two]["version"] == "1.0.1" and by_point[two]["dataset_id"] == second
     assert by_point[one]["cache_bytes"] >= 1000 and by_point[one]["cache_dir"] == node.cache_dir
+    assert by_point[one]["cache_budget"] == 3 << 30 and by_point[two]["cache_budget"] != 3 << 30  # each its own
     table = node.cli("mounts", check=True).stdout
     assert "mountpoint" in table and one in table and str(pid2) in table
     node.cli("unmount", one, check=True)

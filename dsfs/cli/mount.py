@@ -122,7 +122,9 @@ def mounts(as_json):
         if root not in caches:
             cache = Cache(root)
             caches[root] = (cache.used_bytes(), cache.budget)
-        record["cache_bytes"], record["cache_budget"] = caches[root]
+        used, budget = caches[root]
+        # the daemon's own budget (its --cache-size) as it recorded it; a daemon from before: this one's
+        record["cache_bytes"], record["cache_budget"] = used, record.get("cache_budget") or budget
         project_name, _, record["version"] = record.get("ref", "").rpartition("@")
         record["dataset"] = project_name
     if as_json:

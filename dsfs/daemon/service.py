@@ -232,7 +232,7 @@ def _ready(spec: MountSpec, status: Status, view, stop: threading.Event) -> None
         "store": spec.store_display, "pid": os.getpid(), "started_ticks": mounts.process_start(os.getpid()),
         "started": utc_now(), "log": spec.log_file,
         "cache_dir": view.cache.root, "allow_other": spec.allow_other, "prefetch": spec.prefetch,
-        "temporary": spec.temporary,
+        "temporary": spec.temporary, "cache_budget": view.cache.budget,
     })
     log.info("serving %s (%s) at %s", spec.ref, spec.dataset_id, spec.mountpoint)
     status.send({"ok": True, "pid": os.getpid()})
