@@ -112,7 +112,7 @@ def claim_version(store: Store, project: str, name: str, version: str | None, da
 def _name_matches(name: str, wanted: str) -> bool:
     """A name filter: a glob (paths.glob_match), or without wildcards a part of the name, any case
     (clearml-data's `search --name` takes a partial name)."""
-    if any(c in wanted for c in "*?["):
+    if paths.is_glob(wanted):
         return paths.glob_match(name, wanted)
     return wanted.casefold() in name.casefold()
 

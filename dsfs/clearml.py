@@ -64,13 +64,6 @@ def _offline_store() -> str | None:
     return f"file://{_session}/store"
 
 
-def _tags(tags: str | Sequence[str] | None) -> list[str]:
-    """ClearML takes a tag or a list of tags."""
-    if tags is None:
-        return []
-    return [tags] if isinstance(tags, str) else list(tags)
-
-
 def _folder(dataset_path: str | None) -> str | None:
     """ClearML writes dataset folders with a leading and trailing '/' ("/my_dataset/new_folder/")."""
     return dataset_path.strip("/") or None if dataset_path else None
@@ -127,7 +120,7 @@ class Dataset:
         if not dataset_name or not dataset_project:
             raise UsageError("Dataset.create needs dataset_name and dataset_project (or parent_datasets)")
         return cls(_Dataset.create(dataset_project, dataset_name, version=dataset_version, parents=parent_ids,
-                                   tags=_tags(dataset_tags), description=description or "", store=store))
+                                   tags=paths.as_list(dataset_tags), description=description or "", store=store))
 
     @classmethod
     def get(cls, dataset_id: str | None = None, dataset_project: str | None = None,
@@ -145,14 +138,14 @@ class Dataset:
         store = open_store(kwargs.get("store") or _offline_store())
         if alias and overridable and os.environ.get(ALIAS_PREFIX + alias):
             dataset_id = os.environ[ALIAS_PREFIX + alias]
-        found = cls._find(store, dataset_id, dataset_project, dataset_name, _tags(dataset_tags), dataset_version,
-                          only_completed, only_published)
+        found = cls._find(store, dataset_id, dataset_project, dataset_name, paths.as_list(dataset_tags),
+                          dataset_version, only_completed, only_published)
         if found is None:
             if not auto_create:
                 what = dataset_id or "/".join(p for p in (dataset_project, dataset_name) if p) or "any dataset"
                 raise DatasetNotFound(f"no dataset matches {what}"
                                       + (f"@{dataset_version}" if dataset_version else "")
-                                      + (f" with tags {_tags(dataset_tags)}" if dataset_tags else "")
+                                      + (f" with tags {paths.as_list(dataset_tags)}" if dataset_tags else "")
                                       + f" in {store.display_url}")
             ds = cls.create(dataset_name, dataset_project, dataset_tags, dataset_version=dataset_version,
                             output_uri=store.url)
@@ -188,7 +181,7 @@ class Dataset:
         """Versions as ClearML lists them: dicts of name, project, id, tags, version, created. A
         project also matches its subprojects ("a" finds "a/b") if recursive_project_search."""
         found = []
-        for v in catalog.search(open_store(store or _offline_store()), None, None, _tags(tags),
+        for v in catalog.search(open_store(store or _offline_store()), None, None, paths.as_list(tags),
                                 list(ids) if ids else None):
             if dataset_project and not (v.project == dataset_project or recursive_project_search
                                         and v.project.startswith(dataset_project.rstrip("/") + "/")):
@@ -252,15 +245,15 @@ class Dataset:
         local_base_folder: ClearML's older name for the folder `path` is relative to."""
         if local_base_folder and not os.path.isabs(path):
             path = os.path.join(local_base_folder, path)
-        wildcards = [os.path.basename(w) for w in _tags(wildcard)] or None  # ClearML matches names
+        wildcards = [os.path.basename(w) for w in paths.as_list(wildcard)] or None  # ClearML matches names
         return self.dataset.add_files(path, wildcards, recursive, _folder(dataset_path))
 
     def add_external_files(self, source_url: str | Sequence[str], wildcard: str | Sequence[str] | None = None,
                            dataset_path: str | None = None, recursive: bool = True, verbose: bool = False,
                            max_workers: int | None = None) -> int:
         """Add objects that stay where they are: a URL or a list of URLs (of objects or prefixes)."""
-        urls = [source_url] if isinstance(source_url, str) else list(source_url)
-        wildcards = _tags(wildcard) or None
+        urls = paths.as_list(source_url)
+        wildcards = paths.as_list(wildcard) or None
         return sum(self.dataset.add_external_files(url, wildcards, _folder(dataset_path), recursive) for url in urls)
 
     def remove_files(self, dataset_path: str | None = None, recursive: bool = True, verbose: bool = False) -> int:

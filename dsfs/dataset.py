@@ -297,7 +297,7 @@ class Dataset:
         draft lists the paths), and what the input rules skipped (also named on stderr)."""
         changes = FolderChanges()
         self._stage_folder_diff(folder_diff(self._lineage.table(self.info.parents), local_path, changes,
-                                            dataset_path, follow_symlinks, warn, _wildcards(wildcard)))
+                                            dataset_path, follow_symlinks, warn, paths.as_list(wildcard)))
         return changes
 
     def _stage_folder_diff(self, diff: Iterable[tuple[str, str | None]]) -> None:
@@ -339,7 +339,7 @@ class Dataset:
         parent_ids = [resolve(store, p, include_drafts=True).id for p in parents]
         changes = FolderChanges()
         diff = folder_diff(Lineage.of(store).table(parent_ids), folder, changes, dataset_path, follow_symlinks, warn,
-                           _wildcards(wildcard))
+                           paths.as_list(wildcard))
         first = next(diff, None)  # the version is made at the first change, the rest staged as it is found
         if first is None and not allow_empty:
             return None, changes
@@ -358,7 +358,7 @@ class Dataset:
     def compare(source: str, target: str, store: Store | str | None = None, cache: Cache | None = None) -> Comparison:
         """Files added, removed and modified from source to target (any two final versions)."""
         store = open_store(store)
-        ids = [_final_id(store, ref, "compared") for ref in (source, target)]
+        ids = [_final(store, ref, "compared").id for ref in (source, target)]
         return compare_versions(store, cache or Cache(), *ids)
 
     @staticmethod
@@ -366,7 +366,7 @@ class Dataset:
         """`compare`'s answer as a stream in path order: (change, path, size in source, size in
         target), change one of added, removed, modified, unchanged (dsfs.authoring.evolve)."""
         store = open_store(store)
-        ids = [_final_id(store, ref, "compared") for ref in (source, target)]
+        ids = [_final(store, ref, "compared").id for ref in (source, target)]
         return evolve_differences(store, cache or Cache(), *ids)
 
     @classmethod
@@ -377,12 +377,7 @@ class Dataset:
         store = open_store(store)
         if not ids:
             raise UsageError("name the versions to squash")
-        infos = []
-        for ref in ids:
-            info = resolve(store, ref, include_drafts=True)
-            if not info.is_final:
-                raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be squashed")
-            infos.append(info)
+        infos = [_final(store, ref, "squashed") for ref in ids]
         sources = Lineage.of(store).ancestors([i.id for i in infos])
         # streamed, and checked before a version is claimed
         table, changes, packs = squash_parts(store, Cache(), [i.id for i in infos],
@@ -596,12 +591,9 @@ class Dataset:
         return catalog.dependents(open_store(store), ref)
 
 
-def _wildcards(wildcard: str | list[str] | None) -> list[str] | None:
-    return [wildcard] if isinstance(wildcard, str) else (list(wildcard) if wildcard else None)
-
-
-def _final_id(store: Store, ref: str, what: str) -> str:
+def _final(store: Store, ref: str, what: str) -> VersionInfo:
+    """The final version `ref` names; a draft is refused, saying only final versions can be `what`."""
     info = resolve(store, ref, include_drafts=True)
     if not info.is_final:
         raise InvalidState(f"dataset {info.id} ({info.ref}) is a draft; only final versions can be {what}")
-    return info.id
+    return info

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 import urllib.parse
+from collections.abc import Iterable
 
 from wcmatch import glob as wcglob
 
@@ -110,6 +111,17 @@ def parents(path: str):
 
 
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.CASE
+
+
+def as_list(value: str | Iterable[str] | None) -> list[str]:
+    """One string or several (a wildcard or a list of them, a tag or tags, a URL or URLs) as a
+    list: what the API's arguments that take either accept."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def is_glob(text: str) -> bool:
+    """Whether `text` holds a wildcard of glob_match's rule (else it names one thing)."""
+    return wcglob.is_magic(text, flags=GLOB_FLAGS)
 
 
 def glob_match(text: str, pattern: str) -> bool:

@@ -40,7 +40,7 @@ def local_files(path: str, wildcard, recursive: bool, follow_symlinks: bool = Fa
     """(relative dataset path, absolute local path) for a local file, folder, or glob. A file named
     on the command line (or matched by a glob) is taken as named, following a symlink; a folder is
     read by dsfs.authoring.evolve.scan_folder's input rules."""
-    wildcards = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
+    wildcards = paths.as_list(wildcard)
     path = os.path.expanduser(path)
     if os.path.isdir(path):
         roots = [(path, "")]
@@ -48,7 +48,7 @@ def local_files(path: str, wildcard, recursive: bool, follow_symlinks: bool = Fa
         if not wildcards or paths.matches(os.path.basename(path), wildcards):
             yield from _named_file(path, warn)
         return
-    elif wcglob.is_magic(path, flags=paths.GLOB_FLAGS):
+    elif paths.is_glob(path):
         roots = []
         for match in sorted(wcglob.glob(path, flags=paths.GLOB_FLAGS)):
             if os.path.isfile(match):

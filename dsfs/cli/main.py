@@ -516,15 +516,13 @@ def cat(ctx, path, ref):
 def _folder_and_wildcard(folder: str) -> tuple[str, str | None]:
     """`--folder ~/data/*.jpg`: the folder ~/data, only its files matching *.jpg (clearml-data's
     wildcard selection). The wildcard may hold folders too (~/data/imgs/*.jpg: relative to ~/data/imgs)."""
-    from wcmatch import glob as wcglob
-
-    from dsfs.paths import GLOB_FLAGS
+    from dsfs.paths import is_glob
 
     folder = os.path.expanduser(folder)
-    if not wcglob.is_magic(folder, flags=GLOB_FLAGS):
+    if not is_glob(folder):
         return folder, None
     parts = folder.rstrip("/").split("/")
-    first = next(i for i, part in enumerate(parts) if wcglob.is_magic(part, flags=GLOB_FLAGS))
+    first = next(i for i, part in enumerate(parts) if is_glob(part))
     return "/".join(parts[:first]) or ("/" if folder.startswith("/") else "."), "/".join(parts[first:])
 
 

@@ -251,11 +251,16 @@ def _repaired(final: str, entries: Iterable[tuple[str, str, os.stat_result]]
     found = _walk(final)
     have = next(found, None)
     emptied: set[str] = set()
-    for rel, source, st in entries:
-        while have is not None and have[0] < rel:  # in the copy, not in the version
+
+    def remove_extras_below(rel: str | None) -> None:  # in the copy, not in the version (None: all left)
+        nonlocal have
+        while have is not None and (rel is None or have[0] < rel):
             _unlink(os.path.join(final, have[0]))
             emptied.add(os.path.dirname(have[0]))
             have = next(found, None)
+
+    for rel, source, st in entries:
+        remove_extras_below(rel)
         if have is not None and have[0] == rel:
             right = (have[1].st_dev, have[1].st_ino) == (st.st_dev, st.st_ino)
             have = next(found, None)
@@ -272,10 +277,7 @@ def _repaired(final: str, entries: Iterable[tuple[str, str, os.stat_result]]
         os.replace(tmp, target)
         _unlink(tmp)  # rename() between two links of one inode does nothing, leaving tmp
         yield rel, linked
-    while have is not None:
-        _unlink(os.path.join(final, have[0]))
-        emptied.add(os.path.dirname(have[0]))
-        have = next(found, None)
+    remove_extras_below(None)
     for folder in sorted(emptied, key=len, reverse=True):  # deepest first, then up while empty
         while folder:
             try:

@@ -150,7 +150,7 @@ def list_objects(url: str, wildcard=None, recursive: bool = True):
         raise UsageError(f"{redact(url)}: write link URLs without '.' or '..' components")
     fs, path = url_to_fs(url)
     info = _info(fs, path, url)
-    wildcards = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
+    wildcards = paths.as_list(wildcard)
     protocol = url.split("://", 1)[0]
     if info["type"] != "directory":
         name = path.rstrip("/").rsplit("/", 1)[-1]
