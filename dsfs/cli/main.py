@@ -107,9 +107,9 @@ storage_option = click.option("--storage", default=None, metavar="STORE",
                                    "ancestors it needs, as `dsfs push` does.")
 
 
-def _pushed(result: dict | None, to: str | None = None) -> None:
+def _pushed(result: dict | None) -> None:
     if result is not None:
-        click.echo(f"pushed to {to or result['to']}: {result['versions_sent']} version(s), "
+        click.echo(f"pushed to {result['to']}: {result['versions_sent']} version(s), "
                    f"{result['packs_sent']} pack(s) ({_human(result['bytes_sent'])}) sent", err=True)
 
 
@@ -614,14 +614,14 @@ def compare(ctx, source, target, verbose, as_json):
         for change, path, _, _ in changed():
             spools[change].write(path + "\0")
 
-        def paths(spool):
+        def spooled_paths(spool):
             spool.seek(0)
             text = ""
             while piece := spool.read(1 << 20):
                 *done, text = (text + piece).split("\0")
                 yield from done
 
-        return emit_json_object(summary, {f"{kind}_paths": paths(spool) for kind, spool in spools.items()})
+        return emit_json_object(summary, {f"{kind}_paths": spooled_paths(spool) for kind, spool in spools.items()})
     if verbose:
         sizes = {"added": lambda old, new: _human(new), "removed": lambda old, new: _human(old),
                  "modified": lambda old, new: f"{_human(old)} -> {_human(new)}"}
