@@ -7,6 +7,8 @@ facade (dsfs.dataset) and the mount daemon call these; nothing here reads file c
 
 from __future__ import annotations
 
+import datetime
+
 import semver
 
 from dsfs import paths
@@ -48,6 +50,11 @@ def resolve(store: Store, ref: str | None = None, *, project: str | None = None,
         version = at_version or version
     if not (project and name):
         raise UsageError("name a dataset: an id, project/name[@version], or --project and --name")
+    best = _resolve_by_claims(store, project, name, version, tags, include_drafts)
+    if best is not None:
+        return best
+    # No claim led to it. Claims are made before any record, so this is a rare answer ("not
+    # found", or a record whose claim was lost); the catalog says which.
     unreadable: dict[str, str] = {}
     candidates = [v for v in store.list_versions(unreadable)
                   if v.project == project and v.name == name
@@ -62,6 +69,40 @@ def resolve(store: Store, ref: str | None = None, *, project: str | None = None,
         final = "" if version or include_drafts else "final "
         raise DatasetNotFound(f"no {final}dataset {what} in {store.display_url}")
     return best
+
+
+def _resolve_by_claims(store: Store, project: str, name: str, version: str | None, tags: list[str] | None,
+                       include_drafts: bool) -> VersionInfo | None:
+    """project/name[@version] in a few requests, whatever the size of the store: the version
+    numbers claimed under `names/` (one LIST; or none with @version), highest first, each claim's
+    holder and its record (two GETs), until one matches. A claim is only a pointer: the record
+    must still carry that project, name and number (a rename moves claims after the records).
+    A record that cannot be read may be the version asked for, so it is refused (CorruptData),
+    never skipped for an older one."""
+    numbers = [version] if version else store.claimed_version_numbers(project, name)
+    ranked: dict[semver.Version, list[str]] = {}
+    for number in numbers:
+        ranked.setdefault(parse_semver(number) or semver.Version(0), []).append(number)
+    for rank in sorted(ranked, reverse=True):
+        found = []
+        for number in ranked[rank]:  # numbers that compare equal ("1.0", "1.0.0"): the newest wins
+            holder = store.version_number_holder(project, name, number)
+            if holder is None:
+                continue
+            try:
+                info = store.read_version(holder)
+            except DatasetNotFound:  # a claim left by a crash or a deleted version
+                continue
+            except CorruptData as exc:
+                raise CorruptData(f"{project}/{name}@{number}: {exc}. It may be the version asked for, "
+                                  f"so no other one is used instead: run `dsfs check`, or name another "
+                                  f"version (@VERSION) or id") from None
+            if (info.project, info.name, info.version) == (project, name, number) \
+                    and (include_drafts or version or info.is_final) and all(t in info.tags for t in tags or []):
+                found.append(info)
+        if found:
+            return max(found, key=lambda v: v.created)
+    return None
 
 
 def _refuse_unreadable(store: Store, project: str, name: str, version: str | None, best: VersionInfo | None,
@@ -117,17 +158,77 @@ def _name_matches(name: str, wanted: str) -> bool:
     return wanted.casefold() in name.casefold()
 
 
+def versions_of(store: Store, project: str, name: str, unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
+    """Every version of project/name (drafts too), by version number: read through its version
+    number claims (one LIST, then a claim and a record each), so the cost is that dataset's, not the
+    store's. A record that cannot be read is left out and put in `unreadable` ({id: error})."""
+    found = []
+    for number in store.claimed_version_numbers(project, name):
+        holder = store.version_number_holder(project, name, number)
+        if holder is None:
+            continue
+        try:
+            info = store.read_version(holder)
+        except DatasetNotFound:
+            continue
+        except CorruptData as exc:
+            if unreadable is not None:
+                unreadable[holder] = str(exc)
+            continue
+        if (info.project, info.name, info.version) == (project, name, number):
+            found.append(info)
+    return sorted(found, key=lambda v: (parse_semver(v.version) or semver.Version(0), v.created))
+
+
+SORTS = ("version", "date")
+STATES = ("draft", "final")
+
+
+def parse_since(text: str) -> datetime.datetime:
+    """A `--since` moment: an ISO 8601 date or date and time; without a zone it is UTC."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"invalid date {text!r}: use ISO 8601, e.g. 2026-11-01 or 2026-11-01T12:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+
+
+def _created(info: VersionInfo) -> datetime.datetime:
+    try:
+        when = datetime.datetime.fromisoformat(info.created)
+    except ValueError:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+
+
 def search(store: Store, project: str | None = None, name: str | None = None, tags: list[str] | None = None,
-           ids: list[str] | None = None, unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
-    """Version records matching all given filters (project and name are globs), oldest first.
-    Records that exist but cannot be read are left out and, if `unreadable` is given, put in it
-    ({id: error}): they may match, and a listing should say so."""
+           ids: list[str] | None = None, unreadable: dict[str, str] | None = None, *,
+           any_tags: list[str] | None = None, state: str | None = None, since: datetime.datetime | None = None,
+           sort: str = "version", limit: int | None = None) -> list[VersionInfo]:
+    """Version records matching all given filters: project and name are globs (a name without
+    wildcards matches as a part), `tags` must all be there, one of `any_tags` must be, `state`
+    draft or final, created at or after `since`. Sorted by project, name and version number, oldest
+    first (sort="version"), or newest first (sort="date"); at most `limit`. Records that exist but
+    cannot be read are left out and, if `unreadable` is given, put in it ({id: error}): they may
+    match, and a listing should say so. The records come through the node's record cache
+    (Store.list_versions): a repeated search reads only what changed."""
+    if sort not in SORTS:
+        raise UsageError(f"unknown sort {sort!r}: use {' or '.join(SORTS)}")
+    if state is not None and state not in STATES:
+        raise UsageError(f"unknown state {state!r}: use {' or '.join(STATES)}")
     found = [v for v in store.list_versions(unreadable)
              if (not project or paths.glob_match(v.project, project))
              and (not name or _name_matches(v.name, name))
              and all(t in v.tags for t in tags or [])
+             and (not any_tags or any(t in v.tags for t in any_tags))
+             and (not state or v.state == state)
+             and (since is None or _created(v) >= since)
              and (not ids or v.id in ids)]
-    return sorted(found, key=lambda v: (v.project, v.name, parse_semver(v.version) or semver.Version(0), v.created))
+    if sort == "date":
+        found.sort(key=lambda v: (_created(v), v.id), reverse=True)
+    else:
+        found.sort(key=lambda v: (v.project, v.name, parse_semver(v.version) or semver.Version(0), v.created))
+    return found[:limit] if limit is not None else found
 
 
 def relabel(store: Store, project: str, name: str, new_project: str, new_name: str) -> int:

@@ -129,10 +129,11 @@ class Dataset:
     @staticmethod
     def search(project: str | None = None, name: str | None = None, tags: list[str] | None = None,
                ids: list[str] | None = None, store: Store | str | None = None,
-               unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
-        """Version records matching all given filters (project and name are globs), oldest first
-        (dsfs.catalog.search; unreadable records are named in `unreadable` if given)."""
-        return catalog.search(open_store(store), project, name, tags, ids, unreadable)
+               unreadable: dict[str, str] | None = None, **filters) -> list[VersionInfo]:
+        """Version records matching all given filters (project and name are globs), oldest first;
+        more filters (any_tags, state, since, sort, limit) as dsfs.catalog.search takes them
+        (unreadable records are named in `unreadable` if given)."""
+        return catalog.search(open_store(store), project, name, tags, ids, unreadable, **filters)
 
     # -- authoring -----------------------------------------------------------------------------
 

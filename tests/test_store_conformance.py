@@ -200,6 +200,76 @@ def test_listing(backend):
     assert "dsfs-store.json" in files and f"datasets/{ids[0]}/version.json" in files
 
 
+def test_listing_through_the_node_record_cache(backend, monkeypatch, tmp_path):
+    """Store.list_versions reads only the records the node's cache (dsfs.store.records) does not hold
+    at their listed validator: a second listing reads none; a record rewritten or deleted by another
+    node is seen at once; a damaged cache row is ignored and the record read again."""
+    store = backend.store()
+    infos = [_info(id=uuid.uuid4().hex) for _ in range(30)]
+    for info in infos:
+        store.write_version(info)
+    reads = []
+    real = Store._read_records
+    monkeypatch.setattr(Store, "_read_records", lambda self, ids: reads.append(len(ids)) or real(self, ids))
+    assert sorted(v.id for v in store.list_versions()) == sorted(i.id for i in infos)
+    cached = backend.name != "memory"  # memory:// lists no validator: every record is read each time
+    assert reads == [30]
+    assert len(store.list_versions()) == 30
+    assert reads[-1] == (0 if cached else 30)
+    # another node relabels one version and deletes another
+    other = backend.store(store.url, create=False)
+    changed = infos[3]
+    changed.tags = ["relabelled"]
+    other.write_version(changed)
+    other.delete_version(infos[7].id)
+    found = {v.id: v for v in store.list_versions()}
+    assert infos[7].id not in found and found[changed.id].tags == ["relabelled"]
+    if cached:
+        assert reads[-1] == 1  # only the rewritten record was read
+        # a cached row whose bytes no longer match their digest is ignored: the record is read again
+        import sqlite3
+        from dsfs.store.records import cache_path
+        db = sqlite3.connect(cache_path(store.url))
+        db.execute("UPDATE records SET raw = CAST(? AS BLOB) WHERE id = ?", (b'{"torn', infos[5].id))
+        db.commit()
+        db.close()
+        assert {v.id: v.tags for v in store.list_versions()} == {i: v.tags for i, v in found.items()}
+        assert reads[-1] == 1
+        # a cache file that is not a database at all is rebuilt
+        with open(cache_path(store.url), "wb") as f:
+            f.write(b"garbage" * 1000)
+        assert len(store.list_versions()) == 29 and reads[-1] == 29
+
+
+def test_a_cold_node_reads_the_catalog_snapshot(backend, monkeypatch, tmp_path):
+    """A node with an empty cache takes records from the store's snapshot (written by the first node
+    that had to read many), reading only those changed since; a bad snapshot is only ignored."""
+    if backend.name == "memory":
+        pytest.skip("memory:// lists no validators: no snapshot is used")
+    from dsfs.store import records
+
+    store = backend.store()
+    infos = [_info(id=uuid.uuid4().hex) for _ in range(records.SNAPSHOT_AFTER + 20)]
+    for info in infos:
+        store.write_version(info)
+    assert len(store.list_versions()) == len(infos)  # reads them all, so writes the snapshot
+    assert records.SNAPSHOT_KEY in store.list_files("catalog")
+    reads = []
+    real = Store._read_records
+    monkeypatch.setattr(Store, "_read_records", lambda self, ids: reads.append(sorted(ids)) or real(self, ids))
+    changed = infos[0]
+    changed.tags = ["after the snapshot"]
+    store.write_version(changed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cold-node"))  # another node: nothing cached
+    found = {v.id: v for v in store.list_versions()}
+    assert len(found) == len(infos) and found[changed.id].tags == ["after the snapshot"]
+    assert reads == [[changed.id]]  # only the record the snapshot does not hold at its validator
+    for garbage in (b"not zstd", records.encode_snapshot({})[:-3], __import__("zstandard").compress(b"\x93")):
+        store._put(records.SNAPSHOT_KEY, garbage)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / f"node-{uuid.uuid4().hex}"))
+        assert len(store.list_versions()) == len(infos) and len(reads[-1]) == len(infos)
+
+
 # -- exclusive create ------------------------------------------------------------------------------
 
 

@@ -320,18 +320,28 @@ def _info_row(v: VersionInfo):
 
 @cli.command()
 @click.option("--project", default=None, help="Project (glob).")
-@click.option("--name", default=None, help="Name (glob).")
+@click.option("--name", default=None, help="Name (glob, or without wildcards a part of the name).")
 @multi("--tags", metavar="TAG", help="All of these tags.")
+@multi("--any-tags", metavar="TAG", help="At least one of these tags.")
+@click.option("--state", type=click.Choice(["draft", "final"]), default=None,
+              help="Only drafts, or only final versions.")
+@click.option("--since", metavar="DATE", default=None, help="Created at or after DATE (ISO 8601; UTC if no zone).")
+@click.option("--sort", type=click.Choice(["version", "date"]), default="version", show_default=True,
+              help="version: by project, name and version number, oldest first; date: newest first.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N versions.")
 @multi("--ids", metavar="ID", help="Only these ids.")
 @json_option
 @click.pass_context
-def search(ctx, project, name, tags, ids, as_json):
-    """Find versions by project, name, tags or ids.
+def search(ctx, project, name, tags, any_tags, state, since, sort, limit, ids, as_json):
+    """Find versions by project, name, tags, state, date or ids.
 
-    Example: `dsfs search --project vision --name cat --tags raw --json`"""
+    Example: `dsfs search --project vision --name cat --tags raw --since 2026-11-01 --sort date --limit 5`"""
+    from dsfs.catalog import parse_since
+
     unreadable = {}
     found = Dataset.search(project=project, name=name, tags=list(tags), ids=list(ids), store=ctx.obj["store"],
-                           unreadable=unreadable)
+                           unreadable=unreadable, any_tags=list(any_tags), state=state,
+                           since=parse_since(since) if since else None, sort=sort, limit=limit)
     _warn_unreadable(unreadable)
     if as_json:
         return _emit_json([v.to_json() for v in found])
@@ -671,9 +681,10 @@ def versions(ctx, ref, as_json):
     if "/" not in ref:
         raise DsfsUsage(f"{ref!r}: expected PROJECT/NAME")
     project, name = ref.split("@")[0].rsplit("/", 1)
+    from dsfs.catalog import open_store, versions_of
+
     unreadable = {}
-    found = [v for v in Dataset.search(store=ctx.obj["store"], unreadable=unreadable)
-             if v.project == project and v.name == name]
+    found = versions_of(open_store(ctx.obj["store"]), project, name, unreadable)
     _warn_unreadable(unreadable)
     if not found:
         raise DatasetNotFound(f"no dataset {project}/{name}")

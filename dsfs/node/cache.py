@@ -566,7 +566,7 @@ class Cache:
         (not what is pinned by this process). Returns bytes freed."""
         freed = self.evict(0, keep_recent=False) + self.sweep_temp()
         viewindex.drop_all_views(self)
-        for derived in ("tables", "changesets"):  # writing_changeset makes its folder again
+        for derived in ("tables", "changesets", "catalog"):  # each is made again on first use
             shutil.rmtree(os.path.join(self.root, derived), ignore_errors=True)
         return freed
 

@@ -10,6 +10,7 @@ and needs no server; many nodes share it.
     <store>/names/<project>/<name>/<version>   the id holding that version number (exclusive create)
     <store>/sessions/<session id>.json         a live writer session: the packs it relies on (dsfs.store.sessions)
     <store>/locks/gc/<sequence>                gc leases: the highest sequence is the current one (dsfs.store.sessions)
+    <store>/catalog/records.msgpack.zst        the version records, a hint for cold nodes (dsfs.store.records)
 
 Write order is the consistency argument (restic's, for the same reason):
 
@@ -67,6 +68,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import fsspec
@@ -84,8 +86,9 @@ from dsfs.errors import (
 )
 from dsfs.fsutil import NO_SPACE, TMP_PREFIX, atomic_write
 from dsfs.model import ID_RE, VersionInfo
-from dsfs.store import backends
+from dsfs.store import backends, records
 from dsfs.store.backends import redact_url as redact
+from dsfs.store.records import RecordCache
 
 STORE_FORMAT = 1
 MARKER = "dsfs-store.json"
@@ -163,6 +166,43 @@ def _pread_file(path: str, offset: int, length: int) -> bytes:
         return os.pread(fd, length, offset)
     finally:
         os.close(fd)
+
+
+def _parse_version(dataset_id: str, raw: bytes) -> VersionInfo:
+    """A version record's bytes as a VersionInfo, or CorruptData saying why they cannot be."""
+    where = f"version record of dataset {dataset_id}"
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptData(f"{where} is corrupt (not JSON); refusing to use it") from None
+    info = VersionInfo.from_json(data, where)
+    if info.id != dataset_id:
+        raise CorruptData(f"{where} names another id ({info.id}); refusing to use it")
+    return info
+
+
+def _local_validators(datasets: str) -> dict[str, str | None]:
+    """{id: "size:mtime_ns:inode"} of every record under a local `datasets` folder."""
+    out: dict[str, str | None] = {}
+    try:
+        entries = list(os.scandir(datasets))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        if ID_RE.match(entry.name):
+            try:
+                st = os.stat(os.path.join(entry.path, "version.json"))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            out[entry.name] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    return out
+
+
+def _validator(info: dict) -> str | None:
+    """What changes when an object is rewritten, from a listing's entry: S3 and Azure give an
+    ETag, GCS a generation. None if the backend gives neither."""
+    tag = info.get("generation") or info.get("ETag") or info.get("etag")
+    return f"{info.get('size')}:{tag}" if tag else None
 
 
 class Store:
@@ -352,19 +392,11 @@ class Store:
     def read_version(self, dataset_id: str) -> VersionInfo:
         if not ID_RE.match(dataset_id):
             raise DatasetNotFound(f"no dataset with id {dataset_id!r} in {self.display_url}")
-        where = f"version record of dataset {dataset_id}"
         try:
             raw = self._get(f"datasets/{dataset_id}/version.json")
         except FileNotFoundError:
             raise DatasetNotFound(f"no dataset with id {dataset_id} in {self.display_url}") from None
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CorruptData(f"{where} is corrupt (not JSON); refusing to use it") from None
-        info = VersionInfo.from_json(data, where)
-        if info.id != dataset_id:
-            raise CorruptData(f"{where} names another id ({info.id}); refusing to use it")
-        return info
+        return _parse_version(dataset_id, raw)
 
     def write_version(self, info: VersionInfo, exclusive: bool = False) -> None:
         self._put(f"datasets/{info.id}/version.json",
@@ -377,16 +409,103 @@ class Store:
         """Every readable version record. A record that exists but cannot be read is left out
         (listing must not fail because of one bad version) and put in `unreadable` ({id: error},
         when given), so that listings can warn and name resolution can refuse (dsfs.dataset.resolve).
-        A record deleted between the listing and its read is simply gone."""
-        out = []
-        for dataset_id in self.list_version_ids():
-            try:
-                out.append(self.read_version(dataset_id))
-            except DatasetNotFound:
+        A record deleted between the listing and its read is simply gone.
+
+        The records are listed with their validators, and only those the node's record cache
+        (dsfs.store.records) does not hold at that validator are read, concurrently."""
+        validators = self._record_validators()
+        with RecordCache(self.url) as cache:
+            raws = cache.get_many(validators)
+            missing = [i for i in validators if i not in raws]
+            fresh: dict[str, bytes] = {}
+            if len(missing) > records.SNAPSHOT_AFTER:  # a cold or long-unused node: the snapshot first
+                snapshot = self._read_snapshot()
+                fresh = {i: snapshot[i][1] for i in missing if i in snapshot and snapshot[i][0] == validators[i]}
+                missing = [i for i in missing if i not in fresh]
+            read = self._read_records(missing)
+            fresh.update(read)
+            raws.update(fresh)
+            out, good = [], {}  # good: {id: (validator, raw)} to cache
+            for dataset_id in sorted(raws):
+                try:
+                    out.append(_parse_version(dataset_id, raws[dataset_id]))
+                except CorruptData as exc:
+                    if unreadable is not None:
+                        unreadable[dataset_id] = str(exc)
+                    continue
+                validator = validators.get(dataset_id)
+                if validator is not None:
+                    good[dataset_id] = (validator, raws[dataset_id])
+            if fresh:  # and rows of versions no longer listed go (never served meanwhile: not listed)
+                cache.update({i: good[i] for i in fresh if i in good}, set(validators))
+        if len(read) > records.SNAPSHOT_AFTER and good:
+            self._write_snapshot(good)
+        return out
+
+    def _read_snapshot(self) -> dict[str, tuple[str, bytes]]:
+        try:
+            data = self._get(records.SNAPSHOT_KEY, 0, records.SNAPSHOT_LIMIT + 1)
+        except FileNotFoundError:
+            return {}
+        if len(data) > records.SNAPSHOT_LIMIT:
+            log.warning("the catalog snapshot of %s is too big; ignoring it", self.display_url)
+            return {}
+        return records.decode_snapshot(data)
+
+    def _write_snapshot(self, good: dict[str, tuple[str, bytes]]) -> None:
+        """Best effort: a reader without write access, or a failing write, leaves the old snapshot."""
+        try:
+            self._put(records.SNAPSHOT_KEY, records.encode_snapshot(good))
+        except DsfsError as exc:
+            log.info("no catalog snapshot written to %s: %s", self.display_url, exc)
+
+    def _record_validators(self) -> dict[str, str | None]:
+        """{id: validator} of every version record, from listings alone (dsfs.store.records)."""
+        if self.is_local:
+            return self._call("list", _local_validators, self._p("datasets"))
+        if not self.bucket:  # memory://: no validator, no prefix listing
+            return dict.fromkeys(self.list_version_ids())
+        # Ids are hex: 16 prefix listings run at once, so a cold listing of 10,000 records takes
+        # the time of a few pages, not of 20 in a row.
+        base = self._p("datasets")
+        with ThreadPoolExecutor(16, thread_name_prefix="dsfs-list") as pool:
+            pages = pool.map(lambda h: self._find(base, h), "0123456789abcdef")
+            found = {k: v for page in pages for k, v in page.items()}
+        out: dict[str, str | None] = {}
+        for path, info in found.items():
+            head, _, leaf = path.rpartition("/")
+            dataset_id = head.rsplit("/", 1)[-1]
+            if leaf == "version.json" and ID_RE.match(dataset_id):
+                out[dataset_id] = _validator(info)
+        return out
+
+    def _find(self, base: str, prefix: str) -> dict:
+        try:
+            return self._call("list", self.fs.find, base, prefix=prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+
+    def _read_records(self, ids: list[str]) -> dict[str, bytes]:
+        """{id: raw version.json} of `ids`, read concurrently; those gone meanwhile are left out."""
+        if not ids:
+            return {}
+        if self.is_local or not self.bucket:
+            out = {}
+            for dataset_id in ids:
+                with contextlib.suppress(FileNotFoundError):
+                    out[dataset_id] = self._get(f"datasets/{dataset_id}/version.json")
+            return out
+        paths = {self._p(f"datasets/{i}/version.json"): i for i in ids}
+        got = self._call("read", self.fs.cat, list(paths), on_error="return", **self._whole_read,
+                         limit=self.timeout + len(paths) * 0.05)
+        out = {}
+        for path, value in got.items():
+            if isinstance(value, FileNotFoundError):
                 continue
-            except CorruptData as exc:
-                if unreadable is not None:
-                    unreadable[dataset_id] = str(exc)
+            if isinstance(value, Exception):
+                self.reachable()
+                raise backends.caused(self._error("read", value), value, self._secrets) from None
+            out[paths[path]] = value
         return out
 
     def delete_version_record(self, dataset_id: str) -> None:
