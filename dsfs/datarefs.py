@@ -6,8 +6,9 @@ never needs to know where the data came from. An input is mounted (lazy, read-on
 (a private mutable copy). path_on_compute: None -> a new temporary folder, absolute -> as given,
 relative -> under the working directory.
 
-`DataReference` is the Python form (`with Dataset.get(...).as_mount() as path:`); `dsfs run` and
-`dsfs env` use the same objects. Cleanup removes only what setup made: a temporary folder is
+`DataReference` is the Python form (`with Dataset.get(...).as_mount() as path:`); `dsfs run`,
+`dsfs env` and dsfs.azureml's `Experiment.submit` use the same objects (`to_config()` describes one
+as a plain dict). Cleanup removes only what setup made: a temporary folder is
 deleted, a folder given by the user is left (only its mount is undone). A mount is
 `dsfs.daemon.mount` (a detached daemon, as `dsfs mount` starts); its errors are the daemon's own
 DsfsErrors, with their messages and exit codes.
@@ -85,6 +86,18 @@ class DataReference:
 
     def __str__(self) -> str:
         return f"${ENV_PREFIX}{self.name}"
+
+    @property
+    def data_reference_name(self) -> str:
+        """AzureML's word for `name` (dsfs.azureml)."""
+        return self.name
+
+    def to_config(self) -> dict:
+        """A plain description of this reference, enough to set it up again elsewhere (AzureML's
+        DataReferenceConfiguration): the store by its reference (`datastore:NAME` or a URL), never
+        by the options and secrets that open it."""
+        return {"data_reference_name": self.name, "dataset_id": self.dataset.id, "store": self.dataset.store.ref,
+                "mode": self.mode, "path_on_compute": self.path_on_compute, "options": dict(self.options)}
 
     @property
     def env(self) -> dict[str, str]:
