@@ -28,11 +28,11 @@ Every call delegates to what dsfs already has:
   mounted or downloaded, `$DSFS_DATAREFERENCE_<name>` and `$AZUREML_DATAREFERENCE_<name>` in the
   arguments are expanded, the job sees both variables (so an unchanged train.py that reads AzureML's
   finds it) and `DSFS_DATASET_ID_<name>`, and everything is cleaned up when the job exits, fails or
-  is interrupted (Ctrl-C). A relative `path_on_compute` is under `source_directory`, the job's working
+  is interrupted (SIGTERM or Ctrl-C: forwarded to the job, whose exit is awaited, as `dsfs run`
+  does; dsfs.datarefs.run_job). A relative `path_on_compute` is under `source_directory`, the job's working
   directory, as in AzureML. Unlike AzureML, `submit` returns when the job has ended (its output kept,
   printed by `wait_for_completion(show_output=True)`), so nothing stays mounted behind the caller's
-  back. A SIGTERM to the submitting Python process is not forwarded to the job and leaves its mounts
-  (`dsfs unmount`); a scheduler that stops jobs that way should start them with `dsfs run`.
+  back.
 
 No dsfs meaning: Azure environments, Docker, distributed job configs and run durations (the job runs
 with this Python, `sys.executable`), tabular datasets (`Dataset.Tabular`: a clear error), the
@@ -55,7 +55,7 @@ from typing import Any
 
 from dsfs.authoring import datastore_upload
 from dsfs.authoring.localfiles import warn
-from dsfs.datarefs import ENV_PREFIX, DataReference, expand
+from dsfs.datarefs import ENV_PREFIX, DataReference, expand, run_job
 from dsfs.dataset import Dataset as _Dataset
 from dsfs.errors import DsfsError, LocalFileNotFound, UsageError
 from dsfs.store import datastores
@@ -486,23 +486,10 @@ class Experiment:
         if not os.path.isdir(source):
             raise LocalFileNotFound(f"no such folder: {config.source_directory} (ScriptRunConfig's source_directory)")
         refs = _inputs(config, source)
-        env: dict[str, str] = {}
-        try:
-            for ref in refs:
-                ref.setup()
-                env.update(ref.env)
-                env[AZUREML_PREFIX + ref.name] = ref.env[ENV_PREFIX + ref.name]
-            full_env = {**os.environ, **env}
-            argv = [_argument(a, full_env) for a in config._argv()]
-            with tempfile.TemporaryFile() as log:
-                try:
-                    code = subprocess.run(argv, cwd=source, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT).returncode
-                except OSError as exc:  # the command itself (not the script) is missing or not executable
-                    raise UsageError(f"cannot run {argv[0]}: {exc.strerror}") from None
-                log.seek(0)
-                output = log.read().decode(errors="replace")
-        finally:
-            for ref in reversed(refs):
-                ref.cleanup()
-        return Run(self, code if code >= 0 else 128 - code, output)
+        with tempfile.TemporaryFile() as log:
+            code = run_job(refs, config._argv(), cwd=source, stdin=subprocess.DEVNULL, stdout=log,
+                           extra_env=lambda ref: {AZUREML_PREFIX + ref.name: ref.env[ENV_PREFIX + ref.name]},
+                           expand_arg=_argument)
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        return Run(self, code, output)

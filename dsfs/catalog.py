@@ -181,7 +181,7 @@ def versions_of(store: Store, project: str, name: str, unreadable: dict[str, str
 
 
 SORTS = ("version", "date")
-STATES = ("draft", "final")
+STATES = ("draft", "final", "published")  # final: closed, published or not
 
 
 def parse_since(text: str) -> datetime.datetime:
@@ -207,11 +207,11 @@ def search(store: Store, project: str | None = None, name: str | None = None, ta
            sort: str = "version", limit: int | None = None) -> list[VersionInfo]:
     """Version records matching all given filters: project and name are globs (a name without
     wildcards matches as a part), `tags` must all be there, one of `any_tags` must be, `state`
-    draft or final, created at or after `since`. Sorted by project, name and version number, oldest
-    first (sort="version"), or newest first (sort="date"); at most `limit`. Records that exist but
-    cannot be read are left out and, if `unreadable` is given, put in it ({id: error}): they may
-    match, and a listing should say so. The records come through the node's record cache
-    (Store.list_versions): a repeated search reads only what changed."""
+    draft, final (published or not) or published, created at or after `since`. Sorted by project,
+    name and version number, oldest first (sort="version"), or newest first (sort="date"); at most
+    `limit`. Records that exist but cannot be read are left out and, if `unreadable` is given, put
+    in it ({id: error}): they may match, and a listing should say so. The records come through the
+    node's record cache (Store.list_versions): a repeated search reads only what changed."""
     if sort not in SORTS:
         raise UsageError(f"unknown sort {sort!r}: use {' or '.join(SORTS)}")
     if state is not None and state not in STATES:
@@ -221,7 +221,7 @@ def search(store: Store, project: str | None = None, name: str | None = None, ta
              and (not name or _name_matches(v.name, name))
              and all(t in v.tags for t in tags or [])
              and (not any_tags or any(t in v.tags for t in any_tags))
-             and (not state or v.state == state)
+             and (not state or (v.is_final if state == "final" else v.state == state))
              and (since is None or _created(v) >= since)
              and (not ids or v.id in ids)]
     if sort == "date":

@@ -144,6 +144,61 @@ class DataReference:
         self.cleanup()
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived while the inputs were being set up (they have been cleaned up)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+
+def run_job(refs: list[DataReference], command: list, *, cwd: str | None = None, stdin=None, stdout=None,
+            extra_env=None, expand_arg=None) -> int:
+    """Set up every input, run `command` with their variables, clean up, and return its exit code
+    (128 + N when a signal N ended it): `dsfs run` and dsfs.azureml's Experiment.submit.
+
+    In the main thread, SIGTERM and SIGINT are handled: during setup they undo what was set up and
+    raise Interrupted; while the job runs they are forwarded to it and the job's exit is awaited, so
+    cleanup always runs and no mount stays behind; cleanup itself is not interrupted. `extra_env(ref)`
+    gives more variables for an input; `expand_arg(arg, env)` turns an argument into the job's
+    (default: `expand` of its str). stdout, if given, also takes the job's stderr."""
+    import signal
+    import subprocess
+    import threading
+
+    expand_arg = expand_arg or (lambda arg, env: expand(str(arg), env))
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    previous = {s: signal.signal(s, interrupt) for s in signals}
+    try:
+        env: dict[str, str] = {}
+        for ref in refs:
+            ref.setup()
+            env.update(ref.env)
+            env.update(extra_env(ref) if extra_env else {})
+        full_env = {**os.environ, **env}
+        argv = [expand_arg(arg, full_env) for arg in command]
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=stdin, stdout=stdout,
+                                    stderr=subprocess.STDOUT if stdout is not None else None)
+        except OSError as exc:  # the command itself is missing or not executable
+            raise UsageError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        for s in previous:  # from now on a signal is the job's: forward it and wait
+            signal.signal(s, lambda signum, frame: proc.send_signal(signum))
+        code = proc.wait()
+        return code if code >= 0 else 128 - code
+    finally:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)  # cleanup must not be interrupted halfway
+        for ref in reversed(refs):
+            ref.cleanup()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def expand(arg: str, env: dict[str, str]) -> str:
     """Replace $DSFS_DATAREFERENCE_X / ${DSFS_DATAREFERENCE_X} of our inputs (and nothing else)."""
     def sub(match):

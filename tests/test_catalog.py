@@ -93,6 +93,9 @@ def test_search_filters_sort_and_limit(file_store, tmp_path, dsfs):
     assert ids("--project", "vision", "--tags", "raw", "gold") == [b.id]
     assert set(ids("--project", "vision", "--any-tags", "gold", "clean")) == {b.id, c.id}
     assert ids("--project", "vision", "--state", "draft") == [c.id]
+    Dataset.get(a.id, store=file_store).publish()
+    assert ids("--project", "vision", "--state", "final") == [a.id, b.id]  # published is final too
+    assert ids("--project", "vision", "--state", "published") == [a.id]
     assert ids("--project", "vision", "--sort", "version") == [a.id, b.id, c.id]
     newest_first = ids("--sort", "date")
     created = [Dataset.get(i, store=file_store).info.created for i in newest_first]

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -85,6 +86,36 @@ def test_run_forwards_sigterm_and_cleans_up(dataset, tmp_path, file_store):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 42
     assert not os.path.exists(path)
+
+
+def test_azureml_submit_forwards_sigterm_and_cleans_up(dataset, tmp_path, file_store):
+    """dsfs.azureml's Experiment.submit runs jobs through the same loop as `dsfs run`
+    (dsfs.datarefs.run_job): a SIGTERM to the submitting process reaches the job, and the inputs are
+    cleaned up before it exits."""
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "train.py").write_text(
+        "import os,signal,sys,time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+        "open('started', 'w').write(os.environ['AZUREML_DATAREFERENCE_t'])\n"
+        "time.sleep(60)\n")
+    driver = (f"from dsfs import Dataset\n"
+              f"from dsfs.azureml import Experiment, ScriptRunConfig, Workspace\n"
+              f"ref = Dataset.get('p/n', store={file_store!r}).as_download(name='t')\n"
+              f"config = ScriptRunConfig(source_directory={str(tmp_path / 'job')!r}, script='train.py')\n"
+              f"config.run_config.data_references['t'] = ref.to_config()\n"
+              f"run = Experiment(Workspace(), 'x').submit(config)\n"
+              f"print(run.exit_code)\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = tmp_path / "job" / "started"
+    deadline = time.monotonic() + 60
+    while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    path = started.read_text()
+    assert os.path.isfile(os.path.join(path, "b.txt"))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == "42", err  # the job's exit code, through Run
+    assert not os.path.exists(path)  # the download's temporary folder is gone
 
 
 def test_env_prints_exports(dataset, file_store):

@@ -323,8 +323,8 @@ def _info_row(v: VersionInfo):
 @click.option("--name", default=None, help="Name (glob, or without wildcards a part of the name).")
 @multi("--tags", metavar="TAG", help="All of these tags.")
 @multi("--any-tags", metavar="TAG", help="At least one of these tags.")
-@click.option("--state", type=click.Choice(["draft", "final"]), default=None,
-              help="Only drafts, or only final versions.")
+@click.option("--state", type=click.Choice(["draft", "final", "published"]), default=None,
+              help="Only drafts, only final versions (published or not), or only published ones.")
 @click.option("--since", metavar="DATE", default=None, help="Created at or after DATE (ISO 8601; UTC if no zone).")
 @click.option("--sort", type=click.Choice(["version", "date"]), default="version", show_default=True,
               help="version: by project, name and version number, oldest first; date: newest first.")

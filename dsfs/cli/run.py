@@ -4,7 +4,6 @@ The commands import what they use (subprocess, shutil, the API): `dsfs --help` l
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -15,12 +14,6 @@ from dsfs.errors import UsageError
 
 if TYPE_CHECKING:
     from dsfs.datarefs import DataReference
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by signal {signum}")
-        self.signum = signum
 
 
 def _references(ctx, inputs) -> list[DataReference]:
@@ -37,6 +30,7 @@ def _references(ctx, inputs) -> list[DataReference]:
 
 
 def _setup_all(refs: list[DataReference]) -> dict[str, str]:
+    """`dsfs env`: set up every input, for good (the job is someone else's)."""
     env = {}
     for ref in refs:
         ref.setup()
@@ -55,38 +49,17 @@ def run(ctx, inputs, command):
 
     Example: `dsfs run --input train=vision/cats:mount -- python train.py --data '$DSFS_DATAREFERENCE_train'`"""
     import shutil
-    import signal
-    import subprocess
 
-    from dsfs.datarefs import expand
+    from dsfs.datarefs import Interrupted, run_job
 
     refs = _references(ctx, inputs)
     if shutil.which(command[0]) is None:
         raise UsageError(f"command not found: {command[0]}")
-
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
-    code = 1
     try:
-        env = _setup_all(refs)
-        full_env = {**os.environ, **env}
-        proc = subprocess.Popen([expand(arg, full_env) for arg in command], env=full_env)
-        for s in previous:  # from now on a signal is the job's: forward it and wait
-            signal.signal(s, lambda signum, frame: proc.send_signal(signum))
-        code = proc.wait()
-        code = code if code >= 0 else 128 - code
+        code = run_job(refs, list(command))
     except Interrupted as exc:
         click.echo(f"dsfs: interrupted during setup (signal {exc.signum}); cleaned up", err=True)
         code = 128 + exc.signum
-    finally:
-        for s in previous:
-            signal.signal(s, signal.SIG_IGN)  # cleanup must not be interrupted halfway
-        for ref in reversed(refs):
-            ref.cleanup()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     sys.exit(code)
 
 
