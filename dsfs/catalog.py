@@ -234,7 +234,7 @@ def search(store: Store, project: str | None = None, name: str | None = None, ta
 def relabel(store: Store, project: str, name: str, new_project: str, new_name: str) -> int:
     paths.label("project", new_project)
     paths.label("name", new_name)
-    versions = [v for v in store.list_versions() if v.project == project and v.name == name]
+    versions = [v for v in store.list_versions(exact=True) if v.project == project and v.name == name]
     if not versions:
         raise DatasetNotFound(f"no dataset {project}/{name} in {store.display_url}")
     claimed: list[str] = []
@@ -266,7 +266,7 @@ def delete(store: Store, ref: str, force: bool = False) -> VersionInfo:
             raise CorruptData(f"{exc}; `dsfs delete --id {ref} --force` removes the damaged version") from None
         store.delete_version(ref)  # its name claim cannot be read: that number stays taken
         return VersionInfo(id=ref, project="", name="", version="")
-    children = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
+    children = [v for v in store.list_versions(exact=True) if info.id in v.parents or info.id in v.sources]
     if children and not force:
         raise DatasetInUse(f"dataset {info.id} ({info.ref}) is a parent or source of {len(children)} version(s) "
                            f"({', '.join(c.id for c in children[:3])}); delete those first or pass --force")
@@ -276,7 +276,7 @@ def delete(store: Store, ref: str, force: bool = False) -> VersionInfo:
         # A child created between the check above and the removal would be left without its
         # parent. A child's close reads its parents after its draft record exists
         # (Dataset._check_ancestors); here the removal comes before this second look: one sees the other.
-        late = [v for v in store.list_versions() if info.id in v.parents or info.id in v.sources]
+        late = [v for v in store.list_versions(exact=True) if info.id in v.parents or info.id in v.sources]
         if late:
             store.write_version(info)
             raise DatasetInUse(f"dataset {info.id} ({info.ref}) got a child while it was being deleted "
@@ -292,7 +292,7 @@ def dependents(store: Store, ref: str) -> tuple[list[VersionInfo], list[VersionI
     """(versions that can no longer be read if `ref` is deleted: its descendants, and squashed
     versions that borrow its packs, which stay readable). """
     info = resolve(store, ref, include_drafts=True)
-    versions = store.list_versions()
+    versions = store.list_versions(exact=True)
     lost, frontier = {}, {info.id}
     while frontier:
         frontier = {v.id for v in versions if v.id not in lost and frontier & set(v.parents)}

@@ -182,3 +182,16 @@ def test_writers_racing_for_one_name_while_a_third_searches(file_store, tmp_path
     assert len({v.version for v in found}) == 12  # distinct numbers
     assert resolve(store, "race/same").version == max((v.version for v in found),
                                                       key=lambda s: tuple(map(int, s.split("."))))
+
+
+def test_a_crafted_record_cannot_shift_the_others_in_a_batch_parse(file_store, tmp_path):
+    """Records are parsed as one JSON array; a record made of two JSON values (or anything else that
+    does not parse alone) must not make its neighbours parse as each other."""
+    store = Store.open(file_store, create=True)
+    a, b = _version(store, tmp_path, "p", "a"), _version(store, tmp_path, "p", "b")
+    crafted = "f" * 32
+    two = store._get(f"datasets/{a.id}/version.json") + b"," + store._get(f"datasets/{b.id}/version.json")
+    store._put(f"datasets/{crafted}/version.json", two)
+    unreadable: dict[str, str] = {}
+    found = {v.id: v.name for v in store.list_versions(unreadable)}
+    assert found == {a.id: "a", b.id: "b"} and list(unreadable) == [crafted]

@@ -241,6 +241,32 @@ def test_listing_through_the_node_record_cache(backend, monkeypatch, tmp_path):
         assert len(store.list_versions()) == 29 and reads[-1] == 29
 
 
+def test_an_unchanged_store_is_not_listed_again(backend, monkeypatch):
+    """Every record write or removal sets a new change epoch; while it stays the same a node reuses
+    its listing (for at most LISTING_MAX_AGE); a change without a new epoch (a writer killed between
+    the two, or an older dsfs) is seen once that age passes; delete's `exact` listing sees it at once."""
+    from dsfs.store import records
+
+    store = backend.store()
+    infos = [_info(id=uuid.uuid4().hex) for _ in range(3)]
+    for info in infos:
+        store.write_version(info)
+    listings = []
+    real = Store._record_validators
+    monkeypatch.setattr(Store, "_record_validators", lambda self: listings.append(1) or real(self))
+    assert len(store.list_versions()) == 3 and len(listings) == 1
+    assert len(store.list_versions()) == 3 and len(listings) == 1  # the epoch is the same: no LIST
+    infos[0].tags = ["new"]
+    store.write_version(infos[0])  # a new epoch
+    assert {v.id: v.tags for v in store.list_versions()}[infos[0].id] == ["new"] and len(listings) == 2
+    silent = _info(id=uuid.uuid4().hex)  # written the way a killed writer or an older dsfs leaves it
+    store._put(f"datasets/{silent.id}/version.json", json.dumps(silent.to_json()).encode())
+    assert silent.id not in {v.id for v in store.list_versions()}  # within the age: the kept listing
+    assert silent.id in {v.id for v in store.list_versions(exact=True)}
+    monkeypatch.setattr(records, "LISTING_MAX_AGE", 0)
+    assert silent.id in {v.id for v in store.list_versions()}
+
+
 def test_a_cold_node_reads_the_catalog_snapshot(backend, monkeypatch, tmp_path):
     """A node with an empty cache takes records from the store's snapshot (written by the first node
     that had to read many), reading only those changed since; a bad snapshot is only ignored."""

@@ -11,6 +11,7 @@ and needs no server; many nodes share it.
     <store>/sessions/<session id>.json         a live writer session: the packs it relies on (dsfs.store.sessions)
     <store>/locks/gc/<sequence>                gc leases: the highest sequence is the current one (dsfs.store.sessions)
     <store>/catalog/records.msgpack.zst        the version records, a hint for cold nodes (dsfs.store.records)
+    <store>/catalog/epoch                      a token every record write or removal replaces (dsfs.store.records)
 
 Write order is the consistency argument (restic's, for the same reason):
 
@@ -67,6 +68,7 @@ import os
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -179,6 +181,30 @@ def _parse_version(dataset_id: str, raw: bytes) -> VersionInfo:
     if info.id != dataset_id:
         raise CorruptData(f"{where} names another id ({info.id}); refusing to use it")
     return info
+
+
+def _parse_versions(raws: dict[str, bytes]) -> Iterator[tuple[str, VersionInfo | CorruptData]]:
+    """(id, VersionInfo or the CorruptData saying why not) of each raw record, by id. The records
+    are parsed as one JSON array (10,000 json.loads calls cost twice as much); anything unexpected in
+    that (a record that does not parse, or parses into more or fewer values) and each is parsed alone."""
+    ids = sorted(raws)
+    try:
+        docs = json.loads(b"[" + b",".join(raws[i] for i in ids) + b"]")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        docs = None
+    if isinstance(docs, list) and len(docs) == len(ids) and all(isinstance(d, dict) and d.get("id") == i
+                                                                 for i, d in zip(ids, docs, strict=True)):
+        for dataset_id, doc in zip(ids, docs, strict=True):
+            try:
+                yield dataset_id, VersionInfo.from_json(doc, f"version record of dataset {dataset_id}")
+            except CorruptData as exc:
+                yield dataset_id, exc
+        return
+    for dataset_id in ids:
+        try:
+            yield dataset_id, _parse_version(dataset_id, raws[dataset_id])
+        except CorruptData as exc:
+            yield dataset_id, exc
 
 
 def _local_validators(datasets: str) -> dict[str, str | None]:
@@ -401,20 +427,29 @@ class Store:
     def write_version(self, info: VersionInfo, exclusive: bool = False) -> None:
         self._put(f"datasets/{info.id}/version.json",
                   json.dumps(info.to_json(), indent=1, sort_keys=True).encode(), exclusive=exclusive)
+        self._changed()
 
     def list_version_ids(self) -> list[str]:
         return [n for n in self._ls_names("datasets") if ID_RE.match(n)]
 
-    def list_versions(self, unreadable: dict[str, str] | None = None) -> list[VersionInfo]:
+    def list_versions(self, unreadable: dict[str, str] | None = None, exact: bool = False) -> list[VersionInfo]:
         """Every readable version record. A record that exists but cannot be read is left out
         (listing must not fail because of one bad version) and put in `unreadable` ({id: error},
         when given), so that listings can warn and name resolution can refuse (dsfs.dataset.resolve).
         A record deleted between the listing and its read is simply gone.
 
         The records are listed with their validators, and only those the node's record cache
-        (dsfs.store.records) does not hold at that validator are read, concurrently."""
-        validators = self._record_validators()
+        (dsfs.store.records) does not hold at that validator are read, concurrently. The listing
+        itself is skipped while the store's change epoch is the one it was made under and it is
+        younger than records.LISTING_MAX_AGE (see dsfs.store.records); `exact` always lists (delete's
+        check for children, which must not miss one)."""
         with RecordCache(self.url) as cache:
+            epoch = self.read_epoch()
+            validators = None if exact or epoch is None else cache.listing(epoch)
+            if validators is None:
+                validators = self._record_validators()
+                if epoch is not None and self.read_epoch() == epoch:  # nothing changed while listing
+                    cache.remember_listing(epoch, validators)
             raws = cache.get_many(validators)
             missing = [i for i in validators if i not in raws]
             fresh: dict[str, bytes] = {}
@@ -426,13 +461,12 @@ class Store:
             fresh.update(read)
             raws.update(fresh)
             out, good = [], {}  # good: {id: (validator, raw)} to cache
-            for dataset_id in sorted(raws):
-                try:
-                    out.append(_parse_version(dataset_id, raws[dataset_id]))
-                except CorruptData as exc:
+            for dataset_id, parsed in _parse_versions(raws):
+                if isinstance(parsed, CorruptData):
                     if unreadable is not None:
-                        unreadable[dataset_id] = str(exc)
+                        unreadable[dataset_id] = str(parsed)
                     continue
+                out.append(parsed)
                 validator = validators.get(dataset_id)
                 if validator is not None:
                     good[dataset_id] = (validator, raws[dataset_id])
@@ -441,6 +475,23 @@ class Store:
         if len(read) > records.SNAPSHOT_AFTER and good:
             self._write_snapshot(good)
         return out
+
+    def read_epoch(self) -> str | None:
+        """The store's change epoch (records.EPOCH_KEY), or None if no writer has set one yet."""
+        try:
+            return self._get(records.EPOCH_KEY).decode(errors="replace")[:64]
+        except FileNotFoundError:
+            return None
+
+    def _changed(self) -> None:
+        """A record was written or removed: a new change epoch, so that every node's next listing is
+        made afresh. Best effort: the change is made already, and without the new epoch a node's
+        listing is at most records.LISTING_MAX_AGE old."""
+        try:
+            self._put(records.EPOCH_KEY, uuid.uuid4().hex.encode())
+        except DsfsError as exc:
+            log.warning("could not mark %s changed (%s); other nodes see the change within %d s",
+                        self.display_url, exc, records.LISTING_MAX_AGE)
 
     def _read_snapshot(self) -> dict[str, tuple[str, bytes]]:
         try:
@@ -512,6 +563,7 @@ class Store:
         """Remove a version's record: it disappears for readers (its change-set stays until
         delete_version, so the record can be put back)."""
         self._rm(f"datasets/{dataset_id}/version.json")
+        self._changed()
 
     def delete_version(self, dataset_id: str) -> None:
         """Remove a version: the record first (it disappears for readers), then the rest."""

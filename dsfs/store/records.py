@@ -18,6 +18,15 @@ the rest. A record taken from a snapshot is parsed and checked like one read fro
 snapshot that cannot be parsed, is too big or holds anything else is ignored. Writing it is best
 effort: a node with read-only keys simply does not.
 
+Listing 10,000 records is still 20 LIST pages per command. So every record write or removal also
+replaces a tiny object, `catalog/epoch`, with a new random token (Store._changed), and the cache
+keeps the last listing with the epoch it was made under (read before and after listing, and kept
+only if they agree). While the store's epoch is that one, nothing was written since, and the
+listing is reused: a warm `search` costs one GET. A writer that dies between its record and its
+epoch, or a dsfs from before the epoch, changes records without a new epoch: a kept listing is
+therefore never older than LISTING_MAX_AGE, after which the records are listed again. delete's check
+for children lists always (`exact`): it must not miss one.
+
 Why SQLite and not the node's LMDB: the records are a few KiB each, read in a batch per command,
 by many short-lived CLI processes at once; SQLite (stdlib) takes concurrent readers and writers
 with a busy timeout and needs no map size. One file per store, in `<cache_dir>/catalog/`.
@@ -37,6 +46,7 @@ import io
 import logging
 import os
 import sqlite3
+import time
 
 import blake3
 import msgpack
@@ -47,11 +57,15 @@ from dsfs import settings
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "catalog/records.msgpack.zst"
+EPOCH_KEY = "catalog/epoch"
+LISTING_MAX_AGE = 60  # seconds a listing is reused while the epoch stays the same
 SNAPSHOT_AFTER = 64  # records read one by one before a command writes a new snapshot
 SNAPSHOT_LIMIT = 256 << 20  # bytes, stored or decoded: a snapshot is ~50 B a record compressed
 SNAPSHOT_FORMAT = 1
-SCHEMA = "CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, validator TEXT NOT NULL, " \
-         "digest BLOB NOT NULL, raw BLOB NOT NULL)"
+SCHEMA = ("CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, validator TEXT NOT NULL, "
+          "digest BLOB NOT NULL, raw BLOB NOT NULL); "
+          "CREATE TABLE IF NOT EXISTS listing (one INTEGER PRIMARY KEY CHECK (one = 1), epoch TEXT NOT NULL, "
+          "made REAL NOT NULL, digest BLOB NOT NULL, validators BLOB NOT NULL)")
 
 
 def cache_path(store_url: str) -> str:
@@ -87,7 +101,7 @@ class RecordCache:
                 os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute(SCHEMA)
+                db.executescript(SCHEMA)
                 self._db = db
                 return db
             except sqlite3.DatabaseError as exc:  # not a database, or damaged: start again once
@@ -118,6 +132,36 @@ class RecordCache:
             log.warning("the node's catalog cache %s failed a read (%s); reading the store instead", self.path, exc)
             return {}
         return out
+
+    def listing(self, epoch: str) -> dict[str, str | None] | None:
+        """The last listing ({id: validator}) if it was made under `epoch` and is younger than
+        LISTING_MAX_AGE, else None."""
+        db = self._connect()
+        if db is None:
+            return None
+        try:
+            row = db.execute("SELECT epoch, made, digest, validators FROM listing").fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None or row[0] != epoch or not 0 <= time.time() - row[1] < LISTING_MAX_AGE \
+                or blake3.blake3(row[3]).digest() != row[2]:
+            return None
+        try:
+            validators = msgpack.unpackb(row[3])
+        except (ValueError, msgpack.UnpackException):
+            return None
+        return validators if isinstance(validators, dict) else None
+
+    def remember_listing(self, epoch: str, validators: dict[str, str | None]) -> None:
+        db = self._connect()
+        if db is None:
+            return
+        blob = msgpack.packb(validators)
+        try:
+            db.execute("INSERT OR REPLACE INTO listing VALUES (1, ?, ?, ?, ?)",
+                       (epoch, time.time(), blake3.blake3(blob).digest(), blob))
+        except sqlite3.Error as exc:
+            log.info("the node's catalog cache %s did not keep the listing (%s)", self.path, exc)
 
     def update(self, fresh: dict[str, tuple[str, bytes]], listed: set[str]) -> None:
         """Store `fresh` ({id: (validator, raw)}) and forget every id not in `listed` (deleted
