@@ -19,7 +19,8 @@ API. Where ClearML's words mean something else here:
   session store, a folder on this machine whose path is printed; there everything works (finalize
   too), and `import_offline_session(folder, upload, finalize)` pushes its final versions to the
   store. A session's draft that is not finalized stays there (dsfs moves final versions).
-- `get_logger()` (previews) is not there yet: it raises UsageError saying so.
+- `get_logger()` keeps each report (tables, histograms, scalars, text, images, media) as a preview
+  of the version in the store (dsfs.authoring.previews), shown by `dsfs preview`.
 - `compression`, `chunk_size` and `retries` of `upload` have no meaning in dsfs (chunks are cut by
   content, compressed per chunk, and retried by the store layer): ignored, with a warning if set.
 
@@ -386,7 +387,9 @@ class Dataset:
         return self.dataset.info.metadata.get(metadata_name)
 
     def get_logger(self):
-        raise UsageError("dataset previews (get_logger) are not in dsfs yet; attach tables with set_metadata")
+        """ClearML's dataset logger: each report is kept as a preview of this version
+        (dsfs.authoring.previews; `dsfs preview` shows them)."""
+        return self.dataset.get_logger()
 
     @classmethod
     def rename(cls, new_dataset_name: str, dataset_project: str, dataset_name: str) -> int:

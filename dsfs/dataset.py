@@ -17,6 +17,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager, suppress
 from itertools import chain
 
@@ -24,7 +25,7 @@ import blake3
 import msgpack
 
 from dsfs import catalog, paths
-from dsfs.authoring import close, drafts
+from dsfs.authoring import close, drafts, previews
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.evolve import Comparison, FolderChanges, folder_diff, printable, squash_parts
 from dsfs.authoring.evolve import compare as compare_versions
@@ -33,7 +34,9 @@ from dsfs.authoring.localfiles import local_files, local_size, warn
 from dsfs.catalog import open_store, resolve
 from dsfs.datarefs import DataReference
 from dsfs.errors import Conflict, CorruptData, DatasetNotFound, DsfsError, InvalidState, UsageError
+from dsfs.filesystem import DsfsFileSystem
 from dsfs.lifecycle.push import push as push_version
+from dsfs.lineage.filetable import LINK
 from dsfs.lineage.merge import Lineage, apply_changes
 from dsfs.lineage.viewindex import ViewIndex, ensure_view, merged_entries
 from dsfs.model import Entry, VersionInfo, utc_now
@@ -58,6 +61,7 @@ class Dataset:
         self._lineage = Lineage.of(store)
         self._draft: DraftState | None = None
         self._cache = cache
+        self._fs: DsfsFileSystem | None = None
 
     def __repr__(self) -> str:
         return f"Dataset({self.info.ref}, id={self.id}, state={self.state})"
@@ -260,25 +264,36 @@ class Dataset:
         return removed
 
     def upload(self, max_workers: int | None = None, show_progress: bool | None = None,
-               push_to: str | None = None) -> dict:
+               push_to: str | None = None, executor: Executor | None = None) -> dict:
         """Send the added files' new chunks to the store. Resumable; returns counts. push_to: another
-        store (URL or datastore name) the version is pushed to when it is closed (kept in the draft)."""
+        store (URL or datastore name) the version is pushed to when it is closed (kept in the draft).
+        executor: chunk, hash and pack on its workers instead of this process (a ProcessPoolExecutor,
+        a Dask client's get_executor(); dsfs.authoring.distributed), max_workers pack writes per task."""
         with self._changing("upload") as draft, close.writer_session(self.store, self.info, "upload") as session:
             if push_to:
                 draft.push_to = push_to
-            return close.upload(self.store, self.info, draft, session, max_workers, show_progress)
+            return close.upload(self.store, self.info, draft, session, max_workers, show_progress, executor)
 
     def finalize(self, auto_upload: bool = True, max_workers: int | None = None,
-                 show_progress: bool | None = None, push_to: str | None = None) -> dict | None:
-        """Close the version: upload what is left, write its change-set, then mark it final. Then,
-        if push_to is given (or an upload was given one), push it there with the ancestors it needs
-        and return push's counts and "to" (clearml-data's --storage: the version ends up there)."""
+                 show_progress: bool | None = None, push_to: str | None = None,
+                 executor: Executor | None = None, preview: str = "auto") -> dict | None:
+        """Close the version: upload what is left (on `executor`'s workers if given, as `upload`),
+        write its change-set, then mark it final. Then its previews (dsfs.authoring.previews):
+        "auto" file statistics and previews of its first table files, "stats" the statistics only
+        (no sample of the data leaves it), "none" nothing. Then, if push_to is given (or an upload
+        was given one), push it there with the ancestors it needs and return push's counts and "to"
+        (clearml-data's --storage: the version ends up there)."""
+        if preview not in previews.MODES:
+            raise UsageError(f"unknown preview mode {preview!r}: use {', '.join(previews.MODES)}")
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
         with self._changing("close") as draft:
             push_to = push_to or draft.push_to
-            close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress)
+            close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress, executor=executor,
+                        preview=preview)
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
+        if preview == "auto":
+            self._auto_previews()
         return {**self.push(push_to, max_workers, show_progress), "to": push_to} if push_to else None
 
     def publish(self) -> None:
@@ -325,11 +340,13 @@ class Dataset:
              tags: list[str] | None = None, dataset_path: str | None = None, close: bool = True,
              allow_empty: bool = False, max_workers: int | None = None, store: Store | str | None = None,
              show_progress: bool | None = None, follow_symlinks: bool = False,
-             wildcard: str | list[str] | None = None) -> tuple[Dataset | None, FolderChanges]:
+             wildcard: str | list[str] | None = None,
+             executor: Executor | None = None) -> tuple[Dataset | None, FolderChanges]:
         """Turn a folder that changes over time into a new version of project/name. Without parents,
         the latest final version of project/name is the parent. An unchanged folder makes no version
         (returns None) unless allow_empty. The folder is read by the input rules of `add_files`;
-        wildcard: only the files matching it are synced (the parents' others are kept as they are)."""
+        wildcard: only the files matching it are synced (the parents' others are kept as they are);
+        executor: upload on its workers (as `upload`)."""
         catalog.check_labels(project, name, None, tags)
         store = open_store(store, create=True)
         if parents is None:
@@ -352,7 +369,7 @@ class Dataset:
                 cls.delete(ds.id, store=store)
             raise
         if close:
-            ds.finalize(max_workers=max_workers, show_progress=show_progress)
+            ds.finalize(max_workers=max_workers, show_progress=show_progress, executor=executor)
         return ds, changes
 
     @staticmethod
@@ -487,6 +504,24 @@ class Dataset:
         finally:
             reader.close()
 
+    @property
+    def fs(self) -> DsfsFileSystem:
+        """This final version as a read-only fsspec filesystem (dsfs.filesystem), paths relative
+        to its root: `ds.fs.ls("images")`, `pd.read_csv(ds.fs.open("labels.csv"))`."""
+        if not self.info.is_final:
+            raise InvalidState(f"dataset {self.id} is a draft; close it before reading its files")
+        if self._fs is None:
+            cache = self._cache  # None: the node's cache, as for every reader
+            self._fs = DsfsFileSystem(store=self.store, dataset=self.id, cache_dir=cache.root if cache else None,
+                                      cache_size=cache.budget if cache else None, skip_instance_cache=True)
+            self._fs.pins[""] = self.info  # its record is read already
+        return self._fs
+
+    def open(self, dataset_path: str, mode: str = "rb"):
+        """A file of this final version, open for reading ("rb", or "r" for text): seekable,
+        verified, through the node cache; any other mode is PermissionError (EROFS)."""
+        return self.fs.open(dataset_path, mode)
+
     # -- consuming on a node (the cache, views, copies) ---------------------------------------
 
     @property
@@ -497,6 +532,7 @@ class Dataset:
 
     def use_cache(self, cache: Cache) -> Dataset:
         self._cache = cache
+        self._fs = None  # made again with this cache
         return self
 
     def view(self) -> ViewIndex:
@@ -567,6 +603,48 @@ class Dataset:
         if key not in self.info.metadata:
             raise UsageError(f"dataset {self.id} has no metadata key {key!r}")
         return self.info.metadata[key]
+
+    # -- previews and statistics (dsfs.authoring.previews; allowed on final versions too) ------
+
+    def get_logger(self) -> previews.PreviewLogger:
+        """ClearML's dataset logger: report_table, report_histogram, report_scalar, report_text,
+        report_image, report_media; each report is kept as one of this version's previews."""
+        return previews.PreviewLogger(self.store, self.info)
+
+    def previews(self) -> list[dict]:
+        """This version's previews (dicts with a `kind`), oldest first; ones that cannot be read are
+        left out with a warning."""
+        items, notes = previews.read_items(self.store, self.info)
+        for note in notes:
+            warn(note)
+        return items
+
+    def _auto_previews(self) -> None:
+        """Previews of the first table files, read through the verified read path; a failure is a
+        warning (the version is final already)."""
+        table = self._lineage.table([self.id])
+        files = ((path, size) for path, size, flags in zip(table.paths, table.sizes, table.flags, strict=True)
+                 if not flags & LINK)  # a link's bytes are someone else's: not sampled
+        try:
+            previews.auto_previews(self.store, self.info, files, self.read_file)
+        except DsfsError as exc:
+            warn(f"dataset {self.id} is final, but its previews were not stored: {exc}")
+
+    def preview_blob(self, name: str) -> bytes:
+        """The bytes of a preview's image or media (`item["blob"]`), checked against their digest."""
+        return previews.blob(self.store, self.info, name)
+
+    def statistics(self, recompute: bool = False) -> dict:
+        """Files and bytes by extension and top folder, a size histogram and the changes against the
+        parents, from the version's file table (no file read); stored at close, or now if missing or
+        `recompute`."""
+        found = None if recompute else previews.statistics(self.store, self.info)
+        if found is not None:
+            return found
+        if not self.info.is_final:
+            raise InvalidState(f"dataset {self.id} is a draft; its statistics are made when it is closed")
+        counts = {k: self.info.stats[k] for k in ("added", "modified", "removed") if k in self.info.stats}
+        return previews.write_statistics(self.store, self.info, self._lineage.table([self.id]), counts)
 
     @staticmethod
     def rename(new_name: str, project: str, name: str, store: Store | str | None = None) -> int:

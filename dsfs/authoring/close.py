@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import heapq
 import io
+import logging
 from collections.abc import Iterator
+from concurrent.futures import Executor
 
 import blake3
 
+from dsfs.authoring import previews
+from dsfs.authoring.distributed import ExecutorUploader
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.ingest import Uploader
 from dsfs.authoring.localfiles import local_size, tell
-from dsfs.errors import CorruptData, DatasetNotFound, InvalidState, StoreUnavailable
+from dsfs.errors import CorruptData, DatasetNotFound, DsfsError, InvalidState, StoreUnavailable
 from dsfs.lineage.filetable import FileTable
 from dsfs.lineage.merge import Lineage
 from dsfs.model import Entry, VersionInfo, changeset_written, utc_now
@@ -30,6 +34,7 @@ from dsfs.progress import transfer
 from dsfs.store.layout import Store
 from dsfs.store.sessions import WriterSession
 
+log = logging.getLogger(__name__)
 CONFIRM_ROUNDS = 3  # packs lost while closing are sent again at most this many times
 
 
@@ -38,20 +43,25 @@ def writer_session(store: Store, info: VersionInfo, what: str) -> WriterSession:
 
 
 def upload(store: Store, info: VersionInfo, draft: DraftState, session: WriterSession, max_workers: int | None,
-           show_progress: bool | None) -> dict:
+           show_progress: bool | None, executor: Executor | None = None) -> dict:
     """Upload inside a writer session: first re-adopt the packs earlier runs of this draft wrote
     (gc may have removed them if the draft sat idle past the grace period: their files are then
-    sent again), then send what is pending. Returns counts."""
+    sent again), then send what is pending, here or by tasks on `executor` (dsfs.authoring.distributed).
+    Returns counts."""
     session.announce(draft.packs, verified=False)
     forget_lost(info, draft, session.confirm())
-    known = Lineage.of(store).table(info.parents).known_chunk
-    uploader = Uploader(store, draft, known, session, max_workers)
+    table = Lineage.of(store).table(info.parents)
+    uploader: Uploader | ExecutorUploader
+    if executor is None:
+        uploader = Uploader(store, draft, table.known_chunk, session, max_workers)
+    else:
+        uploader = ExecutorUploader(executor, store, draft, table, session, max_workers)
     if draft.adds_count:
         total = sum(local_size(local) for _, local in draft.adds())
         with transfer(f"upload {info.ref}", total, show_progress) as progress:
             progress.set_total(total, draft.adds_count)
             uploader.progress = progress
-            uploader.run()
+            uploader.run(draft.adds())
     return {"files": draft.uploaded_count, "packs_sent": uploader.sent_packs,
             "packs_present": uploader.skipped_packs, "new_bytes": draft.new_bytes}
 
@@ -70,12 +80,13 @@ def forget_lost(info: VersionInfo, draft: DraftState, lost: list[bytes]) -> None
 
 
 def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool, max_workers: int | None,
-          show_progress: bool | None) -> None:
-    """Make a draft final (the caller holds its DraftLock); `info` becomes the final record."""
+          show_progress: bool | None, preview: str = "auto", executor: Executor | None = None) -> None:
+    """Make a draft final (the caller holds its DraftLock); `info` becomes the final record. What
+    is left to upload is uploaded here, or by tasks on `executor`."""
     if draft.adds_count and not auto_upload:
         raise InvalidState(f"dataset {info.id} has {draft.adds_count} files not uploaded; run upload first")
     with writer_session(store, info, "close") as session:
-        upload(store, info, draft, session, max_workers, show_progress)
+        upload(store, info, draft, session, max_workers, show_progress, executor)
         # Right before the record: every pack relied on is still there (see dsfs.store.sessions).
         # A pack lost now was lost while the session was stale: send its files again.
         for _ in range(CONFIRM_ROUNDS):
@@ -83,7 +94,7 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
             if not lost:
                 break
             forget_lost(info, draft, lost)
-            upload(store, info, draft, session, max_workers, show_progress)
+            upload(store, info, draft, session, max_workers, show_progress, executor)
         else:
             raise StoreUnavailable(f"packs of dataset {info.id} keep disappearing from {store.display_url} "
                                    f"while it closes (is a gc with a grace period of 0 running?); try again")
@@ -95,7 +106,7 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
         # one pass over the draft: each change is written into the change-set as the new version's
         # file table takes it
         table = base.child(changeset_written(out, changes_against(base, draft, counts)), f"dataset {info.id}")
-        write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written)
+        write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written, preview)
     draft.discard()
 
 
@@ -124,10 +135,11 @@ def check_ancestors(store: Store, info: VersionInfo, ids: list[str], what: str) 
 
 
 def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, counts: dict,
-                new_bytes: int, packs: list[bytes]) -> None:
+                new_bytes: int, packs: list[bytes], preview: str = "auto") -> None:
     """The end of the write order: the change-set (its encoded bytes), then version.json with
     state=final. `table` is the version's file table, already checked for path conflicts; kept for
-    its children."""
+    its children. Then its statistics (dsfs.authoring.previews), unless preview is "none": a
+    preview that cannot be written is a warning, never a failed close."""
     store.write_changes(info.id, data)
     info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
     info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
@@ -136,6 +148,11 @@ def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, 
     info.finalized = utc_now()
     store.write_version(info)
     table.save(info)
+    if preview != "none":
+        try:
+            previews.write_statistics(store, info, table, counts)
+        except DsfsError as exc:
+            log.warning("dataset %s is final, but its statistics were not stored: %s", info.id, exc)
 
 
 def changes_against(base: FileTable, draft: DraftState, counts: dict | None = None) -> Iterator[Entry]:

@@ -252,6 +252,10 @@ class DraftState:
         row = self.db.execute("SELECT * FROM chunks WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else ChunkRef(*row)
 
+    def chunk_digests(self) -> list[bytes]:
+        """The digests of every chunk this draft recorded (shipped to an upload's workers)."""
+        return [row[0] for row in self.db.execute("SELECT digest FROM chunks")]
+
     @property
     def packs(self) -> list[bytes]:
         return [row[0] for row in self.db.execute("SELECT id FROM packs ORDER BY seq")]

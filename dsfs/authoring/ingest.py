@@ -15,6 +15,10 @@ or written, so a gc running meanwhile keeps it. A pack found already present (th
 uploaded by an unrelated version: pack ids are content hashes) is relied on but not counted as
 sent: the draft's `written` packs and `new_bytes` are what this draft really added.
 
+An upload on an executor (dsfs.authoring.distributed) runs this same code in each task on a worker,
+with no writer session and recording into the task's result (a Ledger) instead of the draft: its
+driver announces the task's packs and looks for them again before it records anything.
+
 A file is read once. Its size and mtime are checked before and after the read; if they differ, or
 the bytes read are not the size announced, the file changed while it was read and the upload fails
 with FileChanged naming it (its half-read content is never recorded). A file that is no longer a
@@ -31,10 +35,10 @@ import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Protocol
 
 import blake3
 
-from dsfs.authoring.drafts import DraftState
 from dsfs.errors import FileChanged, LocalFileNotFound
 from dsfs.model import ChunkRef, Entry, clamp_mtime
 from dsfs.progress import Tracker
@@ -71,9 +75,25 @@ def open_regular(local_path: str, dataset_path: str):
     return os.fdopen(fd, "rb")
 
 
+class Ledger(Protocol):
+    """Where an upload records what reached the store: a DraftState, or the result of one task of
+    an upload on an executor (dsfs.authoring.distributed.TaskLedger)."""
+
+    def chunk(self, digest: bytes) -> ChunkRef | None: ...
+
+    def record_pack(self, pack_id: bytes, written: bool, size: int, chunks: Iterable[ChunkRef]) -> None: ...
+
+    def record_uploaded(self, files: Iterable[tuple[Entry, str]]) -> None: ...
+
+    def save(self) -> None: ...
+
+
 class Uploader:
-    def __init__(self, store: Store, draft: DraftState, known: Callable[[bytes], ChunkRef | None],
-                 session: WriterSession, max_workers: int | None = None, progress: Tracker | None = None):
+    """Reads `pending` files (run), packs their new chunks and writes the packs, recording into a
+    Ledger. `session` is None only on a worker of an upload on an executor (module docstring)."""
+
+    def __init__(self, store: Store, draft: Ledger, known: Callable[[bytes], ChunkRef | None],
+                 session: WriterSession | None, max_workers: int | None = None, progress: Tracker | None = None):
         self.store = store
         self.writer = session
         self.draft = draft
@@ -91,8 +111,8 @@ class Uploader:
         self._failed: BaseException | None = None
         self._saved_at = time.monotonic()
 
-    def run(self) -> None:
-        pending = self.draft.adds()  # in path order, a page at a time
+    def run(self, pending: Iterable[tuple[str, str]]) -> None:
+        """Upload (dataset path, local file) pairs, in path order (a draft's `adds()`)."""
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="dsfs-upload") as pool:
             self.pool = pool
             try:
@@ -174,13 +194,15 @@ class Uploader:
     def _write_pack(self, pack: Pack) -> bool:
         """Put the pack in the store; False if it was there already (then it is relied on, not sent)."""
         pack_id = pack.sealed_id
-        self.writer.announce([pack_id])  # before looking: see dsfs.store.sessions
+        if self.writer is not None:
+            self.writer.announce([pack_id])  # before looking: see dsfs.store.sessions
         present = self.store.has_pack(pack_id)
         if not present:
             self.store.write_pack(pack_id, pack.pieces)
         else:
             log.debug("pack %s is in %s already: not sent", pack_id.hex(), self.store.display_url)
-        self.writer.seen(pack_id)
+        if self.writer is not None:
+            self.writer.seen(pack_id)
         return not present
 
     def _collect(self, block: bool, raise_errors: bool = True) -> None:

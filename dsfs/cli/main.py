@@ -11,6 +11,7 @@ needs when it runs, so `dsfs --help` and `dsfs --version` load no store, fsspec,
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -105,6 +106,38 @@ id_option = click.option("--id", "ref", metavar="DATASET",
 storage_option = click.option("--storage", default=None, metavar="STORE",
                               help="Also put the closed version in this store (URL or datastore name), with the "
                                    "ancestors it needs, as `dsfs push` does.")
+
+
+def executor_options(command):
+    """--workers N and --dask ADDRESS: where upload, close and sync chunk, hash and pack."""
+    command = click.option("--dask", metavar="ADDRESS", envvar="DSFS_DASK_SCHEDULER", default=None,
+                           help="Chunk, hash and pack on the workers of this Dask cluster, e.g. --dask "
+                                "tcp://scheduler:8786 (needs `pip install 'dsfs[dask]'`; every worker must see "
+                                "the files at the same paths). Default: $DSFS_DASK_SCHEDULER.")(command)
+    return click.option("--workers", type=click.IntRange(1, 256), default=None, metavar="N",
+                        help="Chunk, hash and pack in N processes on this machine, e.g. --workers 8 "
+                             "(default: in this process).")(command)
+
+
+@contextlib.contextmanager
+def _executor(ctx: click.Context, workers: int | None, dask: str | None):
+    """The executor --workers or --dask asks for (None: this process), shut down after the command."""
+    from click.core import ParameterSource
+
+    if workers and dask and ctx.get_parameter_source("dask") is not ParameterSource.ENVIRONMENT:
+        raise DsfsUsage("--workers and --dask both say where to upload: pass one of them")
+    if workers:
+        from dsfs.authoring.distributed import process_pool
+
+        with process_pool(workers) as pool:
+            yield pool
+    elif dask:
+        from dsfs.authoring.distributed import dask_executor
+
+        with dask_executor(dask) as executor:
+            yield executor
+    else:
+        yield None
 
 
 def _pushed(result: dict | None) -> None:
@@ -209,17 +242,20 @@ def remove(ctx, files, non_recursive, ref):
 
 
 @cli.command()
-@click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads (default 4).")
+@click.option("--max-workers", type=click.IntRange(1, 64), default=None,
+              help="Parallel pack uploads (default 4; with --workers or --dask, per task, default 2).")
 @click.option("--storage", default=None, metavar="STORE",
               help="Put the version in this store too (URL or datastore name) when it is closed.")
+@executor_options
 @dataset_ref
 @click.pass_context
-def upload(ctx, max_workers, storage, ref):
+def upload(ctx, max_workers, storage, workers, dask, ref):
     """Upload the added files' new chunks (resumable).
 
     Example: `dsfs upload --max-workers 8`"""
     ds = _dataset(ctx, ref)
-    result = ds.upload(max_workers=max_workers, push_to=storage)
+    executor = ctx.with_resource(_executor(ctx, workers, dask))
+    result = ds.upload(max_workers=max_workers, push_to=storage, executor=executor)
     _say(ctx, {"id": ds.id, "ref": ds.info.ref, **result},
          f"uploaded {ds.info.ref}: {result['files']} file(s), {result['packs_sent']} pack(s) sent, "
          f"{_human(result['new_bytes'])} new")
@@ -229,14 +265,20 @@ def upload(ctx, max_workers, storage, ref):
 @click.option("--max-workers", type=click.IntRange(1, 64), default=None, help="Parallel pack uploads.")
 @click.option("--disable-upload", is_flag=True, help="Refuse to close while files are not uploaded (`dsfs upload`).")
 @storage_option
+@executor_options
+@click.option("--preview", type=click.Choice(["auto", "stats", "none"]), default="auto", show_default=True,
+              help="auto: file statistics and previews of the first table files; stats: the statistics only "
+                   "(no sample of the data is stored); none: neither (`dsfs preview` shows them).")
 @dataset_ref
 @click.pass_context
-def close(ctx, max_workers, disable_upload, storage, ref):
+def close(ctx, max_workers, disable_upload, storage, workers, dask, preview, ref):
     """Upload what is left and finalize the version (immutable from then on).
 
-    Example: `dsfs close --storage s3://team-bucket/datasets`"""
+    Example: `dsfs close --storage s3://team-bucket/datasets --preview stats`"""
     ds = _dataset(ctx, ref)
-    pushed = ds.finalize(auto_upload=not disable_upload, max_workers=max_workers, push_to=storage)
+    executor = ctx.with_resource(_executor(ctx, workers, dask))
+    pushed = ds.finalize(auto_upload=not disable_upload, max_workers=max_workers, push_to=storage,
+                         executor=executor, preview=preview)
     stats = ds.info.stats
     if _json(ctx):
         return _emit_json({**ds.info.to_json(), "pushed": pushed})
@@ -371,6 +413,10 @@ def show(ctx, ref, as_json):
     for key in ("files", "bytes", "added", "modified", "removed", "new_bytes"):
         if key in stats:
             data[key] = _human(stats[key]) if "bytes" in key else stats[key]
+    if ds.info.is_final:
+        from dsfs.authoring.previews import summary
+
+        data["previews"] = summary(ds.previews()) + " (dsfs preview)"
     _table(["field", "value"], [(k, v) for k, v in data.items() if k != "format"])
 
 
@@ -552,9 +598,10 @@ def _folder_and_wildcard(folder: str) -> tuple[str, str | None]:
 @storage_option
 @click.option("--id", "ref", default=None, metavar="DRAFT",
               help="Sync into this existing draft instead of a new version.")
+@executor_options
 @click.pass_context
 def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, allow_empty, max_workers,
-         follow_symlinks, storage, ref):
+         follow_symlinks, storage, ref, workers, dask):
     """Create a new version from a folder: added, modified and removed files against the parent.
 
     Example: `dsfs sync --folder data/ --project vision --name cats`"""
@@ -564,10 +611,11 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
     if ref and (project or name or parents or tags):
         raise DsfsUsage("--id syncs into that draft, whose project, name, parents and tags are its own: "
                         "drop --project/--name/--parents/--tags, or --id for a new version")
+    executor = None if skip_close else ctx.with_resource(_executor(ctx, workers, dask))
     if ref:
         draft = _dataset(ctx, ref)
         changes = draft.sync_folder(folder, dataset_folder, follow_symlinks, wildcard)
-        pushed = None if skip_close else draft.finalize(max_workers=max_workers, push_to=storage)
+        pushed = None if skip_close else draft.finalize(max_workers=max_workers, push_to=storage, executor=executor)
         if _json(ctx):
             return _emit_json({**draft.info.to_json(), "changes": vars(changes), "pushed": pushed})
         click.echo(draft.id)
@@ -583,7 +631,7 @@ def sync(ctx, folder, project, name, parents, tags, dataset_folder, skip_close, 
     ds, changes = Dataset.sync(folder, project, name, parents=list(parents) or None, tags=list(tags),
                                dataset_path=dataset_folder, close=not skip_close, allow_empty=allow_empty,
                                max_workers=max_workers, store=ctx.obj["store"], follow_symlinks=follow_symlinks,
-                               wildcard=wildcard)
+                               wildcard=wildcard, executor=executor)
     summary = (f"{changes.added} added, {changes.modified} modified, {changes.removed} removed, "
                f"{changes.unchanged} unchanged")
     pushed = {**ds.push(storage, max_workers), "to": storage} if ds is not None and storage else None
@@ -989,7 +1037,10 @@ cli.add_command(env_)
 cli.add_command(datastore)
 cli.add_command(push)
 from dsfs.cli.mount import mount, mounts, unmount  # noqa: E402
+from dsfs.cli.previews import preview, stats  # noqa: E402
 
+cli.add_command(preview)
+cli.add_command(stats)
 cli.add_command(mount)
 cli.add_command(unmount)
 cli.add_command(mounts)

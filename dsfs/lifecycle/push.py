@@ -10,7 +10,9 @@ serve (the store's write order, applied across stores):
 2. ancestors before descendants; a version already final at the target is skipped, and so are its
    ancestors (they went there before it);
 3. for each version: the packs its change-set refers to that the target lacks, then its change-set
-   (the same bytes: its digest is in version.json), then version.json, last.
+   (the same bytes: its digest is in version.json), then version.json, last;
+4. the previews of each version sent and of the version pushed, those the target lacks (previews
+   may be added to a version after an earlier push of it).
 
 The push is a writer session at the target (dsfs.store.sessions): every pack it needs is announced before
 it is looked up there, so a gc running at the target keeps the packs a push found present, and
@@ -98,7 +100,19 @@ def push(source: Store, info: VersionInfo, to: Store | str, max_workers: int | N
                 target.write_changes(dataset_id, changesets[dataset_id])
                 target.write_version(lineage.info(dataset_id))
             result["packs_sent"] = len(sent)
+    result["previews_sent"] = sum(_copy_previews(source, target, i) for i in dict.fromkeys([*missing, info.id]))
     return result
+
+
+def _copy_previews(source: Store, target: Store, dataset_id: str) -> int:
+    """The version's previews (dsfs.authoring.previews) the target lacks: blobs before the items
+    that name them (sorted keys: blobs/ < items/). Items are never rewritten, blobs are named by
+    their digest: what the target holds under a key is what the source holds."""
+    have = set(target.preview_keys(dataset_id))
+    wanted = [k for k in sorted(source.preview_keys(dataset_id)) if k not in have]
+    for key in wanted:
+        source.copy_preview_object(key, target)
+    return len(wanted)
 
 
 def _missing_versions(lineage: Lineage, target: Store, dataset_id: str) -> list[str]:

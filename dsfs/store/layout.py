@@ -11,6 +11,8 @@ and needs no server; many nodes share it.
     <store>/sessions/<session id>.json         a live writer session: the packs it relies on (dsfs.store.sessions)
     <store>/locks/gc/<sequence>                gc leases: the highest sequence is the current one (dsfs.store.sessions)
     <store>/catalog/records.msgpack.zst        the version records, a hint for cold nodes (dsfs.store.records)
+    <store>/previews/<id>/items/<t>-<r>.json   a preview or statistics of a version (dsfs.authoring.previews)
+    <store>/previews/<id>/blobs/<blake3>       what a preview holds that is big (an image), by digest
     <store>/catalog/epoch                      a token every record write or removal replaces (dsfs.store.records)
 
 Write order is the consistency argument (restic's, for the same reason):
@@ -65,6 +67,7 @@ import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -73,6 +76,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+import blake3
 import fsspec
 
 from dsfs import settings
@@ -93,6 +97,7 @@ from dsfs.store.backends import redact_url as redact
 from dsfs.store.records import RecordCache
 
 STORE_FORMAT = 1
+PREVIEW_LIMIT = 5 << 20  # bytes of one preview object (dsfs.authoring.previews.LIMITS)
 MARKER = "dsfs-store.json"
 log = logging.getLogger(__name__)
 
@@ -566,9 +571,11 @@ class Store:
         self._changed()
 
     def delete_version(self, dataset_id: str) -> None:
-        """Remove a version: the record first (it disappears for readers), then the rest."""
+        """Remove a version: the record first (it disappears for readers), then the rest, its
+        previews included."""
         self.delete_version_record(dataset_id)
         self._rm(f"datasets/{dataset_id}", recursive=True)
+        self.delete_previews(dataset_id)
 
     # -- change-sets ---------------------------------------------------------------------------
 
@@ -745,6 +752,58 @@ class Store:
         except UsageError:
             return []
         return [urllib.parse.unquote(n) for n in self._ls_names(key)]
+
+    # -- previews (dsfs.authoring.previews) ---------------------------------------------------
+    # Items are small JSON objects, one per report, named by time and a random part so that writers
+    # never overwrite each other; what is big (an image) is a blob named by its blake3 digest, written
+    # before the item naming it, and checked against that name when read.
+
+    def write_preview_blob(self, dataset_id: str, data: bytes) -> str:
+        name = blake3.blake3(data).hexdigest()
+        self._put(f"previews/{dataset_id}/blobs/{name}", data)
+        return name
+
+    def read_preview_blob(self, dataset_id: str, name: str, limit: int) -> bytes:
+        if not re.fullmatch(r"[0-9a-f]{64}", name or ""):
+            raise CorruptData(f"a preview of dataset {dataset_id} names a blob {name!r} that is not a digest")
+        try:
+            data = self._get(f"previews/{dataset_id}/blobs/{name}", 0, limit + 1)
+        except FileNotFoundError:
+            raise DatasetNotFound(f"preview blob {name} of dataset {dataset_id} is missing") from None
+        if len(data) > limit or blake3.blake3(data).hexdigest() != name:
+            raise CorruptData(f"preview blob {name} of dataset {dataset_id} does not match its digest")
+        return data
+
+    def write_preview_item(self, dataset_id: str, data: bytes) -> str:
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        self._put(f"previews/{dataset_id}/items/{name}", data)
+        return name
+
+    def preview_item_names(self, dataset_id: str) -> list[str]:
+        names = self._ls_names(f"previews/{dataset_id}/items")
+        return [n for n in names if re.fullmatch(r"\d{20}-[0-9a-f]{8}\.json", n)]
+
+    def read_preview_item(self, dataset_id: str, name: str, limit: int) -> bytes | None:
+        """An item's bytes (at most limit + 1 of them), or None if it is gone."""
+        try:
+            return self._get(f"previews/{dataset_id}/items/{name}", 0, limit + 1)
+        except FileNotFoundError:
+            return None
+
+    def preview_keys(self, dataset_id: str) -> list[str]:
+        """Every object of a version's previews, relative to the store root (push copies them)."""
+        return [k for k in self.list_files(f"previews/{dataset_id}") if k.startswith(f"previews/{dataset_id}/")]
+
+    def copy_preview_object(self, key: str, other: Store) -> None:
+        """Copy one preview object to the same key of `other`; one over PREVIEW_LIMIT (dsfs writes
+        none) is refused, never read whole."""
+        data = self._get(key, 0, PREVIEW_LIMIT + 1)
+        if len(data) > PREVIEW_LIMIT:
+            raise CorruptData(f"{key} in {self.display_url} is over {PREVIEW_LIMIT} bytes: not a dsfs preview")
+        other._put(key, data)
+
+    def delete_previews(self, dataset_id: str) -> None:
+        self._rm(f"previews/{dataset_id}", recursive=True)
 
     # -- plain files (`dsfs datastore upload`: user-named files beside the dsfs layout) ---------
 
