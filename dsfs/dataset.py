@@ -36,7 +36,6 @@ from dsfs.datarefs import DataReference
 from dsfs.errors import Conflict, CorruptData, DatasetNotFound, DsfsError, InvalidState, UsageError
 from dsfs.filesystem import DsfsFileSystem
 from dsfs.lifecycle.push import push as push_version
-from dsfs.lineage.filetable import LINK
 from dsfs.lineage.merge import Lineage, apply_changes
 from dsfs.lineage.viewindex import ViewIndex, ensure_view, merged_entries
 from dsfs.model import Entry, VersionInfo, utc_now
@@ -289,11 +288,14 @@ class Dataset:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
         with self._changing("close") as draft:
             push_to = push_to or draft.push_to
-            close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress, executor=executor,
-                        preview=preview)
+            tables = close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress,
+                                 executor=executor, preview=preview)
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
         if preview == "auto":
-            self._auto_previews()
+            try:
+                previews.auto_previews(self.store, self.info, tables, self.read_file)
+            except DsfsError as exc:
+                warn(f"dataset {self.id} is final, but its previews were not stored: {exc}")
         return {**self.push(push_to, max_workers, show_progress), "to": push_to} if push_to else None
 
     def publish(self) -> None:
@@ -619,17 +621,6 @@ class Dataset:
             warn(note)
         return items
 
-    def _auto_previews(self) -> None:
-        """Previews of the first table files, read through the verified read path; a failure is a
-        warning (the version is final already)."""
-        table = self._lineage.table([self.id])
-        files = ((path, size) for path, size, flags in zip(table.paths, table.sizes, table.flags, strict=True)
-                 if not flags & LINK)  # a link's bytes are someone else's: not sampled
-        try:
-            previews.auto_previews(self.store, self.info, files, self.read_file)
-        except DsfsError as exc:
-            warn(f"dataset {self.id} is final, but its previews were not stored: {exc}")
-
     def preview_blob(self, name: str) -> bytes:
         """The bytes of a preview's image or media (`item["blob"]`), checked against their digest."""
         return previews.blob(self.store, self.info, name)
@@ -644,7 +635,9 @@ class Dataset:
         if not self.info.is_final:
             raise InvalidState(f"dataset {self.id} is a draft; its statistics are made when it is closed")
         counts = {k: self.info.stats[k] for k in ("added", "modified", "removed") if k in self.info.stats}
-        return previews.write_statistics(self.store, self.info, self._lineage.table([self.id]), counts)
+        # streamed from the lineage's change-sets: flat memory whatever the file count
+        files = ((e.path, e.size) for e in self.iter_entries(chunks=False))
+        return previews.write_statistics(self.store, self.info, files, counts)
 
     @staticmethod
     def rename(new_name: str, project: str, name: str, store: Store | str | None = None) -> int:

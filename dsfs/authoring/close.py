@@ -27,7 +27,7 @@ from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.ingest import Uploader
 from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError, InvalidState, StoreUnavailable
-from dsfs.lineage.filetable import FileTable
+from dsfs.lineage.filetable import LINK, FileTable
 from dsfs.lineage.merge import Lineage
 from dsfs.model import Entry, VersionInfo, changeset_written, utc_now
 from dsfs.progress import transfer
@@ -80,7 +80,8 @@ def forget_lost(info: VersionInfo, draft: DraftState, lost: list[bytes]) -> None
 
 
 def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool, max_workers: int | None,
-          show_progress: bool | None, preview: str = "auto", executor: Executor | None = None) -> None:
+          show_progress: bool | None, preview: str = "auto",
+          executor: Executor | None = None) -> list[tuple[str, int]]:
     """Make a draft final (the caller holds its DraftLock); `info` becomes the final record. What
     is left to upload is uploaded here, or by tasks on `executor`."""
     if draft.adds_count and not auto_upload:
@@ -106,8 +107,10 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
         # one pass over the draft: each change is written into the change-set as the new version's
         # file table takes it
         table = base.child(changeset_written(out, changes_against(base, draft, counts)), f"dataset {info.id}")
-        write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written, preview)
+        candidates = write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written,
+                                 preview)
     draft.discard()
+    return candidates
 
 
 def check_not_deleted(store: Store, info: VersionInfo) -> None:
@@ -135,11 +138,12 @@ def check_ancestors(store: Store, info: VersionInfo, ids: list[str], what: str) 
 
 
 def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, counts: dict,
-                new_bytes: int, packs: list[bytes], preview: str = "auto") -> None:
+                new_bytes: int, packs: list[bytes], preview: str = "auto") -> list[tuple[str, int]]:
     """The end of the write order: the change-set (its encoded bytes), then version.json with
     state=final. `table` is the version's file table, already checked for path conflicts; kept for
     its children. Then its statistics (dsfs.authoring.previews), unless preview is "none": a
-    preview that cannot be written is a warning, never a failed close."""
+    preview that cannot be written is a warning, never a failed close. Returns the table files
+    (path, size) an automatic preview would read (previews.table_candidates): not links."""
     store.write_changes(info.id, data)
     info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
     info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
@@ -150,9 +154,11 @@ def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, 
     table.save(info)
     if preview != "none":
         try:
-            previews.write_statistics(store, info, table, counts)
+            previews.write_statistics(store, info, zip(table.paths, table.sizes, strict=True), counts)
         except DsfsError as exc:
             log.warning("dataset %s is final, but its statistics were not stored: %s", info.id, exc)
+    files = zip(table.paths, table.sizes, table.flags, strict=True)
+    return previews.table_candidates((path, size) for path, size, flags in files if not flags & LINK)
 
 
 def changes_against(base: FileTable, draft: DraftState, counts: dict | None = None) -> Iterator[Entry]:

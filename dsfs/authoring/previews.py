@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Iterable
 
 from dsfs.errors import UsageError
-from dsfs.lineage.filetable import FileTable
 from dsfs.model import VersionInfo, utc_now
 from dsfs.store.layout import PREVIEW_LIMIT, Store
 
@@ -47,29 +46,46 @@ TOP_GROUPS = 50  # extensions and folders shown by name; the rest are summed as 
 # -- statistics ----------------------------------------------------------------------------------
 
 
-def file_statistics(table: FileTable, counts: dict | None = None) -> dict:
-    """Statistics of a version from its file table alone (no file is read)."""
+def file_statistics(files: Iterable[tuple[str, int]], counts: dict | None = None) -> dict:
+    """Statistics of a version from its (path, size) pairs alone (no file is read): a file table's
+    columns at close, or the version's entries streamed (`dsfs stats --recompute`)."""
     by_extension: Counter = Counter()
     bytes_by_extension: Counter = Counter()
     by_folder: Counter = Counter()
     bytes_by_folder: Counter = Counter()
     sizes: Counter = Counter()
-    for path, size in zip(table.paths, table.sizes, strict=True):
-        name = path.rsplit("/", 1)[-1]
-        dot = name.rfind(".")
-        extension = name[dot:].lower() if dot > 0 else "(none)"
-        folder = path.split("/", 1)[0] if "/" in path else "(top level)"
+    total = 0
+    for path, size in files:
+        slash = path.rfind("/")
+        dot = path.rfind(".")
+        extension = path[dot:].lower() if dot > slash + 1 else "(none)"  # a dot in the name, not first
+        folder = path[:path.find("/")] if slash >= 0 else "(top level)"
         by_extension[extension] += 1
         bytes_by_extension[extension] += size
         by_folder[folder] += 1
         bytes_by_folder[folder] += size
         sizes[size.bit_length()] += 1  # bin k holds sizes in [2^(k-1), 2^k)
-    return {"files": len(table.paths), "bytes": table.total_bytes,
+        total += size
+    return {"files": sum(by_extension.values()), "bytes": total,
             "by_extension": _grouped(by_extension, bytes_by_extension),
             "by_folder": _grouped(by_folder, bytes_by_folder),
             "size_histogram": [{"from": 0 if k == 0 else 1 << (k - 1), "to": 1 << k if k else 1, "files": n}
                                for k, n in sorted(sizes.items())],
             "changes": dict(counts or {})}
+
+
+def table_candidates(files: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The files `auto_previews` would look at: table files by path, the first AUTO_TABLES that fit
+    the sample limit (and the too-big ones before them, to be noted)."""
+    out, fitting = [], 0
+    suffixes = tuple(TABLE_FORMATS) + tuple(s.upper() for s in TABLE_FORMATS)
+    for path, size in files:
+        if path.endswith(suffixes) or path.lower().endswith(suffixes):
+            out.append((path, size))
+            fitting += size <= SAMPLE_BYTES
+            if fitting >= AUTO_TABLES or len(out) >= 10 * AUTO_TABLES:
+                break
+    return out
 
 
 def _grouped(files: Counter, nbytes: Counter) -> list[dict]:
@@ -81,8 +97,9 @@ def _grouped(files: Counter, nbytes: Counter) -> list[dict]:
     return rows
 
 
-def write_statistics(store: Store, info: VersionInfo, table: FileTable, counts: dict | None = None) -> dict:
-    stats = file_statistics(table, counts)
+def write_statistics(store: Store, info: VersionInfo, files: Iterable[tuple[str, int]],
+                     counts: dict | None = None) -> dict:
+    stats = file_statistics(files, counts)
     _write_item(store, info, {"kind": "statistics", "title": "files", "series": "", "statistics": stats})
     return stats
 
