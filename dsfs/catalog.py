@@ -8,6 +8,7 @@ facade (dsfs.dataset) and the mount daemon call these; nothing here reads file c
 from __future__ import annotations
 
 import datetime
+import json
 
 import semver
 
@@ -201,6 +202,23 @@ def _created(info: VersionInfo) -> datetime.datetime:
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
+def _hint(project: str | None, tags: list[str] | None, ids: list[str] | None):
+    """A test on a record's raw bytes that only records which cannot match fail: each literal the
+    filters require (a project without wildcards, every tag, one of the ids) must appear in the
+    bytes as json.dumps writes it. A record written with other escapes (\\u) is always parsed."""
+    literals = [json.dumps(t).encode() for t in tags or []]
+    if project and not paths.is_glob(project):
+        literals.append(json.dumps(project).encode())
+    choices = [json.dumps(i).encode() for i in ids or []]
+    if not literals and not choices:
+        return None
+
+    def hint(raw: bytes) -> bool:
+        return b"\\u" in raw or (all(x in raw for x in literals) and (not choices or any(c in raw for c in choices)))
+
+    return hint
+
+
 def search(store: Store, project: str | None = None, name: str | None = None, tags: list[str] | None = None,
            ids: list[str] | None = None, unreadable: dict[str, str] | None = None, *,
            any_tags: list[str] | None = None, state: str | None = None, since: datetime.datetime | None = None,
@@ -216,7 +234,7 @@ def search(store: Store, project: str | None = None, name: str | None = None, ta
         raise UsageError(f"unknown sort {sort!r}: use {' or '.join(SORTS)}")
     if state is not None and state not in STATES:
         raise UsageError(f"unknown state {state!r}: use {' or '.join(STATES)}")
-    found = [v for v in store.list_versions(unreadable)
+    found = [v for v in store.list_versions(unreadable, hint=_hint(project, tags, ids))
              if (not project or paths.glob_match(v.project, project))
              and (not name or _name_matches(v.name, name))
              and all(t in v.tags for t in tags or [])

@@ -195,3 +195,23 @@ def test_a_crafted_record_cannot_shift_the_others_in_a_batch_parse(file_store, t
     unreadable: dict[str, str] = {}
     found = {v.id: v.name for v in store.list_versions(unreadable)}
     assert found == {a.id: "a", b.id: "b"} and list(unreadable) == [crafted]
+
+
+def test_search_by_literal_filters_finds_the_same_as_a_full_parse(file_store, tmp_path):
+    """The raw-bytes hint (catalog._hint) skips parsing records that cannot match; what it skips must
+    never be a record that matches, whatever else a record holds."""
+    store = Store.open(file_store, create=True)
+    made = [_version(store, tmp_path, p, n, tags=t) for p, n, t in
+            [("vision", "cats", ["raw"]), ("vision", "dogs", ["gold", "raw"]), ("visionary", "x", []),
+             ("audio", "raw", ["vision"]), ("a/b", "c", ["raw"])]]
+    odd = made[2].info  # a record written with escapes json.dumps would not use is still found
+    store._put(f"datasets/{odd.id}/version.json",
+               store._get(f"datasets/{odd.id}/version.json").replace(b'"visionary"', b'"vi\\u0073ionary"'))
+    Dataset.search(store=file_store)  # fills the node's cache: later searches take records from it
+    for filters in ({"project": "vision"}, {"tags": ["raw"]}, {"project": "vision", "tags": ["raw", "gold"]},
+                    {"project": "visionary"}, {"project": "a/b"}, {"ids": [made[3].id]}, {"project": "vis*"}):
+        full = sorted(v.id for v in Dataset.search(store=file_store)
+                      if (not filters.get("project") or __import__("fnmatch").fnmatch(v.project, filters["project"]))
+                      and all(t in v.tags for t in filters.get("tags", []))
+                      and (not filters.get("ids") or v.id in filters["ids"]))
+        assert sorted(v.id for v in Dataset.search(store=file_store, **filters)) == full, filters
