@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from dsfs.errors import Conflict, CorruptData, DatasetNotFound, UsageError
+from dsfs.errors import Conflict, CorruptData, UsageError
 from dsfs.lineage.merge import read_changes_checked
 from dsfs.model import decode_changeset
 from dsfs.progress import transfer
@@ -86,17 +86,18 @@ class GcReport:
 def _mark(store: Store, progress) -> tuple[dict[bytes, int], int, int]:
     """{pack id: bytes referenced in it} over every final version, and the counts of final
     versions and drafts. Raises CorruptData for any record or change-set it cannot trust."""
-    ids = store.list_version_ids()
-    progress.set_total(0, len(ids))
+    # The catalog's exact listing: listed now (after the lease and the sessions), each record read
+    # or taken from the node's record cache at the validator just listed (dsfs.store.records). A
+    # record's state can go from draft to final only by a rewrite, which changes its size and so its
+    # validator on every backend; a final record's change-set never changes.
+    unreadable: dict[str, str] = {}
+    infos = store.list_versions(unreadable, exact=True)
+    if unreadable:
+        raise CorruptData(f"{sorted(unreadable.values())[0]}; gc deleted nothing (run `dsfs check`, then repair "
+                          f"or delete that version)")
+    progress.set_total(0, len(infos))
 
-    def load(dataset_id: str):
-        try:
-            info = store.read_version(dataset_id)
-        except DatasetNotFound:  # deleted since the listing: its packs are no longer its own
-            return None, set()
-        except CorruptData as exc:
-            raise CorruptData(f"{exc}; gc deleted nothing (run `dsfs check`, then repair or delete "
-                              f"that version)") from None
+    def load(info):
         chunks: set[tuple[bytes, int, int]] = set()
         if info.is_final:
             try:
@@ -111,9 +112,7 @@ def _mark(store: Store, progress) -> tuple[dict[bytes, int], int, int]:
     referenced: dict[bytes, int] = {}
     finals = drafts = 0
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="dsfs-gc-mark") as pool:
-        for info, chunks in pool.map(load, ids):
-            if info is None:
-                continue
+        for info, chunks in pool.map(load, infos):
             if not info.is_final:
                 drafts += 1
                 continue
