@@ -28,6 +28,9 @@ The mount was tuned for files read in order; ML jobs read the other way. Figures
                                                                      target 4 KiB >= 8,000 IOPS
     span-4k       the 4 KiB rate over the 1 GiB span beside the rate over its first 128 MiB (same jobs,
                   a quarter each)                                    target within 20 %
+    fsspec-*      the same two epochs through dsfs:// (issue 19): a DsfsFileSystem made in the parent,
+                  8 forked readers calling cat_file, a fresh node cache, beside the mount's epochs
+                                                                     target >= 1.0x the mount
     daemon        the mount daemon's CPU time (utime+stime of /proc/<pid>/stat) per 4 KiB read, and the
                   bytes it read from disk (/proc/<pid>/io read_bytes) per byte fio was served
 
@@ -132,6 +135,54 @@ def read_epoch(paths: list[str], readers: int = READERS) -> tuple[float, int, in
                 p.join()
     if any(p.exitcode != 0 for p in procs):
         raise RuntimeError(f"a reader failed (exit codes {[p.exitcode for p in procs]})")
+    return took, sum(done[0::2]), sum(done[1::2])
+
+
+_FS: list = []  # the dsfs:// filesystem forked readers inherit (set before the fork, never pickled)
+
+
+def _fs_reader(paths, counter, barrier, done, slot):
+    fs = _FS[0]
+    barrier.wait()
+    total = files = 0
+    n = len(paths)
+    while True:
+        with counter.get_lock():
+            i = counter.value
+            counter.value = i + 1
+        if i >= n:
+            break
+        total += len(fs.cat_file(paths[i]))  # the whole file, verified, through the node cache
+        files += 1
+    done[2 * slot] = files
+    done[2 * slot + 1] = total
+
+
+def fs_epoch(fs, paths: list[str], readers: int = READERS) -> tuple[float, int, int]:
+    """`read_epoch` through a dsfs:// filesystem made in this process and inherited by forked readers
+    (a DataLoader's workers reading with fsspec), no mount in the way."""
+    ctx = multiprocessing.get_context("fork")
+    counter = ctx.Value("q", 0)
+    barrier = ctx.Barrier(readers + 1)
+    done = ctx.Array("q", 2 * readers, lock=False)
+    _FS[:] = [fs]
+    procs = [ctx.Process(target=_fs_reader, args=(paths, counter, barrier, done, k)) for k in range(readers)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=60)
+        start = time.perf_counter()
+        for p in procs:
+            p.join()
+        took = time.perf_counter() - start
+    finally:
+        _FS.clear()
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"a dsfs:// reader failed (exit codes {[p.exitcode for p in procs]})")
     return took, sum(done[0::2]), sum(done[1::2])
 
 
@@ -331,6 +382,25 @@ class Bench:
         floor = [floor_run() for _ in range(repeat)]
         floor_cold, floor_warm = min(r[0] for r in floor), min(r[1] for r in floor)
 
+        def through_fsspec() -> tuple[float, float]:
+            from dsfs.filesystem import DsfsFileSystem
+
+            n = next(self.serial)
+            cache = os.path.join(self.run_dir, f"cache-fsspec-{n}")  # empty: a fresh node cache
+            fs = DsfsFileSystem(store=self.store, dataset=dataset_id, cache_dir=cache, skip_instance_cache=True)
+            fs.ls("")  # the version resolved and its view built before the clock, as a mount does
+            os.sync()
+            cold = fs_epoch(fs, [rels[i] for i in cold_order])
+            warm = fs_epoch(fs, [rels[i] for i in warm_order])
+            for _took, files, nbytes in (cold, warm):
+                if files != count or nbytes != total:
+                    raise RuntimeError(f"an epoch through dsfs:// read {files} files / {nbytes} bytes")
+            self.leftovers.append(cache)
+            return cold[0], warm[0]
+
+        fsspec_runs = [through_fsspec() for _ in range(repeat)]
+        fs_cold, fs_warm = min(r[0] for r in fsspec_runs), min(r[1] for r in fsspec_runs)
+
         def rate(seconds: float) -> str:
             return f"{count / seconds:,.0f} files/s"
 
@@ -340,6 +410,12 @@ class Bench:
         self.record("shuffle-warm", "epoch 2 (new shuffle), same mount", f"{rate(warm)} {total / warm / MB:.0f} MB/s",
                     f"pyfuse3 doing nothing {rate(floor_warm)}, local disk (warm) {rate(local_warm)}",
                     f"{floor_warm / warm:.2f}x", ">= 0.8x floor", floor_warm / warm >= 0.8)
+        self.record("fsspec-cold", "epoch 1 through dsfs://, empty cache", rate(fs_cold),
+                    f"the mount, epoch 1 {rate(cold)}", f"{cold / fs_cold:.2f}x", ">= 1.0x the mount",
+                    cold / fs_cold >= 1.0)
+        self.record("fsspec-warm", "epoch 2 through dsfs://", rate(fs_warm),
+                    f"the mount, epoch 2 {rate(warm)}", f"{warm / fs_warm:.2f}x", ">= 1.0x the mount",
+                    warm / fs_warm >= 1.0)
         cpu_cold = min(daemon["cold"]) / count * 1e6
         cpu_warm = min(daemon["warm"]) / count * 1e6
         self.say(f"    (mount {mounting:.2f} s, not timed; fuse_floor epoch 1 {rate(floor_cold)} at {size:,} B a file; "
