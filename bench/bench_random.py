@@ -95,7 +95,11 @@ def resident_bytes(paths) -> int:
 
 # -- the shuffled epoch: 8 forked readers over one shared list ---------------------------------------
 
+_FS: list = []  # a dsfs:// filesystem forked readers inherit (set before the fork, never pickled)
+
+
 def _reader(paths, counter, barrier, done, slot):
+    fs = _FS[0] if _FS else None
     barrier.wait()
     total = files = 0
     n = len(paths)
@@ -105,8 +109,11 @@ def _reader(paths, counter, barrier, done, slot):
             counter.value = i + 1
         if i >= n:
             break
-        with open(paths[i], "rb") as f:  # the whole file, as a Dataset's __getitem__ does
-            total += len(f.read())
+        if fs is not None:
+            total += len(fs.cat_file(paths[i]))  # the whole file, verified, through the node cache
+        else:
+            with open(paths[i], "rb") as f:  # the whole file, as a Dataset's __getitem__ does
+                total += len(f.read())
         files += 1
     done[2 * slot] = files
     done[2 * slot + 1] = total
@@ -138,52 +145,14 @@ def read_epoch(paths: list[str], readers: int = READERS) -> tuple[float, int, in
     return took, sum(done[0::2]), sum(done[1::2])
 
 
-_FS: list = []  # the dsfs:// filesystem forked readers inherit (set before the fork, never pickled)
-
-
-def _fs_reader(paths, counter, barrier, done, slot):
-    fs = _FS[0]
-    barrier.wait()
-    total = files = 0
-    n = len(paths)
-    while True:
-        with counter.get_lock():
-            i = counter.value
-            counter.value = i + 1
-        if i >= n:
-            break
-        total += len(fs.cat_file(paths[i]))  # the whole file, verified, through the node cache
-        files += 1
-    done[2 * slot] = files
-    done[2 * slot + 1] = total
-
-
 def fs_epoch(fs, paths: list[str], readers: int = READERS) -> tuple[float, int, int]:
-    """`read_epoch` through a dsfs:// filesystem made in this process and inherited by forked readers
-    (a DataLoader's workers reading with fsspec), no mount in the way."""
-    ctx = multiprocessing.get_context("fork")
-    counter = ctx.Value("q", 0)
-    barrier = ctx.Barrier(readers + 1)
-    done = ctx.Array("q", 2 * readers, lock=False)
+    """`read_epoch` through a dsfs:// filesystem made in this process and inherited by the forked
+    readers (a DataLoader's workers reading with fsspec), no mount in the way."""
     _FS[:] = [fs]
-    procs = [ctx.Process(target=_fs_reader, args=(paths, counter, barrier, done, k)) for k in range(readers)]
-    for p in procs:
-        p.start()
     try:
-        barrier.wait(timeout=60)
-        start = time.perf_counter()
-        for p in procs:
-            p.join()
-        took = time.perf_counter() - start
+        return read_epoch(paths, readers)
     finally:
         _FS.clear()
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    if any(p.exitcode != 0 for p in procs):
-        raise RuntimeError(f"a dsfs:// reader failed (exit codes {[p.exitcode for p in procs]})")
-    return took, sum(done[0::2]), sum(done[1::2])
 
 
 def torch_epoch(paths: list[str], readers: int = READERS) -> tuple[float, int, int]:

@@ -43,6 +43,17 @@ def unavailable(reason: str, need: str = "every emulator must run; scripts/setup
     pytest.skip(reason)
 
 
+def required_library(name: str):
+    """A library the test extra installs (pyproject.toml): imported, or `unavailable` (a skip on a
+    machine without it, a failure under CI=true)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"{name} is not installed ({exc})", "the test extra installs it: scripts/setup.sh")
+
+
 @dataclass
 class Cloud:
     """One running emulator: how to reach it and how to make a fresh bucket."""

@@ -22,13 +22,14 @@ from dsfs import Dataset
 from dsfs.authoring.drafts import DraftState
 from dsfs.errors import LocalFileNotFound, StoreUnavailable, UsageError
 from conftest import make_tree
+from servers import required_library
 
 FAIL_ONCE = "fail-once"  # a flag file beside the data folder: the next task that removes it fails
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed_lib = pytest.importorskip("distributed")
+    distributed_lib = required_library("distributed")
     with distributed_lib.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
                                       silence_logs=40) as local:
         yield local

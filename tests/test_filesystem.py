@@ -15,7 +15,7 @@ import blake3
 import fsspec
 import pytest
 from conftest import final_version, make_tree
-from servers import free_port
+from servers import free_port, required_library
 from test_view import _corrupt_pack_byte, _flip_cached_byte
 
 from dsfs import Dataset
@@ -271,8 +271,8 @@ def test_dataset_fs_and_open(version, file_store):
 
 
 def test_parquet_through_dsfs(tmp_path, file_store):
-    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed in this environment (an optional reader)")
-    import pyarrow.parquet as pq
+    pa = required_library("pyarrow")
+    pq = required_library("pyarrow.parquet")
 
     table = pa.table({"x": list(range(10_000)), "y": [f"row {i}" for i in range(10_000)]})
     (tmp_path / "src").mkdir()
@@ -281,7 +281,7 @@ def test_parquet_through_dsfs(tmp_path, file_store):
     fs = filesystem(file_store)
     assert pq.read_table("tables/t/data.parquet", filesystem=fs).equals(table)
     assert pq.read_table(ds.open("data.parquet"), columns=["y"]).equals(table.select(["y"]))
-    pd = pytest.importorskip("pandas", reason="pandas is not installed in this environment (an optional reader)")
+    pd = required_library("pandas")
     frame = pd.read_parquet("dsfs://tables/t/data.parquet", storage_options={"store": file_store})
     assert frame.equals(table.to_pandas())
 

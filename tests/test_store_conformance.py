@@ -200,7 +200,16 @@ def test_listing(backend):
     assert "dsfs-store.json" in files and f"datasets/{ids[0]}/version.json" in files
 
 
-def test_listing_through_the_node_record_cache(backend, monkeypatch, tmp_path):
+@pytest.fixture
+def record_reads(monkeypatch) -> list[list[str]]:
+    """The ids of each Store._read_records call (the records a listing read from the store), sorted."""
+    reads: list[list[str]] = []
+    real = Store._read_records
+    monkeypatch.setattr(Store, "_read_records", lambda self, ids: reads.append(sorted(ids)) or real(self, ids))
+    return reads
+
+
+def test_listing_through_the_node_record_cache(backend, record_reads, tmp_path):
     """Store.list_versions reads only the records the node's cache (dsfs.store.records) does not hold
     at their listed validator: a second listing reads none; a record rewritten or deleted by another
     node is seen at once; a damaged cache row is ignored and the record read again."""
@@ -208,14 +217,11 @@ def test_listing_through_the_node_record_cache(backend, monkeypatch, tmp_path):
     infos = [_info(id=uuid.uuid4().hex) for _ in range(30)]
     for info in infos:
         store.write_version(info)
-    reads = []
-    real = Store._read_records
-    monkeypatch.setattr(Store, "_read_records", lambda self, ids: reads.append(len(ids)) or real(self, ids))
     assert sorted(v.id for v in store.list_versions()) == sorted(i.id for i in infos)
     cached = backend.name != "memory"  # memory:// lists no validator: every record is read each time
-    assert reads == [30]
+    assert [len(ids) for ids in record_reads] == [30]
     assert len(store.list_versions()) == 30
-    assert reads[-1] == (0 if cached else 30)
+    assert len(record_reads[-1]) == (0 if cached else 30)
     # another node relabels one version and deletes another
     other = backend.store(store.url, create=False)
     changed = infos[3]
@@ -225,7 +231,7 @@ def test_listing_through_the_node_record_cache(backend, monkeypatch, tmp_path):
     found = {v.id: v for v in store.list_versions()}
     assert infos[7].id not in found and found[changed.id].tags == ["relabelled"]
     if cached:
-        assert reads[-1] == 1  # only the rewritten record was read
+        assert len(record_reads[-1]) == 1  # only the rewritten record was read
         # a cached row whose bytes no longer match their digest is ignored: the record is read again
         import sqlite3
         from dsfs.store.records import cache_path
@@ -234,11 +240,11 @@ def test_listing_through_the_node_record_cache(backend, monkeypatch, tmp_path):
         db.commit()
         db.close()
         assert {v.id: v.tags for v in store.list_versions()} == {i: v.tags for i, v in found.items()}
-        assert reads[-1] == 1
+        assert len(record_reads[-1]) == 1
         # a cache file that is not a database at all is rebuilt
         with open(cache_path(store.url), "wb") as f:
             f.write(b"garbage" * 1000)
-        assert len(store.list_versions()) == 29 and reads[-1] == 29
+        assert len(store.list_versions()) == 29 and len(record_reads[-1]) == 29
 
 
 def test_an_unchanged_store_is_not_listed_again(backend, monkeypatch):
@@ -267,7 +273,7 @@ def test_an_unchanged_store_is_not_listed_again(backend, monkeypatch):
     assert silent.id in {v.id for v in store.list_versions()}
 
 
-def test_a_cold_node_reads_the_catalog_snapshot(backend, monkeypatch, tmp_path):
+def test_a_cold_node_reads_the_catalog_snapshot(backend, record_reads, monkeypatch, tmp_path):
     """A node with an empty cache takes records from the store's snapshot (written by the first node
     that had to read many), reading only those changed since; a bad snapshot is only ignored."""
     if backend.name == "memory":
@@ -280,9 +286,8 @@ def test_a_cold_node_reads_the_catalog_snapshot(backend, monkeypatch, tmp_path):
         store.write_version(info)
     assert len(store.list_versions()) == len(infos)  # reads them all, so writes the snapshot
     assert records.SNAPSHOT_KEY in store.list_files("catalog")
-    reads = []
-    real = Store._read_records
-    monkeypatch.setattr(Store, "_read_records", lambda self, ids: reads.append(sorted(ids)) or real(self, ids))
+    record_reads.clear()  # counted from here: what a cold node reads
+    reads = record_reads
     changed = infos[0]
     changed.tags = ["after the snapshot"]
     store.write_version(changed)

@@ -158,10 +158,6 @@ def blob(store: Store, info: VersionInfo, name: str) -> bytes:
     return store.read_preview_blob(info.id, name, LIMITS["blob_bytes"])
 
 
-def delete_all(store: Store, info: VersionInfo) -> None:
-    store.delete_previews(info.id)
-
-
 # -- automatic previews at close ----------------------------------------------------------------
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",

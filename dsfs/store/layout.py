@@ -468,21 +468,18 @@ class Store:
             read = self._read_records(missing)
             fresh.update(read)
             raws.update(fresh)
-            out, good = [], {}  # good: {id: (validator, raw)} to cache
+            out, corrupt = [], set()
             wanted = raws if hint is None else {i: raw for i, raw in raws.items() if i in fresh or hint(raw)}
             for dataset_id, parsed in _parse_versions(wanted):
                 if isinstance(parsed, CorruptData):
+                    corrupt.add(dataset_id)
                     if unreadable is not None:
                         unreadable[dataset_id] = str(parsed)
-                    continue
-                out.append(parsed)
-                validator = validators.get(dataset_id)
-                if validator is not None:
-                    good[dataset_id] = (validator, raws[dataset_id])
-            for dataset_id in raws.keys() - wanted.keys():  # cached, so parsed well before: kept in a snapshot
-                validator = validators.get(dataset_id)
-                if validator is not None:
-                    good[dataset_id] = (validator, raws[dataset_id])
+                else:
+                    out.append(parsed)
+            # {id: (validator, raw)} of the good records to cache and snapshot: those parsed now and
+            # those the hint skipped (cached, so parsed well before)
+            good = {i: (v, raws[i]) for i in raws.keys() - corrupt if (v := validators.get(i)) is not None}
             if fresh:  # and rows of versions no longer listed go (never served meanwhile: not listed)
                 cache.update({i: good[i] for i in fresh if i in good}, set(validators))
         if len(read) > records.SNAPSHOT_AFTER and good:
