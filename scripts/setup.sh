@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(fuse3 libfuse3-dev pkg-config systemd)  # systemd: systemd-analyze checks the unit files
+# systemd: systemd-analyze checks the unit files; chromium: the web UI's browser tests (Playwright drives
+# Debian's build, so no browser is downloaded at test time)
+debs=(fuse3 libfuse3-dev pkg-config systemd chromium)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
