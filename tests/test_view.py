@@ -269,8 +269,20 @@ def test_files_read_in_order_get_the_next_files_fetched_ahead(tmp_path, file_sto
     ds.store.read_pack_range = counted
     real_fetch_files, spans_in_order = view._fetch_files, []  # the same spy, passing through
     view._fetch_files = lambda start, stop: (spans_in_order.append((start, stop)), real_fetch_files(start, stop))
+    def fetched_ahead(name):  # in memory or in the node cache: a read of it makes no GET
+        return all(view.reader.in_memory(r) is not None or view.cache.has_chunk(r.digest)
+                   for r in view.resolve(name).chunks)
+
     for i in range(40):  # in path order, as `find | xargs cat` reads them
-        assert view.read_path(f"d/{i:03d}") == files[f"d/{i:03d}"]
+        name = f"d/{i:03d}"
+        # Once files_in_order files were read in order the fetch ahead runs; wait for it to bring
+        # this file, so that a loaded machine cannot let the reader overtake it (each file it
+        # overtook was one GET of its own: 10 were counted once under the suite's load).
+        deadline = time.monotonic() + 10
+        while i > view.config.files_in_order and not fetched_ahead(name):
+            assert time.monotonic() < deadline, f"{name} was never fetched ahead"
+            time.sleep(0.005)
+        assert view.read_path(name) == files[name]
     assert view.read_path("z/big") == files["z/big"]
     assert len(reads) < 10  # coalesced ranges ahead of the reader, not one GET per file (41)
     deadline = time.monotonic() + 10  # the last files' chunks may still be on their way
