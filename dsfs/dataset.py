@@ -25,7 +25,7 @@ import blake3
 import msgpack
 
 from dsfs import catalog, paths
-from dsfs.authoring import close, drafts, previews
+from dsfs.authoring import close, drafts, previews, projects
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.evolve import Comparison, FolderChanges, folder_diff, printable, squash_parts
 from dsfs.authoring.evolve import compare as compare_versions
@@ -275,25 +275,29 @@ class Dataset:
 
     def finalize(self, auto_upload: bool = True, max_workers: int | None = None,
                  show_progress: bool | None = None, push_to: str | None = None,
-                 executor: Executor | None = None, preview: str = "auto") -> dict | None:
+                 executor: Executor | None = None, preview: str | None = None) -> dict | None:
         """Close the version: upload what is left (on `executor`'s workers if given, as `upload`),
         write its change-set, then mark it final. Then its previews (dsfs.authoring.previews):
-        "auto" file statistics and previews of its first table files, "stats" the statistics only
-        (no sample of the data leaves it), "none" nothing. Then, if push_to is given (or an upload
-        was given one), push it there with the ancestors it needs and return push's counts and "to"
-        (clearml-data's --storage: the version ends up there)."""
+        "auto" file statistics and previews of its first table, image and media files, "stats" the
+        statistics only (no sample of the data leaves it), "none" nothing; None takes the project's
+        default (`dsfs project set --preview`, dsfs.authoring.projects), "auto" if it sets none.
+        Then, if push_to is given (or an upload was given one), push it there with the ancestors it
+        needs and return push's counts and "to" (clearml-data's --storage: the version ends up
+        there)."""
+        if preview is None:
+            preview = projects.preview_mode(self.store, self.info.project)[0]
         if preview not in previews.MODES:
             raise UsageError(f"unknown preview mode {preview!r}: use {', '.join(previews.MODES)}")
         if self.info.is_final:
             raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already {self.state}")
         with self._changing("close") as draft:
             push_to = push_to or draft.push_to
-            tables = close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress,
+            samples = close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress,
                                  executor=executor, preview=preview)
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
         if preview == "auto":
             try:
-                previews.auto_previews(self.store, self.info, tables, self.read_file)
+                previews.auto_previews(self.store, self.info, samples, self.read_file)
             except DsfsError as exc:
                 warn(f"dataset {self.id} is final, but its previews were not stored: {exc}")
         return {**self.push(push_to, max_workers, show_progress), "to": push_to} if push_to else None
@@ -597,6 +601,20 @@ class Dataset:
 
     def set_metadata(self, metadata: dict, replace: bool = False) -> None:
         self.info.metadata = dict(metadata) if replace else {**self.info.metadata, **metadata}
+        self.store.write_version(self.info)
+
+    def set_labels(self, description: str | None = None, tags: list[str] | None = None,
+                   metadata: dict | None = None) -> None:
+        """Replace the description, the tags and/or the metadata (None: kept) in one write of the
+        record; final versions too (labels are not content). Tags follow the label rule."""
+        for tag in tags or []:
+            paths.label("tag", tag)
+        if description is not None:
+            self.info.description = description
+        if tags is not None:
+            self.info.tags = list(dict.fromkeys(tags))
+        if metadata is not None:
+            self.info.metadata = dict(metadata)
         self.store.write_version(self.info)
 
     def get_metadata(self, key: str | None = None):

@@ -14,6 +14,7 @@ from dsfs import Dataset, Store
 from dsfs.authoring import previews
 from dsfs.errors import CorruptData, UsageError
 from conftest import make_tree
+from servers import required_library
 
 SECRET_ROW = b"patient-7f3a,diagnosis-42"
 
@@ -137,8 +138,12 @@ def test_limits(version, tmp_path):
         logger.report_image("none", "x")
     with pytest.raises(UsageError, match="over the limit"):
         logger.report_text("x" * (previews.LIMITS["text"] + 1))
-    with pytest.raises(UsageError, match="Pillow"):
+    with pytest.raises(UsageError, match="a Pillow image or an array"):
         logger.report_image("obj", "x", image=object())
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(previews, "_pillow", lambda: None)
+        with pytest.raises(UsageError, match=r"needs Pillow: pip install 'dsfs\[preview\]'"):
+            logger.report_image("obj", "x", image=object())
 
 
 def test_previews_a_store_holds_that_dsfs_did_not_write(version, file_store):
@@ -193,3 +198,102 @@ def test_automatic_table_previews(tmp_path, file_store):
         store = Store.open(file_store)
         for key in store.preview_keys(other.id):
             assert b"cat" not in store._get(key) and b"label" not in store._get(key)
+
+
+def _png(path, size, color=(200, 30, 30)):
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(path)
+
+
+def test_automatic_image_and_media_previews(tmp_path, file_store):
+    """Images at close: thumbnails of the first few (served from the store, digest-checked) and
+    width/height histograms of a sample, the sample recorded; a corrupt image and a decompression
+    bomb are notes, never a failed close; other media are listed by path and size, not read."""
+    required_library("PIL")
+    from PIL import Image
+
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    for i in range(12):
+        _png(src / "img" / f"{i:02d}.png", (40 + 10 * i, 30))
+    Image.new("RGB", (600, 300), (0, 90, 200)).save(src / "img" / "photo.jpg", quality=80)
+    (src / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    bomb = Image.new("1", (9000, 9000))  # 81 Mpx: over IMAGE_MAX_PIXELS, a few KiB as a bilevel PNG
+    bomb.save(src / "img" / "bomb.png")
+    (src / "audio").mkdir()
+    (src / "audio" / "a.wav").write_bytes(b"RIFF" + os.urandom(100))
+    ds = Dataset.create("p", "images", store=file_store)
+    ds.add_files(str(src))
+    ds.finalize()  # no mode given: the project sets none, so "auto"
+    got = Dataset.get(ds.id, store=file_store)
+    items = got.previews()
+    thumbs = [i for i in items if i["kind"] == "image"]
+    assert [t["title"] for t in thumbs] == ["img/00.png", "img/01.png", "img/02.png", "img/03.png", "img/04.png",
+                                           "img/05.png", "img/06.png", "img/07.png", "img/08.png", "img/09.png"]
+    picture = Image.open(io.BytesIO(got.preview_blob(thumbs[3]["blob"])))
+    assert picture.size == (70, 30) and picture.getpixel((5, 5))[:3] == (200, 30, 30)
+    widths = next(i for i in items if i["kind"] == "histogram" and i["title"] == "image width")
+    assert widths["sample_files"] == 13 and sum(widths["values"]) == 13  # 12 PNGs and the JPEG
+    assert widths["statistics"]["min"] == 40 and widths["statistics"]["max"] == 600
+    heights = next(i for i in items if i["kind"] == "histogram" and i["title"] == "image height")
+    assert heights["statistics"]["max"] == 300
+    media = next(i for i in items if i["title"] == "media files")
+    assert media["rows"] == [["audio/a.wav", 104]]
+    notes = next(i for i in items if i["title"] == "preview notes")["text"]
+    assert "img/broken.png" in notes and "img/bomb.png" in notes and "over the limit" in notes
+
+
+def test_images_without_pillow_are_a_note(tmp_path, file_store, monkeypatch):
+    monkeypatch.setattr(previews, "_pillow", lambda: None)
+    make_tree(tmp_path / "src", {"a.png": b"whatever"})
+    ds = Dataset.create("p", "nopil", store=file_store)
+    ds.add_files(str(tmp_path / "src"))
+    ds.finalize()
+    items = Dataset.get(ds.id, store=file_store).previews()
+    assert [i["kind"] for i in items] == ["statistics", "text"]
+    assert "needs Pillow" in items[1]["text"] and "dsfs[preview]" in items[1]["text"]
+
+
+def test_a_project_sets_its_default_preview_mode(tmp_path, file_store, dsfs):
+    """`dsfs project set P --preview stats`: versions closed in P and in the projects inside it store
+    no sample unless their author asks; another project is not affected; `inherit` removes it; a
+    settings object that is not dsfs's is ignored with a warning, never a failed close."""
+    make_tree(tmp_path / "src", {"t.csv": b"secret,col\n" + SECRET_ROW + b"\n"})
+
+    sampled = set()  # the versions whose previews may hold a sample of the data
+
+    def closed(project, *args):
+        r = dsfs("create", "--project", project, "--name", "n", "--store", file_store)
+        assert r.code == 0, r.err
+        assert dsfs("add", "--files", str(tmp_path / "src"), "--store", file_store).code == 0
+        r = dsfs("close", *args, "--store", file_store, "--json")
+        assert r.code == 0, r.err
+        version_id = json.loads(r.out)["id"]
+        kinds = [i["kind"] for i in Dataset.get(version_id, store=file_store).previews()]
+        if "table" in kinds:
+            sampled.add(version_id)
+        return kinds, r
+
+    r = dsfs("project", "set", "medical", "--preview", "stats", "--store", file_store)
+    assert r.code == 0 and "preview stats" in r.out
+    r = dsfs("project", "show", "medical/scans/2024", "--store", file_store, "--json")
+    assert json.loads(r.out) == {"project": "medical/scans/2024", "preview": "stats", "set_by": "medical"}
+    assert closed("medical/scans")[0] == ["statistics"]  # inherited from the project above
+    assert closed("other")[0] == ["statistics", "table"]  # not affected
+    assert closed("medical", "--preview", "auto")[0] == ["statistics", "table"]  # the author's choice wins
+    store = Store.open(file_store)
+    holding = {key.split("/")[1] for key in store.list_files("previews") if b"patient" in store._get(key)}
+    assert holding == sampled and len(sampled) == 2
+    assert dsfs("project", "set", "medical/scans", "--preview", "none", "--store", file_store).code == 0
+    assert closed("medical/scans")[0] == []  # the nearest project's setting
+    assert dsfs("project", "set", "medical/scans", "--preview", "inherit", "--store", file_store).code == 0
+    assert closed("medical/scans")[0] == ["statistics"]
+    store.write_project_settings("medical", b"[not an object")
+    kinds, r = closed("medical")
+    assert kinds == ["statistics", "table"] and "settings of project 'medical'" in r.err and "ignored" in r.err
+    store.write_project_settings("medical", b'{"preview": "everything"}')
+    r = dsfs("project", "show", "medical", "--store", file_store)
+    assert r.code == 0 and "preview: auto" in r.out and "unknown preview mode 'everything'" in r.err
+    r = dsfs("project", "set", "../x", "--preview", "stats", "--store", file_store)
+    assert r.code != 0 and "invalid project" in r.err and "Traceback" not in r.err

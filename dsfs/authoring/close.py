@@ -143,7 +143,7 @@ def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, 
     state=final. `table` is the version's file table, already checked for path conflicts; kept for
     its children. Then its statistics (dsfs.authoring.previews), unless preview is "none": a
     preview that cannot be written is a warning, never a failed close. Returns the table files
-    (path, size) an automatic preview would read (previews.table_candidates): not links."""
+    (path, size) an automatic preview would read (previews.sample_candidates): not links."""
     store.write_changes(info.id, data)
     info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
     info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
@@ -158,7 +158,7 @@ def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, 
         except DsfsError as exc:
             log.warning("dataset %s is final, but its statistics were not stored: %s", info.id, exc)
     files = zip(table.paths, table.sizes, table.flags, strict=True)
-    return previews.table_candidates((path, size) for path, size, flags in files if not flags & LINK)
+    return previews.sample_candidates((path, size) for path, size, flags in files if not flags & LINK)
 
 
 def changes_against(base: FileTable, draft: DraftState, counts: dict | None = None) -> Iterator[Entry]:

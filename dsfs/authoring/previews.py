@@ -33,7 +33,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 
-from dsfs.errors import UsageError
+from dsfs.errors import DsfsError, UsageError
 from dsfs.model import VersionInfo, utc_now
 from dsfs.store.layout import PREVIEW_LIMIT, Store
 
@@ -74,18 +74,44 @@ def file_statistics(files: Iterable[tuple[str, int]], counts: dict | None = None
             "changes": dict(counts or {})}
 
 
-def table_candidates(files: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The files `auto_previews` would look at: table files by path, the first AUTO_TABLES that fit
-    the sample limit (and the too-big ones before them, to be noted)."""
-    out, fitting = [], 0
-    suffixes = tuple(TABLE_FORMATS) + tuple(s.upper() for s in TABLE_FORMATS)
+def sample_candidates(files: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The files `auto_previews` would look at, by path: the first AUTO_TABLES table files that fit
+    the sample limit (and the too-big ones before them, to be noted), the first IMAGE_SAMPLE images
+    and the first AUTO_MEDIA other media files. Stops reading `files` once it has them all."""
+    out: list[tuple[str, int]] = []
+    tables = fitting = images = media = 0
     for path, size in files:
-        if path.endswith(suffixes) or path.lower().endswith(suffixes):
+        kind = _kind(path)
+        if kind is None:
+            continue
+        if kind == "image":
+            if images < IMAGE_SAMPLE:
+                out.append((path, size))
+            images += 1
+        elif kind == "media":
+            if media < AUTO_MEDIA:
+                out.append((path, size))
+            media += 1
+        elif fitting < AUTO_TABLES and tables < 10 * AUTO_TABLES:
             out.append((path, size))
+            tables += 1
             fitting += size <= SAMPLE_BYTES
-            if fitting >= AUTO_TABLES or len(out) >= 10 * AUTO_TABLES:
-                break
+        if fitting >= AUTO_TABLES and images >= IMAGE_SAMPLE and media >= AUTO_MEDIA:
+            break
     return out
+
+
+def _kind(path: str) -> str | None:
+    """"image", "media", a table format (TABLE_FORMATS) or None, by the path's extension."""
+    dot = path.rfind(".")
+    if dot < 0 or "/" in path[dot:]:
+        return None
+    extension = path[dot:].lower()
+    if extension in IMAGE_FORMATS:
+        return "image"
+    if extension in MEDIA_FORMATS:
+        return "media"
+    return TABLE_FORMATS.get(extension)
 
 
 def _grouped(files: Counter, nbytes: Counter) -> list[dict]:
@@ -169,15 +195,40 @@ HEAD_ROWS = 10
 MODES = ("auto", "stats", "none")
 
 
+IMAGE_FORMATS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+MEDIA_FORMATS = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".mp4", ".avi", ".mov", ".mkv", ".webm")
+AUTO_IMAGES = 10  # thumbnails made at close (ClearML's automatic previews: up to 10 images)
+IMAGE_SAMPLE = 100  # images whose width and height are histogrammed ...
+IMAGE_SAMPLE_BYTES = 64 << 20  # ... reading at most so many bytes of them in all
+IMAGE_MAX_PIXELS = 64_000_000  # a bigger image is noted, not decoded (a decompression bomb)
+THUMBNAIL = 256  # pixels of a thumbnail's longer side
+AUTO_MEDIA = 10  # other media files listed by path and size (nothing of them is read)
+
+
 def auto_previews(store: Store, info: VersionInfo, files: Iterable[tuple[str, int]], read) -> list[str]:
-    """Table previews of the first AUTO_TABLES table files of a version (by path): schema, the first
-    HEAD_ROWS rows and per-column statistics of up to SAMPLE_ROWS rows, the sample recorded.
-    `files` gives (path, size); `read(path)` the verified bytes of one. A file that cannot be read
-    or parsed is skipped with a note; nothing here makes close fail. Returns the notes."""
-    notes = []
+    """The automatic previews of a version, from the files `sample_candidates` chose (path, size);
+    `read(path)` gives the verified bytes of one.
+
+    - tables: schema, the first HEAD_ROWS rows and per-column statistics of up to SAMPLE_ROWS rows
+      of each of the first AUTO_TABLES table files, the sample recorded;
+    - images (with Pillow): thumbnails of the first AUTO_IMAGES, and histograms of the width and
+      height of the first IMAGE_SAMPLE (at most IMAGE_SAMPLE_BYTES read), the sample recorded;
+    - other media: a table of their paths and sizes.
+
+    A file that cannot be read or parsed is skipped with a note, kept as a "preview notes" text;
+    nothing here makes close fail. Returns the notes."""
+    notes: list[str] = []
     done = 0
+    images = _ImageSample(store, info, notes)
+    media: list[list] = []
     for path, size in files:
-        kind = TABLE_FORMATS.get(os.path.splitext(path)[1].lower())
+        kind = _kind(path)
+        if kind == "image":
+            images.add(path, size, read)
+            continue
+        if kind == "media":
+            media.append([path, size])
+            continue
         if kind is None or done >= AUTO_TABLES:
             continue
         if size > SAMPLE_BYTES:
@@ -199,10 +250,93 @@ def auto_previews(store: Store, info: VersionInfo, files: Iterable[tuple[str, in
                                                         for i, name in enumerate(columns[: LIMITS["columns"]])],
                                   "sample_rows": len(sample), "automatic": True})
         done += 1
+    images.finish()
+    if media:
+        _write_item(store, info, {"kind": "table", "title": "media files", "series": "preview", "iteration": 0,
+                                  "columns": ["path", "bytes"], "rows": media[:AUTO_MEDIA],
+                                  "truncated": len(media) > AUTO_MEDIA, "automatic": True})
     if notes:
         _write_item(store, info, {"kind": "text", "title": "preview notes", "series": "",
                                   "text": "\n".join(notes[:100])})
     return notes
+
+
+class _ImageSample:
+    """The images of an automatic preview: thumbnails of the first few, the sizes of a sample."""
+
+    def __init__(self, store: Store, info: VersionInfo, notes: list[str]):
+        self.store, self.info, self.notes = store, info, notes
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+        self.thumbnails = 0
+        self.bytes_read = 0
+        self.pillow = _pillow()
+        if self.pillow is None:
+            notes.append("images are not previewed: that needs Pillow (pip install 'dsfs[preview]')")
+
+    def add(self, path: str, size: int, read) -> None:
+        if self.pillow is None or len(self.widths) >= IMAGE_SAMPLE:
+            return
+        if size > SAMPLE_BYTES or self.bytes_read + size > IMAGE_SAMPLE_BYTES:
+            self.notes.append(f"{path}: {size} bytes, over the image sample's limit; not previewed")
+            return
+        self.bytes_read += size
+        try:
+            image = self._open(read(path))
+            self.widths.append(image.width)
+            self.heights.append(image.height)
+            if self.thumbnails < AUTO_IMAGES:
+                self._thumbnail(path, image)
+                self.thumbnails += 1
+        except DsfsError:
+            raise  # the store or the node cache failed: not the image's fault
+        except Exception as exc:  # noqa: BLE001 - an image that does not decode is noted, never fatal
+            self.notes.append(f"{path}: not previewed ({type(exc).__name__}: {str(exc)[:200]})")
+
+    def _open(self, data: bytes):
+        Image = self.pillow
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        if image.width * image.height > IMAGE_MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels, over the limit of {IMAGE_MAX_PIXELS}")
+        return image
+
+    def _thumbnail(self, path: str, image) -> None:
+        image.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG: decode at a reduced scale
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        out = io.BytesIO()
+        if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        image.save(out, format="PNG", optimize=True)
+        data = out.getvalue()
+        digest = self.store.write_preview_blob(self.info.id, data)  # the blob before the item naming it
+        _write_item(self.store, self.info, {"kind": "image", "title": path, "series": "thumbnail", "iteration": 0,
+                                            "blob": digest, "bytes": len(data), "mime": "image/png",
+                                            "name": os.path.basename(path) + ".png", "automatic": True,
+                                            "width": image.width, "height": image.height})
+
+    def finish(self) -> None:
+        """The width and height histograms of the sample (10 bins each)."""
+        for title, values in (("image width", self.widths), ("image height", self.heights)):
+            if not values:
+                continue
+            stats = column_statistics(title, values)
+            low, width = stats["histogram"]["from"], stats["histogram"]["width"]
+            labels = [f"{low + i * width:g}-{low + (i + 1) * width:g}" for i in range(10)]
+            _write_item(self.store, self.info, {"kind": "histogram", "title": title, "series": "images",
+                                                "iteration": 0, "values": stats["histogram"]["counts"],
+                                                "xlabels": labels, "xaxis": "pixels", "yaxis": "images",
+                                                "labels": None, "layout": {}, "statistics": stats,
+                                                "sample_files": len(values), "automatic": True})
+
+
+def _pillow():
+    """Pillow's Image module, or None when it is not installed. (Decompression bombs: _ImageSample
+    checks the pixel count in the header, below Pillow's own warning, before decoding anything.)"""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    return Image
 
 
 class _Unavailable(Exception):
@@ -381,13 +515,15 @@ def _read_local(path: str) -> bytes:
 
 
 def _png(picture) -> bytes:
-    try:
-        from PIL import Image
-    except ImportError:
+    Image = _pillow()
+    if Image is None:
         raise UsageError("an image given as an object needs Pillow: pip install 'dsfs[preview]' "
-                         "(or pass local_path=)") from None
+                         "(or pass local_path=)")
     if not isinstance(picture, Image.Image):
-        picture = Image.fromarray(picture)
+        try:
+            picture = Image.fromarray(picture)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise UsageError(f"report_image(image=...) takes a Pillow image or an array of pixels: {exc}") from None
     out = io.BytesIO()
     picture.save(out, format="PNG")
     if out.tell() > LIMITS["blob_bytes"]:

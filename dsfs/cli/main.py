@@ -266,9 +266,10 @@ def upload(ctx, max_workers, storage, workers, dask, ref):
 @click.option("--disable-upload", is_flag=True, help="Refuse to close while files are not uploaded (`dsfs upload`).")
 @storage_option
 @executor_options
-@click.option("--preview", type=click.Choice(["auto", "stats", "none"]), default="auto", show_default=True,
-              help="auto: file statistics and previews of the first table files; stats: the statistics only "
-                   "(no sample of the data is stored); none: neither (`dsfs preview` shows them).")
+@click.option("--preview", type=click.Choice(["auto", "stats", "none"]), default=None,
+              help="auto: file statistics and previews of the first table, image and media files; stats: the "
+                   "statistics only (no sample of the data is stored); none: neither (`dsfs preview` shows "
+                   "them). Default: the project's (`dsfs project set --preview`), else auto.")
 @dataset_ref
 @click.pass_context
 def close(ctx, max_workers, disable_upload, storage, workers, dask, preview, ref):
@@ -1037,9 +1038,10 @@ cli.add_command(env_)
 cli.add_command(datastore)
 cli.add_command(push)
 from dsfs.cli.mount import mount, mounts, unmount  # noqa: E402
-from dsfs.cli.previews import preview, stats  # noqa: E402
+from dsfs.cli.previews import preview, project, stats  # noqa: E402
 
 cli.add_command(preview)
+cli.add_command(project)
 cli.add_command(stats)
 cli.add_command(mount)
 cli.add_command(unmount)

@@ -1,5 +1,5 @@
 """`dsfs preview` and `dsfs stats`: a version's previews and statistics (dsfs.authoring.previews) on
-the terminal, or as JSON."""
+the terminal, or as JSON; `dsfs project`: a project's default preview mode (dsfs.authoring.projects)."""
 
 from __future__ import annotations
 
@@ -95,3 +95,47 @@ def stats(ctx, ref, recompute, as_json):
     if as_json:
         return emit_json({"id": ds.id, "statistics": found})
     _show_statistics(found)
+
+
+@click.group()
+def project():
+    """A project's settings, kept in the store for every author: its default preview mode."""
+
+
+@project.command(name="show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def project_show(ctx, name, as_json):
+    """The preview mode a version closed in project NAME gets, and the project that sets it.
+
+    Example: `dsfs project show vision/2024`"""
+    from dsfs import paths
+    from dsfs.authoring import projects
+    from dsfs.catalog import open_store
+
+    store = open_store(ctx.obj.get("store"))
+    mode, owner = projects.preview_mode(store, paths.label("project", name))
+    if as_json:
+        return emit_json({"project": name, "preview": mode, "set_by": owner})
+    where = f"set by project {owner}" if owner else "the default: no project above sets one"
+    click.echo(f"preview: {mode} ({where})")
+
+
+@project.command(name="set")
+@click.argument("name")
+@click.option("--preview", "mode", required=True, type=click.Choice(["auto", "stats", "none", "inherit"]),
+              help="The default of `dsfs close --preview` for versions of this project and the projects "
+                   "inside it; stats: no sample of the data is stored; inherit: remove the setting.")
+@click.pass_context
+def project_set(ctx, name, mode):
+    """Set project NAME's default preview mode (an author's `close --preview` still overrides it).
+
+    Example: `dsfs project set medical --preview stats`"""
+    from dsfs.authoring import projects
+    from dsfs.catalog import open_store
+
+    store = open_store(ctx.obj.get("store"), create=True)  # set before the project's first version
+    projects.set_preview_mode(store, name, None if mode == "inherit" else mode)
+    shown, owner = projects.preview_mode(store, name)
+    click.echo(f"project {name}: preview {shown}" + (f" (inherited from {owner})" if owner and owner != name else ""))

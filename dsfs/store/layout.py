@@ -14,6 +14,7 @@ and needs no server; many nodes share it.
     <store>/previews/<id>/items/<t>-<r>.json   a preview or statistics of a version (dsfs.authoring.previews)
     <store>/previews/<id>/blobs/<blake3>       what a preview holds that is big (an image), by digest
     <store>/catalog/epoch                      a token every record write or removal replaces (dsfs.store.records)
+    <store>/projects/<project>/settings.json   a project's settings: its default preview mode (dsfs project)
 
 Write order is the consistency argument (restic's, for the same reason):
 
@@ -98,6 +99,7 @@ from dsfs.store.records import RecordCache
 
 STORE_FORMAT = 1
 PREVIEW_LIMIT = 5 << 20  # bytes of one preview object (dsfs.authoring.previews.LIMITS)
+PROJECT_SETTINGS_LIMIT = 64 << 10  # bytes of a project's settings object (dsfs.authoring.projects)
 MARKER = "dsfs-store.json"
 log = logging.getLogger(__name__)
 
@@ -809,6 +811,24 @@ class Store:
 
     def delete_previews(self, dataset_id: str) -> None:
         self._rm(f"previews/{dataset_id}", recursive=True)
+
+    # -- project settings -------------------------------------------------------------------------
+
+    def _project_key(self, project: str) -> str:
+        return f"projects/{_quote(project)}/settings.json"
+
+    def read_project_settings(self, project: str) -> bytes | None:
+        """A project's settings object (at most PROJECT_SETTINGS_LIMIT + 1 bytes), or None."""
+        try:
+            return self._get(self._project_key(project), 0, PROJECT_SETTINGS_LIMIT + 1)
+        except FileNotFoundError:
+            return None
+
+    def write_project_settings(self, project: str, data: bytes) -> None:
+        self._put(self._project_key(project), data)
+
+    def remove_project_settings(self, project: str) -> None:
+        self._rm(self._project_key(project))
 
     # -- plain files (`dsfs datastore upload`: user-named files beside the dsfs layout) ---------
 
