@@ -49,28 +49,40 @@ TOP_GROUPS = 50  # extensions and folders shown by name; the rest are summed as 
 def file_statistics(files: Iterable[tuple[str, int]], counts: dict | None = None) -> dict:
     """Statistics of a version from its (path, size) pairs alone (no file is read): a file table's
     columns at close, or the version's entries streamed (`dsfs stats --recompute`)."""
-    by_extension: Counter = Counter()
-    bytes_by_extension: Counter = Counter()
-    by_folder: Counter = Counter()
-    bytes_by_folder: Counter = Counter()
-    sizes: Counter = Counter()
+    # One dict operation per file, keyed by (extension as written, top folder): 1.67 -> 0.85 us a
+    # file against five Counter updates and a lower() (a 1,000,000-file version's statistics).
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    sizes = [0] * 66  # bin k holds sizes in [2^(k-1), 2^k); sizes are int64
     total = 0
     for path, size in files:
         slash = path.rfind("/")
         dot = path.rfind(".")
-        extension = path[dot:].lower() if dot > slash + 1 else "(none)"  # a dot in the name, not first
-        folder = path[:path.find("/")] if slash >= 0 else "(top level)"
-        by_extension[extension] += 1
-        bytes_by_extension[extension] += size
-        by_folder[folder] += 1
-        bytes_by_folder[folder] += size
-        sizes[size.bit_length()] += 1  # bin k holds sizes in [2^(k-1), 2^k)
+        # (a dot in the name that is not its first character begins an extension)
+        key = (path[dot:] if dot > slash + 1 else "", path[:path.find("/")] if slash >= 0 else None)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [1, size]
+        else:
+            group[0] += 1
+            group[1] += size
+        sizes[size.bit_length()] += 1
         total += size
+    by_extension: Counter = Counter()
+    bytes_by_extension: Counter = Counter()
+    by_folder: Counter = Counter()
+    bytes_by_folder: Counter = Counter()
+    for (extension, folder), (n, nbytes) in groups.items():
+        extension = extension.lower() or "(none)"
+        folder = "(top level)" if folder is None else folder
+        by_extension[extension] += n
+        bytes_by_extension[extension] += nbytes
+        by_folder[folder] += n
+        bytes_by_folder[folder] += nbytes
     return {"files": sum(by_extension.values()), "bytes": total,
             "by_extension": _grouped(by_extension, bytes_by_extension),
             "by_folder": _grouped(by_folder, bytes_by_folder),
             "size_histogram": [{"from": 0 if k == 0 else 1 << (k - 1), "to": 1 << k if k else 1, "files": n}
-                               for k, n in sorted(sizes.items())],
+                               for k, n in enumerate(sizes) if n],
             "changes": dict(counts or {})}
 
 
