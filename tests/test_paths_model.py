@@ -14,6 +14,30 @@ def test_validate_refuses_unsafe_paths(bad):
         paths.validate(bad)
 
 
+def test_validate_decides_as_the_plain_rule_on_random_paths():
+    """validate's substring scans refuse exactly what the plain rule refuses (split into components:
+    none empty, "." or ".."; no NUL; not absolute; NFC; no name over NAME_MAX bytes)."""
+    import random
+    import unicodedata
+
+    def plain_rule(path: str) -> bool:
+        parts = path.split("/")
+        return bool(path) and "\0" not in path and not path.startswith("/") \
+            and unicodedata.is_normalized("NFC", path) and not {"", ".", ".."} & set(parts) \
+            and max(len(p.encode()) for p in parts) <= paths.NAME_MAX
+
+    rnd = random.Random(7)
+    alphabet = ["/", ".", "..", "a", "b.c", "\0", "e\u0301", "\u00e9", " ", "x" * 200]
+    for _ in range(20_000):
+        path = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 8)))
+        try:
+            paths.validate(path)
+            valid = True
+        except InvalidPath:
+            valid = False
+        assert valid == plain_rule(path), path
+
+
 def test_normalize_fixes_only_harmless_spellings():
     assert paths.normalize("./a//b/") == "a/b"
     assert paths.normalize("e\u0301.txt") == "\u00e9.txt"
