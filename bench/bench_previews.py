@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""What automatic previews cost a close (issue 20). See bench/README.md.
+
+    .venv/bin/python bench/bench_previews.py [--scale F] [--repeat N] [--workdir DIR]
+
+For bench_authoring's two datasets (`small`: 10,000 files of 4-64 KiB; `large`: 4 x 512 MiB; made by
+bench/gen_dataset.py) and for `small` with 10 CSV tables and 100 PNG images added (what auto
+previews read), one process per run: a fresh file:// store, `add_files`, then `finalize` (which
+uploads and closes, as `dsfs close` does) timed, with `preview="none"` and with `preview="auto"`,
+alternating, --repeat times each; the median counts. Target: auto adds under 10% to the close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import gen_dataset as gen  # noqa: E402
+from bench_download import isolated_env  # noqa: E402 - shared bench helpers
+
+TARGET = 1.10
+
+CLOSE = r"""
+import json, sys, time
+from dsfs import Dataset
+folder, store, mode = sys.argv[1:4]
+ds = Dataset.create("bench", "previews", store=store)
+ds.add_files(folder)
+start = time.perf_counter()
+ds.finalize(preview=mode, show_progress=False)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "previews": len(ds.previews())}))
+"""
+
+
+def with_samples(source: str, target: str) -> str:
+    """A copy of `source` (hard links) with 10 CSV tables and 100 PNG images added."""
+    if os.path.isdir(target):
+        return target
+    shutil.copytree(source, target, copy_function=os.link)
+    extra = os.path.join(target, "samples")
+    os.makedirs(extra)
+    for i in range(10):
+        with open(os.path.join(extra, f"t{i}.csv"), "w") as f:
+            f.write("id,label,score\n" + "".join(f"{r},{'cat' if r % 3 else 'dog'},{r * 0.5}\n" for r in range(5000)))
+    from PIL import Image
+    for i in range(100):
+        Image.effect_noise((640, 480), 40 + i).save(os.path.join(extra, f"i{i:03d}.png"))
+    return target
+
+
+def close_once(folder: str, mode: str, run_dir: str) -> dict:
+    store = os.path.join(run_dir, "store")
+    out = subprocess.run([sys.executable, "-c", CLOSE, folder, f"file://{store}", mode], env=isolated_env(run_dir),
+                         capture_output=True, text=True, check=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="dataset sizes (0.01 for a smoke run)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", default=os.path.join(HERE, ".work", "previews"))
+    parser.add_argument("--datadir", default=os.path.join(HERE, ".work", "data"),
+                        help="where the generated datasets are kept (bench_authoring's too)")
+    a = parser.parse_args()
+    data = {}
+    for kind in ("small", "large"):
+        folder = os.path.join(a.datadir, f"{kind}-s{a.scale:g}-seed0")  # bench_authoring's name: made once
+        gen.generate(folder, kind, a.scale, quiet=True)
+        data[kind] = folder
+    data["small+samples"] = with_samples(data["small"], os.path.join(a.datadir, f"small-samples-s{a.scale:g}"))
+    failed = False
+    os.makedirs(a.workdir, exist_ok=True)
+    print(f"{'dataset':<15} {'close, none':>12} {'close, auto':>12} {'ratio':>6}  previews  target <= {TARGET:.2f}x")
+    for name, folder in data.items():
+        times: dict[str, list[float]] = {"none": [], "auto": []}
+        items = 0
+        for _ in range(a.repeat):
+            for mode in ("none", "auto"):
+                got = close_once(folder, mode, tempfile.mkdtemp(dir=a.workdir))
+                times[mode].append(got["seconds"])
+                items = got["previews"] if mode == "auto" else items
+        none, auto = statistics.median(times["none"]), statistics.median(times["auto"])
+        ratio = auto / none
+        failed |= ratio > TARGET
+        print(f"{name:<15} {none:>11.2f}s {auto:>11.2f}s {ratio:>5.2f}x  {items:>8}  "
+              f"{'PASS' if ratio <= TARGET else 'FAIL'}  (runs: none {', '.join(f'{t:.2f}' for t in times['none'])};"
+              f" auto {', '.join(f'{t:.2f}' for t in times['auto'])})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
