@@ -237,7 +237,16 @@ def test_automatic_image_and_media_previews(tmp_path, file_store):
     assert widths["sample_files"] == 13 and sum(widths["values"]) == 13  # 12 PNGs and the JPEG
     assert widths["statistics"]["min"] == 40 and widths["statistics"]["max"] == 600
     heights = next(i for i in items if i["kind"] == "histogram" and i["title"] == "image height")
-    assert heights["statistics"]["max"] == 300
+    assert heights["statistics"]["max"] == 300 and len(heights["values"]) == 10
+    same = tmp_path / "same"
+    same.mkdir()
+    for i in range(3):
+        _png(same / f"{i}.png", (64, 48))
+    ds = Dataset.create("p", "same", store=file_store)
+    ds.add_files(str(same))
+    ds.finalize()
+    widths = next(i for i in Dataset.get(ds.id, store=file_store).previews() if i["title"] == "image width")
+    assert widths["values"] == [3] and widths["xlabels"] == ["64"]  # one bar when every image is alike
     media = next(i for i in items if i["title"] == "media files")
     assert media["rows"] == [["audio/a.wav", 104]]
     notes = next(i for i in items if i["title"] == "preview notes")["text"]

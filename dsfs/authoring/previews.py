@@ -323,7 +323,8 @@ class _ImageSample:
         digest = self.store.write_preview_blob(self.info.id, data)  # the blob before the item naming it
         _write_item(self.store, self.info, {"kind": "image", "title": path, "series": "thumbnail", "iteration": 0,
                                             "blob": digest, "bytes": len(data), "mime": "image/png",
-                                            "name": os.path.basename(path) + ".png", "automatic": True,
+                                            "name": os.path.splitext(os.path.basename(path))[0] + ".png",
+                                            "automatic": True,
                                             "width": image.width, "height": image.height})
 
     def finish(self) -> None:
@@ -333,9 +334,13 @@ class _ImageSample:
                 continue
             stats = column_statistics(title, values)
             low, width = stats["histogram"]["from"], stats["histogram"]["width"]
-            labels = [f"{low + i * width:g}-{low + (i + 1) * width:g}" for i in range(10)]
+            counts = stats["histogram"]["counts"]
+            if stats["min"] == stats["max"]:  # every image the same size: one bar, not nine empty ones
+                labels, counts = [f"{low:g}"], [len(values)]
+            else:
+                labels = [f"{low + i * width:g}-{low + (i + 1) * width:g}" for i in range(10)]
             _write_item(self.store, self.info, {"kind": "histogram", "title": title, "series": "images",
-                                                "iteration": 0, "values": stats["histogram"]["counts"],
+                                                "iteration": 0, "values": counts,
                                                 "xlabels": labels, "xaxis": "pixels", "yaxis": "images",
                                                 "labels": None, "layout": {}, "statistics": stats,
                                                 "sample_files": len(values), "automatic": True})

@@ -1046,6 +1046,9 @@ cli.add_command(stats)
 cli.add_command(mount)
 cli.add_command(unmount)
 cli.add_command(mounts)
+from dsfs.cli.ui import ui  # noqa: E402
+
+cli.add_command(ui)
 
 
 def _store_after(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

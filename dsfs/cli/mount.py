@@ -110,23 +110,12 @@ def mounts(as_json):
     import json
 
     from dsfs import daemon
-    from dsfs.node.cache import Cache
 
     live, stale = daemon.list_mounts()
     for record in stale:
         click.echo(f"removed stale entry: {record.get('ref')} at {record['mountpoint']} "
                    f"(daemon pid {record.get('pid')} is gone)", err=True)
-    caches = {}
-    for record in live:
-        root = record.get("cache_dir")
-        if root not in caches:
-            cache = Cache(root)
-            caches[root] = (cache.used_bytes(), cache.budget)
-        used, budget = caches[root]
-        # the daemon's own budget (its --cache-size) as it recorded it; a daemon from before: this one's
-        record["cache_bytes"], record["cache_budget"] = used, record.get("cache_budget") or budget
-        project_name, _, record["version"] = record.get("ref", "").rpartition("@")
-        record["dataset"] = project_name
+    live = daemon.with_cache_use(live)
     if as_json:
         click.echo(json.dumps(live, indent=2, sort_keys=True))
         return

@@ -254,3 +254,23 @@ def list_mounts(clean: bool = True) -> tuple[list[dict], list[dict]]:
                 mounts.kernel_unmount(record["mountpoint"], lazy=True)
             mounts.remove_record(record["mountpoint"], record.get("pid"))
     return live, stale
+
+
+def with_cache_use(records: list[dict]) -> list[dict]:
+    """Live mount records (`list_mounts`) with what `dsfs mounts` and the web UI show beside them:
+    `cache_bytes` (the chunks its cache holds, read once per cache folder), `cache_budget` (the
+    daemon's own --cache-size as it recorded it; for a daemon from before, this node's default), and
+    `dataset`/`version` split from its ref."""
+    from dsfs.node.cache import Cache
+
+    caches: dict[str | None, tuple[int, int]] = {}
+    for record in records:
+        root = record.get("cache_dir")
+        if root not in caches:
+            cache = Cache(root)
+            caches[root] = (cache.used_bytes(), cache.budget)
+        used, budget = caches[root]
+        record["cache_bytes"], record["cache_budget"] = used, record.get("cache_budget") or budget
+        project_name, _, record["version"] = record.get("ref", "").rpartition("@")
+        record["dataset"] = project_name
+    return records

@@ -40,14 +40,26 @@ ZIP_FIRST = (1980, 1, 1, 0, 0, 0)  # a zip entry's date (MS-DOS format) holds ye
 ZIP_LAST = (2107, 12, 31, 23, 59, 58)  # ... and even seconds
 
 
-class _FileReader(io.RawIOBase):
-    """A file of the view as a sequential binary stream."""
+class FileReader(io.RawIOBase):
+    """A file of the view as a binary stream, every read verified: sequential for the archives,
+    seekable for readers that jump (pyarrow reads a Parquet file's footer first: the web UI)."""
 
     def __init__(self, view: View, node, label: str):
-        self.view, self.handle, self.pos = view, view.open(node.ino, label), 0
+        self.view, self.handle, self.pos, self.size = view, view.open(node.ino, label), 0, node.size
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
     def readinto(self, buffer) -> int:
         data = self.view.read(self.handle, self.pos, len(buffer))
@@ -83,7 +95,7 @@ def export(view: View, out, fmt: str, include=None) -> int:
             for path, node in files:
                 tar_info = tarfile.TarInfo(path)
                 tar_info.size, tar_info.mode, tar_info.mtime = node.size, node.mode, node.mtime_ns / 1e9
-                with _FileReader(view, node, path) as reader:
+                with FileReader(view, node, path) as reader:
                     tar.addfile(tar_info, io.BufferedReader(reader, BLOCK))
                 count += 1
         return count
@@ -91,7 +103,7 @@ def export(view: View, out, fmt: str, include=None) -> int:
         for path, node in files:
             zip_info = zipfile.ZipInfo(path, date_time=zip_date(node.mtime_ns))
             zip_info.external_attr = (0o100000 | node.mode) << 16
-            with _FileReader(view, node, path) as reader, \
+            with FileReader(view, node, path) as reader, \
                     archive.open(zip_info, "w", force_zip64=node.size > 2**31) as dst:
                 while chunk := reader.read(BLOCK):
                     dst.write(chunk)
