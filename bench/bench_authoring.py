@@ -2,6 +2,7 @@
 """Authoring benchmarks for dsfs, against DVC as the peer. See bench/README.md.
 
     .venv/bin/python bench/bench_authoring.py [--scale F] [--skip-dvc] [--workdir DIR] [--workers N]
+        [--skip-executors | --executors-only]
 
 One run:
   1. generates (or reuses) the deterministic datasets under --datadir (bench/gen_dataset.py);
@@ -13,7 +14,12 @@ One run:
      to a 100 MiB file, against the target "at most 2 x changed bytes + 4 MiB + its change-set",
      and DVC's cache growth for the same two cases;
   4. times the `dsfs` CLI (create, add, close) once, if the console script works;
-  5. prints the figures, the ratios dsfs/DVC and PASS/FAIL against the targets (exit code 1 if a
+  5. ingests `large` and `small` again on executors (dsfs.authoring.distributed), each in its own
+     process: serially, on a local process pool of 2 (`--workers 2`) and on a Dask LocalCluster of 2
+     worker processes (started before the clock starts, as a cluster a user runs already), with the
+     driver's own peak RSS (getrusage in the driver: the workers' are not in it), against the targets
+     ">= 1.6x serial for the large files on 2 workers" and "no slower than serial for small files";
+  6. prints the figures, the ratios dsfs/DVC and PASS/FAIL against the targets (exit code 1 if a
      target is missed).
 
 All dsfs state goes to a temporary XDG_STATE_HOME / XDG_DATA_HOME under the workdir, never the
@@ -42,6 +48,8 @@ MB = 1_000_000
 CHANGED_FRACTION = 0.01
 APPEND_BYTES = 1 * MiB
 TARGET_RATIO = 1.5
+EXECUTOR_MODES = ("serial", "pool", "dask")  # here; `--workers 2`; a Dask LocalCluster of 2 workers
+EXECUTOR_TARGETS = {"large": 1.6, "small": 1.0}  # speed-up over serial with 2 workers (issue 22)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -138,10 +146,15 @@ def worker(argv: list[str]) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--parent")
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--executor", choices=["serial", "pool", "dask"], default="serial",
+                    help="where to chunk, hash and pack: here, a process pool, a Dask LocalCluster")
+    ap.add_argument("--executor-workers", type=int, default=2)
     ap.add_argument("--profile")
     args = ap.parse_args(argv)
 
-    def ingest() -> dict:
+    def ingest(executor=None) -> dict:
+        import resource
+
         from dsfs import Dataset
         t0 = time.perf_counter()
         ds = Dataset.create(project=args.project, name=args.name, store=args.store,
@@ -149,7 +162,7 @@ def worker(argv: list[str]) -> int:
         t1 = time.perf_counter()
         ds.add_files(args.folder)
         t2 = time.perf_counter()
-        up = ds.upload(max_workers=args.workers, show_progress=False)
+        up = ds.upload(max_workers=None if executor else args.workers, show_progress=False, executor=executor)
         t3 = time.perf_counter()
         ds.finalize(show_progress=False)
         t4 = time.perf_counter()
@@ -157,7 +170,11 @@ def worker(argv: list[str]) -> int:
                 "finalize_s": t4 - t3, "total_s": t4 - t0, "upload": up,
                 "changes_size": ds.info.changes.get("size", 0),
                 "stats": {k: v for k, v in ds.info.stats.items() if k != "packs"},
-                "packs": len(ds.info.stats.get("packs", []))}
+                "packs": len(ds.info.stats.get("packs", [])),
+                "driver_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    if args.executor != "serial":
+        return executor_worker(args, ingest)
 
     if args.profile:
         import cProfile
@@ -166,6 +183,27 @@ def worker(argv: list[str]) -> int:
         prof.dump_stats(args.profile)
     else:
         result = ingest()
+    print(json.dumps(result))
+    return 0
+
+
+def executor_worker(args, ingest) -> int:
+    """The ingest on a process pool (its start-up timed: `--workers N` starts one per command) or on
+    a Dask LocalCluster started first (not timed: a cluster is already running)."""
+    if args.executor == "pool":
+        from dsfs.store.executors import process_pool
+
+        t0 = time.perf_counter()
+        with process_pool(args.executor_workers) as pool:
+            result = ingest(pool)
+        result["total_s"] = time.perf_counter() - t0  # with the pool's start and shutdown
+    else:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=args.executor_workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, silence_logs=40) as cluster, \
+                Client(cluster, set_as_default=False) as client:
+            result = ingest(client.get_executor())
     print(json.dumps(result))
     return 0
 
@@ -198,9 +236,9 @@ class Bench:
         os.makedirs(self.run_dir)
 
     def dsfs_ingest(self, label: str, store_dir: str, folder: str, name: str, parent: str | None = None,
-                    profile: str | None = None) -> tuple[Measured, dict]:
+                    profile: str | None = None, executor: str = "serial") -> tuple[Measured, dict]:
         cmd = [self.python, os.path.abspath(__file__), "_worker", "--store", "file://" + store_dir,
-               "--folder", folder, "--name", name, "--workers", str(self.args.workers)]
+               "--folder", folder, "--name", name, "--workers", str(self.args.workers), "--executor", executor]
         if parent:
             cmd += ["--parent", parent]
         if profile:
@@ -252,6 +290,21 @@ class Bench:
         if rep:
             shutil.rmtree(repo)
         return row
+
+    def bench_executors(self) -> None:
+        """Serial vs a process pool of 2 vs a Dask LocalCluster of 2, per dataset, interleaved,
+        --repeat times; the median run (by the ingest's own time) counts."""
+        runs: dict[str, list] = {}
+        for rep in range(self.args.repeat):
+            for kind in ("large", "small"):
+                folder, meta = self.data[kind]
+                for mode in EXECUTOR_MODES:
+                    store = os.path.join(self.run_dir, f"dsfs-store-{kind}-{mode}-{rep}")
+                    m, out = self.dsfs_ingest(f"{kind} {mode}", store, folder, kind, executor=mode)
+                    runs.setdefault(f"{kind}/{mode}", []).append({"m": m, "out": out, "meta": meta})
+                    shutil.rmtree(store)
+        self.results["executors"] = {key: sorted(rows, key=lambda row: row["out"]["total_s"])[len(rows) // 2]
+                                     for key, rows in runs.items()}
 
     def bench_dsfs_children(self) -> None:
         r = self.results
@@ -400,6 +453,11 @@ class Bench:
         say("MB = 10^6 bytes; MiB = 2^20 bytes. Wall times include process start-up and imports.")
         say("-" * 100)
 
+        if a.executors_only:
+            self.report_executors(verdict)
+            say(f"total benchmark run time {time.perf_counter() - started:.0f}s; "
+                f"{'all targets met' if not failures else f'{failures} target(s) missed'}")
+            return 1 if failures else 0
         say("1. Ingest into a fresh store (Python API: create + add_files + upload + finalize, own process; "
             f"median of {a.repeat})")
         for kind in ("large", "small"):
@@ -423,7 +481,8 @@ class Bench:
 
         dvc_ok = "dvc_large" in r and "dvc_small" in r
         if dvc_ok:
-            say(f"  DVC {r.get('dvc_version', '?')} (`dvc add` of a copy of the same data in a fresh `dvc init --no-scm` "
+            say(f"  DVC {r.get('dvc_version', '?')} (`dvc add` of a copy of the same data in a fresh "
+                f"`dvc init --no-scm` "
                 f"repo, default config; cache link: {r['dvc_large']['link']}):")
             for kind in ("large", "small"):
                 d = r[f"dvc_{kind}"]
@@ -440,7 +499,8 @@ class Bench:
         c = r["dsfs_small_child"]
         out = c["out"]
         limit = 2 * c["changed_bytes"] + 4 * MiB + out["changes_size"]
-        say(f"  (a) {c['changed_files']} of {c['files']:,} small files rewritten ({CHANGED_FRACTION:.0%}), changed bytes "
+        say(f"  (a) {c['changed_files']} of {c['files']:,} small files rewritten ({CHANGED_FRACTION:.0%}), "
+            f"changed bytes "
             f"{fmt_mib(c['changed_bytes'])}; child adds the whole folder again (re-sync)")
         say(f"      dsfs child: stats.new_bytes {fmt_mib(out['stats']['new_bytes'])}, store grew "
             f"{fmt_mib(c['growth'])} (du: {fmt_mib(c['growth_alloc'])}), change-set {out['changes_size']:,} B, "
@@ -467,6 +527,8 @@ class Bench:
             say(f"      DVC child: cache grew {fmt_mib(d['growth'])} (`dvc add` {d['m'].wall:.2f}s)")
         say("-" * 100)
 
+        if "executors" in r:
+            self.report_executors(verdict)
         say(f"3. Ratios dsfs / DVC (target >= {TARGET_RATIO}x)")
         if dvc_ok:
             for kind, unit in (("large", "MB/s"), ("small", "files/s")):
@@ -484,6 +546,25 @@ class Bench:
         say(f"total benchmark run time {time.perf_counter() - started:.0f}s; "
             f"{'all targets met' if not failures else f'{failures} target(s) missed'}")
         return 1 if failures else 0
+
+    def report_executors(self, verdict) -> None:
+        say, runs = self.say, self.results["executors"]
+        say(f"4. Ingest on executors (Python API, own process; median of {self.args.repeat} by the ingest's time): "
+            "serial, `--workers 2` (a spawned process pool, its start-up timed), a Dask LocalCluster of 2 worker "
+            "processes (started before the clock: a running cluster)")
+        for kind in ("large", "small"):
+            serial = runs[f"{kind}/serial"]["out"]["total_s"]
+            for mode in EXECUTOR_MODES:
+                row = runs[f"{kind}/{mode}"]
+                out, meta = row["out"], row["meta"]
+                speedup = serial / out["total_s"]
+                target = EXECUTOR_TARGETS[kind]
+                check = "" if mode == "serial" else f" -> target >= {target:g}x {verdict(speedup >= target)}"
+                say(f"  {kind:5s} {mode:6s}: {out['total_s']:7.2f}s (upload {out['upload_s']:.2f}s) = "
+                    f"{meta['bytes'] / MB / out['total_s']:8.1f} MB/s, {meta['files'] / out['total_s']:9.1f} files/s; "
+                    f"{speedup:4.2f}x serial; driver peak RSS {out['driver_rss_mib']:,.0f} MiB; "
+                    f"process wall {row['m'].wall:.2f}s{check}")
+        say("-" * 100)
 
     def profile(self) -> None:
         """Re-run the two dsfs ingests under cProfile and print where time goes."""
@@ -514,15 +595,21 @@ class Bench:
                 self.results.setdefault("dvc_error", "dvc not available")
             else:
                 self.results["dvc_version"] = run_measured([dvc, "--version"], env=self.env).stdout.strip()
-        self.say(f"measuring ingest, dsfs{' and DVC' if dvc else ''} interleaved, {self.args.repeat} run(s) each ...")
-        self.bench_ingest(dvc)
-        self.say("measuring child versions ...")
-        self.bench_dsfs_children()
-        if dvc and "dvc_error" not in self.results:
-            self.bench_dvc_children(dvc)
-        if not self.args.skip_cli:
-            self.say("timing the CLI path ...")
-            self.bench_cli()
+        if not self.args.executors_only:
+            self.say(f"measuring ingest, dsfs{' and DVC' if dvc else ''} interleaved, "
+                     f"{self.args.repeat} run(s) each ...")
+            self.bench_ingest(dvc)
+            self.say("measuring child versions ...")
+            self.bench_dsfs_children()
+            if dvc and "dvc_error" not in self.results:
+                self.bench_dvc_children(dvc)
+            if not self.args.skip_cli:
+                self.say("timing the CLI path ...")
+                self.bench_cli()
+        if not self.args.skip_executors:
+            self.say(f"measuring ingest on executors ({', '.join(EXECUTOR_MODES)}), "
+                     f"{self.args.repeat} run(s) each ...")
+            self.bench_executors()
         rc = self.report(cache_state, started)
         if self.args.profile:
             self.profile()
@@ -548,7 +635,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dvc", help="a dvc executable to use instead of bench/.work/dvc-venv/bin/dvc")
     ap.add_argument("--profile", action="store_true", help="afterwards, cProfile the dsfs ingests and print the top")
     ap.add_argument("--keep", action="store_true", help="keep the stores and DVC repos under WORKDIR/run")
+    ap.add_argument("--skip-executors", action="store_true", help="do not measure ingest on executors (step 5)")
+    ap.add_argument("--executors-only", action="store_true", help="measure only the ingest on executors (step 5)")
     args = ap.parse_args(argv)
+    if args.skip_executors and args.executors_only:
+        ap.error("--skip-executors and --executors-only exclude each other")
+    if args.executors_only:
+        args.skip_dvc = True
     if args.scale <= 0:
         ap.error("--scale must be positive")
     args.workdir = os.path.abspath(args.workdir)

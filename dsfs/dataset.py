@@ -25,7 +25,7 @@ import blake3
 import msgpack
 
 from dsfs import catalog, paths
-from dsfs.authoring import close, drafts, previews, projects
+from dsfs.authoring import close, drafts, previews, projects, sources
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.evolve import Comparison, FolderChanges, folder_diff, printable, squash_parts
 from dsfs.authoring.evolve import compare as compare_versions
@@ -180,18 +180,29 @@ class Dataset:
         """Add a local file, folder or glob. Folders keep their layout under `dataset_path`.
         Returns the number of files added. Nothing is read until upload. Local names are read by
         the input rules (dsfs.authoring.evolve.scan_folder): files skipped are named on stderr; a symlink in a
-        folder is followed only inside it, unless `follow_symlinks`."""
+        folder is followed only inside it, unless `follow_symlinks`.
+
+        `path` may also be an object or a prefix in a bucket (s3://, gs://, az://...) or a datastore
+        path (datastore:NAME/PATH): its objects are copied into the version at upload (unlike
+        add_external_files, which leaves them where they are), checked unchanged since now by their
+        size and tag; the draft records their URLs, never credentials (dsfs.authoring.sources)."""
         self._require_not_final()
         folder = paths.folder(dataset_path)
+        if sources.is_url(path):
+            listing = ((paths.join(folder, rel), sources.remote(url, size, tag, mtime_ns))
+                       for rel, url, size, tag, mtime_ns in links.list_objects(path, wildcard, recursive))
+        else:
+            listing = ((paths.join(folder, rel), local) for rel, local in
+                       local_files(path, wildcard, recursive, follow_symlinks))
 
         def conflict(target: str, first: str, second: str) -> Conflict:
+            first, second = sources.shown(first), sources.shown(second)
             return Conflict(f"{printable(first)} and {printable(second)} would both be {target!r} in the dataset "
                             f"(names that differ only in their Unicode form are one name); nothing was added")
 
         with self._changing("add") as draft:
             # streamed from the folder walk into the draft: a million files are never a list here
-            count = draft.stage_local(((paths.join(folder, rel), local) for rel, local in
-                                       local_files(path, wildcard, recursive, follow_symlinks)), conflict)
+            count = draft.stage_local(listing, conflict)
             if not count:
                 raise UsageError(f"no files match {path!r}" + (f" with wildcard {wildcard!r}" if wildcard else ""))
             draft.save()
@@ -576,13 +587,18 @@ class Dataset:
         materialize.copy_tree(source, target_folder, overwrite)
         return os.path.abspath(target_folder)
 
-    def verify_dataset_hash(self, local_copy_path: str | None = None, skip_hash: bool = False):
-        """Compare a folder (default: the cached copy) with the manifest; returns a verify.Report."""
+    def verify_dataset_hash(self, local_copy_path: str | None = None, skip_hash: bool = False,
+                            executor: Executor | None = None, show_progress: bool | None = None):
+        """Compare a folder (default: the cached copy) with the manifest; returns a verify.Report.
+        executor: hash the files in tasks on its workers (a ProcessPoolExecutor, a Dask client's
+        get_executor(); they must see the folder at the same path); dsfs.node.verify."""
         folder = local_copy_path or materialize.copy_path(self.cache, self.id)
         if not os.path.isdir(folder):
             raise UsageError(f"no folder to verify at {folder}" + ("" if local_copy_path else
                              "; run `dsfs get` first or pass --folder"))
-        return verify_folder(self.view(), folder, size_only=skip_hash)
+        with transfer(f"verify {self.info.ref}", None, False if skip_hash else show_progress) as progress:
+            progress.set_total(int(self.info.stats.get("bytes") or 0), self.info.stats.get("files"))
+            return verify_folder(self.view(), folder, size_only=skip_hash, executor=executor, progress=progress)
 
     def as_mount(self, path_on_compute: str | None = None, name: str | None = None, **options) -> DataReference:
         """A data reference that mounts this version (read-only, lazy) for a job."""

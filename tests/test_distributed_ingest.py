@@ -5,6 +5,7 @@ an unreachable scheduler or files the workers cannot see before uploading anythi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,13 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-import dsfs.authoring.distributed as distributed
-from dsfs import Dataset
-from dsfs.authoring.drafts import DraftState
-from dsfs.errors import LocalFileNotFound, StoreUnavailable, UsageError
 from conftest import make_tree
 from servers import required_library
+
+import dsfs.authoring.distributed as distributed
+import dsfs.store.executors as executors
+from dsfs import Dataset
+from dsfs.authoring import drafts
+from dsfs.authoring.drafts import DraftState
+from dsfs.errors import FileChanged, LocalFileNotFound, StoreUnavailable, UsageError
+from dsfs.model import ChunkRef, Entry
+from dsfs.store import datastores
 
 FAIL_ONCE = "fail-once"  # a flag file beside the data folder: the next task that removes it fails
 
@@ -152,7 +157,7 @@ def test_a_failed_task_is_run_again(tmp_path, dask, file_store, monkeypatch, cap
     files = sample_tree(tmp_path / "d")
     (tmp_path / FAIL_ONCE).touch()
     monkeypatch.setattr(distributed, "ingest_partition", fail_once)
-    caplog.set_level("INFO", "dsfs.authoring.distributed")
+    caplog.set_level("INFO", "dsfs.store.executors")
     ds = closed(file_store, tmp_path / "d", dask)
     assert not (tmp_path / FAIL_ONCE).exists() and "running it again" in caplog.text
     assert table(ds) == table(closed(f"file://{tmp_path}/serial", tmp_path / "d"))
@@ -164,7 +169,7 @@ def test_a_failed_task_is_run_again(tmp_path, dask, file_store, monkeypatch, cap
 def test_a_task_failing_every_time_fails_the_upload_and_the_rerun_resumes(tmp_path, dask, file_store,
                                                                           monkeypatch):
     files = sample_tree(tmp_path / "d")
-    monkeypatch.setattr(distributed, "TASK_TRIES", 1)
+    monkeypatch.setattr(executors, "TASK_TRIES", 1)
     (tmp_path / FAIL_ONCE).touch()
     monkeypatch.setattr(distributed, "ingest_partition", fail_once)
     ds = Dataset.create("p", "n", store=file_store)
@@ -218,12 +223,13 @@ def test_ctrl_c_leaves_a_resumable_draft(tmp_path, file_store, dsfs):
     ds = Dataset.current(file_store)
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED)
-    proc = subprocess.Popen([sys.executable, str(script), "close", "--workers", "2"], stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script), "upload", "--workers", "2"], stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "DSFS_STORE": file_store}, start_new_session=True)
     state = DraftState.path_for(ds.id)
     deadline = time.monotonic() + 60
     while _uploaded(state) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]  # still uploading
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the workers get it too
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
@@ -250,7 +256,7 @@ def _uploaded(state: str) -> int:
 
 @pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path, dsfs, file_store, monkeypatch):
-    monkeypatch.setattr(distributed, "SCHEDULER_TIMEOUT", 2.0)
+    monkeypatch.setattr(executors, "SCHEDULER_TIMEOUT", 2.0)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -306,9 +312,157 @@ def test_files_the_workers_cannot_see_are_refused_before_any_upload(tmp_path, da
 
 def test_missing_path_and_digests():
     """The helpers tasks run on workers: a file a worker cannot stat, membership of a digest blob."""
-    assert distributed.missing_path([__file__, "/no/such/file", "/nor/this"]) == "/no/such/file"
-    assert distributed.missing_path([__file__]) is None
+    assert executors.missing_path([__file__, "/no/such/file", "/nor/this"]) == "/no/such/file"
+    assert executors.missing_path([__file__]) is None
     digests = sorted(os.urandom(32) for _ in range(100))
     known = distributed.Digests(b"".join(digests))
     assert all(d in known for d in digests) and os.urandom(32) not in known
     assert b"x" * 32 not in distributed.Digests(b"")
+
+
+# -- remote sources: objects copied from a bucket (moto) -----------------------------------------------
+
+
+SECRET = "lake-secret-never-in-a-draft"
+
+
+@pytest.fixture
+def lake(moto_server, monkeypatch):
+    """A bucket with raw/ objects, and a datastore `lake` over it whose credentials are env: values
+    set in this process only: the Dask workers (started before this test) have none of them, so they
+    read with the options the driver hands them."""
+    bucket = moto_server.new_bucket()
+    fs = moto_server.fs()
+    files = {"raw/a.bin": os.urandom(3 << 20), "raw/sub/b.bin": os.urandom(1000), "raw/sub/empty": b"",
+             "raw/c.bin": os.urandom(300_000)}
+    for key, data in files.items():
+        fs.pipe(f"{bucket}/{key}", data)
+    monkeypatch.setenv("LAKE_KEY", "testing")
+    monkeypatch.setenv("LAKE_SECRET", SECRET)
+    datastores.register("lake", f"s3://{bucket}", {"endpoint_url": moto_server.endpoint, "key": "env:LAKE_KEY",
+                                                   "secret": "env:LAKE_SECRET"})
+    return {"bucket": bucket, "fs": fs, "files": {k[len("raw/"):]: v for k, v in files.items()}}
+
+
+def _draft_bytes(ds: Dataset) -> bytes:
+    state = DraftState.path_for(ds.id)
+    return b"".join(Path(p).read_bytes() for p in (state, state + "-wal") if os.path.exists(p))
+
+
+@pytest.mark.slow
+def test_objects_in_a_bucket_are_copied_here_and_on_dask_workers_alike(tmp_path, lake, dask):
+    make_tree(tmp_path / "local", lake["files"])
+    local = closed(f"file://{tmp_path}/local-store", tmp_path / "local")
+    versions = []
+    for source, executor in ((f"s3://{lake['bucket']}/raw/", None), ("datastore:lake/raw", dask)):
+        ds = Dataset.create("p", "n", store=f"file://{tmp_path}/store-{len(versions)}")
+        assert ds.add_files(source) == len(lake["files"])
+        recorded = _draft_bytes(ds)
+        assert f"s3://{lake['bucket']}/raw/a.bin".encode() in recorded and SECRET.encode() not in recorded
+        ds.finalize(executor=executor)
+        versions.append(Dataset.get(ds.id, store=ds.store))
+    for ds in versions:
+        assert table(ds) == table(local)  # the same files and digests as from local copies of the objects
+        assert ds.info.stats["new_bytes"] > 0 and not any(e.url for e in ds.file_entries())  # copied, not linked
+        for path, data in lake["files"].items():
+            assert ds.read_file(path) == data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["here", "dask"])
+def test_an_object_changed_after_add_fails_the_upload_naming_it(tmp_path, lake, request, where, file_store):
+    executor = request.getfixturevalue("dask") if where == "dask" else None
+    ds = Dataset.create("p", "n", store=file_store)
+    ds.add_files(f"s3://{lake['bucket']}/raw/")
+    lake["fs"].pipe(f"{lake['bucket']}/raw/c.bin", os.urandom(300_000))  # same size, new content and ETag
+    with pytest.raises(FileChanged, match=rf"s3://{lake['bucket']}/raw/c.bin \(added as c.bin\) changed since it was "
+                                          r"added \(size 300000 -> 300000, tag ETag:"):
+        ds.upload(executor=executor)
+    draft = DraftState.load(ds.id, ds.store.url)
+    assert "c.bin" not in [e.path for e in draft.uploaded()]  # nothing of it recorded
+
+
+def test_the_cli_copies_a_datastore_path_and_reports_a_changed_object(tmp_path, lake, dsfs, file_store):
+    assert dsfs("--store", file_store, "create", "--project", "p", "--name", "n").code == 0
+    r = dsfs("add", "--files", "datastore:lake/raw/sub", "--dataset-folder", "s")
+    assert r.code == 0 and "2 file(s)" in r.out, r.err
+    lake["fs"].pipe(f"{lake['bucket']}/raw/sub/b.bin", b"shorter")
+    r = dsfs("close")
+    assert r.code == FileChanged.exit_code and "raw/sub/b.bin (added as s/b.bin) changed" in r.err, r.err
+    assert SECRET not in r.err
+
+
+# -- check --read-data and verify on the executor: the serial report, corrupt data found alike -------------
+
+
+def _corrupt_first_chunk(store_dir: Path, ds: Dataset, path: str) -> None:
+    ref = next(e for e in ds.file_entries() if e.path == path).chunks[0]
+    (pack,) = store_dir.glob(f"packs/*/{ref.pack.hex()}")
+    data = bytearray(pack.read_bytes())
+    data[ref.offset + ref.stored // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_check_read_data_on_workers_reports_what_a_serial_check_does(tmp_path, dask, file_store, monkeypatch, dsfs):
+    import dsfs.lifecycle.check as check
+
+    monkeypatch.setattr(check, "PARTITION_BYTES", 1)  # a task a pack
+    sample_tree(tmp_path / "d")
+    ds = closed(file_store, tmp_path / "d")
+    (tmp_path / "d" / "more.bin").write_bytes(os.urandom(70 << 20))  # a second pack, in a child
+    child = closed(file_store, tmp_path / "d", parents=[ds.id])
+    store = ds.store
+    serial = check.check_store(store, read_data=True).as_dict()
+    assert serial["ok"] and serial["summary"]["data_packs"] >= 2
+    assert check.check_store(store, read_data=True, executor=dask).as_dict() == serial
+    _corrupt_first_chunk(tmp_path / "store", child, "images/big.bin")
+    serial = check.check_store(store, read_data=True).as_dict()
+    assert not serial["ok"] and {p["kind"] for p in serial["problems"]} == {"corrupt-chunk"}
+    assert check.check_store(store, read_data=True, executor=dask).as_dict() == serial
+    r = dsfs("--store", file_store, "check", "--read-data", "--workers", "2", "--json")  # a process pool
+    assert r.code == 1 and json.loads(r.out) == json.loads(json.dumps(serial)), r.err
+
+
+@pytest.mark.slow
+def test_verify_on_workers_reports_what_a_serial_verify_does(tmp_path, dask, file_store, monkeypatch, dsfs):
+    import dsfs.node.verify as verify
+
+    monkeypatch.setattr(verify, "PARTITION_FILES", 2)
+    files = sample_tree(tmp_path / "d")
+    ds = closed(file_store, tmp_path / "d")
+    copy = tmp_path / "copy"
+    ds.download(str(copy))
+    assert ds.verify_dataset_hash(str(copy), executor=dask).as_dict() == ds.verify_dataset_hash(str(copy)).as_dict()
+    (copy / "images" / "05.bin").write_bytes(os.urandom(len(files["images/05.bin"])))  # same size, other bytes
+    data = bytearray(files["images/big.bin"])
+    data[-1] ^= 1
+    (copy / "images" / "big.bin").write_bytes(bytes(data))
+    (copy / "labels" / "copy.bin").unlink()
+    (copy / "extra.txt").write_bytes(b"x")
+    serial = ds.verify_dataset_hash(str(copy)).as_dict()
+    assert serial["different"] == ["images/05.bin", "images/big.bin"] and serial["missing"] == ["labels/copy.bin"]
+    assert ds.verify_dataset_hash(str(copy), executor=dask).as_dict() == serial
+    r = dsfs("--store", file_store, "verify", "--id", ds.id, "--folder", copy, "--workers", "2", "--json")
+    assert r.code == 1 and json.loads(r.out) == serial, r.err
+
+
+def test_a_task_recorded_in_bulk_is_found_saved_and_forgotten_like_serial_records(tmp_path):
+    """DraftState.record_task keeps a pack's refs as one row until a lookup needs them: lookups,
+    the digests shipped to workers, a reload and forget_packs see them as record_pack's."""
+    draft = DraftState.load("1" * 32, f"file://{tmp_path}/store")
+    draft.stage_local([("a", "/data/a"), ("b", "/data/b"), ("c", "/data/c")])
+    refs = [ChunkRef(os.urandom(32), b"p" * 16, 100 * i, 90, 100, 0) for i in range(3)]
+    entries = [Entry(path=p, size=100, digest=ref.digest, chunks=[ref]) for p, ref in zip("ab", refs, strict=False)]
+    draft.record_task([(b"p" * 16, True, 300, drafts.pack_refs(refs))],
+                      [(e.path, drafts.entry_blob(e), drafts.local_bytes(f"/data/{e.path}")) for e in entries])
+    draft.save()
+    assert [e.path for e in draft.uploaded()] == ["a", "b"] and list(draft.adds()) == [("c", "/data/c")]
+    draft = DraftState.load("1" * 32, f"file://{tmp_path}/store")  # as a rerun finds it
+    assert draft.new_bytes == 300 and draft.written == [b"p" * 16]
+    assert all(draft.chunk(ref.digest) == ref for ref in refs)
+    assert sorted(draft.chunk_digests()) == sorted(ref.digest for ref in refs)
+    draft.record_task([(b"q" * 16, False, 50, drafts.pack_refs([ChunkRef(b"d" * 32, b"q" * 16, 0, 5, 5, 0)]))], [])
+    assert draft.forget_packs({b"p" * 16}) == [] and draft.chunk(refs[0].digest) is None
+    assert draft.chunk(b"d" * 32) == ChunkRef(b"d" * 32, b"q" * 16, 0, 5, 5, 0)
+    assert sorted(path for path, _ in draft.adds()) == ["a", "b", "c"]  # sent again: their pack is gone

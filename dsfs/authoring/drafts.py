@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -82,10 +83,14 @@ CREATE TABLE IF NOT EXISTS chunks (digest BLOB PRIMARY KEY, pack BLOB NOT NULL, 
 CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack);
 CREATE TABLE IF NOT EXISTS packs (seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, written INTEGER NOT NULL,
                                   size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pack_chunks (pack BLOB PRIMARY KEY, refs BLOB NOT NULL) WITHOUT ROWID;
 """
+# a chunk ref in pack_chunks' blob (its pack is the row's): digest, offset, stored, raw, compression
+_REF = struct.Struct(">32sQIIB")
 
 
-def _local_bytes(local: str) -> bytes:
+def local_bytes(local: str) -> bytes:
+    """A local path as the draft stores it (a task on a worker encodes its files' so, for record_task)."""
     return local.encode("utf-8", "surrogateescape")  # a name that is not UTF-8 keeps its bytes
 
 
@@ -93,8 +98,14 @@ def _local_str(blob: bytes) -> str:
     return blob.decode("utf-8", "surrogateescape")
 
 
-def _entry_blob(entry: Entry) -> bytes:
+def entry_blob(entry: Entry) -> bytes:
+    """An entry as the draft stores it (a task on a worker encodes its entries so, for record_task)."""
     return msgpack.packb(entry.to_wire(), use_bin_type=True)
+
+
+def pack_refs(chunks: Iterable[ChunkRef]) -> bytes:
+    """A pack's chunk refs as DraftState.record_task takes them (its pack_chunks row)."""
+    return b"".join(_REF.pack(ref.digest, ref.offset, ref.stored, ref.raw, ref.compression) for ref in chunks)
 
 
 def _entry(blob: bytes) -> Entry:
@@ -107,7 +118,8 @@ class DraftState:
     order, a page at a time. `adds` maps dataset path -> local file (not yet uploaded); `uploaded`
     maps dataset path -> Entry and the local file it was read from (its origin: sent again if gc
     removed its pack while the draft sat idle); `removals` are dataset paths to remove from the
-    parents; `chunks` are the chunks in packs this draft relies on (dedupe on resume); `packs`
+    parents; `chunks` are the chunks in packs this draft relies on (dedupe on resume; an upload on
+    an executor keeps them a row per pack in `pack_chunks` until one is looked up); `packs`
     those packs in the order they were recorded, `written` the ones it sent itself (the others
     were present already) and `new_bytes` their size.
 
@@ -119,6 +131,7 @@ class DraftState:
         self.store = store_url
         self.db = db
         self._chunk_bits: bytearray | None = None  # `chunk`'s filter of the digests recorded
+        self._unfolded: bool | None = None  # pack_chunks has rows (None: not looked yet): see record_task
 
     @staticmethod
     def path_for(dataset_id: str) -> str:
@@ -132,6 +145,10 @@ class DraftState:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's own files take its mode
         try:
             db = sqlite3.connect(path, timeout=LOCK_WAIT, check_same_thread=False)
+            # a new draft's pages (an existing one keeps its own): rows of `uploaded` are ~200 bytes,
+            # past the 1/20 of a 4 KiB page SQLite advises for WITHOUT ROWID tables (1,000,000
+            # entries recorded in bulk: 9.6-10.6 -> 8.9-9.3 s)
+            db.execute("PRAGMA page_size=16384")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             # chunks are keyed by digest, so their rows land all over the table: with SQLite's
@@ -167,7 +184,7 @@ class DraftState:
             origins = raw.get("origins", {})
             self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", (
                 (Entry.from_wire(e).path, msgpack.packb(e, use_bin_type=True),
-                 _local_bytes(origins[e["p"]]) if e["p"] in origins else None) for e in raw["uploaded"]))
+                 local_bytes(origins[e["p"]]) if e["p"] in origins else None) for e in raw["uploaded"]))
             self.stage_removals(raw["removals"])
             written = set(raw["written"] if "written" in raw else raw["packs"])
             # the packs' sizes were not recorded: a pack gc takes from under an idle draft is
@@ -242,6 +259,7 @@ class DraftState:
         """The ref of a chunk this draft recorded, or None. An upload asks for every chunk it reads
         and nearly all are new: a bit per digest prefix (2**CHUNK_BITS of them, 8 MiB) answers those
         without a query (one costs ~20 us; a digest whose bit is set by another is looked up)."""
+        self._fold()
         if self._chunk_bits is None:
             self._chunk_bits = bytearray((1 << CHUNK_BITS) // 8)
             for (known,) in self.db.execute("SELECT digest FROM chunks"):
@@ -254,6 +272,7 @@ class DraftState:
 
     def chunk_digests(self) -> list[bytes]:
         """The digests of every chunk this draft recorded (shipped to an upload's workers)."""
+        self._fold()
         return [row[0] for row in self.db.execute("SELECT digest FROM chunks")]
 
     @property
@@ -291,7 +310,7 @@ class DraftState:
                         "WITHOUT ROWID")
         self.db.execute("DELETE FROM added")
         for page in _batched(files):
-            rows = [(path, _local_bytes(local)) for path, local in page]
+            rows = [(path, local_bytes(local)) for path, local in page]
             before = self.db.total_changes
             self.db.executemany("INSERT INTO added VALUES (?, ?) ON CONFLICT (path) DO NOTHING", rows)
             if self.db.total_changes - before < len(rows):  # a path met twice: the same file, or two
@@ -312,7 +331,7 @@ class DraftState:
         for page in _batched(entries):
             self._unstage((entry.path for entry in page), ("adds", "removals"))
             self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, NULL)",
-                                ((entry.path, _entry_blob(entry)) for entry in page))
+                                ((entry.path, entry_blob(entry)) for entry in page))
 
     def stage_removals(self, paths: Iterable[str]) -> None:
         for page in _batched(paths):
@@ -346,9 +365,55 @@ class DraftState:
             for ref in chunks:
                 _set_bit(self._chunk_bits, ref.digest)
 
+    def record_task(self, packs: Iterable[tuple[bytes, bool, int, bytes]],
+                    files: list[tuple[str, bytes, bytes]]) -> None:
+        """The bulk form of record_pack and record_uploaded, for one task of an upload on an executor
+        (dsfs.authoring.distributed), everything already encoded by the worker: packs as (id, written,
+        size, chunk refs as `pack_refs` encodes them), files as rows of `uploaded` (path, entry_blob,
+        local_bytes), in path order and the whole of a consecutive run of `adds` (the task's partition).
+        What makes it cheaper, measured on 1,000,000 entries: a pack's chunk refs are one row of
+        `pack_chunks` (a million rows keyed by random digests dirtied nearly every page of `chunks`
+        between two saves, and each commit wrote them all), moved into `chunks` only when a lookup
+        needs them (`_fold`: a resumed or a serial upload; close needs none); the files leave `adds` by
+        one range delete when the range holds exactly them; and no row is built here. Same
+        transaction, same save: the crash rule is unchanged."""
+        for pack_id, written, size, refs in packs:
+            self.db.execute("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, ?)",
+                            (pack_id, written, size))
+            if written:
+                self.db.execute("UPDATE meta SET value = value + ? WHERE key = 'new_bytes'", (size,))
+            self.db.execute("INSERT OR REPLACE INTO pack_chunks VALUES (?, ?)", (pack_id, refs))
+            self._unfolded = True
+        if not files:
+            return
+        first, last = files[0][0], files[-1][0]
+        (held,) = self.db.execute("SELECT count(*) FROM adds WHERE path BETWEEN ? AND ?", (first, last)).fetchone()
+        if held == len(files):
+            self.db.execute("DELETE FROM adds WHERE path BETWEEN ? AND ?", (first, last))
+        else:  # not the run it was cut from (never, under the draft's lock): one by one
+            self.db.executemany("DELETE FROM adds WHERE path = ?", ((path,) for path, _, _ in files))
+        self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", files)  # no path is in adds and uploaded
+
+    def _fold(self) -> None:
+        """Move the chunk refs record_task kept per pack into `chunks`, where lookups find them (a
+        pack at a time, sorted by digest; in the open transaction, saved with the next save)."""
+        if self._unfolded is None:
+            self._unfolded = self._has_rows("pack_chunks")
+        if not self._unfolded:
+            return
+        for pack, blob in self.db.execute("SELECT pack, refs FROM pack_chunks").fetchall():
+            rows = sorted((digest, pack, offset, stored, raw, compression)
+                          for digest, offset, stored, raw, compression in _REF.iter_unpack(blob))
+            self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if self._chunk_bits is not None:
+                for row in rows:
+                    _set_bit(self._chunk_bits, row[0])
+        self.db.execute("DELETE FROM pack_chunks")
+        self._unfolded = False
+
     def record_uploaded(self, files: Iterable[tuple[Entry, str]]) -> None:
         """Each (entry, local): the file was read and every pack holding its chunks is in the store."""
-        rows = [(entry.path, _entry_blob(entry), _local_bytes(local)) for entry, local in files]
+        rows = [(entry.path, entry_blob(entry), local_bytes(local)) for entry, local in files]
         self.db.executemany("DELETE FROM adds WHERE path = ?", ((row[0],) for row in rows))
         self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, ?)", rows)
 
@@ -357,6 +422,7 @@ class DraftState:
         its grace period): forget them and their chunks, and put every uploaded file that used them
         back to be sent again. Returns the paths whose local file is no longer known (added before
         dsfs recorded origins): those must be added again."""
+        self._fold()
         gone = [(pack,) for pack in lost]
         size = self.db.execute(f"SELECT coalesce(sum(size), 0) FROM packs WHERE written AND id IN "
                                f"({','.join('?' * len(gone))})", list(lost)).fetchone()[0] if gone else 0

@@ -21,7 +21,9 @@ driver announces the task's packs and looks for them again before it records any
 
 A file is read once. Its size and mtime are checked before and after the read; if they differ, or
 the bytes read are not the size announced, the file changed while it was read and the upload fails
-with FileChanged naming it (its half-read content is never recorded). A file that is no longer a
+with FileChanged naming it (its half-read content is never recorded). A remote source (`dsfs add
+--files s3://...`) is streamed through fsspec and checked the same way by its size and tag
+(dsfs.authoring.sources). A file that is no longer a
 regular file (replaced by a FIFO, a socket, a folder or a symlink since it was added) is refused
 before any byte is read, never waited on (`open_regular`).
 """
@@ -39,7 +41,8 @@ from typing import Protocol
 
 import blake3
 
-from dsfs.errors import FileChanged, LocalFileNotFound
+from dsfs.authoring import sources
+from dsfs.errors import LocalFileNotFound
 from dsfs.model import ChunkRef, Entry, clamp_mtime
 from dsfs.progress import Tracker
 from dsfs.store.layout import Store
@@ -93,8 +96,10 @@ class Uploader:
     Ledger. `session` is None only on a worker of an upload on an executor (module docstring)."""
 
     def __init__(self, store: Store, draft: Ledger, known: Callable[[bytes], ChunkRef | None],
-                 session: WriterSession | None, max_workers: int | None = None, progress: Tracker | None = None):
+                 session: WriterSession | None, max_workers: int | None = None, progress: Tracker | None = None,
+                 locate: Callable[[str], tuple[str, dict]] | None = None):
         self.store = store
+        self.locate = locate or sources.Locator()  # a remote source's credentials (dsfs.authoring.sources)
         self.writer = session
         self.draft = draft
         self.known = known
@@ -134,20 +139,17 @@ class Uploader:
     # -- reading -------------------------------------------------------------------------------
 
     def _read_file(self, dataset_path: str, local_path: str) -> tuple[Entry, int]:
-        f = open_regular(local_path, dataset_path)
-        with f:
-            before = os.fstat(f.fileno())
+        with sources.open_source(local_path, dataset_path, open_regular, self.locate) as source:
             refs: list = []
             whole = None
             total = 0
             pieces: Iterable[bytes | memoryview]
-            if before.st_size <= MIN_CHUNK:
-                data = f.read()
+            if source.size <= MIN_CHUNK:
+                data = source.stream.read()
                 # an empty file has no chunk (a pack of only empty chunks is never written)
                 pieces = [data] if data else []
-                file_digest = None
             else:
-                pieces = (c.data for c in chunker().cut_stream(f))
+                pieces = (c.data for c in chunker().cut_stream(source.stream))
                 whole = blake3.blake3()
             last_seq = -1
             for data in pieces:
@@ -169,19 +171,10 @@ class Uploader:
                 refs.append(ref)
                 self.progress.advance(len(data))
             file_digest = whole.digest() if whole is not None else (refs[0].digest if refs else digest(b""))
-            after = os.fstat(f.fileno())
-        try:
-            again = os.stat(local_path)
-        except FileNotFoundError:
-            again = None
-        if (total != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
-                or again is None or (again.st_ino, again.st_size, again.st_mtime_ns)
-                != (before.st_ino, before.st_size, before.st_mtime_ns)):
-            raise FileChanged(f"{local_path} changed while it was being uploaded; nothing of it was "
-                              f"recorded. Run the upload again once it is stable")
+            source.check(total)
         self.progress.advance(files=1)
-        entry = Entry(path=dataset_path, size=total, executable=bool(before.st_mode & 0o111),
-                      mtime_ns=clamp_mtime(before.st_mtime_ns), digest=file_digest, chunks=refs)
+        entry = Entry(path=dataset_path, size=total, executable=source.executable,
+                      mtime_ns=clamp_mtime(source.mtime_ns), digest=file_digest, chunks=refs)
         return entry, last_seq
 
     # -- writing packs -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import unicodedata
 from wcmatch import glob as wcglob
 
 from dsfs import paths
+from dsfs.authoring import sources
 from dsfs.authoring.evolve import is_utf8, printable, scan_folder
 from dsfs.errors import LocalFileNotFound
 
@@ -30,6 +31,10 @@ def warn(message: str) -> None:
 
 
 def local_size(local_path: str) -> int:
+    """The size of a draft's source: a local file's now, a remote object's as recorded (0 if gone)."""
+    remote = sources.parse(local_path)
+    if remote is not None:
+        return remote[1]
     try:
         return os.path.getsize(local_path)
     except OSError:

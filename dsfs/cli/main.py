@@ -12,6 +12,7 @@ needs when it runs, so `dsfs --help` and `dsfs --version` load no store, fsspec,
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -108,15 +109,18 @@ storage_option = click.option("--storage", default=None, metavar="STORE",
                                    "ancestors it needs, as `dsfs push` does.")
 
 
-def executor_options(command):
-    """--workers N and --dask ADDRESS: where upload, close and sync chunk, hash and pack."""
+def executor_options(command=None, *, work: str = "Chunk, hash and pack", files: str = " files"):
+    """--workers N and --dask ADDRESS: where upload, close and sync chunk, hash and pack (`work`:
+    what check --read-data and verify do there instead; `files`: what the workers must see)."""
+    if command is None:
+        return functools.partial(executor_options, work=work, files=files)
+    see = f"; every worker must see the{files} at the same paths" if files else ""
     command = click.option("--dask", metavar="ADDRESS", envvar="DSFS_DASK_SCHEDULER", default=None,
-                           help="Chunk, hash and pack on the workers of this Dask cluster, e.g. --dask "
-                                "tcp://scheduler:8786 (needs `pip install 'dsfs[dask]'`; every worker must see "
-                                "the files at the same paths). Default: $DSFS_DASK_SCHEDULER.")(command)
+                           help=f"{work} on the workers of this Dask cluster, e.g. --dask tcp://scheduler:8786 "
+                                f"(needs `pip install 'dsfs[dask]'`{see}). Default: $DSFS_DASK_SCHEDULER.")(command)
     return click.option("--workers", type=click.IntRange(1, 256), default=None, metavar="N",
-                        help="Chunk, hash and pack in N processes on this machine, e.g. --workers 8 "
-                             "(default: in this process).")(command)
+                        help=f"{work} in N processes on this machine, e.g. --workers 8 "
+                             f"(default: in this process).")(command)
 
 
 @contextlib.contextmanager
@@ -125,14 +129,14 @@ def _executor(ctx: click.Context, workers: int | None, dask: str | None):
     from click.core import ParameterSource
 
     if workers and dask and ctx.get_parameter_source("dask") is not ParameterSource.ENVIRONMENT:
-        raise DsfsUsage("--workers and --dask both say where to upload: pass one of them")
+        raise DsfsUsage("--workers and --dask both say where to work: pass one of them")
     if workers:
-        from dsfs.authoring.distributed import process_pool
+        from dsfs.store.executors import process_pool
 
         with process_pool(workers) as pool:
             yield pool
     elif dask:
-        from dsfs.authoring.distributed import dask_executor
+        from dsfs.store.executors import dask_executor
 
         with dask_executor(dask) as executor:
             yield executor
@@ -204,7 +208,8 @@ def create(ctx, project, name, version, parents, tags, description, from_datasto
 
 
 @cli.command()
-@multi("--files", metavar="PATH", help="Local files, folders or globs.")
+@multi("--files", metavar="PATH", help="Local files, folders or globs, or objects to copy in (s3://bucket/prefix/, "
+                                       "gs://, az://, datastore:NAME/PATH).")
 @multi("--links", metavar="URL",
        help="External objects or prefixes (s3://, gs://, az://, file://) that stay where they are.")
 @click.option("--dataset-folder", default=None, help="Folder inside the dataset to put them in.")
@@ -751,9 +756,10 @@ def versions(ctx, ref, as_json):
 @click.option("--read-data-subset", "subset", metavar="N%|n/t", default=None,
               help="Like --read-data for part of the packs, by pack id: the first N% of the id space "
                    "(the same packs every run), or its n-th of t slices (t runs read every pack once).")
+@executor_options(work="Fetch and re-hash the packs (with --read-data)", files="")
 @json_option
 @click.pass_context
-def check(ctx, read_data, subset, as_json):
+def check(ctx, read_data, subset, workers, dask, as_json):
     """Prove the store: records, change-sets, chunk refs (and chunk bytes with --read-data).
     Exit 1 listing every damaged version and file.
 
@@ -763,7 +769,9 @@ def check(ctx, read_data, subset, as_json):
 
     if read_data and subset:
         raise DsfsUsage("--read-data and --read-data-subset exclude each other")
-    report = check_store(open_store(ctx.obj["store"]), read_data=subset or read_data)
+    store = open_store(ctx.obj["store"])
+    executor = ctx.with_resource(_executor(ctx, workers, dask)) if read_data or subset else None
+    report = check_store(store, read_data=subset or read_data, executor=executor)
     if as_json:
         _emit_json(report.as_dict())
     else:
@@ -931,15 +939,17 @@ def get(ctx, ref, copy_to, link_to, overwrite, max_workers, part, num_parts, cac
 @click.option("--folder", type=click.Path(file_okay=False, exists=True), default=None,
               help="Folder to check (default: the cached copy).")
 @click.option("--filesize", is_flag=True, help="Compare sizes only, do not hash.")
+@executor_options(work="Hash the files", files=" folder")
 @json_option
 @cache_options
 @click.pass_context
-def verify(ctx, ref, folder, filesize, as_json, cache_dir, cache_size):
+def verify(ctx, ref, folder, filesize, workers, dask, as_json, cache_dir, cache_size):
     """Compare a folder with a version's manifest; exit 1 on any missing, extra or different file.
 
     Example: `dsfs verify vision/cats --folder ./cats`"""
     ds = _consumer(ctx, ref, cache_dir, cache_size)
-    report = ds.verify_dataset_hash(folder, skip_hash=filesize)
+    executor = None if filesize else ctx.with_resource(_executor(ctx, workers, dask))
+    report = ds.verify_dataset_hash(folder, skip_hash=filesize, executor=executor)
     if as_json:
         _emit_json(report.as_dict())
     else:

@@ -18,6 +18,13 @@ Records and change-sets are read by a pool of `WORKERS` threads: on an object st
 bound by two listings and these parallel reads, not by one request at a time. Only a version with a
 problem is decoded a second time, to name its damaged files.
 
+With an `executor` (`--workers N`, `--dask ADDRESS`; dsfs.store.executors), point 5 runs in tasks:
+the chunks to read, in (pack, offset) order, are cut at pack boundaries into partitions of about
+PARTITION_BYTES stored bytes; each task opens the store again, fetches and re-hashes its partition by
+the same coalesced ranged reads and returns the (pack, chunk) pairs that do not match. The report is
+the serial one: the same chunks are read, and the problems are named here from the same set of bad
+chunks. Progress advances as tasks finish.
+
 `read_data` may name a subset, chosen by pack id (blake3 hashes, so evenly spread): the packs whose
 id, read as a fraction of the id space, lies in [lo, hi). "10%" is [0, 0.1): the same packs on every
 run, and a larger percentage checks a superset of a smaller one. "n/t" is the n-th of t equal slices,
@@ -33,7 +40,9 @@ import logging
 import math
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
@@ -41,6 +50,7 @@ from dsfs.errors import CorruptChunk, CorruptData, DatasetNotFound, UsageError
 from dsfs.lineage.merge import changes_match
 from dsfs.model import ChunkRef, VersionInfo, decode_changeset
 from dsfs.progress import transfer
+from dsfs.store.executors import TaskRun, refuse_memory, run_tasks, store_address
 from dsfs.store.fetch import fetch_each
 from dsfs.store.layout import PackStat, Store
 
@@ -48,6 +58,7 @@ log = logging.getLogger(__name__)
 
 WORKERS = 16
 DATA_WORKERS = 8  # the download's default; ranges in flight (2 per worker, 8 MiB each) bound memory
+PARTITION_BYTES = 256 << 20  # stored bytes a task of check --read-data on an executor reads (whole packs)
 
 # what is wrong, as `Problem.kind`
 CORRUPT_RECORD = "corrupt-record"
@@ -143,10 +154,13 @@ class _Scan:
 
 
 def check_store(store: Store, read_data: bool | float | str = False, progress: bool | None = None,
-                workers: int = WORKERS) -> Report:
+                workers: int = WORKERS, executor: Executor | None = None) -> Report:
     """Check `store` (see the module docstring) and return what was checked and what is wrong.
-    progress: show bars on stderr (None: when it is a terminal). A store that cannot be read raises
-    its usual errors (StoreUnavailable...); damage is reported, not raised."""
+    progress: show bars on stderr (None: when it is a terminal). executor: read_data's fetching and
+    hashing runs in tasks there (a process pool, a Dask cluster's executor). A store that cannot be
+    read raises its usual errors (StoreUnavailable...); damage is reported, not raised."""
+    if executor is not None:
+        refuse_memory(store, executor)
     bounds = parse_subset(read_data)
     report = Report(subset=None if bounds is None else (float(bounds[0]), float(bounds[1])))
     chosen = _chooser(bounds)
@@ -165,7 +179,7 @@ def check_store(store: Store, read_data: bool | float | str = False, progress: b
                     scans.append(scan)
                     bar.advance(int(scan.info.changes.get("size") or 0), files=1)
                 packs = listing.result()
-            bad_chunks = _read_data(store, scans, packs, report, progress) if bounds is not None else set()
+            bad_chunks = _read_data(store, scans, packs, report, progress, executor) if bounds is not None else set()
             _tally(scans, packs, report)
             bad_packs = {pack for pack, _ in bad_chunks}
             suspects = [scan.info for scan in scans if scan.problem is None and any(
@@ -318,9 +332,9 @@ def _scan(store: Store, info: VersionInfo, chosen) -> _Scan:
 
 
 def _read_data(store: Store, scans: list[_Scan], packs: dict[bytes, PackStat], report: Report,
-               progress: bool | None) -> set[tuple[bytes, bytes]]:
+               progress: bool | None, executor: Executor | None = None) -> set[tuple[bytes, bytes]]:
     """Fetch and re-hash the chosen chunks that lie inside their packs (the others are reported from
-    the listing); (pack, digest) of each chunk whose bytes do not match."""
+    the listing), here or in tasks on `executor`; (pack, digest) of each chunk whose bytes do not match."""
     wanted: dict[tuple[bytes, bytes], ChunkRef] = {}
     for scan in scans:
         wanted.update(scan.refs)
@@ -339,8 +353,64 @@ def _read_data(store: Store, scans: list[_Scan], packs: dict[bytes, PackStat], r
 
     with transfer(f"check data in {store.display_url}", report.data_bytes, progress, unit="chunks") as bar:
         bar.set_total(report.data_bytes, len(refs))
-        fetch_each(store, refs, on_range, DATA_WORKERS, every_copy=True)
+        if executor is None:
+            fetch_each(store, refs, on_range, DATA_WORKERS, every_copy=True)
+            return bad
+        url, options = store_address(store)
+        run = uuid.uuid4().hex
+
+        def accept(task: PacksTask, found: list[tuple[bytes, bytes]]) -> bool:
+            bad.update(found)
+            bar.advance(task.size, files=len(task.refs))
+            return True
+
+        tasks = (PacksTask(url, options, part, sum(ref.stored for ref in part), run=run) for part in _partitions(refs))
+        run_tasks(executor, read_packs, tasks, accept, what="the check")
     return bad
+
+
+@dataclass(frozen=True)
+class PacksTask(TaskRun):
+    """Chunks of whole packs to fetch and re-hash on a worker (`options` open the store as the driver
+    opened it, secrets included, and stay out of the repr, which Dask logs when a task fails)."""
+
+    url: str
+    options: dict = field(repr=False)
+    refs: list[ChunkRef] = field(repr=False)
+    size: int
+
+    @property
+    def label(self) -> str:
+        return f"packs from {self.refs[0].pack.hex()}"
+
+
+def read_packs(task: PacksTask) -> list[tuple[bytes, bytes]]:
+    """Run on a worker: fetch and re-hash a partition's chunks; (pack, digest) of each that does not
+    match its digest."""
+    store = Store.open(task.url, **task.options)
+    bad: list[tuple[bytes, bytes]] = []
+    lock = threading.Lock()
+
+    def on_range(rng, good: dict, errors: dict) -> None:
+        with lock:
+            bad.extend((rng.pack, digest) for digest in errors)
+
+    fetch_each(store, task.refs, on_range, DATA_WORKERS, every_copy=True)
+    return bad
+
+
+def _partitions(refs: list[ChunkRef]) -> Iterator[list[ChunkRef]]:
+    """The refs in (pack, offset) order, cut at pack boundaries every PARTITION_BYTES stored bytes."""
+    part: list[ChunkRef] = []
+    size = 0
+    for ref in sorted(refs, key=lambda r: (r.pack, r.offset)):
+        if part and size >= PARTITION_BYTES and ref.pack != part[-1].pack:
+            yield part
+            part, size = [], 0
+        part.append(ref)
+        size += ref.stored
+    if part:
+        yield part
 
 
 def _tally(scans: list[_Scan], packs: dict[bytes, PackStat], report: Report) -> None:

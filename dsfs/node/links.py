@@ -45,8 +45,7 @@ from dsfs.model import LINK_SCHEMES
 from dsfs.store import backends, datastores
 from dsfs.store.layout import redact
 
-TAG_KEYS = ("VersionId", "version_id", "generation", "ETag", "etag", "mtime", "LastModified", "last_modified",
-            "Last-Modified")  # the last: an HTTP server's, when it gives no ETag
+TAG_KEYS, object_tag = backends.TAG_KEYS, backends.object_tag  # shared with remote sources (dsfs.authoring.sources)
 ALLOW_ENV = "DSFS_ALLOW_LINKS"
 
 log = logging.getLogger(__name__)
@@ -120,13 +119,6 @@ def url_to_fs(url: str):
         raise backends.missing_library(scheme, exc) from None
     except ValueError as exc:
         raise UsageError(f"cannot open {redact(url)}: {exc}") from None
-
-
-def object_tag(info: dict) -> str:
-    for key in TAG_KEYS:
-        if info.get(key) not in (None, ""):
-            return f"{key}:{info[key]}"
-    return ""
 
 
 def _info(fs, path: str, url: str) -> dict:

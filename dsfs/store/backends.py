@@ -400,3 +400,16 @@ def bucket_missing(protocol: str, bucket: str, display_url: str) -> StoreUnavail
 def reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+TAG_KEYS = ("VersionId", "version_id", "generation", "ETag", "etag", "mtime", "LastModified", "last_modified",
+            "Last-Modified")  # the last: an HTTP server's, when it gives no ETag
+
+
+def object_tag(info: dict) -> str:
+    """What says an object changed, from a backend's `info`: its version, generation, ETag or
+    modification time ("" if the backend gives none). External links and remote sources record it."""
+    for key in TAG_KEYS:
+        if info.get(key) not in (None, ""):
+            return f"{key}:{info[key]}"
+    return ""
