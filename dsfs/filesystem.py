@@ -30,13 +30,14 @@ URLs (the split of a URL into dataset and path is made once per dataset part, wi
 Pinning: a dataset part, once resolved, is pinned for the life of the filesystem object: a
 training job must not switch versions mid-epoch. A new version is seen by a new instance
 (`fsspec.filesystem("dsfs", skip_instance_cache=True)`); fsspec reuses instances per thread and
-set of options. A pickled instance (spawned workers, dask) carries its pins. `Dataset.fs` is a
-filesystem pinned to one version whose paths are relative to its root (the `dataset` option).
+set of options (and environment: `_Defaults`), and forgets them in a forked child. A pickled
+instance (spawned workers, dask) carries its pins. `Dataset.fs` is a filesystem pinned to one
+version whose paths are relative to its root (the `dataset` option).
 
-Processes: a forked child (a DataLoader worker) must not use its parent's LMDB environment, thread
-pools or an async backend's event loop (s3fs refuses), so the store, the node cache and the views
-are made per process: an instance notices the pid change and opens its own (its pins stay). The
-fork hooks below (`_before_fork`) make the cache's environment ready to be opened again there.
+Processes: a forked child (a DataLoader worker) must not use its parent's thread pools or an async
+backend's event loop (s3fs refuses), so the store, the node cache and the views are made per
+process: an instance notices the pid change and opens its own (its pins stay). The node cache is
+fork-safe on its own (dsfs.node.cache, "Forks"): the child opens the same cache folder again.
 
 Errors: a dsfs error becomes the OSError its errno names, in `_os_error`, the one place: an unknown
 dataset or path is FileNotFoundError naming the URL; corrupt data OSError(EIO) naming the file;
@@ -46,6 +47,7 @@ PermissionError(EROFS): versions are immutable.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 import os
@@ -53,12 +55,12 @@ import pickle
 import stat
 import threading
 import urllib.parse
-import weakref
 from contextlib import contextmanager
 
+from fsspec.caching import BaseCache, register_cache
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from dsfs import catalog, paths
+from dsfs import catalog, paths, settings
 from dsfs.errors import DatasetNotFound, DsfsError, InvalidPath
 from dsfs.lineage.viewindex import Inode
 from dsfs.model import ID_RE, VersionInfo
@@ -70,10 +72,10 @@ from dsfs.store.layout import Store
 log = logging.getLogger(__name__)
 
 PROTOCOL = "dsfs"
-BLOCK_SIZE = 1 << 20  # what an open file reads ahead of a small read: about one chunk (avg 1 MiB)
+BLOCK_SIZE = 64 << 10  # what an open file reads around a small read (node.cache.BLOCK: what a random read verifies)
 
-_opening = threading.Lock()  # held while a process's store and cache are opened for an instance
-_states: weakref.WeakSet[_ProcessState] = weakref.WeakSet()  # every instance's, for the fork hooks
+_opening: dict[int, threading.Lock] = {}  # pid -> the lock held while that process's store and cache are opened
+# (per process: a lock another thread held at a fork would stay held in the child)
 
 
 class _ProcessState:
@@ -85,7 +87,6 @@ class _ProcessState:
         self.cache = cache
         self.views: dict[str, View] = {}
         self.lock = threading.Lock()
-        _states.add(self)
 
     def view(self, dataset_id: str) -> View:
         with self.lock:  # one View per version: its chunk memory and read-ahead serve every reader
@@ -95,41 +96,15 @@ class _ProcessState:
             return view
 
 
-# A forked child must open the node cache's LMDB environment anew, and py-lmdb refuses while the
-# one it inherited is open; closing that one waits for ever for a write transaction another thread
-# of the parent had under way (that thread is not in the child). So before a fork the cache's
-# records are committed and its write lock taken, in the forking thread: in the child, the
-# environment is then closed at once (the transaction is this thread's), and the parent lets go.
-_held: list = []  # (environment, write transaction) held across a fork
+class _Defaults:
+    """What an instance given no `store` or `cache_dir` opens, as the environment names it now
+    (DSFS_STORE, DSFS_DATASTORE, the XDG dirs of the datastores' config and of the cache). fsspec
+    keys its instance cache on it, so that a process whose DSFS_STORE changed (a notebook, a test)
+    gets a new instance rather than the one reading the store named before; its pins go with it."""
 
-
-def _before_fork() -> None:
-    environments = {id(state.cache.env): state.cache for state in list(_states) if state.pid == os.getpid()}
-    for cache in environments.values():
-        try:
-            cache.flush()  # (the children also find the chunks read so far)
-            _held.append((cache.env, cache.env.begin(write=True)))
-        except Exception:  # noqa: BLE001 - a fork must go on; that child then fails to open the cache
-            log.debug("preparing the node cache %s for a fork failed", cache.root, exc_info=True)
-
-
-def _after_fork_in_parent() -> None:
-    while _held:
-        _held.pop()[1].abort()
-
-
-def _after_fork_in_child() -> None:
-    global _opening
-    _opening = threading.Lock()  # another thread may have held the parent's at the fork
-    while _held:
-        environment, _ = _held.pop()
-        try:
-            environment.close()  # aborts the transaction: the parent's write lock is the parent's
-        except Exception:  # noqa: BLE001 - the child then fails to open the cache, saying why
-            log.debug("closing the inherited node cache failed", exc_info=True)
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    def __get__(self, instance, owner) -> tuple:
+        return (settings.env_store(), settings.env_datastore(), settings.config_path(), settings.data_dir(),
+                settings.cache_dir(), settings.cache_size())
 
 
 class DsfsFileSystem(AbstractFileSystem):
@@ -142,6 +117,8 @@ class DsfsFileSystem(AbstractFileSystem):
 
     protocol = PROTOCOL
     root_marker = ""
+    _extra_tokenize_attributes = ("_defaults",)
+    _defaults = _Defaults()
 
     def __init__(self, store: str | Store | None = None, datastore: str | None = None,
                  cache_dir: str | None = None, cache_size: str | int | None = None,
@@ -165,7 +142,7 @@ class DsfsFileSystem(AbstractFileSystem):
     def _process(self) -> _ProcessState:
         state = self._state
         if state is None or state.pid != os.getpid():
-            with _opening:
+            with _opening.setdefault(os.getpid(), threading.Lock()):
                 state = self._state
                 if state is None or state.pid != os.getpid():
                     state = self._state = _ProcessState(self._open_store(), Cache(self.cache_dir, self.cache_size))
@@ -285,6 +262,12 @@ class DsfsFileSystem(AbstractFileSystem):
         that cannot be reached is raised (an empty listing would read as an empty dataset)."""
         return super().walk(path, maxdepth, topdown, _omit_not_found if on_error == "omit" else on_error, **kwargs)
 
+    def modified(self, path):
+        """info's mtime as a datetime (DuckDB asks): a file's as it was added, a folder's the version's."""
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], datetime.UTC)
+
+    created = modified
+
     def ukey(self, path):
         """A file's blake3 digest (hex): a version never changes, so this is its content's key."""
         return self.info(path).get("digest") or super().ukey(path)
@@ -324,20 +307,54 @@ class DsfsFileSystem(AbstractFileSystem):
     mv = copy = cp_file = _refuse
 
 
+class _Blocks(BaseCache):
+    """DsfsFile's buffer (its default `cache_type`, "dsfs-blocks"). A read of a block or more goes
+    straight to the View, whose memory of verified chunks and read-ahead window (the mount's) serve
+    it: fsspec's "readahead" would copy every byte twice more and read a block past each read, which
+    a random reader (pyarrow reading column chunks) throws away. A smaller read is served from the
+    block it starts in (readline, a parser's small reads)."""
+
+    name = "dsfs-blocks"
+
+    def __init__(self, blocksize: int, fetcher, size: int):
+        super().__init__(blocksize, fetcher, size)
+        self.block, self.start = b"", 0
+
+    def _fetch(self, start: int | None, end: int | None) -> bytes:
+        start = 0 if start is None else start
+        end = self.size if end is None else min(end, self.size)
+        if start >= end:
+            return b""
+        if self.start <= start and end <= self.start + len(self.block):
+            self.hit_count += 1
+            return self.block[start - self.start:end - self.start]
+        self.miss_count += 1
+        if end - start >= self.blocksize:
+            self.total_requested_bytes += end - start
+            return self.fetcher(start, end)
+        self.start = start - start % self.blocksize  # (aligned: a random read checks whole blocks)
+        self.block = self.fetcher(self.start, min(self.size, max(end, self.start + self.blocksize)))
+        self.total_requested_bytes += len(self.block)
+        return self.block[start - self.start:end - self.start]
+
+
+register_cache(_Blocks)
+
+
 class DsfsFile(AbstractBufferedFile):
-    """A file of a version open for reading: fsspec's buffering (a `BLOCK_SIZE` read-ahead by
-    default; `cache_type` and `block_size` as usual) over `View.read`, which verifies every byte.
+    """A file of a version open for reading: fsspec's buffered file over `View.read`, which
+    verifies every byte; `_Blocks` by default (`cache_type` and `block_size` as usual otherwise).
     Read in a forked child, it is opened again through the child's own view."""
 
     _handle: OpenFile | None = None
 
     def __init__(self, fs: DsfsFileSystem, name: str, view: View, inner: str, node: Inode, block_size: int,
-                 cache_options: dict | None, **kwargs):
+                 cache_options: dict | None, cache_type: str = _Blocks.name, **kwargs):
         self.view, self.inner, self.node = view, inner, node
         self._handle = view.open(node.ino, inner)
         self.pid = os.getpid()
         super().__init__(fs, name, mode="rb", block_size=block_size, cache_options=cache_options,
-                         size=node.size, **kwargs)
+                         cache_type=cache_type, size=node.size, **kwargs)
         self.details = _described(name, node)
 
     def _fetch_range(self, start: int, end: int) -> bytes:

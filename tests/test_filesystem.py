@@ -255,6 +255,44 @@ def test_the_entry_point_registers_the_protocol(version, file_store, monkeypatch
     assert isinstance(fs, DsfsFileSystem) and fs.size(path) == len(BIG)
 
 
+def test_open_reads_through_blocks(version, file_store):
+    """A small read is served from the aligned 64 KiB block it falls in; a read of a block or more
+    asks the View for what was asked and no more (a random reader's reads are not followed by a block
+    it throws away); fsspec's other caches still work when asked for."""
+    fs = filesystem(file_store)
+    path = f"{PROJECT}/{NAME}/big.bin"
+    with fs.open(path) as f:
+        assert f.cache.name == "dsfs-blocks" and f.blocksize == 64 << 10
+        f.seek(70_000)
+        assert f.read(10) == BIG[70_000:70_010] and f.read(100) == BIG[70_010:70_110]  # the second from the block
+        assert f.cache.total_requested_bytes == 64 << 10 and f.cache.hit_count == 1
+        f.seek(3 << 20)
+        assert f.read(1 << 20) == BIG[3 << 20:4 << 20]
+        assert f.cache.total_requested_bytes == (64 << 10) + (1 << 20)
+        f.seek(len(BIG) - 5)
+        assert f.read(100) == BIG[-5:] and f.read(1) == b""
+    for cache_type in ("readahead", "none", "bytes", "blockcache"):
+        with fs.open(path, cache_type=cache_type, block_size=1 << 20) as f:
+            f.seek(5 << 20)
+            assert f.read(1000) == BIG[5 << 20:(5 << 20) + 1000], cache_type
+
+
+def test_a_changed_default_store_gets_a_new_instance(version, file_store, tmp_path, monkeypatch):
+    """fsspec keeps one instance per set of options; with none given, the environment that names the
+    store is part of that key: a process whose DSFS_STORE changed does not read the old store."""
+    monkeypatch.setenv("DSFS_STORE", file_store)
+    fs = fsspec.filesystem("dsfs")
+    assert fs.cat_file(f"{PROJECT}/{NAME}/labels.csv") == FILES["labels.csv"] and fsspec.filesystem("dsfs") is fs
+    make_tree(tmp_path / "other-src", {"labels.csv": b"other\n"})
+    other = f"file://{tmp_path}/other-store"
+    final_version(other, tmp_path / "other-src", project=PROJECT, name=NAME)
+    monkeypatch.setenv("DSFS_STORE", other)
+    assert fsspec.filesystem("dsfs") is not fs
+    assert fsspec.filesystem("dsfs").cat_file(f"{PROJECT}/{NAME}/labels.csv") == b"other\n"
+    with fsspec.open(f"dsfs://{PROJECT}/{NAME}/labels.csv") as f:
+        assert f.read() == b"other\n"
+
+
 def test_dataset_fs_and_open(version, file_store):
     ds = Dataset.get(f"{PROJECT}/{NAME}", store=file_store)
     assert ds.fs is ds.fs and ds.fs.ls("", detail=False) == ["big.bin", "empty", "img", "labels.csv"]

@@ -55,6 +55,24 @@ Budget: `size` bytes (`--cache-size`, `$DSFS_CACHE_SIZE`, default half of what t
 free space of its disk add up to). Going over the budget (high watermark) evicts least recently used
 chunks down to 90% of it (low watermark). Chunks pinned by this process (open files of a mount) are
 never evicted, nor are chunks used in the last minute by any process.
+
+Forks (a DataLoader's workers, a multiprocessing pool): LMDB forbids using an environment in a
+process forked after it was opened, and py-lmdb refuses to open the same files again in a process
+while one is open. So a forked child closes the environments it inherited, and every Cache made
+before the fork opens the child's own on its first use (`Cache._forked`, `_Reopening`); the child
+also gets its own locks, record committer and pending records (the parent commits its records before
+the fork, so the child finds the chunks stored so far). Closing is safe only with no transaction
+under way: py-lmdb's close aborts every transaction open in the environment, and aborting a read
+transaction frees its slot in the reader table shared with the parent (LMDB 0.9 with MDB_NOTLS
+writes pid 0 there), after which a writer may reuse pages a parent thread is still reading;
+mdb_env_close itself clears only the slots of the child's own pid. So every transaction, and every
+open and close of an environment, goes through `Environment.begin` and the fork gate (`_Gate`):
+before a fork (os.register_at_fork) the gate holds new ones and waits for those of other threads to
+end. None is then under way, so no thread of the parent holds a reader slot or LMDB's write mutex
+across the fork, and the close in the child touches nothing of the parent's. A fork from inside a
+transaction of the forking thread (or while another thread holds one past FORK_WAIT_S) leaves that
+environment open and unused in the child, which then cannot use that cache folder (UsageError,
+saying why); the parent is not affected.
 """
 
 from __future__ import annotations
@@ -67,9 +85,11 @@ import os
 import re
 import shutil
 import struct
+import sys
 import threading
 import time
 import weakref
+from typing import Any, cast
 
 import blake3
 import lmdb
@@ -112,18 +132,15 @@ def parse_size(text: str | int | None) -> int | None:
 class Cache:
     """The chunk cache of one node. Thread-safe; share one instance per process."""
 
+    env: Environment  # (in a forked child, a _Reopening until its first use: see _forked)
+    view_dbs: dict[str, Any]
+
     def __init__(self, root: str | None = None, size: int | str | None = None):
         self.root = os.path.abspath(root or settings.cache_dir())
         with self.space_checked():
             for sub in ("chunks", "changesets", "tmp"):
                 os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
-            self.env = _open_env(os.path.join(self.root, "index.lmdb"))
-            self.db_chunks = open_db(self.env, b"chunks")
-            self.db_lru = open_db(self.env, b"lru")
-            self.db_meta = open_db(self.env, b"meta")
-            self.db_blocks = open_db(self.env, b"blocks")
-            self.db_small = open_db(self.env, b"small")
-            self.view_dbs = {name: open_db(self.env, name.encode()) for name in viewindex.TABLES}
+            self._attach(_open_env(os.path.join(self.root, "index.lmdb")))
             with self.env.begin(db=self.db_meta) as txn:
                 stored = txn.get(b"format")
             if stored != CACHE_FORMAT:
@@ -134,14 +151,50 @@ class Cache:
                             txn.drop(self.env.open_db(name.encode(), txn=txn), delete=False)
                         txn.put(b"format", CACHE_FORMAT, db=self.db_meta)
         self._pins: dict[bytes, int] = {}
+        self._new_locks()
+        _LIVE.add(self)
+        size = parse_size(size if size is not None else settings.cache_size())
+        self.budget = size if size is not None else self._default_budget()
+
+    def _attach(self, env: Environment) -> None:
+        """Use `env` (this process's environment of the cache folder): its tables, and the records
+        pending in it (shared by every Cache of this folder in this process). `env` is set last, so
+        a thread that finds it finds the tables that go with it (see _reattach)."""
+        self.db_chunks = open_db(env, b"chunks")
+        self.db_lru = open_db(env, b"lru")
+        self.db_meta = open_db(env, b"meta")
+        self.db_blocks = open_db(env, b"blocks")
+        self.db_small = open_db(env, b"small")
+        view_dbs = {name: open_db(env, name.encode()) for name in viewindex.TABLES}
+        if "view_dbs" in self.__dict__:
+            self.view_dbs.update(view_dbs)  # in place: a ViewIndex holds this dict
+        else:
+            self.view_dbs = view_dbs
+        self._pending = env.pending
+        self.env = env
+
+    def _new_locks(self) -> None:
         self._pin_lock = threading.Lock()
         self._uses: dict[bytes, int] = {}  # last uses not yet written (see TOUCH_BATCH)
         self._uses_lock = threading.Lock()
         self._uses_flushed = time.monotonic_ns()
-        self._pending = _pending_records(self.env)  # shared by every Cache of this folder in this process
-        _LIVE.add(self)
-        size = parse_size(size if size is not None else settings.cache_size())
-        self.budget = size if size is not None else self._default_budget()
+        self._reattach_lock = threading.Lock()
+
+    def _forked(self) -> None:
+        """In a forked child (see Forks in the module doc): the environment inherited is not used
+        again; the first use of `env` opens this process's own. Locks another thread of the parent
+        may have held are made anew, and the parent's last uses are left to the parent."""
+        self._new_locks()
+        self._pending = _PendingRecords()  # until _reattach: a commit before any use has nothing to do
+        self.env = cast(Environment, _Reopening(self))  # it opens one, then stands for it
+
+    def _reattach(self) -> Environment:
+        """This process's environment of the cache folder, opened on the first use after a fork."""
+        with self._reattach_lock:
+            if isinstance(self.env, _Reopening):
+                with self.space_checked():
+                    self._attach(_open_env(os.path.join(self.root, "index.lmdb")))
+            return self.env
 
     def _default_budget(self) -> int:
         free = shutil.disk_usage(self.root).free
@@ -631,8 +684,8 @@ class Cache:
 class _PendingRecords:
     """What the chunks of one cache folder stored by this process wait for: their records (and the
     block hashes of chunks read at random), until the committer or a flush commits them. One per
-    LMDB environment, shared by every Cache of that folder in this process (a second Cache, such as
-    an in-process `cache stats`, must see the chunks the first one stored)."""
+    Environment, shared by every Cache of that folder in this process (a second Cache, such as an
+    in-process `cache stats`, must see the chunks the first one stored)."""
 
     def __init__(self):
         self.chunks: dict[bytes, tuple[int, int]] = {}  # digest -> (size, stored at): files in place, not recorded
@@ -642,17 +695,6 @@ class _PendingRecords:
         self.commit_lock = threading.RLock()  # one commit at a time (the committer or a flush; reentrant:
         # a commit over the budget evicts, and evict commits what is due first)
         self.error: DiskFull | None = None  # a failed background commit, raised by the next flush
-
-
-_PENDING: weakref.WeakKeyDictionary[lmdb.Environment, _PendingRecords] = weakref.WeakKeyDictionary()
-
-
-def _pending_records(env: lmdb.Environment) -> _PendingRecords:
-    with _ENVS_LOCK:
-        pending = _PENDING.get(env)
-        if pending is None:
-            pending = _PENDING[env] = _PendingRecords()
-        return pending
 
 
 class _Committer:
@@ -697,56 +739,326 @@ class _Committer:
 _COMMITTER = _Committer()
 
 
-def _new_committer_after_fork() -> None:
-    """A forked child (a DataLoader's worker) starts with a committer of its own: the parent's thread
-    is not there, and its lock may have been held by another thread at the fork."""
-    global _COMMITTER
-    _COMMITTER = _Committer()
-
-
-os.register_at_fork(after_in_child=_new_committer_after_fork)
-
-
 # Caches of this process, so that records not yet committed are committed at exit (a process that
 # ends normally loses none; a killed one loses only records, see the module doc).
 _LIVE: weakref.WeakSet[Cache] = weakref.WeakSet()
 
 
+def _live() -> list[Cache]:
+    """The Caches of this process (a Cache made by another thread meanwhile may be missed)."""
+    for _ in range(10):
+        try:
+            return list(_LIVE)
+        except RuntimeError:  # changed size during iteration
+            continue
+    return []
+
+
 @atexit.register
 def _commit_at_exit() -> None:
-    for cache in list(_LIVE):
+    for cache in _live():
         try:
             cache._commit_records()
         except Exception:  # noqa: BLE001 - at exit, a record lost costs a fetch, never a wrong byte
             pass
 
 
-# Held weakly: an environment maps 1 TiB of address space and a process can map about 126, so one
-# is closed (unmapped) once no Cache, transaction or view holds it; a later Cache opens it again.
-_ENVS: weakref.WeakValueDictionary[tuple[int, str], lmdb.Environment] = weakref.WeakValueDictionary()
-_ENVS_LOCK = threading.Lock()
+class _Hook:
+    """(multiprocessing.util.register_after_fork holds the object it is given weakly)"""
 
 
-def _open_env(path: str) -> lmdb.Environment:
-    """One LMDB environment per path and process (LMDB refuses a second open in one process, and an
-    environment must not cross a fork: the key includes the pid)."""
-    key = (os.getpid(), path)
-    with _ENVS_LOCK:
-        env = _ENVS.get(key)
-        if env is None:
+_COMMIT_AT_EXIT = _Hook()
+
+
+# -- this process's environments, and forks -------------------------------------------------------
+
+class _Gate:
+    """The LMDB operations under way in this process (transactions, opening and closing an
+    environment), so that a fork can wait for them to end and hold new ones until it is done (see
+    Forks in the module doc). An operation is entered by the thread that begins it: the forking
+    thread's own are not waited for (it cannot end them), but they make the child unable to close
+    what it inherited.
+
+    The way in takes no lock (an LMDB read transaction costs 0.7-1.3 us here, a gate with a lock
+    another 0.9, this one 0.3): a thread appends itself to `holders`, then looks at `closer`; the
+    fork sets `closer`, then looks at `holders`. Under the GIL one of them sees the other (an append
+    and a read of an attribute are atomic and ordered), so either the fork waits for that thread or
+    the thread backs out and waits for the fork."""
+
+    def __init__(self):
+        self.holders: list[int] = []  # the thread of each operation under way (a thread once per operation)
+        self.closer: int | None = None  # the thread about to fork, while it holds new operations
+        self.changed = threading.Condition()
+
+    def enter(self) -> int:
+        """Begin an operation; returns the holder to leave with."""
+        me = threading.get_ident()
+        self.holders.append(me)
+        if self.closer is not None and self.closer != me:
+            self._wait_open(me)
+        return me
+
+    def _wait_open(self, me: int) -> None:
+        self.leave(me)
+        with self.changed:
+            while self.closer is not None and self.closer != me:
+                self.changed.wait()
+            self.holders.append(me)  # (under the condition's lock: a new close waits for it, and sees it)
+
+    def leave(self, holder: int) -> None:
+        """End an operation begun by `holder` (it may end in another thread: a read transaction can
+        move between threads, and a finalizer runs in any)."""
+        self.holders.remove(holder)
+        if self.closer is not None:
+            self.notify()
+
+    def notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Hold the new operations of other threads and wait for theirs to end. False if this thread
+        has some under way, or the others did not end within `timeout` seconds."""
+        me = threading.get_ident()
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.closer is not None:  # another thread forking at the same time goes first
+                self.changed.wait()
+            self.closer = me
+            while any(holder != me for holder in list(self.holders)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 0.1))
+            return me not in self.holders
+
+    def open(self) -> None:
+        with self.changed:
+            self.closer = None
+            self.changed.notify_all()
+
+
+_GATE = _Gate()
+
+
+class _Transaction:
+    """An LMDB transaction of the node cache, held in the fork gate from its begin to its end.
+    `with env.begin() as txn` gives LMDB's own transaction (no cost per get or put); used without
+    `with`, it passes every other call on to it and ends with commit() or abort(). (The gate's way
+    in and out is written out here: this runs for every read of the cache.)"""
+
+    def __init__(self, env: Environment, kwargs: dict):
+        gate = _GATE
+        self.gate: _Gate | None = gate  # None once ended
+        me = self.holder = threading.get_ident()
+        gate.holders.append(me)
+        if gate.closer is not None and gate.closer != me:
+            gate._wait_open(me)
+        try:
+            self.txn = env.lmdb.begin(**kwargs)
+        except BaseException:
+            self._end()
+            raise
+        self.env = env  # (not closed while a transaction is open)
+
+    def __enter__(self):
+        return self.txn.__enter__()
+
+    def __exit__(self, *exc):
+        if self.gate is not _GATE:  # ended, or begun before a fork: the parent's, never touched here
+            return None
+        try:
+            return self.txn.__exit__(*exc)
+        finally:
+            self._end()
+
+    def commit(self) -> None:
+        try:
+            self.txn.commit()
+        finally:
+            self._end()
+
+    def abort(self) -> None:
+        try:
+            self.txn.abort()
+        finally:
+            self._end()
+
+    def __getattr__(self, name: str):
+        if name in ("txn", "gate", "holder"):  # (not set: __init__ failed)
+            raise AttributeError(name)
+        value = self.__dict__[name] = getattr(self.txn, name)  # once: a view build puts millions of records
+        return value
+
+    def _end(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.holders.remove(self.holder)
+            if gate.closer is not None:
+                gate.notify()
+
+    def __del__(self) -> None:
+        if self.__dict__.get("gate") is _GATE:  # dropped unfinished
+            try:
+                self.txn.abort()
+            finally:
+                self._end()
+
+
+class Environment:
+    """This process's LMDB environment of one cache folder (LMDB refuses a second open of one in a
+    process), the records its Caches stored and have not committed, and the one way to begin a
+    transaction in it (`begin`, counted by the fork gate). Closed when no Cache and no transaction
+    holds it: an environment maps 1 TiB of address space, and a process can map about 126."""
+
+    lmdb: Any = None  # LMDB's environment; None once closed or inherited across a fork
+
+    def __init__(self, path: str):
+        self.path = path
+        self.gate = _GATE
+        holder = _GATE.enter()
+        try:
             _reserve_lock_file(path)
-            env = lmdb.open(path, map_size=1 << 40, max_dbs=16, max_readers=MAX_READERS, subdir=True)
-            env.reader_check()  # clear reader slots of killed processes
-            _ENVS[key] = env
+            self.lmdb = lmdb.open(path, map_size=1 << 40, max_dbs=16, max_readers=MAX_READERS, subdir=True)
+            self.lmdb.reader_check()  # clear reader slots of killed processes
+        finally:
+            _GATE.leave(holder)
+        self.pending = _PendingRecords()
+
+    def begin(self, **kwargs) -> _Transaction:
+        """LMDB's Environment.begin (db, parent, write, buffers), counted by the fork gate."""
+        return _Transaction(self, kwargs)
+
+    def open_db(self, name: bytes, txn=None, **kwargs):
+        return self.lmdb.open_db(name, txn=txn.txn if isinstance(txn, _Transaction) else txn, **kwargs)
+
+    def close(self) -> None:
+        if self.lmdb is None or self.gate is not _GATE:  # closed, or inherited across a fork (_after_fork_in_child)
+            return
+        holder = _GATE.enter()
+        try:
+            self.lmdb.close()
+            self.lmdb = None
+        finally:
+            _GATE.leave(holder)
+
+    __del__ = close
+
+    def _inherited(self, safe: bool) -> None:
+        """In a forked child: never use this environment again. Closing it makes LMDB unmap it and
+        clear the reader slots of this process's pid (the child's, so none of the parent's), and
+        makes py-lmdb forget the files, so that the child can open them again; py-lmdb also aborts
+        the transactions open in it, which would free the parent's reader slots, so it is closed
+        only when the fork found none under way (`safe`). Otherwise it stays open, unused, for
+        the life of the child (its collection would close it), and the cache folder cannot be
+        used there."""
+        if safe:
+            self.lmdb.close()
+        else:
+            _UNUSABLE[self.path] = self.lmdb
+        self.lmdb = None
+
+
+class _Reopening:
+    """What a Cache made before a fork holds as its `env` in the forked child, until the first use
+    opens the child's own environment (Cache._reattach) and stands in for it."""
+
+    def __init__(self, cache: Cache):
+        self.cache = cache
+
+    def __getattr__(self, name: str):
+        return getattr(self.cache._reattach(), name)
+
+
+# Held weakly, so that an Environment no Cache or transaction holds is closed (see Environment).
+_ENVS: weakref.WeakValueDictionary[str, Environment] = weakref.WeakValueDictionary()
+_ENVS_LOCK = threading.Lock()
+_UNUSABLE: dict[str, lmdb.Environment | None] = {}  # path -> an environment inherited that could not be closed
+FORK_WAIT_S = 30.0  # a fork waits this long at most for the transactions under way in other threads
+
+
+def _open_env(path: str) -> Environment:
+    """This process's one Environment of the LMDB environment at `path`."""
+    with _ENVS_LOCK:
+        env = _ENVS.get(path)
+        if env is None:
+            if path in _UNUSABLE:
+                raise UsageError(f"the node cache {os.path.dirname(path)} cannot be used in this process: it was "
+                                 f"forked by a thread inside a transaction of that cache (or while another thread "
+                                 f"held one for over {FORK_WAIT_S:.0f} s); fork outside dsfs calls, or start workers "
+                                 f"with the 'spawn' method")
+            env = _ENVS[path] = Environment(path)
         return env
 
 
-def open_db(env: lmdb.Environment, name: bytes):
+def open_db(env: Environment, name: bytes):
     """A named table of the environment, opened in a write transaction of our own: `env.open_db`
     without one waits for LMDB's write lock holding the GIL, so a thread of this process in a write
     transaction (the record committer) could never finish it, and both hung."""
     with env.begin(write=True) as txn:
         return env.open_db(name, txn=txn)
+
+
+_fork_safe = True  # set before each fork: the child may close what it inherits
+_exit_hooked = False  # multiprocessing's children commit at their exit too (_commit_at_worker_exit)
+
+
+def _commit_at_worker_exit(_) -> None:
+    """In a child of multiprocessing (a Pool's, a DataLoader's worker), which a fork start ends with
+    os._exit, past atexit: commit the records at its exit through multiprocessing's own finalizers."""
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _commit_at_exit, exitpriority=0)
+
+
+def _before_fork() -> None:
+    """Commit the records due (so that the child finds the chunks stored so far), then hold new
+    LMDB operations and wait for those of other threads (see Forks in the module doc)."""
+    global _fork_safe, _exit_hooked
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None and not _exit_hooked:  # (run in its children after every fork of the module's)
+        mp_util.register_after_fork(_COMMIT_AT_EXIT, _commit_at_worker_exit)
+        _exit_hooked = True
+    caches = {id(cache.env): cache for cache in _live() if isinstance(cache.env, Environment)}
+    for cache in caches.values():
+        lock = cache._pending.commit_lock
+        if not lock.acquire(blocking=False):  # a commit under way: the gate waits for its transaction
+            continue
+        try:
+            cache._commit_records()
+        except Exception:  # noqa: BLE001 - a fork must go on: the child fetches those chunks again
+            log.debug("committing the records of the node cache %s before a fork failed", cache.root, exc_info=True)
+        finally:
+            lock.release()
+    del caches
+    _fork_safe = _GATE.close(FORK_WAIT_S)
+    if not _fork_safe:
+        log.warning("forking inside a transaction of the node cache (or after waiting %.0f s for another thread's "
+                    "to end): the child cannot use the cache", FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    _GATE.open()
+
+
+def _after_fork_in_child() -> None:
+    """The child's own gate, locks and committer; the environments inherited dropped (closed when
+    safe), and every Cache made before the fork set to open the child's own on first use."""
+    global _GATE, _ENVS_LOCK, _COMMITTER
+    inherited = list(_ENVS.values())
+    _GATE, _ENVS_LOCK, _COMMITTER = _Gate(), threading.Lock(), _Committer()
+    _ENVS.clear()
+    for env in inherited:
+        try:
+            env._inherited(_fork_safe)
+        except Exception:  # noqa: BLE001 - this child then cannot use that cache folder, and says so
+            _UNUSABLE[env.path] = None
+    del inherited
+    for cache in _live():
+        cache._forked()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _reserve_lock_file(path: str) -> None:
