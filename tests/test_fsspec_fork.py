@@ -64,6 +64,28 @@ def _read_in_child(paths: list[str]) -> list[tuple[str, str, str, int]]:
              os.getpid()) for path in paths]
 
 
+def test_children_forked_after_a_read_from_s3_open_the_store_again(tmp_path, moto_server):
+    """The Store a child inherits holds the parent's s3fs instance (its event loop, its
+    connections), which s3fs refuses after a fork: the child's Store makes its own backend."""
+    from dsfs import Store
+
+    url = moto_server.new_url()
+    store = Store.open(url, create=True, **moto_server.options)
+    make_tree(tmp_path / "src", FILES)
+    ds = final_version(store, tmp_path / "src")
+    for path in sorted(FILES)[::5]:  # the parent's backend has run, on its own event loop
+        assert ds.read_file(path) == FILES[path]
+    _parent.update(ds=ds, store=store)
+    paths = sorted(FILES)
+    try:
+        results = _pooled("fork", 2, _read_in_child, [paths[i::4] for i in range(4)])
+    finally:
+        _parent.clear()
+    assert sorted(path for path, *_ in results) == paths
+    for path, inherited, fresh, _ in results:
+        assert inherited == fresh == DIGESTS[path], path
+
+
 def test_children_forked_after_a_read_open_the_cache_again(dataset, file_store):
     ds = Dataset.get(dataset.id, store=file_store)
     read_first = sorted(FILES)[::3]
@@ -296,3 +318,18 @@ def test_a_spawned_pool_reads_through_the_same_cache(dataset, file_store):
     assert sorted(results) == sorted(DIGESTS.items())
     entries = {entry.path: entry for entry in ds.file_entries()}
     assert all(ds.cache.has_chunk(ref.digest) for entry in entries.values() for ref in entry.chunks)
+
+
+def _fetch_pool_in_child(_) -> bool:
+    from dsfs.store import fetch
+
+    return fetch._shared_pool() is not None
+
+
+def test_a_fork_while_the_fetch_pool_lock_is_held_does_not_hang_the_child():
+    """A thread of the parent holding the range-fetch pool's lock at the fork: the child's first
+    fetch must not wait for a release that never comes there."""
+    from dsfs.store import fetch
+
+    with fetch._pool_lock, multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_fetch_pool_in_child, (0,)).get(timeout=20)

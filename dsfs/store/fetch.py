@@ -115,6 +115,16 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked chi
 _pool_lock = threading.Lock()
 
 
+def _new_pool_lock() -> None:
+    """In a forked child: a lock another thread of the parent held at the fork would never be
+    released here (its first fetch would hang)."""
+    global _pool_lock
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_pool_lock)
+
+
 def _shared_pool() -> ThreadPoolExecutor:
     """The process's one pool for range fetches. A pool per call started and joined a thread per
     fetch: on a cold shuffled epoch (one small file, one range each) that was a tenth of the reader

@@ -256,7 +256,9 @@ class Store:
             if protocol == "file":
                 options.setdefault("auto_mkdir", True)
                 root = os.path.abspath(os.path.expanduser(root))
-            self.fs = fsspec.filesystem(protocol, **backends.prepare(protocol, options, self.timeout))
+            self._fs_options = backends.prepare(protocol, options, self.timeout)
+            self._fs = fsspec.filesystem(protocol, **self._fs_options)
+            self._fs_pid = os.getpid()
         except ImportError as exc:
             raise backends.missing_library(protocol, exc) from None
         except (ValueError, TypeError) as exc:
@@ -268,6 +270,16 @@ class Store:
         self.root = self.fs._strip_protocol(root).rstrip("/") if protocol != "file" else root
         self.is_local = protocol == "file"
         self._endpoint = backends.endpoint(protocol, self.fs)
+
+    @property
+    def fs(self):
+        """The fsspec backend. A forked child (a DataLoader's worker) makes its own: the parent's
+        holds the parent's event loop and connections, which s3fs refuses to use after a fork
+        ("This class is not fork-safe"); fsspec's instance cache is per process, so this is new."""
+        if self._fs_pid != os.getpid():
+            self._fs = fsspec.filesystem(self.protocol, **self._fs_options)
+            self._fs_pid = os.getpid()
+        return self._fs
 
     # -- opening -------------------------------------------------------------------------------
 
