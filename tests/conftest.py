@@ -101,12 +101,13 @@ def make_tree(root, files: dict[str, bytes]) -> None:
 
 def final_version(store, folder, parents=None, name="n", project="p"):
     """A final version of project/name holding `folder`, read back from the store as a consumer
-    would see it."""
+    would see it. Its close makes statistics only: automatic previews read sample files through the
+    node cache, and a test that damages the store afterwards expects a cold cache."""
     from dsfs import Dataset
 
     ds = Dataset.create(project, name, parents=parents, store=store)
     ds.add_files(str(folder))
-    ds.finalize()
+    ds.finalize(preview="stats")
     return Dataset.get(ds.id, store=store)
 
 
