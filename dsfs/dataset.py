@@ -306,9 +306,14 @@ class Dataset:
             samples = close.close(self.store, self.info, draft, auto_upload, max_workers, show_progress,
                                  executor=executor, preview=preview)
         self._draft = None  # a final version has no draft: do not keep its entries and chunks alive
-        if preview == "auto":
+        if preview == "auto" and samples:
             try:
-                previews.auto_previews(self.store, self.info, samples, self.read_file)
+                # The sample's entries come from one streamed pass over the version: read_file
+                # would hold the whole view in memory (an ImageNet of 1.28M files: gigabytes).
+                wanted = {path for path, _ in samples}
+                entries = {e.path: e for e in self.iter_entries() if e.path in wanted}
+                previews.auto_previews(self.store, self.info, samples,
+                                       lambda path: self._entry_bytes(entries[path], path))
             except DsfsError as exc:
                 warn(f"dataset {self.id} is final, but its previews were not stored: {exc}")
         return {**self.push(push_to, max_workers, show_progress), "to": push_to} if push_to else None
@@ -512,6 +517,9 @@ class Dataset:
         entry = self._lineage.view(self.id).get(path)
         if entry is None:
             raise UsageError(f"no file {path!r} in dataset {self.id} ({self.info.ref})")
+        return self._entry_bytes(entry, path)
+
+    def _entry_bytes(self, entry: Entry, path: str) -> bytes:
         if entry.url:
             fs, remote = links.checked(entry.url, entry.etag, entry.size, f"{path} of dataset {self.id}")
             return links.read_range(fs, remote, 0, entry.size, entry.url) if entry.size else b""

@@ -306,3 +306,21 @@ def test_a_project_sets_its_default_preview_mode(tmp_path, file_store, dsfs):
     assert r.code == 0 and "preview: auto" in r.out and "unknown preview mode 'everything'" in r.err
     r = dsfs("project", "set", "../x", "--preview", "stats", "--store", file_store)
     assert r.code != 0 and "invalid project" in r.err and "Traceback" not in r.err
+
+
+def test_automatic_previews_stream_the_version_instead_of_holding_its_view(tmp_path, file_store, monkeypatch):
+    """The sample's entries come from one streamed pass: a close never builds the whole view in
+    memory for its previews (a 1,000,000-image version would need gigabytes)."""
+    from dsfs.lineage.merge import Lineage
+
+    make_tree(tmp_path / "src", {"a.csv": b"x,y\n1,2\n", **{f"f{i:03d}.bin": b"%d" % i for i in range(200)}})
+    ds = Dataset.create("p", "stream", store=file_store)
+    ds.add_files(str(tmp_path / "src"))
+
+    def no_view(*args, **kwargs):
+        raise AssertionError("the whole view was loaded")
+
+    monkeypatch.setattr(Lineage, "view", no_view)
+    ds.finalize(preview="auto")
+    table = next(i for i in Dataset.get(ds.id, store=file_store).previews() if i["kind"] == "table")
+    assert table["title"] == "a.csv" and table["rows"] == [[1, 2]]
