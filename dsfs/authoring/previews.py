@@ -162,6 +162,13 @@ def _write_item(store: Store, info: VersionInfo, item: dict) -> None:
     store.write_preview_item(info.id, data)
 
 
+def _write_blob_item(store: Store, info: VersionInfo, data: bytes, item: dict) -> None:
+    """An item holding `data` (an image, a media file) as a blob: the blob first, then the item
+    naming it by digest, so no item ever names a blob that is not there."""
+    digest = store.write_preview_blob(info.id, data)
+    _write_item(store, info, {**item, "blob": digest, "bytes": len(data)})
+
+
 def _plain(value):
     """JSON for what json does not know: numpy scalars and arrays, dates, anything else as text."""
     if hasattr(value, "tolist"):
@@ -319,13 +326,10 @@ class _ImageSample:
         if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         image.save(out, format="PNG", optimize=True)
-        data = out.getvalue()
-        digest = self.store.write_preview_blob(self.info.id, data)  # the blob before the item naming it
-        _write_item(self.store, self.info, {"kind": "image", "title": path, "series": "thumbnail", "iteration": 0,
-                                            "blob": digest, "bytes": len(data), "mime": "image/png",
-                                            "name": os.path.splitext(os.path.basename(path))[0] + ".png",
-                                            "automatic": True,
-                                            "width": image.width, "height": image.height})
+        _write_blob_item(self.store, self.info, out.getvalue(),
+                         {"kind": "image", "title": path, "series": "thumbnail", "iteration": 0, "mime": "image/png",
+                          "name": os.path.splitext(os.path.basename(path))[0] + ".png", "automatic": True,
+                          "width": image.width, "height": image.height})
 
     def finish(self) -> None:
         """The width and height histograms of the sample (10 bins each)."""
@@ -515,9 +519,8 @@ class PreviewLogger:
 
     def _blob_item(self, kind: str, title: str, series: str, iteration: int, data: bytes, mime: str,
                    name: str) -> None:
-        digest = self.store.write_preview_blob(self.info.id, data)  # the blob before the item naming it
-        _write_item(self.store, self.info, {"kind": kind, "title": title, "series": series, "iteration": iteration,
-                                            "blob": digest, "bytes": len(data), "mime": mime, "name": name})
+        _write_blob_item(self.store, self.info, data, {"kind": kind, "title": title, "series": series,
+                                                       "iteration": iteration, "mime": mime, "name": name})
 
 
 def _read_local(path: str) -> bytes:
