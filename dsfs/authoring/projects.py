@@ -40,10 +40,12 @@ def read_settings(store: Store, project: str) -> dict:
         warn(f"the settings of project {project!r} in {store.display_url} are ignored: {exc}")
         return {}
     preview = settings.get("preview")
-    if preview is not None and preview not in PREVIEW_MODES:
+    if preview is None:
+        return {}
+    if preview not in PREVIEW_MODES:
         warn(f"project {project!r} sets an unknown preview mode {preview!r}: ignored")
-        settings.pop("preview")
-    return {k: v for k, v in settings.items() if k == "preview"}
+        return {}
+    return {"preview": preview}  # the one setting dsfs knows
 
 
 def preview_mode(store: Store, project: str) -> tuple[str, str | None]:
