@@ -45,7 +45,7 @@ from dsfs.model import LINK_SCHEMES
 from dsfs.store import backends, datastores
 from dsfs.store.layout import redact
 
-TAG_KEYS, object_tag = backends.TAG_KEYS, backends.object_tag  # shared with remote sources (dsfs.authoring.sources)
+object_tag = backends.object_tag  # shared with remote sources (dsfs.authoring.sources)
 ALLOW_ENV = "DSFS_ALLOW_LINKS"
 
 log = logging.getLogger(__name__)
