@@ -368,8 +368,15 @@ def test_preview_tab(ui, versions, tmp_path):
     assert 'aria-label="classes"' in page.text and "&lt;dog&gt;" in page.text
     assert "&lt;b&gt;collected&lt;/b&gt;" in page.text
     blob = re.search(r'<img class="preview" src="(/v/[0-9a-f]+/blob/[0-9a-f]{64})" alt="pic.png"', page.text).group(1)
-    image = ui.get(blob)
+    listed = []
+    real_previews = Dataset.previews
+    with pytest.MonkeyPatch.context() as patch:  # the page listed the items: each <img> reads its blob only
+        patch.setattr(Dataset, "previews", lambda self: listed.append(self.id) or real_previews(self))
+        image = ui.get(blob)
     assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content == picture
+    assert listed == []
+    other = ui.get(blob.replace(parent.id, versions[1].id))  # not an item of that version
+    assert other.status_code == 404
 
 
 def test_export_tar_and_zip_are_streamed_archives_of_the_version(ui, versions):

@@ -74,6 +74,7 @@ CSRF_COOKIE = "dsfs_ui_csrf"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DATASETS_PAGE = 50
 SEARCHES_KEPT = 32  # filter combinations whose answer the datasets page keeps
+BLOB_ITEMS_KEPT = 1_000  # preview items with a blob remembered from preview pages (UI.blob_items)
 CHART_VERSIONS = 50  # the newest versions drawn in a dataset's chart
 SECURITY_HEADERS = [
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -118,6 +119,9 @@ class UI:
         self._views: content.Views | None = None
         self.tables = content.TableCache()
         self.searches: dict[tuple, tuple[str, float, list[VersionInfo], dict[str, str]]] = {}
+        # (version id, blob digest) -> its item, as the last preview page of that version listed it:
+        # each <img> of that page is then one GET of its blob, not a listing and a read of every item
+        self.blob_items: dict[tuple[str, str], dict] = {}
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters.update(size=human_size, urlpath=urlpath, short=lambda text: str(text)[:8])
@@ -167,6 +171,12 @@ class UI:
                 while len(self.searches) > SEARCHES_KEPT:
                     self.searches.pop(next(iter(self.searches)))
         return found
+
+    def remember_blobs(self, dataset_id: str, items: list[dict]) -> None:
+        with self.lock:
+            self.blob_items.update(((dataset_id, i["blob"]), i) for i in items if isinstance(i.get("blob"), str))
+            while len(self.blob_items) > BLOB_ITEMS_KEPT:
+                self.blob_items.pop(next(iter(self.blob_items)))
 
     def close(self) -> None:
         if self._views is not None:
@@ -500,6 +510,7 @@ def preview_page(request: Request, ui: UI):
     info = _version(ui, request)
     dataset = Dataset(ui.store(), info, ui.cache)
     items = dataset.previews() if info.is_final else []
+    ui.remember_blobs(info.id, items)
     drawn = []
     for item in items:
         chart = None
@@ -520,14 +531,20 @@ def preview_blob(request: Request, ui: UI):
     name = request.path_params["name"]
     if not (len(name) == 64 and all(c in "0123456789abcdef" for c in name)):
         raise PathNotFound(f"no preview {name!r}")
-    items = [i for i in Dataset(ui.store(), info, ui.cache).previews() if i.get("blob") == name]
-    if not items:
-        raise PathNotFound(f"no preview {name!r} of {info.ref}")
-    mime = items[0].get("mime", "")
-    data = Dataset(ui.store(), info, ui.cache).preview_blob(name)
+    dataset = Dataset(ui.store(), info, ui.cache)
+    with ui.lock:
+        item = ui.blob_items.get((info.id, name))
+    if item is None:  # not on a preview page this UI showed: look among the version's items
+        items = dataset.previews()
+        ui.remember_blobs(info.id, items)
+        item = next((i for i in items if i.get("blob") == name), None)
+        if item is None:
+            raise PathNotFound(f"no preview {name!r} of {info.ref}")
+    mime = item.get("mime", "")
+    data = dataset.preview_blob(name)
     return Response(data, media_type=mime if mime in content.IMAGE_TYPES.values() else "application/octet-stream",
                     headers={"Content-Security-Policy": DOWNLOAD_POLICY,
-                             "Content-Disposition": _attachment(items[0].get("name") or name)})
+                             "Content-Disposition": _attachment(item.get("name") or name)})
 
 
 @endpoint
