@@ -51,7 +51,6 @@ import datetime
 import errno
 import logging
 import os
-import pickle
 import stat
 import threading
 import urllib.parse
@@ -127,7 +126,6 @@ class DsfsFileSystem(AbstractFileSystem):
         if store is not None and datastore is not None:
             raise ValueError("give `store` or `datastore`, not both")
         self.store_ref = datastores.PREFIX + datastore if datastore else store
-        self.store_pid = os.getpid()  # the process a Store given belongs to (a forked child copies it)
         self.cache_dir = cache_dir
         self.cache_size = cache_size
         self.dataset = dataset
@@ -145,16 +143,10 @@ class DsfsFileSystem(AbstractFileSystem):
             with _opening.setdefault(os.getpid(), threading.Lock()):
                 state = self._state
                 if state is None or state.pid != os.getpid():
-                    state = self._state = _ProcessState(self._open_store(), Cache(self.cache_dir, self.cache_size))
+                    # (a Store given makes its own backend in a forked child: Store.fs)
+                    state = self._state = _ProcessState(catalog.open_store(self.store_ref),
+                                                        Cache(self.cache_dir, self.cache_size))
         return state
-
-    def _open_store(self) -> Store:
-        store = self.store_ref
-        if isinstance(store, Store) and self.store_pid != os.getpid():
-            # A forked child: the parent's backend (an event loop, sessions) must not be used here.
-            # fsspec filesystems pickle as the arguments that made them, so a copy opens its own.
-            store = pickle.loads(pickle.dumps(store))
-        return catalog.open_store(store)
 
     # -- where a path leads --------------------------------------------------------------------
 
