@@ -844,16 +844,12 @@ _GATE = _Gate()
 class _Transaction:
     """An LMDB transaction of the node cache, held in the fork gate from its begin to its end.
     `with env.begin() as txn` gives LMDB's own transaction (no cost per get or put); used without
-    `with`, it passes every other call on to it and ends with commit() or abort(). (The gate's way
-    in and out is written out here: this runs for every read of the cache.)"""
+    `with`, it passes every other call on to it and ends with commit() or abort()."""
 
     def __init__(self, env: Environment, kwargs: dict):
         gate = _GATE
         self.gate: _Gate | None = gate  # None once ended
-        me = self.holder = threading.get_ident()
-        gate.holders.append(me)
-        if gate.closer is not None and gate.closer != me:
-            gate._wait_open(me)
+        self.holder = gate.enter()
         try:
             self.txn = env.lmdb.begin(**kwargs)
         except BaseException:
@@ -893,9 +889,7 @@ class _Transaction:
     def _end(self) -> None:
         gate, self.gate = self.gate, None
         if gate is not None:
-            gate.holders.remove(self.holder)
-            if gate.closer is not None:
-                gate.notify()
+            gate.leave(self.holder)
 
     def __del__(self) -> None:
         if self.__dict__.get("gate") is _GATE:  # dropped unfinished
