@@ -48,6 +48,22 @@ def test_statistics_at_close_from_the_file_list(version, file_store):
         assert SECRET_ROW not in store._get(key) and b"patient" not in store._get(key)
 
 
+def test_file_statistics_group_by_top_folder_and_extension_in_any_order():
+    """The grouping looks a top folder up once per run of its files; the result must not depend on
+    the order, on top-level files between folders, or on names that are all extension."""
+    files = [("b/x.TXT", 3), ("a.txt", 5), ("b/y.txt", 7), (".bashrc", 1), ("b/c/d.tar.gz", 11),
+             ("top", 2), ("b.d/e", 13), ("b", 0)]
+    expected_ext = {".txt": (3, 15), "(none)": (4, 16), ".gz": (1, 11)}
+    expected_folder = {"b": (3, 21), "(top level)": (4, 8), "b.d": (1, 13)}
+    for order in (files, sorted(files), sorted(files, reverse=True)):
+        stats = previews.file_statistics(order)
+        assert {r["name"]: (r["files"], r["bytes"]) for r in stats["by_extension"]} == expected_ext
+        assert {r["name"]: (r["files"], r["bytes"]) for r in stats["by_folder"]} == expected_folder
+        assert (stats["files"], stats["bytes"]) == (8, 42)
+        assert {(b["from"], b["to"]): b["files"] for b in stats["size_histogram"]} == {
+            (0, 1): 1, (1, 2): 1, (2, 4): 2, (4, 8): 2, (8, 16): 2}
+
+
 def test_child_statistics_count_its_changes_and_recompute(version, tmp_path, file_store, dsfs):
     make_tree(tmp_path / "more", {"tables/c.csv": b"1"})
     child = Dataset.create("p", "n", parents=[version.id], store=file_store)

@@ -49,19 +49,26 @@ TOP_GROUPS = 50  # extensions and folders shown by name; the rest are summed as 
 def file_statistics(files: Iterable[tuple[str, int]], counts: dict | None = None) -> dict:
     """Statistics of a version from its (path, size) pairs alone (no file is read): a file table's
     columns at close, or the version's entries streamed (`dsfs stats --recompute`)."""
-    # One dict operation per file, keyed by (extension as written, top folder): 1.67 -> 0.85 us a
-    # file against five Counter updates and a lower() (a 1,000,000-file version's statistics).
-    groups: dict[tuple[str, str | None], list[int]] = {}
+    # Paths come sorted, so a top folder's files are consecutive: its name is sliced out once, and
+    # each file costs a startswith and one dict operation on its extension (0.93 -> 0.57 us a file
+    # of a 1,000,000-file version against a (extension, folder) key built per file). Any order
+    # gives the same result; out of order, a folder is only looked up more often.
+    groups: dict[str | None, dict[str, list[int]]] = {}  # top folder -> {extension as written: [n, bytes]}
     sizes = [0] * 66  # bin k holds sizes in [2^(k-1), 2^k); sizes are int64
     total = 0
+    prefix, extensions = "\0", {}  # "\0" starts no path: the first file looks its folder up
     for path, size in files:
-        slash = path.rfind("/")
+        if not path.startswith(prefix):
+            slash = path.find("/")
+            # a top-level file keeps prefix "\0", so the next file looks its folder up again
+            prefix = path[:slash + 1] if slash >= 0 else "\0"
+            extensions = groups.setdefault(path[:slash] if slash >= 0 else None, {})
         dot = path.rfind(".")
         # (a dot in the name that is not its first character begins an extension)
-        key = (path[dot:] if dot > slash + 1 else "", path[:path.find("/")] if slash >= 0 else None)
-        group = groups.get(key)
+        extension = path[dot:] if dot > path.rfind("/") + 1 else ""
+        group = extensions.get(extension)
         if group is None:
-            groups[key] = [1, size]
+            extensions[extension] = [1, size]
         else:
             group[0] += 1
             group[1] += size
@@ -71,13 +78,14 @@ def file_statistics(files: Iterable[tuple[str, int]], counts: dict | None = None
     bytes_by_extension: Counter = Counter()
     by_folder: Counter = Counter()
     bytes_by_folder: Counter = Counter()
-    for (extension, folder), (n, nbytes) in groups.items():
-        extension = extension.lower() or "(none)"
+    for folder, found in groups.items():
         folder = "(top level)" if folder is None else folder
-        by_extension[extension] += n
-        bytes_by_extension[extension] += nbytes
-        by_folder[folder] += n
-        bytes_by_folder[folder] += nbytes
+        for extension, (n, nbytes) in found.items():
+            extension = extension.lower() or "(none)"
+            by_extension[extension] += n
+            bytes_by_extension[extension] += nbytes
+            by_folder[folder] += n
+            bytes_by_folder[folder] += nbytes
     return {"files": sum(by_extension.values()), "bytes": total,
             "by_extension": _grouped(by_extension, bytes_by_extension),
             "by_folder": _grouped(by_folder, bytes_by_folder),
