@@ -26,6 +26,11 @@ The mount was tuned for files read in order; ML jobs read the other way. Figures
                   the node cache, the page cache of the chunk files and of the file evicted before each
                   run, a fresh mount per run; beside the same fio on the local file, evicted
                                                                      target 4 KiB >= 8,000 IOPS
+    floor-*       the 4 KiB psync figure beside bench/fuse_floor.py serving the local file (evicted) by
+                  os.pread of the 64 KiB blocks each read touches, nothing else: each read on a trio
+                  worker thread (`thread`), on the event loop when the page cache holds it and on a
+                  thread when not (`nowait`, what the mount does), or on the loop always (`inline`,
+                  which blocks it for as long as the disk takes): what pyfuse3 reaches here
     span-4k       the 4 KiB rate over the 1 GiB span beside the rate over its first 128 MiB (same jobs,
                   a quarter each)                                    target within 20 %
     fsspec-*      the same two epochs through dsfs:// (issue 19): a DsfsFileSystem made in the parent,
@@ -494,6 +499,25 @@ class Bench:
             result["disk_per_byte"] = (disk1 - disk0) / max(1, result["io_bytes"])
             return result
 
+        def floor_run(bs, engine, span, mode):
+            """The same fio on bench/fuse_floor.py serving the local file by os.pread of the 64 KiB
+            blocks a read touches (no cache, no hash): what pyfuse3 on this machine reaches when
+            reads miss memory, with each read on a worker thread or on the event loop."""
+            mountpoint = os.path.join(self.run_dir, "mnt", "fuse-floor")
+            os.makedirs(mountpoint, exist_ok=True)
+            proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fuse_floor.py"), mountpoint, "1", "0",
+                                     "trio", local, str(64 * KiB), mode])
+            try:
+                wait_mounted(mountpoint, "bench/fuse_floor.py", proc)
+                path = os.path.join(mountpoint, "f0000000")
+                os.sync()
+                evict([local, path])
+                return self.fio(path, bs, engine, span)
+            finally:
+                if os.path.ismount(mountpoint):
+                    subprocess.run(["fusermount3", "-u", mountpoint], check=True)
+                proc.wait(timeout=20)
+
         def best(fn, *a):
             return max((fn(*a) for _ in range(repeat)), key=lambda r: r["iops"])
 
@@ -515,6 +539,13 @@ class Bench:
                 self.say(f"    (p99 latency {mine['p99_us']:,.0f} us, local {base['p99_us']:,.0f} us; "
                          f"{mine['ios']:,} reads in {mine['seconds']:.1f} s; daemon CPU {mine['cpu_per_io_us']:.0f} us "
                          f"a read, {mine['disk_per_byte']:.2f} B from disk a byte served)")
+        mine = got[4 * KiB, "psync"][0]
+        for mode, what in (("thread", "each read on a worker thread"), ("nowait", "on the loop if in page cache"),
+                           ("inline", "each read on the event loop")):
+            floor = best(floor_run, 4 * KiB, "psync", size, mode)
+            self.record(f"floor-{mode}", f"4 KiB psync, pyfuse3 + pread: {what}",
+                        f"dsfs {mine['iops']:,.0f} IOPS", f"fuse_floor.py {floor['iops']:,.0f} IOPS",
+                        f"{mine['iops'] / floor['iops']:.2f}x", "", None)
         for engine in ("psync", "mmap"):
             base_small = best(local_run, 4 * KiB, engine, small_span)
             small = best(dsfs_run, 4 * KiB, engine, small_span)

@@ -2,20 +2,30 @@
 """The ceiling of pyfuse3 on this machine: a read-only file system that does nothing but answer.
 
     .venv/bin/python bench/fuse_floor.py MOUNTPOINT FILES SIZE [trio|asyncio]
+    .venv/bin/python bench/fuse_floor.py MOUNTPOINT 1 0 trio BACKING [BLOCK] [thread|inline]
 
 Serves FILES files of SIZE bytes each from one buffer in memory, in one folder, with the options a
 dsfs mount uses (entry/attr timeouts of a day, keep_cache, readdirplus attributes). Runs until
 unmounted. bench_mount.py reads it as the small-file figure's baseline: whatever a real mount adds
 (view index, chunk cache, verification, prefetch) comes on top of this per-file cost.
+
+With BACKING (a local file), the one file served is that file's bytes, read with os.pread for each
+request: the floor of random reads that miss memory (bench_random.py's fio figures). Each read
+reads the aligned BLOCK-byte blocks it touches (default 0: exactly what was asked), on a trio
+worker thread as a dsfs mount's reads from its node cache are (`thread`, the default), on the
+event loop itself (`inline`, which blocks the loop for as long as the disk takes), or on the loop
+when the page cache holds them and on a worker thread when it does not (`nowait`: RWF_NOWAIT).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import sys
 
 import pyfuse3
+import trio
 
 DAY = 86400.0
 
@@ -64,6 +74,61 @@ class Floor(pyfuse3.Operations):
     async def read(self, fh, off, size):
         return self.data[off:off + size]
 
+
+class BackedFloor(Floor):
+    """One file whose reads are os.pread calls on a local file: no cache, no hash, nothing else."""
+
+    def __init__(self, backing: str, block: int, thread: str):
+        super().__init__(1, 0)
+        self.fd = os.open(backing, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.block, self.thread = block, thread  # thread: "thread", "nowait" or "" (inline)
+        self.limiter = trio.CapacityLimiter(16)  # a dsfs mount's data_limiter
+
+    def attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+        entry = super().attrs(ino)
+        if ino != pyfuse3.ROOT_INODE:
+            entry.st_size = self.size
+        return entry
+
+    def _pread(self, off: int, size: int) -> bytes:
+        if not self.block:
+            return os.pread(self.fd, size, off)
+        first = off // self.block * self.block
+        data = os.pread(self.fd, -(-(off + size - first) // self.block) * self.block, first)
+        return data[off - first:off - first + size]
+
+    def _pread_nowait(self, off: int, size: int) -> bytes | None:
+        """What _pread gives if the page cache holds it all (RWF_NOWAIT), else None."""
+        first = off // self.block * self.block if self.block else off
+        length = -(-(off + size - first) // self.block) * self.block if self.block else size
+        buf = bytearray(length)
+        try:
+            got = os.preadv(self.fd, [buf], first, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        if got < min(length, self.size - first):
+            return None
+        return bytes(buf[off - first:off - first + size])
+
+    async def read(self, fh, off, size):
+        if self.thread == "poll":
+            for attempt in range(200):
+                data = self._pread_nowait(off, size)
+                if data is not None:
+                    return data
+                if attempt == 0:
+                    first = off // self.block * self.block if self.block else off
+                    os.posix_fadvise(self.fd, first, max(self.block, size), os.POSIX_FADV_WILLNEED)
+                await trio.sleep(0)
+        if self.thread == "nowait":
+            data = self._pread_nowait(off, size)
+            if data is not None:
+                return data
+        if self.thread:
+            return await trio.to_thread.run_sync(self._pread, off, size, limiter=self.limiter)
+        return self._pread(off, size)
+
     async def release(self, fh):
         pass
 
@@ -73,11 +138,15 @@ def main(argv: list[str]) -> None:
     loop = argv[3] if len(argv) > 3 else "trio"
     options = set(pyfuse3.default_options) | {"fsname=fuse-floor"}
     options.discard("default_permissions")
-    pyfuse3.init(Floor(files, size), mountpoint, options)
+    if len(argv) > 4:
+        block = int(argv[5]) if len(argv) > 5 else 0
+        ops: Floor = BackedFloor(argv[4], block, {"thread": "thread", "nowait": "nowait", "poll": "poll", "inline": ""}[
+            argv[6] if len(argv) > 6 else "thread"])
+    else:
+        ops = Floor(files, size)
+    pyfuse3.init(ops, mountpoint, options)
     try:
         if loop == "trio":
-            import trio
-
             trio.run(pyfuse3.main)
         else:
             import asyncio

@@ -559,6 +559,49 @@ def test_a_flipped_byte_in_a_cached_chunk_is_caught_by_its_block(random_file):
         assert blake3.blake3(f.read()).digest() == ref.digest  # the chunk file was replaced by a good one
 
 
+def test_a_random_read_on_the_event_loop_serves_checked_blocks_from_the_page_cache(random_file):
+    """View.read(wait=False) (a FUSE read on the event loop's thread) answers a random read from
+    the blocks the page cache holds, checked; a damaged block makes it answer None and write
+    nothing, and the worker's read (wait=True) then drops the chunk and fetches it again."""
+    view, data = random_file
+    _random_reads(view, data, 200)  # block hashes recorded; the chunk files are in the page cache
+    view.cache.flush()
+    handle = view.open(view.resolve("big.bin").ino)
+    try:
+        view.read(handle, 100, 10)
+        view.read(handle, 5_000_000, 10)  # out of order: from now on, random reads
+        rng = random.Random(3)
+        served = 0
+        for _ in range(100):
+            offset = rng.randrange(1 << 20, len(data) - 4096)
+            got = view.read(handle, offset, 4096, wait=False)
+            if got is None:  # as the mount does: the read goes to a worker thread
+                got = view.read(handle, offset, 4096)
+            else:
+                served += 1
+            assert bytes(got) == data[offset:offset + 4096]
+        # every chunk's hashes are known and its file is in the page cache: only reads that land
+        # just behind the last one (counted as in order) go to a worker
+        assert served >= 60
+        index = handle.chunk_range(4 << 20, (4 << 20) + 1)[0]
+        ref, start = handle.chunks[index], handle.starts[index]
+        path = view.cache._chunk_path(ref.digest)
+        with open(path, "r+b") as f:  # one byte in the chunk's third block
+            f.seek(2 * (64 << 10) + 5)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+        offset = start + 2 * (64 << 10) + 1000
+        assert view.read(handle, offset, 4096, wait=False) is None
+        assert view.cache.has_chunk(ref.digest)  # kept: the loop's thread writes nothing
+        assert bytes(view.read(handle, offset, 4096)) == data[offset:offset + 4096]  # caught, fetched again
+        with open(path, "rb") as f:
+            assert blake3.blake3(f.read()).digest() == ref.digest
+        assert bytes(view.read(handle, offset, 4096, wait=False) or b"") in (b"", data[offset:offset + 4096])
+    finally:
+        view.release(handle)
+
+
 def test_a_damaged_list_of_block_hashes_is_made_again(random_file):
     view, data = random_file
     _random_reads(view, data, 100)
@@ -568,6 +611,7 @@ def test_a_damaged_list_of_block_hashes_is_made_again(random_file):
         damaged = [bytes(key) for key, _ in txn.cursor()]
         for key in damaged:
             txn.put(key, b"\0" * 16 + b"\1" * 32 * 20)
+    cache._blocks_known.known.clear()  # as a daemon started now: no list remembered in memory
     _random_reads(view, data, 100, seed=2)  # right bytes, and the lists remade
     cache.flush()
     from dsfs.node.cache import _CHUNK, _unseal

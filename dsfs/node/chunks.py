@@ -138,17 +138,18 @@ class ChunkReader:
         self.memo.put(ref.digest, data)
         return True
 
-    def read_part(self, ref: ChunkRef, lo: int, hi: int) -> bytes | memoryview | None:
+    def read_part(self, ref: ChunkRef, lo: int, hi: int, in_ram_only: bool = False) -> bytes | memoryview | None:
         """Bytes [lo, hi) of a chunk (a random read) from memory, or from the node's cache reading
         and checking only the blocks they touch (Cache.read_blocks), or else read whole from the
         node's cache and kept in memory. A chunk read whole a second time has fallen out of memory:
         its block hashes are recorded then (hashing every chunk's blocks on its first read cost
         random readers whose span fits in memory a third of their rate while it filled). None if
-        the node's cache lacks it; never asks the store."""
+        the node's cache lacks it; never asks the store. in_ram_only (an event loop's thread): from
+        memory or from blocks the page cache holds, else None."""
         data = self.memo.get(ref.digest)
         if data is None:
-            part = self.cache.read_blocks(ref.digest, ref.raw, lo, hi)
-            if part is not None:
+            part = self.cache.read_blocks(ref.digest, ref.raw, lo, hi, in_ram_only)
+            if part is not None or in_ram_only:
                 return part
             data = self.cache.get_chunk(ref.digest, ref.raw)  # whole, into memory
             if data is None:
