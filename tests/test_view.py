@@ -514,6 +514,14 @@ def _random_reads(view: View, data: bytes, count: int, seed: int = 1) -> None:
         view.release(handle)
 
 
+def _flip_a_byte(path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
 def test_random_reads_check_only_the_blocks_they_touch(random_file, monkeypatch):
     import dsfs.node.cache as node_cache
 
@@ -545,11 +553,7 @@ def test_a_flipped_byte_in_a_cached_chunk_is_caught_by_its_block(random_file):
     index = handle.chunk_range(4 << 20, (4 << 20) + 1)[0]
     ref, start = handle.chunks[index], handle.starts[index]
     path = view.cache._chunk_path(ref.digest)
-    with open(path, "r+b") as f:  # one byte in the chunk's third block
-        f.seek(2 * (64 << 10) + 5)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x01]))
+    _flip_a_byte(path, 2 * (64 << 10) + 5)  # in the chunk's third block
     offset = start + 2 * (64 << 10)
     try:
         assert bytes(view.read(handle, offset + 1000, 4096)) == data[offset + 1000:offset + 5096]  # caught: fetched again
@@ -586,11 +590,7 @@ def test_a_random_read_on_the_event_loop_serves_checked_blocks_from_the_page_cac
         index = handle.chunk_range(4 << 20, (4 << 20) + 1)[0]
         ref, start = handle.chunks[index], handle.starts[index]
         path = view.cache._chunk_path(ref.digest)
-        with open(path, "r+b") as f:  # one byte in the chunk's third block
-            f.seek(2 * (64 << 10) + 5)
-            byte = f.read(1)
-            f.seek(-1, os.SEEK_CUR)
-            f.write(bytes([byte[0] ^ 0x01]))
+        _flip_a_byte(path, 2 * (64 << 10) + 5)  # in the chunk's third block
         offset = start + 2 * (64 << 10) + 1000
         assert view.read(handle, offset, 4096, wait=False) is None
         assert view.cache.has_chunk(ref.digest)  # kept: the loop's thread writes nothing
