@@ -182,13 +182,36 @@ def test_sequential_window_grows_resets_and_steps():
     size = 100 << 20
     assert window.advance(0, 1 << 20, size) == (1 << 20, 3 << 20)  # sequential from 0: doubled to 2 MiB
     assert window.advance(1 << 20, 2 << 20, size) == (3 << 20, 6 << 20)
-    spans = [window.advance(n << 20, (n + 1) << 20, size) for n in range(2, 12)]
-    assert window.window == 16 << 20
-    assert all(span is None or span[1] - span[0] >= 4 << 20 for span in spans)  # topped up in steps
+    spans = [(window.advance(n << 20, (n + 1) << 20, size), window.window) for n in range(2, 12)]
+    assert window.window == 16 << 20  # twice what was read in order, up to the maximum
+    # topped up in steps: half the window while it is small, then prefetch_step
+    assert all(span is None or span[1] - span[0] >= min(w // 2, 4 << 20) for span, w in spans)
+    assert [span for span, w in spans if span and w >= 8 << 20] and all(
+        span[1] - span[0] >= 4 << 20 for span, w in spans if span and w >= 8 << 20)
     assert window.advance(50 << 20, 51 << 20, size) is None  # a seek resets the window, fetching nothing...
     assert window.window == 1 << 20
     assert window.advance(51 << 20, 52 << 20, size) == (52 << 20, 54 << 20)  # ... until a read follows in order
     assert window.advance(size - 10, size, size) is None  # nothing past the end
+
+
+def test_sequential_window_grows_with_bytes_read_not_with_reads():
+    """A page-faulting mmap reader of 128 KiB pieces at random offsets sends 32 reads of 4 KiB in
+    order per piece: its window stays at the minimum (it was 64 MiB after six reads)."""
+    config = PrefetchConfig(min_prefetch=1 << 20, max_prefetch=64 << 20, prefetch_step=8 << 20)
+    window = SequentialWindow(config)
+    size = 1 << 30
+    fetched = 0
+    for piece in (700, 20, 3000, 1500, 6000):  # 128 KiB pieces, far apart
+        start = piece << 17
+        for page in range(32):
+            span = window.advance(start + (page << 12), start + ((page + 1) << 12), size)
+            fetched += span[1] - span[0] if span else 0
+        assert window.window == 1 << 20
+    assert fetched <= 5 * (1 << 20) + (128 << 10)  # at most one minimum window ahead per piece
+    # a reader that keeps going in order still gets the big window
+    for n in range(1, 64):
+        window.advance((6000 << 17) + (n << 20), (6000 << 17) + ((n + 1) << 20), size)
+    assert window.window == 64 << 20
 
 
 def test_sequential_window_tolerates_reordered_reads_but_not_seeks():
