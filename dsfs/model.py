@@ -171,14 +171,15 @@ def encode_changeset(entries: Iterable[Entry]) -> bytes:
 def write_changeset(out, entries: Iterable[Entry], level: int = 3) -> None:
     """Write entries already sorted by path to a binary file as a change-set, one at a time (a
     merge of many change-sets is written so without holding it)."""
-    for _ in changeset_written(out, entries, level):
+    for _ in changeset_written(out, ((entry, None) for entry in entries), level):
         pass
 
 
-def changeset_written(out, entries: Iterable[Entry], level: int = 3) -> Iterator[Entry]:
-    """Yield `entries` (sorted by path), each written to the binary file `out` as a change-set as it
-    passes: the change-set is whole once the stream is exhausted (closing a draft or a squash writes
-    each entry while the new file table takes it: one pass over them)."""
+def changeset_written(out, entries: Iterable[tuple[Entry, bytes | None]], level: int = 3) -> Iterator[Entry]:
+    """Yield the entries of `entries` (pairs of an entry, sorted by path, and its encoding if known:
+    msgpack of its to_wire(), else None), each written to the binary file `out` as a change-set as
+    it passes: the change-set is whole once the stream is exhausted (closing a draft or a squash
+    writes each entry while the new file table takes it: one pass over them)."""
     cctx = zstandard.ZstdCompressor(level=level)
     with cctx.stream_writer(out, closefd=False) as writer:
         # entries are packed into one buffer, given to zstd a MiB at a time: a write per entry
@@ -187,11 +188,11 @@ def changeset_written(out, entries: Iterable[Entry], level: int = 3) -> Iterator
         pending = [pack({"format": CHANGESET_FORMAT})]
         size = 0
         last = None
-        for entry in entries:
+        for entry, encoded in entries:
             if entry.path == last:
                 raise ValueError(f"duplicate path {entry.path!r} in change-set")
             last = entry.path
-            data = pack(entry.to_wire())
+            data = encoded or pack(entry.to_wire())
             pending.append(data)
             size += len(data)
             if size >= 1 << 20:

@@ -278,3 +278,47 @@ def test_a_corrupt_draft_state_of_the_previous_format_is_named(tmp_path, file_st
         r = dsfs("--store", file_store, "add", "--id", ds.id, "--files", tmp_path / "d")
         assert r.code == 8 and old in r.err and "Traceback" not in r.err, (garbage, r.err)
         assert os.path.exists(old)
+
+
+def test_closing_writes_the_drafts_encoded_entries_as_encoding_them_again_would(tmp_path, file_store):
+    """close passes each uploaded entry's blob from the draft state into the change-set instead of
+    encoding the entry again: the bytes are the same as encoding again; a blob that is not what
+    Entry.to_wire packs (another key, a flag that is not a bool) is encoded again from the checked
+    entry, so nothing but an entry's fields reaches the change-set."""
+    import io
+
+    import msgpack
+    import zstandard
+
+    from dsfs.authoring.close import changes_encoded
+    from dsfs.authoring.drafts import DraftState
+    from dsfs.lineage.filetable import FileTable
+    from dsfs.model import changeset_written, decode_changeset
+
+    make_tree(tmp_path / "d", {"a.txt": b"a", "b/c.bin": os.urandom(200_000), "b/x.sh": b"#!/bin/sh\n"})
+    os.chmod(tmp_path / "d" / "b" / "x.sh", 0o755)
+    ds = Dataset.create("p", "enc", store=file_store)
+    ds.add_files(str(tmp_path / "d"))
+    ds.upload()
+    draft = DraftState.load(ds.id, file_store)
+
+    def written(pairs) -> bytes:
+        out = io.BytesIO()
+        for _ in changeset_written(out, pairs):
+            pass
+        return out.getvalue()
+
+    pairs = list(changes_encoded(FileTable(), draft))
+    assert [encoded is not None for _, encoded in pairs] == [True, True, True]
+    assert written(pairs) == written([(entry, None) for entry, _ in pairs])
+
+    odd = msgpack.unpackb(draft.db.execute("SELECT entry FROM uploaded WHERE path = 'a.txt'").fetchone()[0])
+    odd["x"], odd["zz"] = 1, "not an entry field"
+    draft.db.execute("UPDATE uploaded SET entry = ? WHERE path = 'a.txt'", (msgpack.packb(odd),))
+    pairs = list(changes_encoded(FileTable(), draft))
+    assert [encoded is not None for _, encoded in pairs] == [False, True, True]
+    data = written(pairs)
+    assert b"not an entry field" not in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    entries = list(decode_changeset(data, "test"))
+    assert [(e.path, e.executable) for e in entries] == [("a.txt", True), ("b/c.bin", False), ("b/x.sh", True)]
+    draft.close()

@@ -106,7 +106,7 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
         out = io.BytesIO()
         # one pass over the draft: each change is written into the change-set as the new version's
         # file table takes it
-        table = base.child(changeset_written(out, changes_against(base, draft, counts)), f"dataset {info.id}")
+        table = base.child(changeset_written(out, changes_encoded(base, draft, counts)), f"dataset {info.id}")
         candidates = write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written,
                                  preview)
     draft.discard()
@@ -165,13 +165,20 @@ def changes_against(base: FileTable, draft: DraftState, counts: dict | None = No
     """The draft's change-set against its parents' merged file table, in path order, as a stream
     (the draft's removals and uploaded files are each sorted, and no path is in both); `counts`
     (added, modified, removed) grow as it is read."""
+    return (entry for entry, _ in changes_encoded(base, draft, counts))
+
+
+def changes_encoded(base: FileTable, draft: DraftState,
+                    counts: dict | None = None) -> Iterator[tuple[Entry, bytes | None]]:
+    """changes_against's entries, each with its change-set encoding if the draft has it
+    (DraftState.uploaded_encoded), for changeset_written."""
     counts = {"added": 0, "modified": 0, "removed": 0} if counts is None else counts
-    removals = (Entry(path=path, removed=True) for path in draft.removals() if base.find(path) is not None)
-    for entry in heapq.merge(removals, draft.uploaded(), key=lambda e: e.path):
+    removals = ((Entry(path=path, removed=True), None) for path in draft.removals() if base.find(path) is not None)
+    for entry, encoded in heapq.merge(removals, draft.uploaded_encoded(), key=lambda pair: pair[0].path):
         if entry.removed:
             counts["removed"] += 1
         elif base.holds(entry):
             continue
         else:
             counts["modified" if base.find(entry.path) is not None else "added"] += 1
-        yield entry
+        yield entry, encoded

@@ -268,5 +268,6 @@ def squash_parts(store: Store, cache: NodeDb, ids: list[str], where: str) -> tup
     the merged stream: its file table (checked: no path is both a file and a folder; raises
     Conflict naming `where`), its change-set's bytes, and the packs its files' chunks are in."""
     out = io.BytesIO()
-    table = FileTable().child(changeset_written(out, merged_entries(store, cache, *ids)), where)
+    merged = ((entry, None) for entry in merged_entries(store, cache, *ids))
+    table = FileTable().child(changeset_written(out, merged), where)
     return table, out.getvalue(), table.packs()
