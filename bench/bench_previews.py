@@ -8,6 +8,13 @@ bench/gen_dataset.py) and for `small` with 10 CSV tables and 100 PNG images adde
 previews read), one process per run: a fresh file:// store, `add_files`, then `finalize` (which
 uploads and closes, as `dsfs close` does) timed, with `preview="none"` and with `preview="auto"`,
 alternating, --repeat times each; the median counts. Target: auto adds under 10% to the close.
+
+Then the statistics of a version of `--stats-files` (1,000,000) files from its file table, as close
+makes them (previews.write_statistics over the table's path and size columns; no file read), in a
+process of their own: the table's two columns are filled (paths as bench_scale's, 1,000 per folder,
+sizes 0-1 MiB), then the statistics timed; the process's peak RSS counts the table. Target: under
+5 s and under 300 MB (`dsfs stats --recompute`, which decodes the change-sets instead, is
+bench_scale's `stats` figure).
 """
 
 from __future__ import annotations
@@ -43,6 +50,22 @@ print(json.dumps({"seconds": seconds, "previews": len(ds.previews())}))
 """
 
 
+STATS = r"""
+import json, resource, sys, time
+from dsfs.authoring import previews
+from dsfs.lineage.filetable import FileTable
+files = int(sys.argv[1])
+table = FileTable()
+table.paths = [f"d{i // 1000:05d}/f{i:07d}.{('jpg', 'png', 'txt', 'json')[i % 4]}" for i in range(files)]
+table.sizes.extend((i * 7919) % (1 << 20) for i in range(files))
+start = time.perf_counter()
+stats = previews.file_statistics(zip(table.paths, table.sizes, strict=True))
+seconds = time.perf_counter() - start
+assert stats["files"] == files
+print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
 def with_samples(source: str, target: str) -> str:
     """A copy of `source` (hard links) with 10 CSV tables and 100 PNG images added."""
     if os.path.isdir(target):
@@ -71,6 +94,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="dataset sizes (0.01 for a smoke run)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--stats-files", type=int, default=1_000_000, help="files of the statistics figure")
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work", "previews"))
     parser.add_argument("--datadir", default=os.path.join(HERE, ".work", "data"),
                         help="where the generated datasets are kept (bench_authoring's too)")
@@ -98,6 +122,14 @@ def main() -> int:
         print(f"{name:<15} {none:>11.2f}s {auto:>11.2f}s {ratio:>5.2f}x  {items:>8}  "
               f"{'PASS' if ratio <= TARGET else 'FAIL'}  (runs: none {', '.join(f'{t:.2f}' for t in times['none'])};"
               f" auto {', '.join(f'{t:.2f}' for t in times['auto'])})")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", STATS, str(a.stats_files)], capture_output=True,
+                                      text=True, check=True).stdout) for _ in range(a.repeat)]
+    seconds, rss = statistics.median(r["seconds"] for r in runs), max(r["rss_mb"] for r in runs)
+    ok = seconds < 5 and rss < 300
+    failed |= not ok
+    each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    print(f"statistics of {a.stats_files:,} files from the file table: {seconds:.2f} s (runs {each}), "
+          f"peak RSS {rss:.0f} MB with the table  target < 5 s, < 300 MB  {'PASS' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 
