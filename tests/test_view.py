@@ -360,7 +360,11 @@ def _flip_cached_byte(cache: Cache, digest: bytes, at: int) -> None:
     open(path, "wb").write(bytes(data))
 
 
-def test_open_without_waiting_reads_a_small_first_chunk_only_from_ram(tmp_path, file_store, monkeypatch):
+def test_open_without_waiting_loads_nothing_and_a_first_read_loads_a_small_chunk_only_from_ram(
+        tmp_path, file_store, monkeypatch):
+    """open on the event loop's thread loads no chunk (the kernel may still hold the file's bytes, and
+    then no read comes); the first read loads a small chunk there if the node's cache holds it in RAM,
+    and leaves anything else to a worker thread."""
     files = {"small": os.urandom(200_000), "big": os.urandom(3 << 20)}  # small: a file in the cache (> cache.SMALL)
     ds = _final(file_store, files, folder=tmp_path / "d")
     cache = Cache()
@@ -375,12 +379,15 @@ def test_open_without_waiting_reads_a_small_first_chunk_only_from_ram(tmp_path, 
 
     real_read_in_ram, ram = cache_module._read_in_ram, {"holds": False}
     monkeypatch.setattr(cache_module, "_read_in_ram", lambda fd, size: real_read_in_ram(fd, size) if ram["holds"] else None)
-    assert view.open(small.ino, wait=False) is None  # on disk only: left to a worker thread
+    handle = view.open(small.ino, wait=False)
+    assert handle is not None and view.reader.in_memory(small.chunks[0]) is None  # nothing loaded
+    assert view.read(handle, 0, 1 << 20, wait=False) is None  # on disk only: left to a worker thread
     ram["holds"] = True
     view.cache.get_chunk(small.chunks[0].digest)  # read back into RAM
-    handle = view.open(small.ino, wait=False)
-    assert handle is not None and bytes(view.read(handle, 0, 1 << 20, wait=False)) == files["small"]
-    assert view.open(big.ino, wait=False) is None  # a 1 MiB chunk is never read on the loop's thread
+    assert bytes(view.read(handle, 0, 1 << 20, wait=False)) == files["small"]
+    handle = view.open(big.ino, wait=False)
+    assert handle is not None
+    assert view.read(handle, 0, 1 << 20, wait=False) is None  # a 1 MiB chunk is never read on the loop's thread
 
 
 def test_files_in_ram_are_not_fetched_ahead(tmp_path, file_store, monkeypatch):
@@ -454,7 +461,7 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
     assert writes == [40]  # one write transaction for all of them
     with cache.env.begin(db=cache.db_chunks) as txn:
         assert all(dsfs.node.cache._CHUNK.unpack(txn.get(d))[1] > 1 for d in digests)
-    # a use recorded on an event loop's thread (open without waiting) is written by another thread
+    # a use recorded on an event loop's thread (a read without waiting) is written by another thread
     fresh = View(ds.store, cache, ds.id, no_ahead)
     f5 = fresh.resolve("f5")
     with cache.env.begin(write=True) as txn:
@@ -462,7 +469,8 @@ def test_last_uses_are_written_in_batches(tmp_path, memory_store, monkeypatch):
         txn.put(f5.chunks[0].digest, dsfs.node.cache._CHUNK.pack(size, 1), db=cache.db_chunks)
     loop_thread = threading.get_ident()
     monkeypatch.setattr(cache, "_write_uses", lambda uses: writes.append(threading.get_ident()) or real(uses))
-    assert fresh.open(f5.ino, wait=False) is not None
+    handle = fresh.open(f5.ino, wait=False)
+    assert bytes(fresh.read(handle, 0, 1 << 20, wait=False)) == files["f5"]
     deadline = time.monotonic() + 5
     while len(writes) < 2:
         assert time.monotonic() < deadline

@@ -325,8 +325,8 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx=None):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        # on the trio thread when the first read will be answered from memory (as read is): the view
-        # index lookup is in LMDB's map; otherwise a worker thread loads the first chunk from the cache
+        # on the trio thread (the view index lookup is in LMDB's map; nothing is loaded: the first
+        # read loads what it needs), but for an external file, whose check asks its server
         pushed = self.pusher.take(inode)
         handle = self.view.open(inode, wait=False, in_page_cache=pushed)
         if handle is None:

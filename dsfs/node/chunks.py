@@ -125,18 +125,23 @@ class ChunkReader:
         return self.memo.get(ref.digest)
 
     def to_memory(self, ref: ChunkRef, in_ram_only: bool = False) -> bool:
-        """Is this chunk in memory, or now put there from the node's cache? in_ram_only (on an event
-        loop's thread): only a chunk of at most `inline_bytes` whose file is wholly in the page
-        cache, since a bigger chunk's read and hash would hold the loop too long (1 MiB: ~0.5 ms)."""
-        if self.memo.get(ref.digest) is not None:
-            return True
+        """Is this chunk in memory, or now put there from the node's cache? (`held`)"""
+        return self.held(ref, in_ram_only) is not None
+
+    def held(self, ref: ChunkRef, in_ram_only: bool = False) -> bytes | None:
+        """The chunk's verified bytes from memory, or from the node's cache (then kept in memory);
+        None if neither has it. Never asks the store. in_ram_only (on an event loop's thread): only
+        a chunk of at most `inline_bytes` whose bytes are wholly in the page cache, since a bigger
+        chunk's read and hash would hold the loop too long (1 MiB: ~0.5 ms)."""
+        data = self.memo.get(ref.digest)
+        if data is not None:
+            return data
         if in_ram_only and ref.raw > self.inline_bytes:
-            return False
+            return None
         data = self.cache.get_chunk(ref.digest, ref.raw, in_ram_only=in_ram_only)
-        if data is None:
-            return False
-        self.memo.put(ref.digest, data)
-        return True
+        if data is not None:
+            self.memo.put(ref.digest, data)
+        return data
 
     def read_part(self, ref: ChunkRef, lo: int, hi: int, in_ram_only: bool = False) -> bytes | memoryview | None:
         """Bytes [lo, hi) of a chunk (a random read) from memory, or from the node's cache reading
