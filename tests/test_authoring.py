@@ -319,6 +319,18 @@ def test_closing_writes_the_drafts_encoded_entries_as_encoding_them_again_would(
     assert [encoded is not None for _, encoded in pairs] == [False, True, True]
     data = written(pairs)
     assert b"not an entry field" not in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+
+    # a key twice: msgpack keeps the last value, so the keys and the flag look right, but the map
+    # header counts seven entries and the first value would ride along
+    blob = draft.db.execute("SELECT entry FROM uploaded WHERE path = 'b/c.bin'").fetchone()[0]
+    assert blob[:1] == b"\x86"
+    doubled = b"\x87" + msgpack.packb("x") + msgpack.packb(b"not an entry field") + blob[1:]
+    assert msgpack.unpackb(doubled) == msgpack.unpackb(blob)
+    draft.db.execute("UPDATE uploaded SET entry = ? WHERE path = 'b/c.bin'", (doubled,))
+    pairs = list(changes_encoded(FileTable(), draft))
+    assert [encoded is not None for _, encoded in pairs] == [False, False, True]
+    data = written(pairs)
+    assert b"not an entry field" not in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
     entries = list(decode_changeset(data, "test"))
     assert [(e.path, e.executable) for e in entries] == [("a.txt", True), ("b/c.bin", False), ("b/x.sh", True)]
     draft.close()

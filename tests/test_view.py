@@ -378,7 +378,7 @@ def test_open_without_waiting_loads_nothing_and_a_first_read_loads_a_small_chunk
     import dsfs.node.cache as cache_module
 
     real_read_in_ram, ram = cache_module._read_in_ram, {"holds": False}
-    monkeypatch.setattr(cache_module, "_read_in_ram", lambda fd, size: real_read_in_ram(fd, size) if ram["holds"] else None)
+    monkeypatch.setattr(cache_module, "_read_in_ram", lambda fd, size, offset=0: real_read_in_ram(fd, size, offset) if ram["holds"] else None)
     handle = view.open(small.ino, wait=False)
     assert handle is not None and view.reader.in_memory(small.chunks[0]) is None  # nothing loaded
     assert view.read(handle, 0, 1 << 20, wait=False) is None  # on disk only: left to a worker thread
@@ -608,6 +608,48 @@ def test_a_random_read_on_the_event_loop_serves_checked_blocks_from_the_page_cac
         assert bytes(view.read(handle, offset, 4096, wait=False) or b"") in (b"", data[offset:offset + 4096])
     finally:
         view.release(handle)
+
+
+def test_block_lists_remembered_in_memory_follow_evictions(random_file, monkeypatch):
+    """The verified block lists a random reader keeps in memory: a chunk evicted here is forgotten;
+    one evicted by another process (here another Cache of the folder) is looked up again, without a
+    write; a forked child starts with its own memory and lock."""
+    view, data = random_file
+    _random_reads(view, data, 200)
+    view.cache.flush()
+    cache = view.cache
+    known = dict(cache._blocks_known.known)
+    assert known  # random reads remembered their chunks' block lists
+    other = Cache(cache.root)  # another process's view of the same folder (its own memory)
+    other.evict(0, keep_recent=False)
+    monkeypatch.setattr(cache, "_drop", lambda digest: pytest.fail("a write for a chunk already gone"))
+    digest, (size, _, _) = next(iter(known.items()))
+    assert cache.read_blocks(digest, size, 0, 4096) is None  # gone: looked up again, no write
+    assert digest not in cache._blocks_known.known
+    _random_reads(view, data, 20, seed=5)  # fetched again, right bytes
+    monkeypatch.undo()
+    cache.evict(0, keep_recent=False)
+    assert not cache._blocks_known.known  # evicted here: forgotten here
+    cache._blocks_known.lock.acquire()  # held by another thread when a fork happens...
+    cache._forked()
+    assert cache._blocks_known.lock.acquire(blocking=False)  # ...the child's is its own
+
+
+def test_a_read_on_the_event_loop_never_drops_a_damaged_small_chunk(tmp_path, file_store):
+    """get_chunk(in_ram_only=True) (the loop's thread) answers None for a damaged chunk and writes
+    nothing; a worker's read (without in_ram_only) drops it."""
+    data = os.urandom(200_000)  # one chunk, a file in the node cache (> SMALL), read on the loop (< inline_bytes)
+    ds = _final(file_store, {"f": data}, folder=tmp_path / "d")
+    view = _view(ds)
+    assert view.read_path("f") == data
+    view.cache.flush()
+    ref = view.resolve("f").chunks[0]
+    _flip_a_byte(view.cache._chunk_path(ref.digest), 1000)
+    assert view.cache.get_chunk(ref.digest, ref.raw, in_ram_only=True) is None
+    assert view.cache.has_chunk(ref.digest)  # kept: the loop writes nothing
+    assert view.cache.get_chunk(ref.digest, ref.raw) is None
+    assert not view.cache.has_chunk(ref.digest)  # dropped by the worker's read
+    view.close()
 
 
 def test_a_damaged_list_of_block_hashes_is_made_again(random_file):

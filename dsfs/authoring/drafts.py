@@ -117,11 +117,15 @@ _WIRE_KEYS = ({"p", "s", "x", "t", "d", "c"}, {"p", "s", "x", "t", "u", "e"})  #
 
 def _encoded(blob: bytes) -> tuple[Entry, bytes | None]:
     """An uploaded entry and its blob if that is how a change-set would encode it (Entry.to_wire,
-    packed: what `entry_blob` wrote), else None: a blob with other keys or a non-bool flag (the
-    state file was written by something else) is encoded again from the checked entry."""
+    packed: what `entry_blob` wrote), else None: a blob with other keys, a key twice (its map
+    header then counts more than six), or a value from_wire takes without its exact type (the
+    flag, the mtime) is encoded again from the checked entry, so that nothing but the entry's
+    fields reaches a change-set."""
     item = msgpack.unpackb(blob, raw=False, use_list=False)
     entry = Entry.from_wire(item)
-    return entry, blob if item.keys() in _WIRE_KEYS and type(item["x"]) is bool else None
+    exact = (blob[:1] == b"\x86" and item.keys() in _WIRE_KEYS and type(item["x"]) is bool
+             and type(item["t"]) is int and type(item["s"]) is int)
+    return entry, blob if exact else None
 
 
 class DraftState:

@@ -135,7 +135,8 @@ def _kind(path: str) -> str | None:
 
 
 def _grouped(files: Counter, nbytes: Counter) -> list[dict]:
-    top = files.most_common(TOP_GROUPS)
+    # ties by name: the same rows whatever order the files came in
+    top = sorted(files.items(), key=lambda item: (-item[1], item[0]))[:TOP_GROUPS]
     rows = [{"name": name, "files": n, "bytes": nbytes[name]} for name, n in top]
     rest = set(files) - {name for name, _ in top}
     if rest:

@@ -151,7 +151,6 @@ class Cache:
                             txn.drop(self.env.open_db(name.encode(), txn=txn), delete=False)
                         txn.put(b"format", CACHE_FORMAT, db=self.db_meta)
         self._pins: dict[bytes, int] = {}
-        self._blocks_known = _BlocksKnown()
         self._new_locks()
         _LIVE.add(self)
         size = parse_size(size if size is not None else settings.cache_size())
@@ -176,6 +175,7 @@ class Cache:
 
     def _new_locks(self) -> None:
         self._pin_lock = threading.Lock()
+        self._blocks_known = _BlocksKnown()  # its lock too: another thread may have held it at a fork
         self._uses: dict[bytes, int] = {}  # last uses not yet written (see TOUCH_BATCH)
         self._uses_lock = threading.Lock()
         self._uses_flushed = time.monotonic_ns()
@@ -242,7 +242,8 @@ class Cache:
     def get_chunk(self, digest: bytes, raw: int | None = None, in_ram_only: bool = False) -> bytes | None:
         """The verified bytes of a chunk, or None if absent or corrupt (a corrupt one is dropped).
         in_ram_only: read only what the page cache holds (RWF_NOWAIT: never waits for the disk, so
-        an event loop may call it) and answer None, keeping the chunk, if any of it is not there. A
+        an event loop may call it) and answer None, keeping the chunk, if any of it is not there; it
+        writes nothing (a corrupt or missing chunk is left to a worker's read, which drops it). A
         small chunk is read from LMDB's map either way, as the view index's records are."""
         held, data = self._lookup(digest)
         if held is not None and data is None and held[0] <= SMALL:
@@ -256,7 +257,8 @@ class Cache:
             except BlockingIOError:
                 return None
         if data is None or (raw is not None and len(data) != raw) or blake3.blake3(data).digest() != digest:
-            self._drop(digest)
+            if not in_ram_only:
+                self._drop(digest)
             return None
         now = time.time_ns()
         if now - last_use > TOUCH_INTERVAL_NS:
@@ -305,6 +307,7 @@ class Cache:
         write nothing: None, keeping the chunk, if a block is not there or does not check out (the
         caller then reads on a worker thread, which drops a damaged chunk)."""
         known = self._blocks_known.get(digest)
+        remembered = known is not None
         if known is None:
             with self.env.begin(buffers=True) as txn:
                 held = self._size_and_use(txn, digest)
@@ -323,8 +326,10 @@ class Cache:
             fd = os.open(self._chunk_path(digest), os.O_RDONLY)
         except FileNotFoundError:
             self._blocks_known.pop(digest)
+            if remembered:  # then evicted (by another process too): look its record up again
+                return self.read_blocks(digest, raw, lo, hi, in_ram_only)
             if not in_ram_only:
-                self._drop(digest)
+                self._drop(digest)  # a record that names a missing file
             return None
         try:
             first, stop = lo // BLOCK, min((hi + BLOCK - 1) // BLOCK, len(hashes))
@@ -589,6 +594,7 @@ class Cache:
                 freed += size
             self._add_used(txn, -freed)
         for digest in victims:  # after commit: a record never names a missing file
+            self._blocks_known.pop(digest)
             _unlink(self._chunk_path(digest))
         return freed
 
@@ -1107,7 +1113,7 @@ class _BlocksKnown:
     The hashes are as good as the record they came from: they describe the chunk's bytes, whatever
     becomes of its file; a chunk dropped is forgotten here too."""
 
-    MAX = 8192  # chunks (~1.25 MiB each: 10 GiB of chunks; ~700 bytes each here)
+    MAX = 8192  # chunks (~1.25 MiB each: 10 GiB of chunks; ~1.7 KB each here, 14 MB in all)
 
     def __init__(self) -> None:
         self.known: dict[bytes, list] = {}

@@ -6,9 +6,10 @@ their own instead of patching module globals.
 
 - `SequentialWindow`, one per open file (mountpoint-s3's idea): a sequential reader gets a window
   past its read that starts at `min_prefetch`, doubles on every sequential read up to
-  `max_prefetch` and resets on a seek (not on the small reorderings of the kernel's readahead and of
-  several reader threads; a random reader gets nothing fetched ahead); once wide, it is
-  topped up in `prefetch_step`s, so that a store gets a few coalesced GETs rather than one per chunk.
+  `max_prefetch` and to eight times the span read in order since the last seek, and resets on a
+  seek (not on the small reorderings of the kernel's readahead and of several reader threads; a
+  random reader gets nothing fetched ahead); once wide, it is topped up in `prefetch_step`s, so
+  that a store gets a few coalesced GETs rather than one per chunk.
 - `FilesAhead`, one per view: files opened in inode order (= path order: `find | xargs cat`,
   `cp -r`, `tar`, a loader going through a listing) get the next files' chunks fetched ahead, as a
   file's reader gets its next chunks: a small file is otherwise one round trip to the store per
@@ -29,7 +30,7 @@ class PrefetchConfig:
     """How far a mount reads ahead and how much it keeps; each value says why it is what it is."""
 
     min_prefetch: int = 1 << 20  # a sequential reader's window starts this far past its read...
-    max_prefetch: int = 64 << 20  # ... and doubles on each sequential read up to this
+    max_prefetch: int = 64 << 20  # ... and doubles on each sequential read up to this (SequentialWindow)
     prefetch_step: int = 8 << 20  # once wide, it is topped up in steps of this much (coalesced GETs)
     seek_forward: int = 16 << 20  # a read starting at most this far past where the reader got to, within what
     seek_back: int = 1 << 20  # was fetched ahead, or ending at most this far behind it, is in order (mountpoint-s3)
@@ -66,9 +67,9 @@ class SequentialWindow:
     is fetched ahead until the next read follows in order (a random 4 KiB read must not cost a
     chunk's load beside its own). A read behind never moves `next_offset` back.
 
-    The window doubles on each read in order, up to eight times what the reader has read in order
-    since its last seek (`run_from`: the first read in order after it), and at least
-    `min_prefetch`: it grows with the bytes read, not only with the number of reads. Doubled on
+    The window doubles on each read in order, up to eight times the span the reader has covered in
+    order since its last seek (from `run_from`, the first read in order after it, to `next_offset`),
+    and at least `min_prefetch`: it grows with the bytes read, not only with the number of reads. Doubled on
     every read alone, a reader of 128 KiB pieces at random offsets, which a page-faulting mmap sends
     as 32 reads of 4 KiB in order, had a 64 MiB window after six of them and fetched megabytes per
     piece (fio 128 KiB mmap reads over 1 GiB: 31 reads/s, 50 ms of daemon CPU and 26 bytes from

@@ -209,8 +209,9 @@ class View:
     def read(self, handle: OpenFile, offset: int, size: int, wait: bool = True) -> bytes | memoryview | None:
         """Up to `size` bytes at `offset` (bytes-like: a memoryview when no copy was needed).
 
-        wait=False never blocks: it answers None when a chunk is not in memory, so that an event
-        loop serves memory hits itself and sends only the rest to a worker thread."""
+        wait=False never blocks: it answers None when a chunk is neither in memory nor, small, in
+        the node's cache in RAM (and a random read's blocks are not in the page cache), so that an
+        event loop serves those itself and sends only the rest to a worker thread."""
         node = handle.node
         if offset >= node.size or size <= 0:
             return b""
@@ -331,8 +332,8 @@ class View:
         if all(node is not None and node.chunks and self.reader.to_memory(node.chunks[0], in_ram_only=True)
                for node in ends):
             # The files ahead are in the page cache (judged by the first and the last one: the first
-            # alone may have come with the files packed near one read out of order): each open reads
-            # its first chunk inline, which costs less than loading them in the pool (its threads
+            # alone may have come with the files packed near one read out of order): each first read
+            # loads its chunk inline, which costs less than loading them in the pool (its threads
             # fought the loop over the GIL: 3,100-3,800 vs 4,000 files/s).
             return
         try:
