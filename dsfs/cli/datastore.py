@@ -11,10 +11,11 @@ import click
 from click.core import ParameterSource
 
 from dsfs.cli.output import emit_json as _emit_json
-from dsfs.cli.output import human, json_option, say
+from dsfs.cli.output import json_option, say
 from dsfs.cli.output import table as _table
 from dsfs.cli.refs import id_too
 from dsfs.errors import UsageError
+from dsfs.units import human
 
 
 def store_ref(ctx: click.Context, store: str | None, datastore: str | None) -> str | None:

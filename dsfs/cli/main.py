@@ -24,13 +24,13 @@ from dsfs.cli import installed_version
 from dsfs.cli.datastore import datastore, push, store_ref
 from dsfs.cli.output import emit_json as _emit_json
 from dsfs.cli.output import emit_json_lines, emit_json_object, emit_json_rows, json_option
-from dsfs.cli.output import human as _human
 from dsfs.cli.output import say as _say
 from dsfs.cli.output import table as _table
 from dsfs.cli.output import wants_json as _json
 from dsfs.cli.refs import ID_HELP, dataset_ref, id_too, one_ref
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError
 from dsfs.errors import UsageError as DsfsUsage
+from dsfs.units import human as _human
 
 if TYPE_CHECKING:
     from dsfs.dataset import Dataset

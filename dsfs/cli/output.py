@@ -1,4 +1,4 @@
-"""What every command prints with: JSON for scripts, tables, human sizes.
+"""What every command prints with: JSON for scripts, tables (sizes: dsfs.units.human).
 
 Its own module so that cli.main and the command modules it registers (cli.datastore, ...) share it
 without importing each other. rich is loaded only to draw a table on a terminal: a pipe gets plain
@@ -214,11 +214,3 @@ def _echo_batches(lines: list[str], more: Iterable[str]) -> None:
             lines = []
     if lines:
         click.echo("\n".join(lines))
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

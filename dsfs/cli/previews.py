@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import click
 
-from dsfs.cli.output import emit_json, human, json_option, table
+from dsfs.cli.output import emit_json, json_option, table
 from dsfs.cli.refs import dataset_ref
+from dsfs.units import human
 
 BAR = 40  # characters of the longest histogram bar
 

@@ -43,7 +43,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dsfs import catalog, daemon
+from dsfs import catalog, daemon, units
 from dsfs.dataset import Dataset
 from dsfs.errors import (
     AccessDenied,
@@ -184,14 +184,9 @@ class UI:
 
 
 def human_size(n) -> str:
-    """Bytes in IEC units, as the command line prints them."""
-    if not isinstance(n, int | float):
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    """Bytes in IEC units, as the command line prints them; "" for what is not a number (a record
+    written by anyone may hold anything)."""
+    return units.human(n) if isinstance(n, int | float) else ""
 
 
 def urlpath(path: str) -> str:
