@@ -2,7 +2,7 @@
 """The ceiling of pyfuse3 on this machine: a read-only file system that does nothing but answer.
 
     .venv/bin/python bench/fuse_floor.py MOUNTPOINT FILES SIZE [trio|asyncio]
-    .venv/bin/python bench/fuse_floor.py MOUNTPOINT 1 0 trio BACKING [BLOCK] [thread|inline]
+    .venv/bin/python bench/fuse_floor.py MOUNTPOINT 1 0 trio BACKING [BLOCK] [thread|nowait|inline]
 
 Serves FILES files of SIZE bytes each from one buffer in memory, in one folder, with the options a
 dsfs mount uses (entry/attr timeouts of a day, keep_cache, readdirplus attributes). Runs until
@@ -78,11 +78,11 @@ class Floor(pyfuse3.Operations):
 class BackedFloor(Floor):
     """One file whose reads are os.pread calls on a local file: no cache, no hash, nothing else."""
 
-    def __init__(self, backing: str, block: int, thread: str):
+    def __init__(self, backing: str, block: int, mode: str):
         super().__init__(1, 0)
         self.fd = os.open(backing, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
-        self.block, self.thread = block, thread  # thread: "thread", "nowait" or "" (inline)
+        self.block, self.mode = block, mode  # mode: "thread", "nowait" or "inline"
         self.limiter = trio.CapacityLimiter(16)  # a dsfs mount's data_limiter
 
     def attrs(self, ino: int) -> pyfuse3.EntryAttributes:
@@ -91,17 +91,20 @@ class BackedFloor(Floor):
             entry.st_size = self.size
         return entry
 
-    def _pread(self, off: int, size: int) -> bytes:
+    def _span(self, off: int, size: int) -> tuple[int, int]:
+        """(offset, length) of what a read of [off, off + size) reads: its aligned blocks, if any."""
         if not self.block:
-            return os.pread(self.fd, size, off)
+            return off, size
         first = off // self.block * self.block
-        data = os.pread(self.fd, -(-(off + size - first) // self.block) * self.block, first)
-        return data[off - first:off - first + size]
+        return first, -(-(off + size - first) // self.block) * self.block
+
+    def _pread(self, off: int, size: int) -> bytes:
+        first, length = self._span(off, size)
+        return os.pread(self.fd, length, first)[off - first:off - first + size]
 
     def _pread_nowait(self, off: int, size: int) -> bytes | None:
         """What _pread gives if the page cache holds it all (RWF_NOWAIT), else None."""
-        first = off // self.block * self.block if self.block else off
-        length = -(-(off + size - first) // self.block) * self.block if self.block else size
+        first, length = self._span(off, size)
         buf = bytearray(length)
         try:
             got = os.preadv(self.fd, [buf], first, os.RWF_NOWAIT)
@@ -112,22 +115,13 @@ class BackedFloor(Floor):
         return bytes(buf[off - first:off - first + size])
 
     async def read(self, fh, off, size):
-        if self.thread == "poll":
-            for attempt in range(200):
-                data = self._pread_nowait(off, size)
-                if data is not None:
-                    return data
-                if attempt == 0:
-                    first = off // self.block * self.block if self.block else off
-                    os.posix_fadvise(self.fd, first, max(self.block, size), os.POSIX_FADV_WILLNEED)
-                await trio.sleep(0)
-        if self.thread == "nowait":
+        if self.mode == "nowait":
             data = self._pread_nowait(off, size)
             if data is not None:
                 return data
-        if self.thread:
-            return await trio.to_thread.run_sync(self._pread, off, size, limiter=self.limiter)
-        return self._pread(off, size)
+        if self.mode == "inline":
+            return self._pread(off, size)
+        return await trio.to_thread.run_sync(self._pread, off, size, limiter=self.limiter)
 
     async def release(self, fh):
         pass
@@ -140,8 +134,10 @@ def main(argv: list[str]) -> None:
     options.discard("default_permissions")
     if len(argv) > 4:
         block = int(argv[5]) if len(argv) > 5 else 0
-        ops: Floor = BackedFloor(argv[4], block, {"thread": "thread", "nowait": "nowait", "poll": "poll", "inline": ""}[
-            argv[6] if len(argv) > 6 else "thread"])
+        mode = argv[6] if len(argv) > 6 else "thread"
+        if mode not in ("thread", "nowait", "inline"):
+            sys.exit(f"fuse_floor.py: unknown mode {mode!r} (thread, nowait or inline)")
+        ops: Floor = BackedFloor(argv[4], block, mode)
     else:
         ops = Floor(files, size)
     pyfuse3.init(ops, mountpoint, options)
