@@ -82,7 +82,7 @@ def run(args, tmp: str) -> int:
 
     with WriterSession(store, "bench merge") as session:
         uploader = ExecutorUploader.__new__(ExecutorUploader)  # the merge alone: no executor, no tasks
-        uploader.store, uploader.draft, uploader.table, uploader.session = store, draft, FileTable(), session
+        uploader.store, uploader.draft, uploader.table, uploader.session = store, draft, FileTable.empty(), session
         uploader.progress = Tracker()
         uploader.sent_packs = uploader.skipped_packs = 0
         uploader._saved_at = time.monotonic()

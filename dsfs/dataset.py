@@ -419,22 +419,23 @@ class Dataset:
             raise UsageError("name the versions to squash")
         infos = [_final(store, ref, "squashed") for ref in ids]
         sources = Lineage.of(store).ancestors([i.id for i in infos])
-        # streamed, and checked before a version is claimed
-        table, changes, packs = squash_parts(store, Cache(), [i.id for i in infos],
-                                             "squash of " + ", ".join(i.id for i in infos))
-        ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
-        ds.info.sources = sources
-        with close.writer_session(store, ds.info, "squash") as session:
-            # the borrowed packs are its sources' until this record is final: a source deleted
-            # meanwhile must not let gc take them
-            session.announce(packs, verified=False)
-            lost = session.confirm()
-            if lost:
-                raise CorruptData(f"pack {lost[0].hex()} of the squashed versions is missing from "
-                                  f"{store.display_url} (one of them was deleted and gc ran); nothing was squashed")
-            close.check_ancestors(store, ds.info, sources, "source")
-            close.write_final(store, ds.info, changes, table,
-                              {"added": len(table.paths), "modified": 0, "removed": 0}, 0, [])
+        with close.ChangeSpool() as changes:
+            # streamed, and checked before a version is claimed
+            table = squash_parts(store, Cache(), [i.id for i in infos], "squash of " + ", ".join(i.id for i in infos),
+                                 changes)
+            ds = cls.create(project or infos[0].project, name, version=version, tags=tags, store=store)
+            ds.info.sources = sources
+            with close.writer_session(store, ds.info, "squash") as session:
+                # the borrowed packs are its sources' until this record is final: a source deleted
+                # meanwhile must not let gc take them
+                session.announce(sorted(table.packs), verified=False)
+                lost = session.confirm()
+                if lost:
+                    raise CorruptData(f"pack {lost[0].hex()} of the squashed versions is missing from "
+                                      f"{store.display_url} (one of them was deleted and gc ran); nothing was squashed")
+                close.check_ancestors(store, ds.info, sources, "source")
+                close.write_final(store, ds.info, changes, table,
+                                  {"added": table.n, "modified": 0, "removed": 0}, 0, [])
         drafts.discard(ds.id)
         return ds
 

@@ -180,27 +180,29 @@ def changeset_written(out, entries: Iterable[tuple[Entry, bytes | None]], level:
     msgpack of its to_wire(), else None), each written to the binary file `out` as a change-set as
     it passes: the change-set is whole once the stream is exhausted (closing a draft or a squash
     writes each entry while the new file table takes it: one pass over them)."""
-    cctx = zstandard.ZstdCompressor(level=level)
-    with cctx.stream_writer(out, closefd=False) as writer:
-        # entries are packed into one buffer, given to zstd a MiB at a time: a write per entry
-        # cost 5 us, as much as packing it
-        pack = msgpack.Packer().pack
-        pending = [pack({"format": CHANGESET_FORMAT})]
-        size = 0
-        last = None
-        for entry, encoded in entries:
-            if entry.path == last:
-                raise ValueError(f"duplicate path {entry.path!r} in change-set")
-            last = entry.path
-            data = encoded or pack(entry.to_wire())
-            pending.append(data)
-            size += len(data)
-            if size >= 1 << 20:
-                writer.write(b"".join(pending))
-                pending.clear()
-                size = 0
-            yield entry
-        writer.write(b"".join(pending))
+    # not `with`: a stream abandoned midway (a conflict found, an error) is never finished, and
+    # writes nothing more to `out`, which its owner may have closed by then
+    writer = zstandard.ZstdCompressor(level=level).stream_writer(out, closefd=False)
+    # entries are packed into one buffer, given to zstd a MiB at a time: a write per entry
+    # cost 5 us, as much as packing it
+    pack = msgpack.Packer().pack
+    pending = [pack({"format": CHANGESET_FORMAT})]
+    size = 0
+    last = None
+    for entry, encoded in entries:
+        if entry.path == last:
+            raise ValueError(f"duplicate path {entry.path!r} in change-set")
+        last = entry.path
+        data = encoded or pack(entry.to_wire())
+        pending.append(data)
+        size += len(data)
+        if size >= 1 << 20:
+            writer.write(b"".join(pending))
+            pending.clear()
+            size = 0
+        yield entry
+    writer.write(b"".join(pending))
+    writer.close()
 
 
 @contextmanager

@@ -308,14 +308,14 @@ def test_closing_writes_the_drafts_encoded_entries_as_encoding_them_again_would(
             pass
         return out.getvalue()
 
-    pairs = list(changes_encoded(FileTable(), draft))
+    pairs = list(changes_encoded(FileTable.empty(), draft))
     assert [encoded is not None for _, encoded in pairs] == [True, True, True]
     assert written(pairs) == written([(entry, None) for entry, _ in pairs])
 
     odd = msgpack.unpackb(draft.db.execute("SELECT entry FROM uploaded WHERE path = 'a.txt'").fetchone()[0])
     odd["x"], odd["zz"] = 1, "not an entry field"
     draft.db.execute("UPDATE uploaded SET entry = ? WHERE path = 'a.txt'", (msgpack.packb(odd),))
-    pairs = list(changes_encoded(FileTable(), draft))
+    pairs = list(changes_encoded(FileTable.empty(), draft))
     assert [encoded is not None for _, encoded in pairs] == [False, True, True]
     data = written(pairs)
     assert b"not an entry field" not in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
@@ -327,7 +327,7 @@ def test_closing_writes_the_drafts_encoded_entries_as_encoding_them_again_would(
     doubled = b"\x87" + msgpack.packb("x") + msgpack.packb(b"not an entry field") + blob[1:]
     assert msgpack.unpackb(doubled) == msgpack.unpackb(blob)
     draft.db.execute("UPDATE uploaded SET entry = ? WHERE path = 'b/c.bin'", (doubled,))
-    pairs = list(changes_encoded(FileTable(), draft))
+    pairs = list(changes_encoded(FileTable.empty(), draft))
     assert [encoded is not None for _, encoded in pairs] == [False, False, True]
     data = written(pairs)
     assert b"not an entry field" not in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()

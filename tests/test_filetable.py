@@ -10,13 +10,14 @@ import dsfs.lineage.merge
 from dsfs import Dataset
 from dsfs.errors import Conflict, CorruptData
 from dsfs.lineage.filetable import TABLES_KEPT, FileTable, tables_dir
-from dsfs.lineage.merge import Lineage
+from dsfs.lineage.merge import Lineage, apply_changes, check_tree
+from dsfs.model import ChunkRef, Entry, VersionInfo
 from dsfs.store.layout import Store
 from conftest import make_tree
 
 
 def _columns(table: FileTable):
-    return (table.paths, table.sizes.tolist(), table.mtimes.tolist(), bytes(table.flags),
+    return (list(table.paths), table.sizes.tolist(), table.mtimes.tolist(), bytes(table.flags),
             bytes(table.digests), table.links)
 
 
@@ -187,3 +188,92 @@ def test_cache_clear_drops_tables(tmp_path, memory_store, dsfs):
     assert os.listdir(tables_dir()) == [first.id]
     assert dsfs("cache", "clear").code == 0
     assert not os.path.exists(tables_dir())
+
+
+def _entry(rng: random.Random, path: str, removed: bool = False) -> Entry:
+    if removed:
+        return Entry(path=path, removed=True)
+    digest = rng.randbytes(32)
+    return Entry(path=path, size=rng.randrange(0, 5000), executable=rng.random() < 0.2,
+                 mtime_ns=rng.randrange(1, 10**18), digest=digest,
+                 chunks=[ChunkRef(digest, rng.randbytes(16), rng.randrange(0, 10**6), 10, 10)])
+
+
+NAMES = ["a", "a b", "a-b", "a.b", "a0", "b", "é"]  # ' ' < '-' < '.' < '/' < '0': siblings sort around a folder
+
+
+def _random_paths(rng: random.Random, count: int) -> list[str]:
+    return ["/".join(rng.choice(NAMES) for _ in range(rng.randint(1, 3))) for _ in range(count)]
+
+
+def _conflict_free(paths) -> dict[str, None]:
+    kept: dict[str, None] = {}
+    for path in paths:
+        try:
+            check_tree({**kept, path: None}, "x")
+        except Conflict:
+            continue
+        kept[path] = None
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_a_child_table_is_the_parent_with_its_changes_and_finds_every_conflict(seed):
+    """FileTable.child, which streams the changes past the parent's rows and finds conflicts with a
+    stack of open paths and lookups in the parent, against the plain way: apply the changes to a dict
+    of the parent's view, then check_tree. Small trees of names that sort around '/' make conflicts
+    (a file below a file, a file over a folder, a removed file replaced by a folder) common."""
+    rng = random.Random(seed)
+    base_view = {path: _entry(rng, path) for path in _conflict_free(_random_paths(rng, rng.randrange(0, 25)))}
+    base = FileTable.from_view(base_view, {})
+    changes = {}
+    for path in rng.sample(sorted(base_view), min(len(base_view), rng.randrange(0, 8))):
+        changes[path] = _entry(rng, path, removed=rng.random() < 0.6)
+    for path in _random_paths(rng, rng.randrange(0, 8)):
+        changes.setdefault(path, _entry(rng, path))
+    expected = dict(base_view)
+    apply_changes(expected, changes.values())
+    try:
+        check_tree(expected, "reference")
+        conflict = False
+    except Conflict:
+        conflict = True
+    ordered = [changes[path] for path in sorted(changes)]
+    if conflict:
+        with pytest.raises(Conflict, match="both a file and a folder"):
+            base.child(iter(ordered), "child")
+        return
+    table = base.child(iter(ordered), "child").finish()
+    assert _columns(table) == _columns(FileTable.from_view(expected, {}))
+    assert table.total_bytes == sum(entry.size for entry in expected.values())
+    assert [(path, size) for path, size, _ in table.rows()] == [(p, expected[p].size) for p in sorted(expected)]
+    for path in list(expected)[:5]:
+        assert table.find(path) == sorted(expected).index(path)
+    assert table.find("no such path") is None
+    for entry in ordered:
+        for ref in entry.chunks:
+            assert table.known_chunk(ref.digest) == ref
+
+
+def test_a_table_reads_the_same_after_it_is_saved_and_loaded(tmp_path):
+    """Columns, links, totals and lookups of a table in its file, across more rows than one block."""
+    from dsfs.lineage import filetable
+
+    rng = random.Random(3)
+    view = {f"d{i // 700:03d}/f{i:06d}": _entry(rng, f"d{i // 700:03d}/f{i:06d}") for i in range(150_000)}
+    view["é/link"] = Entry(path="é/link", size=4, url="https://example.com/x", etag="e1")
+    known = {ref.digest: ref for entry in view.values() for ref in entry.chunks}
+    info = VersionInfo(id="a" * 32, project="p", name="n", version="1.0.0", state="final", changes={"digest": "d" * 64})
+    made = FileTable.from_view(view, known, info)
+    loaded = FileTable.load(info)
+    assert loaded is not None and loaded.n == len(view) == made.n
+    assert _columns(loaded) == _columns(made) and loaded.links == {"é/link": ["https://example.com/x", "e1"]}
+    assert loaded.total_bytes == sum(entry.size for entry in view.values())
+    assert list(loaded.paths) == sorted(view) and loaded.paths[-1] == "é/link"
+    cursor, rows = loaded.cursor(), sorted(view)
+    for row in range(0, len(rows), 997):
+        assert cursor.find(rows[row]) == row and loaded.find(rows[row]) == row
+    assert loaded.digest(loaded.find("é/link")) == b""
+    assert filetable.FORMAT == 2
+    other = VersionInfo(id="a" * 32, project="p", name="n", version="1.0.0", state="final", changes={"digest": "e" * 64})
+    assert FileTable.load(other) is None  # another change-set: not this table

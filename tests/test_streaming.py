@@ -124,13 +124,14 @@ def test_list_memory_does_not_grow_with_the_file_count(file_store):
         dataset_id = synthetic_version(file_store, files, f"big{files}", size=8)
         argv = [sys.executable, "-m", "dsfs.cli.main", "--store", file_store, "list", "--id", dataset_id, "--json"]
         peaks[files] = _peak_rss_mb(argv)
-    assert peaks[200_000] - peaks[20_000] < 40, peaks
+    assert peaks[200_000] - peaks[20_000] < 55, peaks
 
 
-def test_close_memory_grows_by_the_file_table_only(file_store):
-    """`dsfs close` of a draft of 200,000 files peaks within 100 MB of the same at 20,000: what grows
-    is the new version's file table (columns, about 150 bytes a file) and SQLite's page cache (up to
-    32 MiB); holding the draft's entries, as before, cost about 2.6 KB a file (470 MB more)."""
+def test_close_memory_does_not_grow_with_the_file_count(file_store):
+    """`dsfs close` of a draft of 200,000 files peaks within 55 MB of the same at 20,000: the new
+    version's file table and change-set go to disk as they are made, so what grows is SQLite's page
+    cache (up to 32 MiB; 34 MB measured in all). Holding the draft's entries cost about 2.6 KB a file
+    (470 MB more); the table's columns in memory, about 250 bytes a file (45 MB more than now)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     from synthetic import synthetic_draft  # the same synthetic drafts as bench/bench_scale.py
 
@@ -141,7 +142,7 @@ def test_close_memory_grows_by_the_file_table_only(file_store):
         peaks[files] = _peak_rss_mb(argv)
         closed = Dataset.get(dataset_id, store=file_store)
         assert closed.info.stats["files"] == files and closed.info.stats["added"] == files
-    assert peaks[200_000] - peaks[20_000] < 100, peaks
+    assert peaks[200_000] - peaks[20_000] < 55, peaks
 
 
 def test_json_rows_are_written_as_json_dumps_writes_their_list(capsys):

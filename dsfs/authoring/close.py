@@ -14,20 +14,23 @@ version from becoming final on top of a deleted one: each of the two sees the ot
 from __future__ import annotations
 
 import heapq
-import io
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Executor
 
 import blake3
 
+from dsfs import settings
 from dsfs.authoring import previews
 from dsfs.authoring.distributed import ExecutorUploader
 from dsfs.authoring.drafts import DraftState
 from dsfs.authoring.ingest import Uploader
 from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError, InvalidState, StoreUnavailable
-from dsfs.lineage.filetable import LINK, FileTable
+from dsfs.fsutil import TMP_PREFIX, space_for
+from dsfs.lineage.filetable import LINK, FileTable, TableBuilder
 from dsfs.lineage.merge import Lineage
 from dsfs.model import Entry, VersionInfo, changeset_written, utc_now
 from dsfs.progress import transfer
@@ -103,14 +106,46 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
         check_not_deleted(store, info)
         base = Lineage.of(store).table(info.parents)
         counts = {"added": 0, "modified": 0, "removed": 0}
-        out = io.BytesIO()
-        # one pass over the draft: each change is written into the change-set as the new version's
-        # file table takes it
-        table = base.child(changeset_written(out, changes_encoded(base, draft, counts)), f"dataset {info.id}")
-        candidates = write_final(store, info, out.getvalue(), table, counts, draft.new_bytes, draft.written,
-                                 preview)
+        with ChangeSpool() as out:
+            # one pass over the draft: each change is written into the change-set as the new
+            # version's file table takes it
+            table = base.child(changeset_written(out, changes_encoded(base, draft, counts)), f"dataset {info.id}")
+            candidates = write_final(store, info, out, table, counts, draft.new_bytes, draft.written, preview)
     draft.discard()
     return candidates
+
+
+class ChangeSpool:
+    """A change-set as it is written: into a temp file in the node's cache folder (a
+    change-set of 10,000,000 files is ~400 MB: never held in memory), hashed as it goes. A file
+    object for changeset_written; `write_final` sends it."""
+
+    def __init__(self) -> None:
+        folder = settings.cache_dir()
+        with space_for(folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            self.file = tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX + "changes-")
+        self.hasher = blake3.blake3()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        with space_for(self.file.name):
+            return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    @property
+    def digest(self) -> str:
+        return self.hasher.hexdigest()
+
+    def __enter__(self) -> ChangeSpool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 def check_not_deleted(store: Store, info: VersionInfo) -> None:
@@ -137,28 +172,30 @@ def check_ancestors(store: Store, info: VersionInfo, ids: list[str], what: str) 
             raise InvalidState(f"{what} {dataset_id} of dataset {info.id} is no longer final")
 
 
-def write_final(store: Store, info: VersionInfo, data: bytes, table: FileTable, counts: dict,
+def write_final(store: Store, info: VersionInfo, changes: ChangeSpool, new: TableBuilder, counts: dict,
                 new_bytes: int, packs: list[bytes], preview: str = "auto") -> list[tuple[str, int]]:
-    """The end of the write order: the change-set (its encoded bytes), then version.json with
-    state=final. `table` is the version's file table, already checked for path conflicts; kept for
-    its children. Then its statistics (dsfs.authoring.previews), unless preview is "none": a
-    preview that cannot be written is a warning, never a failed close. Returns the table files
-    (path, size) an automatic preview would read (previews.sample_candidates): not links."""
-    store.write_changes(info.id, data)
-    info.changes = {"digest": blake3.blake3(data).hexdigest(), "size": len(data)}
-    info.stats = {"files": len(table.paths), "bytes": table.total_bytes, **counts,
+    """The end of the write order: the change-set (spooled), then version.json with state=final.
+    `new` is the version's file table, already checked for path conflicts: finished and saved
+    first (kept for its children; a table of a version that never becomes final is never used).
+    Then its statistics (dsfs.authoring.previews), unless preview is "none": a preview that cannot
+    be written is a warning, never a failed close. Returns the table files (path, size) an
+    automatic preview would read (previews.sample_candidates): not links."""
+    changes.flush()
+    table = new.finish(info, changes.digest)
+    changes.file.seek(0)
+    store.write_changes(info.id, changes.file, changes.size)
+    info.changes = {"digest": changes.digest, "size": changes.size}
+    info.stats = {"files": table.n, "bytes": table.total_bytes, **counts,
                   "new_bytes": new_bytes, "packs": [p.hex() for p in packs]}
     info.state = "final"
     info.finalized = utc_now()
     store.write_version(info)
-    table.save(info)
     if preview != "none":
         try:
-            previews.write_statistics(store, info, zip(table.paths, table.sizes, strict=True), counts)
+            previews.write_statistics(store, info, ((path, size) for path, size, _ in table.rows()), counts)
         except DsfsError as exc:
             log.warning("dataset %s is final, but its statistics were not stored: %s", info.id, exc)
-    files = zip(table.paths, table.sizes, table.flags, strict=True)
-    return previews.sample_candidates((path, size) for path, size, flags in files if not flags & LINK)
+    return previews.sample_candidates((path, size) for path, size, flags in table.rows() if not flags & LINK)
 
 
 def changes_against(base: FileTable, draft: DraftState, counts: dict | None = None) -> Iterator[Entry]:
@@ -173,12 +210,15 @@ def changes_encoded(base: FileTable, draft: DraftState,
     """changes_against's entries, each with its change-set encoding if the draft has it
     (DraftState.uploaded_encoded), for changeset_written."""
     counts = {"added": 0, "modified": 0, "removed": 0} if counts is None else counts
-    removals = ((Entry(path=path, removed=True), None) for path in draft.removals() if base.find(path) is not None)
+    removed_at, row_of = base.cursor(), base.cursor()  # both streams are in path order
+    removals = ((Entry(path=path, removed=True), None) for path in draft.removals()
+                if removed_at.find(path) is not None)
     for entry, encoded in heapq.merge(removals, draft.uploaded_encoded(), key=lambda pair: pair[0].path):
         if entry.removed:
             counts["removed"] += 1
-        elif base.holds(entry):
-            continue
         else:
-            counts["modified" if base.find(entry.path) is not None else "added"] += 1
+            row = row_of.find(entry.path)
+            if row is not None and base.same_content(row, entry):
+                continue
+            counts["added" if row is None else "modified"] += 1
         yield entry, encoded

@@ -14,9 +14,7 @@ flattened merge of several versions (squash), all without moving chunk bytes tha
 
 from __future__ import annotations
 
-import bisect
 import errno
-import io
 import os
 import stat as stat_mod
 import unicodedata
@@ -25,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dsfs import paths
 from dsfs.errors import Conflict, LocalFileNotFound
-from dsfs.lineage.filetable import EXECUTABLE, FileTable
+from dsfs.lineage.filetable import EXECUTABLE, FileTable, TableBuilder
 from dsfs.lineage.viewindex import NodeDb, merged_entries
 from dsfs.model import changeset_written
 from dsfs.store.layout import Store
@@ -63,8 +61,14 @@ def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_pa
         raise LocalFileNotFound(f"no such folder: {folder}")
     root = paths.folder(dataset_path)
     prefix = root + "/" if root else ""
-    table, sizes, mtimes, flags = base.paths, base.sizes, base.mtimes, base.flags
-    row = bisect.bisect_left(table, prefix)
+    sizes, mtimes, flags = base.sizes, base.mtimes, base.flags
+    row = base.seek(prefix.encode())
+    here = base.path(row) if row < base.n else None  # the path of `row`, decoded once
+
+    def step() -> None:
+        nonlocal row, here
+        row += 1
+        here = base.path(row) if row < base.n else None
 
     def skipped(message: str) -> None:
         changes.skipped.append(message)
@@ -75,12 +79,11 @@ def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_pa
         return not wildcards or paths.matches(path[len(prefix):], wildcards)
 
     def removed_below(path: str | None) -> Iterator[tuple[str, None]]:
-        nonlocal row
-        while row < len(table) and table[row].startswith(prefix) and (path is None or table[row] < path):
-            if chosen(table[row]):
+        while here is not None and here.startswith(prefix) and (path is None or here < path):
+            if chosen(here):
                 changes.removed += 1
-                yield table[row], None
-            row += 1
+                yield here, None
+            step()
 
     last = ""
     for rel, local, st in scan_folder(folder, prefix, follow_symlinks, skipped):
@@ -90,7 +93,7 @@ def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_pa
             raise AssertionError(f"the scan of {printable(folder)} gave {rel!r} after {last!r}")
         last = rel
         yield from removed_below(rel)
-        if row == len(table) or table[row] != rel:
+        if here != rel:
             changes.added += 1
             yield rel, local
             continue
@@ -102,7 +105,7 @@ def folder_diff(base: FileTable, folder: str, changes: FolderChanges, dataset_pa
         else:
             changes.modified += 1
             yield rel, local
-        row += 1
+        step()
     yield from removed_below(None)
 
 
@@ -263,11 +266,10 @@ def differences(store: Store, cache: NodeDb, source_id: str, target_id: str) -> 
             a, b = next(src, None), next(dst, None)
 
 
-def squash_parts(store: Store, cache: NodeDb, ids: list[str], where: str) -> tuple[FileTable, bytes, set[bytes]]:
+def squash_parts(store: Store, cache: NodeDb, ids: list[str], where: str, out) -> TableBuilder:
     """The merged view of `ids` overlaid in order (a later version wins on a path), in one pass over
-    the merged stream: its file table (checked: no path is both a file and a folder; raises
-    Conflict naming `where`), its change-set's bytes, and the packs its files' chunks are in."""
-    out = io.BytesIO()
+    the merged stream: its change-set written to `out` (a ChangeSpool) and its file table, being
+    made (checked: no path is both a file and a folder; raises Conflict naming `where`; its
+    `packs` are those its files' chunks are in)."""
     merged = ((entry, None) for entry in merged_entries(store, cache, *ids))
-    table = FileTable().child(changeset_written(out, merged), where)
-    return table, out.getvalue(), table.packs()
+    return FileTable.empty().child(changeset_written(out, merged), where)

@@ -320,9 +320,9 @@ class Lineage:
                 merged = self.merged_parents(parent_ids)
                 check_tree(merged, f"dataset {parent_ids[0]}" if len(parent_ids) == 1
                            else "merge of parents " + ", ".join(parent_ids))
-                table = FileTable.from_view(merged, self.known_chunks(parent_ids))
-                if len(parent_ids) == 1:  # a missing or damaged table is made again from the store
-                    table.save(self.info(parent_ids[0]))
+                # a missing or damaged table of one parent is made again from the store, and saved
+                table = FileTable.from_view(merged, self.known_chunks(parent_ids),
+                                            self.info(parent_ids[0]) if len(parent_ids) == 1 else None)
             self._tables[key] = table
         return table
 

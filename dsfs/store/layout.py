@@ -75,7 +75,8 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from functools import partial
+from typing import IO, NamedTuple
 
 import blake3
 import fsspec
@@ -598,8 +599,19 @@ class Store:
 
     # -- change-sets ---------------------------------------------------------------------------
 
-    def write_changes(self, dataset_id: str, data: bytes) -> None:
-        self._put(f"datasets/{dataset_id}/changes.msgpack.zst", data)
+    def write_changes(self, dataset_id: str, data: bytes | IO[bytes], size: int | None = None) -> None:
+        """A version's change-set: its bytes, or a named local file of `size` bytes open at its start
+        (close spools it: a change-set of millions of files is never held whole in memory)."""
+        key = f"datasets/{dataset_id}/changes.msgpack.zst"
+        if isinstance(data, bytes | bytearray | memoryview):
+            self._put(key, data)
+            return
+        limit = self.time_limit(size or 0)
+        if self.is_local:  # read and written a block at a time, then renamed into place
+            self._call("write", atomic_write, self._p(key), iter(partial(data.read, 8 << 20), b""), 0o644,
+                       limit=limit)
+        else:  # the SDKs send a file in parts and make the object whole at the end
+            self._write(self.fs.put_file, data.name, self._p(key), limit=limit)
 
     def read_changes(self, dataset_id: str, size: int | None = None) -> bytes:
         """The change-set's bytes; with `size` (what its record names), at most size + 1 of them:
