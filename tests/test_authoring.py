@@ -334,3 +334,25 @@ def test_closing_writes_the_drafts_encoded_entries_as_encoding_them_again_would(
     entries = list(decode_changeset(data, "test"))
     assert [(e.path, e.executable) for e in entries] == [("a.txt", True), ("b/c.bin", False), ("b/x.sh", True)]
     draft.close()
+
+
+def test_a_recorded_pack_s_chunks_are_found_by_the_draft_at_once(file_store):
+    """record_pack keeps a pack's chunk refs as one row (folded into the chunk table only when a
+    lookup needs them): a chunk recorded after the draft's filter was made is still found, by the
+    running upload and by the next one."""
+    from dsfs.authoring.drafts import DraftState
+    from dsfs.model import ChunkRef
+
+    ds = Dataset.create("p", "packs", store=file_store)
+    draft = DraftState.load(ds.id, file_store)
+    pack, digest = os.urandom(16), os.urandom(32)
+    assert draft.chunk(digest) is None  # the filter is made now
+    ref = ChunkRef(digest, pack, 10, 20, 20)
+    draft.record_pack(pack, True, 30, [ref])
+    assert draft.chunk(digest) == ref
+    assert draft.chunk(os.urandom(32)) is None
+    with pytest.raises(ValueError, match="another pack"):
+        draft.record_pack(os.urandom(16), True, 30, [ref])
+    draft.save()
+    again = DraftState.load(ds.id, file_store)
+    assert again.chunk(digest) == ref and again.chunk_digests() == [digest] and again.new_bytes == 30

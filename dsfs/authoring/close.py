@@ -60,9 +60,10 @@ def upload(store: Store, info: VersionInfo, draft: DraftState, session: WriterSe
     else:
         uploader = ExecutorUploader(executor, store, draft, table, session, max_workers)
     if draft.adds_count:
-        total = sum(local_size(local) for _, local in draft.adds())
-        with transfer(f"upload {info.ref}", total, show_progress) as progress:
-            progress.set_total(total, draft.adds_count)
+        with transfer(f"upload {info.ref}", None, show_progress) as progress:
+            if progress.bar is not None:  # a stat of every file: only for a bar someone sees
+                total = sum(local_size(local) for _, local in draft.adds())
+                progress.set_total(total, draft.adds_count)
             uploader.progress = progress
             uploader.run(draft.adds())
     return {"files": draft.uploaded_count, "packs_sent": uploader.sent_packs,

@@ -281,14 +281,15 @@ class DraftState:
         """The ref of a chunk this draft recorded, or None. An upload asks for every chunk it reads
         and nearly all are new: a bit per digest prefix (2**CHUNK_BITS of them, 8 MiB) answers those
         without a query (one costs ~20 us; a digest whose bit is set by another is looked up)."""
-        self._fold()
         if self._chunk_bits is None:
+            self._fold()
             self._chunk_bits = bytearray((1 << CHUNK_BITS) // 8)
             for (known,) in self.db.execute("SELECT digest FROM chunks"):
                 _set_bit(self._chunk_bits, known)
         bit = _bit(digest)
         if not self._chunk_bits[bit >> 3] & (1 << (bit & 7)):
             return None
+        self._fold()  # the chunk may be in a pack's row of pack_chunks still
         row = self.db.execute("SELECT * FROM chunks WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else ChunkRef(*row)
 
@@ -377,12 +378,18 @@ class DraftState:
         return self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
 
     def record_pack(self, pack_id: bytes, written: bool, size: int, chunks: Iterable[ChunkRef]) -> None:
-        """A pack is in the store with these chunks (`written`: this draft sent it)."""
+        """A pack is in the store with these chunks (`written`: this draft sent it). Its chunk refs
+        are one row of `pack_chunks`, as record_task keeps them, folded into `chunks` only when a
+        lookup needs them: inserting each into `chunks` (random digests: a page each) was 9% of
+        the close of 100,000 small files."""
+        chunks = list(chunks)
+        if any(ref.pack != pack_id for ref in chunks):
+            raise ValueError(f"a chunk of another pack recorded with pack {pack_id.hex()}")
         self.db.execute("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, ?)", (pack_id, written, size))
         if written:
             self.db.execute("UPDATE meta SET value = value + ? WHERE key = 'new_bytes'", (size,))
-        chunks = list(chunks)
-        self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", chunks)
+        self.db.execute("INSERT OR REPLACE INTO pack_chunks VALUES (?, ?)", (pack_id, pack_refs(chunks)))
+        self._unfolded = True
         if self._chunk_bits is not None:
             for ref in chunks:
                 _set_bit(self._chunk_bits, ref.digest)
@@ -408,12 +415,7 @@ class DraftState:
             self._unfolded = True
         if not files:
             return
-        first, last = files[0][0], files[-1][0]
-        (held,) = self.db.execute("SELECT count(*) FROM adds WHERE path BETWEEN ? AND ?", (first, last)).fetchone()
-        if held == len(files):
-            self.db.execute("DELETE FROM adds WHERE path BETWEEN ? AND ?", (first, last))
-        else:  # not the run it was cut from (never, under the draft's lock): one by one
-            self.db.executemany("DELETE FROM adds WHERE path = ?", ((path,) for path, _, _ in files))
+        self._drop_adds([path for path, _, _ in files])
         self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", files)  # no path is in adds and uploaded
 
     def _fold(self) -> None:
@@ -436,8 +438,20 @@ class DraftState:
     def record_uploaded(self, files: Iterable[tuple[Entry, str]]) -> None:
         """Each (entry, local): the file was read and every pack holding its chunks is in the store."""
         rows = [(entry.path, entry_blob(entry), local_bytes(local)) for entry, local in files]
-        self.db.executemany("DELETE FROM adds WHERE path = ?", ((row[0],) for row in rows))
+        self._drop_adds([row[0] for row in rows])
         self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, ?)", rows)
+
+    def _drop_adds(self, paths: list[str]) -> None:
+        """Take these paths (sorted) out of `adds`: by one range delete when the range holds exactly
+        them (an upload records a run of `adds` in path order), else one by one."""
+        if not paths:
+            return
+        (held,) = self.db.execute("SELECT count(*) FROM adds WHERE path BETWEEN ? AND ?",
+                                  (paths[0], paths[-1])).fetchone()
+        if held == len(paths) and all(a < b for a, b in zip(paths, paths[1:], strict=False)):
+            self.db.execute("DELETE FROM adds WHERE path BETWEEN ? AND ?", (paths[0], paths[-1]))
+        else:
+            self.db.executemany("DELETE FROM adds WHERE path = ?", ((path,) for path in paths))
 
     def forget_packs(self, lost: set[bytes]) -> list[str]:
         """Packs this draft relied on are gone (gc removed them while the draft sat idle longer than
