@@ -340,7 +340,7 @@ def test_a_recorded_pack_s_chunks_are_found_by_the_draft_at_once(file_store):
     """record_pack keeps a pack's chunk refs as one row (folded into the chunk table only when a
     lookup needs them): a chunk recorded after the draft's filter was made is still found, by the
     running upload and by the next one."""
-    from dsfs.authoring.drafts import DraftState
+    from dsfs.authoring.drafts import DraftState, pack_refs
     from dsfs.model import ChunkRef
 
     ds = Dataset.create("p", "packs", store=file_store)
@@ -353,6 +353,11 @@ def test_a_recorded_pack_s_chunks_are_found_by_the_draft_at_once(file_store):
     assert draft.chunk(os.urandom(32)) is None
     with pytest.raises(ValueError, match="another pack"):
         draft.record_pack(os.urandom(16), True, 30, [ref])
+    other_pack, other = os.urandom(16), os.urandom(32)  # recorded as an upload on an executor records it
+    other_ref = ChunkRef(other, other_pack, 0, 5, 5)
+    draft.record_task([(other_pack, True, 5, pack_refs([other_ref]))], [])
+    assert draft.chunk(other) == other_ref
     draft.save()
     again = DraftState.load(ds.id, file_store)
-    assert again.chunk(digest) == ref and again.chunk_digests() == [digest] and again.new_bytes == 30
+    assert again.chunk(digest) == ref and again.chunk(other) == other_ref
+    assert sorted(again.chunk_digests()) == sorted([digest, other]) and again.new_bytes == 35

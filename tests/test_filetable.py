@@ -12,6 +12,7 @@ from dsfs.errors import Conflict, CorruptData
 from dsfs.lineage.filetable import TABLES_KEPT, FileTable, tables_dir
 from dsfs.lineage.merge import Lineage, apply_changes, check_tree
 from dsfs.model import ChunkRef, Entry, VersionInfo
+from dsfs.paths import parents as path_parents
 from dsfs.store.layout import Store
 from conftest import make_tree
 
@@ -229,6 +230,13 @@ def test_a_child_table_is_the_parent_with_its_changes_and_finds_every_conflict(s
     changes = {}
     for path in rng.sample(sorted(base_view), min(len(base_view), rng.randrange(0, 8))):
         changes[path] = _entry(rng, path, removed=rng.random() < 0.6)
+    folders = sorted({folder for path in base_view for folder in path_parents(path)})
+    if folders and rng.random() < 0.4:  # a folder replaced by a file: all of its files removed, or most
+        folder = rng.choice(folders)
+        for path in base_view:
+            if path.startswith(folder + "/") and rng.random() < 0.9:
+                changes[path] = _entry(rng, path, removed=True)
+        changes[folder] = _entry(rng, folder)
     for path in _random_paths(rng, rng.randrange(0, 8)):
         changes.setdefault(path, _entry(rng, path))
     expected = dict(base_view)
@@ -277,3 +285,13 @@ def test_a_table_reads_the_same_after_it_is_saved_and_loaded(tmp_path):
     assert filetable.FORMAT == 2
     other = VersionInfo(id="a" * 32, project="p", name="n", version="1.0.0", state="final", changes={"digest": "e" * 64})
     assert FileTable.load(other) is None  # another change-set: not this table
+
+
+def test_a_folder_of_several_files_replaced_by_a_file_is_no_conflict():
+    rows = {path: _entry(random.Random(1), path) for path in ("a/x", "a/y", "a/z/w", "b")}
+    base = FileTable.from_view(rows, {})
+    changes = [_entry(random.Random(2), "a"), *(Entry(path=p, removed=True) for p in ("a/x", "a/y", "a/z/w"))]
+    table = base.child(iter(changes), "child").finish()
+    assert list(table.paths) == ["a", "b"]
+    with pytest.raises(Conflict, match="'a' is both a file and a folder"):
+        base.child(iter(changes[:3]), "child")  # a/z/w is kept

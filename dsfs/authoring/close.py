@@ -22,7 +22,6 @@ from concurrent.futures import Executor
 
 import blake3
 
-from dsfs import settings
 from dsfs.authoring import previews
 from dsfs.authoring.distributed import ExecutorUploader
 from dsfs.authoring.drafts import DraftState
@@ -30,7 +29,7 @@ from dsfs.authoring.ingest import Uploader
 from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError, InvalidState, StoreUnavailable
 from dsfs.fsutil import TMP_PREFIX, space_for
-from dsfs.lineage.filetable import LINK, FileTable, TableBuilder
+from dsfs.lineage.filetable import LINK, FileTable, TableBuilder, tables_dir
 from dsfs.lineage.merge import Lineage
 from dsfs.model import Entry, VersionInfo, changeset_written, utc_now
 from dsfs.progress import transfer
@@ -117,12 +116,12 @@ def close(store: Store, info: VersionInfo, draft: DraftState, auto_upload: bool,
 
 
 class ChangeSpool:
-    """A change-set as it is written: into a temp file in the node's cache folder (a
+    """A change-set as it is written: into a temp file in the file tables' folder (a
     change-set of 10,000,000 files is ~400 MB: never held in memory), hashed as it goes. A file
     object for changeset_written; `write_final` sends it."""
 
     def __init__(self) -> None:
-        folder = settings.cache_dir()
+        folder = tables_dir()  # where a killed close's spool is swept (filetable._prune), and `cache clear` reaches
         with space_for(folder):
             os.makedirs(folder, mode=0o700, exist_ok=True)
             self.file = tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX + "changes-")
@@ -136,7 +135,8 @@ class ChangeSpool:
             return self.file.write(data)
 
     def flush(self) -> None:
-        self.file.flush()
+        with space_for(self.file.name):
+            self.file.flush()
 
     @property
     def digest(self) -> str:

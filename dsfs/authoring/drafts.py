@@ -413,9 +413,17 @@ class DraftState:
                 self.db.execute("UPDATE meta SET value = value + ? WHERE key = 'new_bytes'", (size,))
             self.db.execute("INSERT OR REPLACE INTO pack_chunks VALUES (?, ?)", (pack_id, refs))
             self._unfolded = True
+            if self._chunk_bits is not None:  # `chunk` folds only for a digest whose bit is set
+                for digest, *_ in _REF.iter_unpack(refs):
+                    _set_bit(self._chunk_bits, digest)
         if not files:
             return
-        self._drop_adds([path for path, _, _ in files])
+        first, last = files[0][0], files[-1][0]
+        (held,) = self.db.execute("SELECT count(*) FROM adds WHERE path BETWEEN ? AND ?", (first, last)).fetchone()
+        if held == len(files):
+            self.db.execute("DELETE FROM adds WHERE path BETWEEN ? AND ?", (first, last))
+        else:  # not the run it was cut from (never, under the draft's lock): one by one
+            self.db.executemany("DELETE FROM adds WHERE path = ?", ((path,) for path, _, _ in files))
         self.db.executemany("INSERT INTO uploaded VALUES (?, ?, ?)", files)  # no path is in adds and uploaded
 
     def _fold(self) -> None:
@@ -438,20 +446,11 @@ class DraftState:
     def record_uploaded(self, files: Iterable[tuple[Entry, str]]) -> None:
         """Each (entry, local): the file was read and every pack holding its chunks is in the store."""
         rows = [(entry.path, entry_blob(entry), local_bytes(local)) for entry, local in files]
-        self._drop_adds([row[0] for row in rows])
+        # one by one: a file uploaded again (INSERT OR REPLACE below) may not be in `adds`, so a
+        # count of the range could match while holding another path (record_task's runs are whole)
+        self.db.executemany("DELETE FROM adds WHERE path = ?", ((row[0],) for row in rows))
         self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, ?)", rows)
 
-    def _drop_adds(self, paths: list[str]) -> None:
-        """Take these paths (sorted) out of `adds`: by one range delete when the range holds exactly
-        them (an upload records a run of `adds` in path order), else one by one."""
-        if not paths:
-            return
-        (held,) = self.db.execute("SELECT count(*) FROM adds WHERE path BETWEEN ? AND ?",
-                                  (paths[0], paths[-1])).fetchone()
-        if held == len(paths) and all(a < b for a, b in zip(paths, paths[1:], strict=False)):
-            self.db.execute("DELETE FROM adds WHERE path BETWEEN ? AND ?", (paths[0], paths[-1]))
-        else:
-            self.db.executemany("DELETE FROM adds WHERE path = ?", ((path,) for path in paths))
 
     def forget_packs(self, lost: set[bytes]) -> list[str]:
         """Packs this draft relied on are gone (gc removed them while the draft sat idle longer than

@@ -39,6 +39,9 @@ which is why it is written without fsync; the TABLES_KEPT most recently written 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import mmap
 import os
 import struct
@@ -54,10 +57,12 @@ import blake3
 import msgpack
 
 from dsfs import settings
-from dsfs.errors import Conflict
+from dsfs.errors import Conflict, UsageError
 from dsfs.fsutil import space_for
 from dsfs.model import ChunkRef, Entry, VersionInfo
 from dsfs.paths import parents as path_parents
+
+log = logging.getLogger(__name__)
 
 FORMAT = 2
 TABLES_KEPT = 16
@@ -111,8 +116,11 @@ class FileTable:
         self.chunk_packs = col["chunk_packs"]
         self.chunk_ints = col["chunk_ints"].cast("q")
         self.chunk_compression = col["chunk_compression"]
-        self.paths = Paths(self)
         self._chunk_index: dict[bytes, int] | None = None
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self)
 
     @classmethod
     def empty(cls) -> FileTable:
@@ -288,8 +296,8 @@ class FileTable:
                    where: str) -> None:
         """Rows [start, stop) stay as they are: copied, unless one is below an added file."""
         pending[:] = [(lo, hi, path) for lo, hi, path in pending if hi > start]
-        for lo, _, path in pending:
-            if lo < stop:
+        for lo, hi, path in pending:
+            if max(lo, start) < min(hi, stop):  # a kept row is below the added file
                 raise Conflict(f"{where}: {path!r} is both a file and a folder (of {self.path(max(lo, start))!r})")
         new.copy_rows(self, start, stop)
 
@@ -323,9 +331,10 @@ class FileTable:
         try:
             with open(path, "rb") as f:
                 table = _opened(f)
-            os.utime(path)  # recently used: kept by _prune
         except OSError:
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: kept by _prune
         if table is None or (table.id, table.changes_digest) != (info.id, info.changes.get("digest")):
             return None
         return table
@@ -395,7 +404,7 @@ class TableBuilder:
                 "chunk_compression": self._chunk_compression}
 
     def _writing(self):
-        return space_for(f"{self.folder} (a new version's file table is made there)")
+        return _writable(self.folder)
 
     def append(self, entry: Entry) -> None:
         data = entry.path.encode()
@@ -434,6 +443,7 @@ class TableBuilder:
             for block in range(start + 1, stop + 1, _ROWS):
                 ends = array("q")
                 ends.frombytes(table._col["ends"][8 * block:8 * min(block + _ROWS, stop + 1)])
+                table._release("ends", 8 * block, 8 * min(block + _ROWS, stop + 1))
                 self._spools["ends"].write(array("q", [e + shift for e in ends]) if shift else ends)
             for column, size in (("blob", None), ("sizes", 8), ("mtimes", 8), ("flags", 1), ("digests", 32)):
                 lo, hi = (first, end) if size is None else (size * start, size * stop)
@@ -502,12 +512,29 @@ class TableBuilder:
                 if tmp is not None:
                     os.replace(tmp, os.path.join(self.folder, info.id))  # type: ignore[union-attr]
                     tmp = None
-                    _prune(self.folder)
+                    try:
+                        _prune(self.folder)
+                    except OSError as exc:  # the table is saved: keeping fewer old ones can wait
+                        log.warning("could not prune the file tables in %s: %s", self.folder, exc)
             finally:
                 out.close()
                 if tmp is not None:
                     os.unlink(tmp)
         return FileTable(data, msgpack.unpackb(header), start)
+
+
+@contextlib.contextmanager
+def _writable(folder: str):
+    """A table's writes: a full disk is DiskFull, a folder that cannot be written a UsageError, each
+    naming the folder (authoring needs it: DSFS_CACHE_DIR says where it is)."""
+    try:
+        with space_for(f"{folder} (a new version's file table is made there)"):
+            yield
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise UsageError(f"cannot write file tables in {folder}: {os.strerror(exc.errno)}; authoring needs "
+                         f"it writable (DSFS_CACHE_DIR sets the cache folder)") from None
 
 
 def _opened(f) -> FileTable | None:
@@ -539,7 +566,10 @@ def _opened(f) -> FileTable | None:
         return None
     if _layout(_START + header_size, n, m, blob)[1] != size:
         return None
-    return FileTable(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), header, _START + header_size)
+    table = FileTable(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), header, _START + header_size)
+    if table._ends[0] != 0 or table._ends[n] != blob:
+        return None
+    return table
 
 
 def _prune(folder: str) -> None:
