@@ -311,8 +311,14 @@ def test_files_read_in_order_after_a_cold_first_read_are_still_fetched_ahead(tmp
     real = ds.store.read_pack_range
     ds.store.read_pack_range = lambda *args: (reads.append(args), real(*args))[1]
     view = _view(ds)
-    assert all(view.read_path(name) == files[name] for name in sorted(files))
-    assert len(reads) < 15  # a few coalesced ranges, not one GET per file past the first ones
+    for name in sorted(files):
+        assert view.read_path(name) == files[name]
+        time.sleep(0.001)  # a reader's own work: an in-process reader with none outran the fetch ahead
+    # a few coalesced ranges, not one GET per file past the first ones (the fault this guards made
+    # ~400). The fetch ahead runs beside the reader, and each file the reader overtakes is one GET
+    # of its own: with no pause between reads, 4 to 70 were counted in twelve runs (and < 15 failed
+    # in CI); with the pause, fewer
+    assert len(reads) < 100
 
 
 def test_a_cold_small_file_read_out_of_order_brings_the_files_packed_near_it(tmp_path, file_store):
