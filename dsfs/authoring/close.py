@@ -29,7 +29,7 @@ from dsfs.authoring.ingest import Uploader
 from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError, InvalidState, StoreUnavailable
 from dsfs.fsutil import TMP_PREFIX, space_for
-from dsfs.lineage.filetable import LINK, FileTable, TableBuilder, tables_dir
+from dsfs.lineage.filetable import LINK, FileTable, TableBuilder, tables_dir, writable
 from dsfs.lineage.merge import Lineage
 from dsfs.model import Entry, VersionInfo, changeset_written, utc_now
 from dsfs.progress import transfer
@@ -122,7 +122,7 @@ class ChangeSpool:
 
     def __init__(self) -> None:
         folder = tables_dir()  # where a killed close's spool is swept (filetable._prune), and `cache clear` reaches
-        with space_for(folder):
+        with writable(folder):
             os.makedirs(folder, mode=0o700, exist_ok=True)
             self.file = tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX + "changes-")
         self.hasher = blake3.blake3()

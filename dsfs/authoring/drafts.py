@@ -385,14 +385,19 @@ class DraftState:
         chunks = list(chunks)
         if any(ref.pack != pack_id for ref in chunks):
             raise ValueError(f"a chunk of another pack recorded with pack {pack_id.hex()}")
+        self._add_pack(pack_id, written, size, pack_refs(chunks))
+
+    def _add_pack(self, pack_id: bytes, written: bool, size: int, refs: bytes) -> None:
+        """A pack and its chunk refs (`pack_refs`) as one row, and their digests in `chunk`'s
+        filter, which folds pack_chunks only for a digest whose bit is set."""
         self.db.execute("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, ?)", (pack_id, written, size))
         if written:
             self.db.execute("UPDATE meta SET value = value + ? WHERE key = 'new_bytes'", (size,))
-        self.db.execute("INSERT OR REPLACE INTO pack_chunks VALUES (?, ?)", (pack_id, pack_refs(chunks)))
+        self.db.execute("INSERT OR REPLACE INTO pack_chunks VALUES (?, ?)", (pack_id, refs))
         self._unfolded = True
         if self._chunk_bits is not None:
-            for ref in chunks:
-                _set_bit(self._chunk_bits, ref.digest)
+            for digest, *_ in _REF.iter_unpack(refs):
+                _set_bit(self._chunk_bits, digest)
 
     def record_task(self, packs: Iterable[tuple[bytes, bool, int, bytes]],
                     files: list[tuple[str, bytes, bytes]]) -> None:
@@ -407,15 +412,7 @@ class DraftState:
         one range delete when the range holds exactly them; and no row is built here. Same
         transaction, same save: the crash rule is unchanged."""
         for pack_id, written, size, refs in packs:
-            self.db.execute("INSERT OR IGNORE INTO packs (id, written, size) VALUES (?, ?, ?)",
-                            (pack_id, written, size))
-            if written:
-                self.db.execute("UPDATE meta SET value = value + ? WHERE key = 'new_bytes'", (size,))
-            self.db.execute("INSERT OR REPLACE INTO pack_chunks VALUES (?, ?)", (pack_id, refs))
-            self._unfolded = True
-            if self._chunk_bits is not None:  # `chunk` folds only for a digest whose bit is set
-                for digest, *_ in _REF.iter_unpack(refs):
-                    _set_bit(self._chunk_bits, digest)
+            self._add_pack(pack_id, written, size, refs)
         if not files:
             return
         first, last = files[0][0], files[-1][0]
@@ -450,7 +447,6 @@ class DraftState:
         # count of the range could match while holding another path (record_task's runs are whole)
         self.db.executemany("DELETE FROM adds WHERE path = ?", ((row[0],) for row in rows))
         self.db.executemany("INSERT OR REPLACE INTO uploaded VALUES (?, ?, ?)", rows)
-
 
     def forget_packs(self, lost: set[bytes]) -> list[str]:
         """Packs this draft relied on are gone (gc removed them while the draft sat idle longer than

@@ -219,11 +219,9 @@ class FileTable:
 
     def _blocks(self, column: str, start: int, stop: int) -> Iterator[memoryview]:
         """Bytes [start, stop) of a column, a block at a time, each let go once the next is asked."""
-        offset, _ = self._where[column]
-        view = memoryview(self._data)
         for at in range(start, stop, _BLOCK):
             end = min(at + _BLOCK, stop)
-            yield view[offset + at:offset + end]
+            yield self._col[column][at:end]
             self._release(column, at, end)
 
     def _release(self, column: str, start: int, stop: int) -> None:
@@ -312,8 +310,6 @@ class FileTable:
             if self.find(folder) is not None and (folder, True) not in open_:
                 raise Conflict(f"{where}: {folder!r} is both a file and a folder (of {path!r})")
         # rows below `path/` come after `path + "/"`, and end before `path + "0"` ('0' follows '/')
-        if after >= self.n:
-            return path.rsplit("/", 1)[0] if "/" in path else ""
         below = path.encode() + b"/"
         lo = self.seek(below, after)
         if lo < self.n and self._key(lo).startswith(below):
@@ -404,7 +400,7 @@ class TableBuilder:
                 "chunk_compression": self._chunk_compression}
 
     def _writing(self):
-        return _writable(self.folder)
+        return writable(self.folder)
 
     def append(self, entry: Entry) -> None:
         data = entry.path.encode()
@@ -524,9 +520,10 @@ class TableBuilder:
 
 
 @contextlib.contextmanager
-def _writable(folder: str):
-    """A table's writes: a full disk is DiskFull, a folder that cannot be written a UsageError, each
-    naming the folder (authoring needs it: DSFS_CACHE_DIR says where it is)."""
+def writable(folder: str):
+    """Writes in the tables folder (a table's, a change-set's spool): a full disk is DiskFull, a
+    folder that cannot be written a UsageError, each naming the folder (authoring needs it:
+    DSFS_CACHE_DIR says where it is)."""
     try:
         with space_for(f"{folder} (a new version's file table is made there)"):
             yield
