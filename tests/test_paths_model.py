@@ -89,3 +89,98 @@ def test_chunks_must_add_up_to_size():
     wire["s"] = 4
     with pytest.raises(ValueError):
         Entry.from_wire(wire)
+
+
+def _refusal(check, value) -> str | None:
+    try:
+        check(value)
+    except InvalidPath as exc:
+        return str(exc)
+    return None
+
+
+def test_validate_all_refuses_what_validate_refuses_on_random_blocks():
+    """The block check (decode_changeset's, a few scans of the joined block) refuses a block iff
+    validate refuses one of its paths, with the message validate gives the first of them."""
+    import random
+
+    rnd = random.Random(11)
+    alphabet = ["/", ".", "..", "a", "b.c", "\0", "e\u0301", "\u00e9", " ", "\t", "\n", "\r", "x" * 70, "x" * 200]
+    odd = [None, 5, b"a", ("a",)]
+    for _ in range(4_000):
+        block = []
+        for _ in range(rnd.randint(1, 6)):
+            if rnd.random() < 0.03:
+                block.append(rnd.choice(odd))
+            elif rnd.random() < 0.6:
+                block.append(f"d{rnd.randint(0, 9)}/f{rnd.randint(0, 99)}")  # a valid path, as most are
+            else:
+                block.append("".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 6))))
+        first_refusal = next((m for m in (_refusal(paths.validate, p) for p in block) if m is not None), None)
+        assert _refusal(paths.validate_all, block) == first_refusal, block
+
+
+def _raw_changeset(items: list) -> bytes:
+    """A change-set of these wire items as they are (a hostile writer's), in this order."""
+    import msgpack
+    import zstandard
+
+    packed = b"".join(msgpack.packb(i, use_bin_type=True) for i in [{"format": 1}, *items])
+    return zstandard.ZstdCompressor().compress(packed)
+
+
+def _decoded_item_by_item(items: list, chunks: bool):
+    """What decode_changeset yields, item by item (Entry.from_wire), or the refusal."""
+    out, last = [], ""
+    for item in items:
+        try:
+            entry = Entry.from_wire(item, chunks)
+        except (InvalidPath, ValueError, KeyError, TypeError):
+            return "refused"
+        if entry.path <= last:
+            return "refused"
+        out.append(entry)
+        last = entry.path
+    return out
+
+
+def test_block_decode_is_item_by_item_decode_on_random_change_sets():
+    """decode_changeset checks its items' paths and order a block at a time (paths.validate_all):
+    on change-sets of every kind of entry, and of each kind of fault put anywhere in them (across
+    the blocks too), it yields what decoding item by item yields, or refuses where that refuses."""
+    import random
+
+    from dsfs import model
+
+    rnd = random.Random(5)
+
+    def item(path, plain):
+        kind = 1 if plain else rnd.random()  # plain: files only, as most blocks are (the bulk check's case)
+        if kind < 0.05:
+            return {"p": path, "r": True}
+        if kind < 0.1:
+            return {"p": path, "s": 3, "x": False, "t": 1, "u": "s3://b/k", "e": "etag"}
+        size = rnd.randint(0, 9)
+        return _file(path, bytes(size)).to_wire() | {"x": rnd.random() < 0.2, "t": rnd.randint(0, 10**18)}
+
+    faults = [("s", -1), ("s", True), ("s", 2.0), ("d", b"short"), ("d", "x" * 32),
+              ("t", 1 << 63), ("t", "0"), ("t", 1.5), ("c", ()), ("c", ((b"x", b"p" * 16, 0, 1, 1, 0),)),
+              ("p", None), ("p", "a/../b"), ("p", "d/.hidden"), ("u", "s3://b/k"), ("q", 1), ("x", None)]
+    trials = [(fault, plain) for fault in [None, *faults] for plain in (True, False)]
+    for trial, (fault, plain) in enumerate(trials * 2):  # a fault in a file's entry of a block of files, or of any
+        n = rnd.choice([1, 5, model.DECODE_BLOCK, 2 * model.DECODE_BLOCK + 7])
+        items = [item(f"f{i:05d}", plain) for i in range(n)]
+        if fault is not None:
+            at = rnd.randrange(n)
+            items[at] = {**_file(items[at]["p"]).to_wire(), "x": False, "t": 0, fault[0]: fault[1]}
+            if trial % 7 == 0:
+                del items[at]["t" if "t" in items[at] else "p"]
+        if trial % 11 == 0 and n > 1:  # out of order
+            items[0], items[-1] = items[-1], items[0]
+        for chunks in (True, False):
+            expected = _decoded_item_by_item(items, chunks)
+            try:
+                got = list(decode_changeset(_raw_changeset(items), "test", chunks))
+            except CorruptData:
+                got = "refused"
+            assert got == expected, (trial, chunks)

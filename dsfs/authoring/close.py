@@ -23,9 +23,7 @@ from concurrent.futures import Executor
 import blake3
 
 from dsfs.authoring import previews
-from dsfs.authoring.distributed import ExecutorUploader
 from dsfs.authoring.drafts import DraftState
-from dsfs.authoring.ingest import Uploader
 from dsfs.authoring.localfiles import local_size, tell
 from dsfs.errors import CorruptData, DatasetNotFound, DsfsError, InvalidState, StoreUnavailable
 from dsfs.fsutil import TMP_PREFIX, space_for
@@ -53,6 +51,10 @@ def upload(store: Store, info: VersionInfo, draft: DraftState, session: WriterSe
     session.announce(draft.packs, verified=False)
     forget_lost(info, draft, session.confirm())
     table = Lineage.of(store).table(info.parents)
+    # imported here: dsfs.dataset imports this module for every command, few upload (~130 ms)
+    from dsfs.authoring.distributed import ExecutorUploader
+    from dsfs.authoring.ingest import Uploader
+
     uploader: Uploader | ExecutorUploader
     if executor is None:
         uploader = Uploader(store, draft, table.known_chunk, session, max_workers)

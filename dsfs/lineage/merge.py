@@ -29,6 +29,8 @@ import heapq
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import filterfalse
+from operator import attrgetter
 
 import blake3
 
@@ -157,7 +159,7 @@ def merge_views(order: list[VersionInfo], top_ids: list[str], open_changes: Call
         number[head] = len(segments)
         segments.append((openers, parents[members[-1]]))
     if len(segments) == 1:
-        yield from (entry for entry in topmost([o() for o in segments[0][0]]) if not entry.removed)
+        yield from filterfalse(attrgetter("removed"), topmost([o() for o in segments[0][0]]))
         return
     below = [[number[h] for h in heads] for _, heads in segments]
     keyed = [_ranked(topmost([o() for o in openers]), n) for n, (openers, _) in enumerate(segments)]

@@ -28,8 +28,6 @@ import logging
 import os
 import urllib.parse
 
-import fsspec
-
 from dsfs import paths, retry, settings
 from dsfs.errors import (
     AccessDenied,
@@ -114,6 +112,8 @@ def url_to_fs(url: str):
         if datastore is not None:
             fs = datastore.store().fs
             return fs, fs._strip_protocol(url)
+        import fsspec  # here: every command imports this module, few read a link (~80 ms)
+
         return fsspec.core.url_to_fs(url)
     except ImportError as exc:
         raise backends.missing_library(scheme, exc) from None
