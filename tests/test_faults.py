@@ -47,6 +47,38 @@ def test_file_changing_during_upload_is_detected(tmp_path, memory_store, monkeyp
     assert again.read_file("b.bin") == (src / "b.bin").read_bytes()
 
 
+@pytest.mark.parametrize("change", ["grow", "shrink", "grow-from-empty"])
+def test_small_file_changing_before_it_is_read_is_detected(tmp_path, memory_store, monkeypatch, change):
+    """A small file is read whole with its descriptor (LocalSource.read_all): bytes added or cut
+    between the open and the read are a FileChanged, never a recorded half."""
+    from dsfs.authoring import sources
+
+    src = tmp_path / "d"
+    make_tree(src, {"a.txt": b"" if change == "grow-from-empty" else b"0123456789", "b.txt": b"steady"})
+    real_read_all = sources.LocalSource.read_all
+
+    def changed_then_read(source):
+        if source.path.endswith("a.txt"):
+            with open(source.path, "r+b") as f:
+                if change == "shrink":
+                    f.truncate(4)
+                else:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"more")
+        return real_read_all(source)
+
+    monkeypatch.setattr(sources.LocalSource, "read_all", changed_then_read)
+    ds = Dataset.create("p", "n", store=memory_store)
+    ds.add_files(str(src))
+    with pytest.raises(FileChanged, match="a.txt changed while it was being uploaded"):
+        ds.finalize()
+    monkeypatch.setattr(sources.LocalSource, "read_all", real_read_all)
+    again = Dataset.get(ds.id, include_drafts=True, store=memory_store)
+    again.finalize()  # the file is stable now: the retry takes its current content
+    assert again.read_file("a.txt") == (src / "a.txt").read_bytes()
+    assert again.read_file("b.txt") == b"steady"
+
+
 def _store_root(url):
     return url[len("file://"):]
 

@@ -55,9 +55,10 @@ DEFAULT_WORKERS = 4
 SAVE_INTERVAL = 2.0
 
 
-def open_regular(local_path: str, dataset_path: str):
-    """Open a file added to a draft for reading, if it is still a regular file. The file was one
-    when it was added, but may have been replaced since: a FIFO would block the upload for ever
+def open_regular(local_path: str, dataset_path: str) -> tuple[int, os.stat_result]:
+    """Open a file added to a draft for reading, if it is still a regular file: its descriptor and
+    its fstat (the caller closes the descriptor). The file was one when it was added, but may have
+    been replaced since: a FIFO would block the upload for ever
     (open non-blocking, then check the type before reading), a symlink could now lead anywhere (the
     draft records a symlink's target, so the last component is never followed)."""
     again = f"add it again or `dsfs remove --files {dataset_path}`"
@@ -69,13 +70,14 @@ def open_regular(local_path: str, dataset_path: str):
         if exc.errno != errno.ELOOP:
             raise
         raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) was replaced by a symlink; {again}") from None
-    mode = os.fstat(fd).st_mode
+    st = os.fstat(fd)
+    mode = st.st_mode
     if not stat_mod.S_ISREG(mode):
         os.close(fd)
         kind = {stat_mod.S_IFIFO: "a FIFO", stat_mod.S_IFSOCK: "a socket", stat_mod.S_IFDIR: "a folder"}.get(
             stat_mod.S_IFMT(mode), "a device")
         raise LocalFileNotFound(f"{local_path} (added as {dataset_path}) is now {kind}, not a regular file; {again}")
-    return os.fdopen(fd, "rb")
+    return fd, st
 
 
 class Ledger(Protocol):
@@ -145,9 +147,9 @@ class Uploader:
             total = 0
             pieces: Iterable[bytes | memoryview]
             if source.size <= MIN_CHUNK:
-                data = source.stream.read()
+                small = source.read_all()
                 # an empty file has no chunk (a pack of only empty chunks is never written)
-                pieces = [data] if data else []
+                pieces = [small] if small else []
             else:
                 pieces = (c.data for c in chunker().cut_stream(source.stream))
                 whole = blake3.blake3()
