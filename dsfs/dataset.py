@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager, suppress
 from itertools import chain
@@ -322,12 +322,24 @@ class Dataset:
         return {**self.push(push_to, max_workers, show_progress), "to": push_to} if push_to else None
 
     def publish(self) -> None:
-        if self.state == "draft":
-            raise InvalidState(f"dataset {self.id} is a draft; close it before publishing")
-        if self.state == "published":
-            raise InvalidState(f"dataset {self.id} ({self.info.ref}) is already published")
-        self.info.state = "published"
-        self.store.write_version(self.info)
+        def published(info: VersionInfo) -> None:
+            if info.state == "draft":
+                raise InvalidState(f"dataset {self.id} is a draft; close it before publishing")
+            if info.state == "published":
+                raise InvalidState(f"dataset {self.id} ({info.ref}) is already published")
+            info.state = "published"
+
+        self._update_record(published)
+
+    def _update_record(self, change: Callable[[VersionInfo], None]) -> None:
+        """Apply `change` to the store's current record of this version, write it back, and hold it.
+        Not this object's copy: that may be old (a Dataset kept in a notebook), and writing it would
+        undo what other commands changed since (a rename, a publish, another metadata key). Two
+        changes in the same few milliseconds can still lose one: records have no conditional write."""
+        info = self.store.read_version(self.id)
+        change(info)
+        self.store.write_version(info)
+        self.info = info
 
     # -- evolution: sync, compare, squash -----------------------------------------------------
 
@@ -634,8 +646,10 @@ class Dataset:
     # -- labels (mutable on final versions too) ------------------------------------------------
 
     def set_metadata(self, metadata: dict, replace: bool = False) -> None:
-        self.info.metadata = dict(metadata) if replace else {**self.info.metadata, **metadata}
-        self.store.write_version(self.info)
+        def merged(info: VersionInfo) -> None:
+            info.metadata = dict(metadata) if replace else {**info.metadata, **metadata}
+
+        self._update_record(merged)
 
     def set_labels(self, description: str | None = None, tags: list[str] | None = None,
                    metadata: dict | None = None) -> None:
@@ -643,13 +657,16 @@ class Dataset:
         record; final versions too (labels are not content). Tags follow the label rule."""
         for tag in tags or []:
             paths.label("tag", tag)
-        if description is not None:
-            self.info.description = description
-        if tags is not None:
-            self.info.tags = list(dict.fromkeys(tags))
-        if metadata is not None:
-            self.info.metadata = dict(metadata)
-        self.store.write_version(self.info)
+
+        def labelled(info: VersionInfo) -> None:
+            if description is not None:
+                info.description = description
+            if tags is not None:
+                info.tags = list(dict.fromkeys(tags))
+            if metadata is not None:
+                info.metadata = dict(metadata)
+
+        self._update_record(labelled)
 
     def get_metadata(self, key: str | None = None):
         if key is None:

@@ -362,3 +362,25 @@ def test_a_recorded_pack_s_chunks_are_found_by_the_draft_at_once(file_store):
     again = DraftState.load(ds.id, file_store)
     assert again.chunk(digest) == ref and again.chunk(other) == other_ref
     assert sorted(again.chunk_digests()) == sorted([digest, other]) and again.new_bytes == 35
+
+
+def test_labels_set_through_an_old_copy_keep_what_other_commands_changed(tmp_path, memory_store):
+    """A Dataset held since before other commands changed its record (a notebook's) writes its
+    label change onto the store's record as it is now: it undoes no rename, publish or metadata."""
+    from conftest import final_version
+
+    make_tree(tmp_path / "d", {"a": b"a"})
+    old = final_version(memory_store, tmp_path / "d")
+    other, stale = Dataset.get(old.id, store=memory_store), Dataset.get(old.id, store=memory_store)
+    other.set_metadata({"a": 1})
+    other.publish()
+    assert Dataset.rename("renamed", "p", "n", store=memory_store) == 1
+    old.set_metadata({"b": 2})
+    old.set_labels(tags=["t"], description="kept")
+    fresh = Dataset.get(old.id, store=memory_store)
+    assert (fresh.info.metadata, fresh.state, fresh.info.name, fresh.info.tags, fresh.info.description) == \
+        ({"a": 1, "b": 2}, "published", "renamed", ["t"], "kept")
+    assert old.info.name == "renamed"  # the object holds the record it wrote
+    assert stale.state == "final"
+    with pytest.raises(InvalidState, match="already published"):  # the store's state decides, not the copy's
+        stale.publish()
