@@ -131,8 +131,10 @@ def _flat(row) -> bool:
 def table(columns, rows: Iterable) -> None:
     """Rows under column headers: plain aligned columns on a pipe, a rich table on a terminal. Rows
     given as an iterator (not a list) are not held in memory on a pipe: they are spooled to a temp
-    file while the widths are measured, then printed from it; their cells must hold no tab or
-    newline (paths: dsfs refuses control characters in them)."""
+    file while the widths are measured, then printed from it; their cells but the last must hold no
+    tab or newline. A path, the last cell of `dsfs list`, may hold both (valid, if rare): a tab is
+    printed as it is, and a newline splits the row's line, as `ls` prints such a name on a pipe
+    (`--json` gives it exactly)."""
     if not sys.stdout.isatty():
         # plain aligned columns: what scripts and pipes expect, and 5x faster than rich for 10,000 rows
         if not isinstance(rows, list | tuple):
