@@ -38,7 +38,7 @@ from dsfs.errors import Conflict, CorruptData, DatasetNotFound, DsfsError, Inval
 from dsfs.lifecycle.push import push as push_version
 from dsfs.lineage.merge import Lineage, apply_changes
 from dsfs.lineage.viewindex import ViewIndex, ensure_view, merged_entries
-from dsfs.model import Entry, VersionInfo, utc_now
+from dsfs.model import Entry, VersionInfo, clamp_mtime, utc_now
 from dsfs.node import links, materialize
 from dsfs.node.cache import Cache
 from dsfs.node.chunks import ChunkReader
@@ -226,7 +226,8 @@ class Dataset:
     def _add_links(self, listing, dataset_path: str | None, what: str) -> int:
         self._require_not_final()
         folder = paths.folder(dataset_path)
-        entries = [Entry(path=paths.join(folder, rel), size=size, mtime_ns=mtime_ns, url=url, etag=tag)
+        # (an object's time past int64's nanoseconds, year 2262, would make the change-set unreadable)
+        entries = [Entry(path=paths.join(folder, rel), size=size, mtime_ns=clamp_mtime(mtime_ns), url=url, etag=tag)
                    for rel, url, size, tag, mtime_ns in listing]
         if not entries:
             raise UsageError(f"no objects match {what}")

@@ -132,8 +132,10 @@ class Entry:
             if not (isinstance(url, str) and url.split("://", 1)[0] in LINK_SCHEMES and "://" in url
                     and isinstance(etag, str) and isinstance(size, int) and size >= 0):
                 raise ValueError(f"bad external link for {path!r}")
-            return cls(path=path, size=size, executable=bool(item.get("x")), mtime_ns=int(item.get("t", 0)),
-                       url=url, etag=etag)
+            mtime = item.get("t", 0)
+            if type(mtime) is not int or not MTIME_MIN <= mtime <= MTIME_MAX:
+                raise ValueError(f"bad mtime for {path!r}")
+            return cls(path=path, size=size, executable=bool(item.get("x")), mtime_ns=mtime, url=url, etag=etag)
         size, digest = item["s"], item["d"]
         if not (type(size) is int and size >= 0 and type(digest) is bytes and len(digest) == 32):
             raise ValueError(f"bad size or digest for {path!r}")
@@ -242,7 +244,12 @@ def decode_changeset(data, where: str, chunks: bool = True) -> Iterator[Entry]:
         last = ""
         # a block at a time: its paths validated and their order checked in bulk (paths.validate_all)
         while block := list(islice(unpacker, DECODE_BLOCK)):
-            names = [item["p"] for item in block]  # not a map, or no path: TypeError, KeyError
+            try:
+                names = [item["p"] for item in block]
+            except (TypeError, KeyError):  # not a map, or no path: from_wire names the fault
+                for item in block:
+                    Entry.from_wire(item, chunks)
+                raise
             paths.validate_all(names)
             if not (last < names[0] and all(map(str.__lt__, names, islice(names, 1, None)))):
                 raise ValueError("entries are not sorted by path")

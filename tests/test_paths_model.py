@@ -184,3 +184,19 @@ def test_block_decode_is_item_by_item_decode_on_random_change_sets():
             except CorruptData:
                 got = "refused"
             assert got == expected, (trial, chunks)
+
+
+@pytest.mark.parametrize("mtime", [float("inf"), 1.5, 1 << 63, "0"])
+def test_a_links_bad_mtime_is_corrupt_data(mtime):
+    """A link's mtime has the file's rule (an int64): past it, or not an int, the change-set is
+    corrupt (an infinite one escaped as an OverflowError)."""
+    link = {"p": "a", "s": 3, "x": False, "u": "s3://b/k", "e": "etag"}
+    assert list(decode_changeset(_raw_changeset([{**link, "t": 5}]), "t"))[0].mtime_ns == 5
+    with pytest.raises(CorruptData, match="bad mtime"):
+        list(decode_changeset(_raw_changeset([{**link, "t": mtime}]), "t"))
+
+
+@pytest.mark.parametrize("item", [5, ["a"], {"s": 1}])
+def test_an_item_that_is_not_an_entry_is_named(item):
+    with pytest.raises(CorruptData, match="not a map|empty"):
+        list(decode_changeset(_raw_changeset([item]), "t"))

@@ -97,21 +97,24 @@ def test_list_streams_what_the_in_memory_view_lists(tmp_path, file_store, dsfs, 
 
 @pytest.mark.parametrize("spool_read", [7, 64, 1 << 18])
 def test_spooled_table_is_the_aligned_table_whatever_the_cells(monkeypatch, capsys, spool_read):
-    """The streamed two-column table (`dsfs list` on a pipe) prints what ljust prints, when the
-    blocks read back from its spool cut lines anywhere, and when a cell holds a tab or a carriage
-    return (valid in a dataset path), which its fast form (expandtabs) would misplace."""
+    """The streamed two-column table (`dsfs list` on a pipe) prints what ljust prints for each line
+    it spooled, when the blocks read back from its spool cut lines anywhere, and when a cell holds a
+    tab, a carriage return or a newline (all valid in a dataset path), which its fast form
+    (expandtabs) would misplace: a path's tab is printed as it is, its newline splits the line."""
     from dsfs.cli import output
 
     monkeypatch.setattr(output, "SPOOL_READ", spool_read)
     rnd = random.Random(spool_read)
-    rows = [(rnd.choice([0, 7, 12345, 10**12, "cell\rreturn"]), rnd.choice(["a", "b/c.txt", "tab\there", "cr\rhere", "x" * 40]))
-            for _ in range(300)]
-    for chosen in (rows, [r for r in rows if "\t" not in r[1] and "\r" not in f"{r[0]}{r[1]}"]):
+    paths_ = ["a", "b/c.txt", "tab\there", "cr\rhere", "nl\nhere", "ends\n", "x" * 40]
+    rows = [(rnd.choice([0, 7, 12345, 10**12, "cell\rreturn"]), rnd.choice(paths_)) for _ in range(300)]
+    plain = [r for r in rows if not any(c in f"{r[0]}{r[1]}" for c in "\t\r\n")]
+    for chosen in (rows, plain, [(10, "a\tb"), (2000, "c\nd"), (3, "e")]):
         output.table(["size", "path"], iter(chosen))
         width = max(len(str(size)) for size, _ in [("size", ""), *chosen])
-        expected = "\n".join([f"{'size'.ljust(width)}  path"] + [f"{str(size).ljust(width)}  {path}"
-                                                                  for size, path in chosen]) + "\n"
-        assert capsys.readouterr().out == expected
+        spooled = "\n".join(f"{size}\t{path}" for size, path in chosen).split("\n")
+        expected = "\n".join([f"{'size'.ljust(width)}  path"] + [first.ljust(width) + "  " + last for first, _, last
+                                                                  in (line.partition("\t") for line in spooled)])
+        assert capsys.readouterr().out == expected + "\n"
 
 
 def test_list_of_nothing_prints_an_empty_array_or_no_line(tmp_path, file_store, dsfs):
