@@ -186,14 +186,14 @@ def _spooled_pairs(columns: list[str], rows: Iterable) -> None:
     text file's write and line iteration cost ~1 us a line between them."""
     width = len(columns[0])
     plain = True  # every row one line with one tab, no carriage return: the spool can be padded by expandtabs
-
-    def write(lines: list[str]) -> None:
-        nonlocal plain
-        text = "".join(lines)
-        plain = plain and text.count("\n") == text.count("\t") == len(lines) and "\r" not in text
-        spool.write(text)
-
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as spool:
+
+        def write(lines: list[str]) -> None:
+            nonlocal plain
+            text = "".join(lines)
+            plain = plain and text.count("\n") == text.count("\t") == len(lines) and "\r" not in text
+            spool.write(text)
+
         lines: list[str] = []
         for first, last in rows:
             first = str(first)
